@@ -1,0 +1,80 @@
+"""Seeded, physical inputs: weights with model-like gates, hidden states, stale cache pools.
+
+Everything is drawn in fp64 from a torch.Generator seeded by the scenario and then
+rounded to the scenario's dtypes, so the oracle sees exactly what a backend gets.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List
+
+import torch
+
+from .config import GDNDims
+from .errors import ConfigError
+from .layouts.weights import GDNWeights
+from .scenario import Scenario
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+          "bfloat16": torch.bfloat16}
+
+
+def dtype_of(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ConfigError("dtype", f"unknown dtype {name!r}; known: {sorted(DTYPES)}") from None
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+def make_weights(dims: GDNDims, seed: int = 0, conv_bias: bool = False) -> GDNWeights:
+    """fp64 weights. A = exp(A_log) ~ U(1, 16) and dt ~ logU(1e-3, 0.1) as in Qwen / Mamba
+    init, so g = -A softplus(a + dt_bias) spans slow and fast decays."""
+    gen = _gen(seed)
+    f64 = dict(dtype=torch.float64, generator=gen)
+    s = 1.0 / math.sqrt(dims.hidden)
+
+    def mat(rows, cols, scale):
+        return torch.randn(rows, cols, **f64) * scale
+
+    dt = torch.exp(torch.empty(dims.HV, dtype=torch.float64).uniform_(math.log(1e-3), math.log(0.1), generator=gen))
+    bound = 1.0 / math.sqrt(dims.W)
+    return GDNWeights(
+        wq=mat(dims.key_dim, dims.hidden, s), wk=mat(dims.key_dim, dims.hidden, s),
+        wv=mat(dims.value_dim, dims.hidden, s), wz=mat(dims.value_dim, dims.hidden, s),
+        wb=mat(dims.HV, dims.hidden, s), wa=mat(dims.HV, dims.hidden, s),
+        conv_weight=torch.empty(dims.conv_dim, dims.W, dtype=torch.float64).uniform_(-bound, bound, generator=gen),
+        conv_bias=(torch.empty(dims.conv_dim, dtype=torch.float64).uniform_(-bound, bound, generator=gen)
+                   if conv_bias else None),
+        A_log=torch.log(torch.empty(dims.HV, dtype=torch.float64).uniform_(1.0, 16.0, generator=gen)),
+        dt_bias=dt + torch.log(-torch.expm1(-dt)),          # inverse softplus
+        norm_weight=1.0 + 0.1 * torch.randn(dims.V, **f64),
+        out_proj=mat(dims.hidden, dims.value_dim, 1.0 / math.sqrt(dims.value_dim)),
+    ).check(dims)
+
+
+@dataclass
+class ScenarioInputs:
+    weights: GDNWeights            # in the scenario dtype
+    hidden: List[torch.Tensor]     # per step [T, hidden], scenario dtype
+    conv_pool: torch.Tensor        # [num_slots, conv_dim, W-1+num_spec] dim-first, state dtype
+    ssm_pool: torch.Tensor         # [num_slots, HV, V, K] (vk), state dtype
+
+
+def make_inputs(sc: Scenario) -> ScenarioInputs:
+    sc.validate()
+    dims, dt, st = sc.dims, dtype_of(sc.dtype), dtype_of(sc.state_dtype)
+    w = make_weights(dims, sc.seed, sc.conv_bias)
+    gen = _gen(sc.seed + 1)
+    hidden = [torch.randn(entries[-1].eos, dims.hidden, dtype=torch.float64, generator=gen).to(dt)
+              for entries in sc.plan()]
+    # Stale pool contents: conv-input-like values and states of a plausible size.
+    conv_pool = torch.randn(sc.num_slots, dims.conv_dim, sc.conv_state_len, dtype=torch.float64,
+                            generator=gen).to(st)
+    ssm_pool = (0.3 * torch.randn(sc.num_slots, dims.HV, dims.V, dims.K, dtype=torch.float64,
+                                  generator=gen)).to(st)
+    return ScenarioInputs(weights=w.to(dt), hidden=hidden, conv_pool=conv_pool, ssm_pool=ssm_pool)

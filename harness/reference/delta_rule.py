@@ -1,0 +1,238 @@
+"""The gated delta rule: the per-token recurrence (the oracle) and a chunked torch form.
+
+Per value head hv of each sequence (q / k head ``hv // r``, r = HV / H), with the state
+S ``[V, K]``::
+
+    q, k = l2norm(q), l2norm(k)           # optional, x / sqrt(sum x^2 + 1e-6), fp32
+    q = q * scale                          # scale = K ** -0.5 by default, after the norm
+    S = exp(g_t) * S                       # g in log space
+    u = beta_t * (v_t - S k_t)
+    S = S + u k_t^T
+    o_t = S q_t
+
+Layouts follow vLLM: q, k ``[B, T, H, K]``, v ``[B, T, HV, V]``, g, beta ``[B, T, HV]``; with
+cu_seqlens B must be 1 and the T axis holds the sequences back to back. States are
+``[.., HV, V, K]`` (``state_layout="vk"``, vLLM) or ``[.., HV, K, V]`` (``"kv"``, FLA).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+
+from ..errors import InputError, check_tensor
+from ..layouts.state import check_ssm_layout
+from .gating import acc_dtype
+from .norm import l2norm
+
+PAD_SLOT_ID = -1
+
+
+def _check_inputs(q, k, v, g, beta, cu_seqlens):
+    check_tensor("q", q, shape=(None, None, None, None))
+    B, T, H, K = q.shape
+    check_tensor("k", k, shape=(B, T, H, K))
+    check_tensor("v", v, shape=(B, T, None, None))
+    HV, V = v.shape[2], v.shape[3]
+    if HV % H:
+        raise InputError("v", f"value heads (a multiple of H={H})", f"k*{H}", HV)
+    check_tensor("g", g, shape=(B, T, HV))
+    check_tensor("beta", beta, shape=(B, T, HV))
+    if cu_seqlens is not None:
+        if B != 1:
+            raise InputError("q", "batch size with cu_seqlens", 1, B)
+        check_tensor("cu_seqlens", cu_seqlens, shape=(None,))
+        cu = [int(c) for c in cu_seqlens.tolist()]
+        if cu[0] != 0 or cu[-1] != T or any(b < a for a, b in zip(cu, cu[1:])):
+            raise InputError("cu_seqlens", f"non-decreasing offsets from 0 to T={T}", f"[0, ..., {T}]", cu)
+        spans = [(0, a, b) for a, b in zip(cu, cu[1:])]
+    else:
+        spans = [(n, 0, T) for n in range(B)]
+    return H, K, HV, V, spans
+
+
+def _prepare(q, k, v, g, beta, scale, use_qk_l2norm, acc):
+    """Flatten to [B*T, ...], normalise, scale, and expand q / k to the value heads."""
+    H, HV = q.shape[2], v.shape[2]
+    q, k = q.reshape(-1, H, q.shape[-1]), k.reshape(-1, H, k.shape[-1])
+    if use_qk_l2norm:
+        q, k = l2norm(q).to(acc), l2norm(k).to(acc)
+    q = q.to(acc) * scale
+    k = k.to(acc)
+    r = HV // H
+    return (q.repeat_interleave(r, dim=1), k.repeat_interleave(r, dim=1),
+            v.reshape(-1, HV, v.shape[-1]).to(acc), g.reshape(-1, HV).to(acc),
+            beta.reshape(-1, HV).to(acc))
+
+
+def _step(S, q, k, v, g, beta):
+    """One token for all heads; S ``[HV, V, K]``. Returns (new S, o ``[HV, V]``)."""
+    S = S * torch.exp(g)[:, None, None]
+    u = beta[:, None] * (v - torch.einsum("hvk,hk->hv", S, k))
+    S = S + u[:, :, None] * k[:, None, :]
+    return S, torch.einsum("hvk,hk->hv", S, q)
+
+
+def recurrent_gated_delta_rule(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+    scale: Optional[float] = None, initial_state: Optional[torch.Tensor] = None,
+    output_final_state: bool = True, cu_seqlens: Optional[torch.Tensor] = None,
+    ssm_state_indices: Optional[torch.Tensor] = None,
+    num_accepted_tokens: Optional[torch.Tensor] = None, inplace_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False, state_layout: str = "vk",
+    pad_slot_id: int = PAD_SLOT_ID,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Token-by-token recurrence; the oracle.
+
+    Without ssm_state_indices, initial_state is ``[N, HV, ...]`` (one per sequence; zeros
+    when None) and the result's final state is a new ``[N, HV, ...]``.
+
+    With ssm_state_indices, initial_state is the state pool ``[num_slots, HV, ...]``:
+    indices ``[N]``: sequence n reads slot ``idx[n]`` and its final state goes to
+    ``idx[n]``; indices ``[N, S]`` (spec decode): it reads ``idx[n, num_accepted[n]-1]``
+    (``idx[n, 0]`` without num_accepted_tokens) and the state after its token t is
+    written to ``idx[n, t]`` (skipped where that index is PAD). A sequence whose read
+    slot is PAD is skipped: no state touched, output rows zero. With
+    inplace_final_state the pool is updated in place and returned, else a copy is.
+
+    Returns (o ``[B, T, HV, V]`` in v.dtype, final state or None).
+    """
+    check_ssm_layout(state_layout)
+    H, K, HV, V, spans = _check_inputs(q, k, v, g, beta, cu_seqlens)
+    B, T = q.shape[:2]
+    state_shape = (HV, V, K) if state_layout == "vk" else (HV, K, V)
+    acc = acc_dtype(q.dtype, v.dtype, *(() if initial_state is None else (initial_state.dtype,)))
+    scale = K ** -0.5 if scale is None else scale
+    qf, kf, vf, gf, bf = _prepare(q, k, v, g, beta, scale, use_qk_l2norm_in_kernel, acc)
+    o = torch.zeros(B * T, HV, V, dtype=acc, device=q.device)
+    N = len(spans)
+
+    def load(t):  # stored layout -> [HV, V, K] in acc
+        return (t if state_layout == "vk" else t.transpose(-1, -2)).to(acc)
+
+    def store(S, dtype):
+        return (S if state_layout == "vk" else S.transpose(-1, -2)).to(dtype)
+
+    pool = None
+    if ssm_state_indices is not None:
+        if initial_state is None:
+            raise InputError("initial_state", "the state pool with ssm_state_indices", "a tensor", None)
+        check_tensor("initial_state", initial_state, shape=(None, *state_shape))
+        idx = ssm_state_indices if ssm_state_indices.dim() == 2 else ssm_state_indices[:, None]
+        check_tensor("ssm_state_indices", idx, shape=(N, None))
+        if num_accepted_tokens is not None:
+            check_tensor("num_accepted_tokens", num_accepted_tokens, shape=(N,))
+        pool = initial_state if inplace_final_state else initial_state.clone()
+        idx = idx.tolist()
+    elif initial_state is not None:
+        check_tensor("initial_state", initial_state, shape=(N, *state_shape))
+    finals: List[torch.Tensor] = []
+
+    for n, (b, bos, eos) in enumerate(spans):
+        base = b * T
+        if pool is not None:
+            row = idx[n]
+            read = (int(num_accepted_tokens[n]) - 1) if num_accepted_tokens is not None else 0
+            if not 0 <= read < len(row):
+                raise InputError(f"num_accepted_tokens[{n}]", f"in [1, {len(row)}]", len(row), read + 1)
+            slot = row[read]
+            if slot == pad_slot_id or slot < 0:
+                continue
+            S = load(pool[slot])
+            per_token = len(row) > 1
+        else:
+            S = (load(initial_state[n]) if initial_state is not None
+                 else torch.zeros(HV, V, K, dtype=acc, device=q.device))
+        for t in range(eos - bos):
+            i = base + bos + t
+            S, o[i] = _step(S, qf[i], kf[i], vf[i], gf[i], bf[i])
+            if pool is not None and per_token:
+                if t >= len(row):
+                    raise InputError("ssm_state_indices", f"columns for {eos - bos} tokens of sequence {n}",
+                                     eos - bos, len(row))
+                if row[t] >= 0:
+                    pool[row[t]] = store(S, pool.dtype)
+        if pool is not None and not per_token:
+            pool[row[0]] = store(S, pool.dtype)
+        elif pool is None:
+            finals.append(S)
+
+    o = o.reshape(B, T, HV, V).to(v.dtype)
+    if pool is not None:
+        return o, pool
+    if not output_final_state:
+        return o, None
+    out_dtype = initial_state.dtype if initial_state is not None else acc
+    return o, torch.stack([store(S, out_dtype) for S in finals]) if finals else None
+
+
+def chunk_gated_delta_rule(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+    scale: Optional[float] = None, initial_state: Optional[torch.Tensor] = None,
+    output_final_state: bool = True, cu_seqlens: Optional[torch.Tensor] = None,
+    use_qk_l2norm_in_kernel: bool = False, state_layout: str = "vk", chunk_size: int = 64,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Chunked (WY) form of the same recurrence, for long sequences.
+
+    Within a chunk of C tokens with cumulative decay G (decays masked to -inf above the
+    diagonal before the exp, so nothing overflows), ``T = (I + tril(diag(beta) (K K^T * Gamma), -1))^-1``
+    gives ``U = T diag(beta) V - T diag(beta e^G) K S0`` and
+    ``O = diag(e^G) Q S0 + (Q K^T * Gamma) U``; the state then moves to the chunk end.
+    initial_state ``[N, HV, ...]`` per sequence (zeros when None). Returns (o, final ``[N, HV, ...]``).
+    """
+    check_ssm_layout(state_layout)
+    H, K, HV, V, spans = _check_inputs(q, k, v, g, beta, cu_seqlens)
+    B, T = q.shape[:2]
+    state_shape = (HV, V, K) if state_layout == "vk" else (HV, K, V)
+    if initial_state is not None:
+        check_tensor("initial_state", initial_state, shape=(len(spans), *state_shape))
+    acc = acc_dtype(q.dtype, v.dtype, *(() if initial_state is None else (initial_state.dtype,)))
+    scale = K ** -0.5 if scale is None else scale
+    qf, kf, vf, gf, bf = _prepare(q, k, v, g, beta, scale, use_qk_l2norm_in_kernel, acc)
+    o = torch.zeros(B * T, HV, V, dtype=acc, device=q.device)
+    C = chunk_size
+    incl = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    strict = incl.clone().fill_diagonal_(False)
+    eye = torch.eye(C, dtype=acc, device=q.device)
+    finals = []
+    for n, (b, bos, eos) in enumerate(spans):
+        lo, hi = b * T + bos, b * T + eos
+        L = hi - lo
+        if initial_state is None:
+            S = torch.zeros(HV, K, V, dtype=acc, device=q.device)      # [K, V] inside
+        else:
+            s0 = initial_state[n].to(acc)
+            S = s0.transpose(-1, -2) if state_layout == "vk" else s0
+        if L:
+            pad = (-L) % C
+            nc = (L + pad) // C
+
+            def chunks(x):  # [L, HV, d] -> [HV, nc, C, d] (zero padded: no effect on S)
+                x = torch.nn.functional.pad(x, (0, 0) * (x.dim() - 1) + (0, pad)) if pad else x
+                return x.reshape(nc, C, HV, -1).permute(2, 0, 1, 3)
+
+            qc, kc, vc = chunks(qf[lo:hi]), chunks(kf[lo:hi]), chunks(vf[lo:hi])
+            gc = chunks(gf[lo:hi, :, None])[..., 0]                     # [HV, nc, C]
+            bc = chunks(bf[lo:hi, :, None])[..., 0]
+            G = gc.cumsum(-1)
+            gamma = torch.exp((G[..., :, None] - G[..., None, :]).masked_fill(~incl, float("-inf")))
+            A = (bc[..., None] * (kc @ kc.transpose(-1, -2)) * gamma).masked_fill(~strict, 0)
+            IA = eye + A
+            U0 = torch.linalg.solve_triangular(IA, bc[..., None] * vc, upper=False, unitriangular=True)
+            Wk = torch.linalg.solve_triangular(IA, (bc * torch.exp(G))[..., None] * kc,
+                                               upper=False, unitriangular=True)
+            QK = (qc @ kc.transpose(-1, -2)) * gamma
+            qG = qc * torch.exp(G)[..., None]
+            kG = kc * torch.exp(G[..., -1:] - G)[..., None]
+            oc = torch.empty(HV, nc, C, V, dtype=acc, device=q.device)
+            for c in range(nc):
+                U = U0[:, c] - Wk[:, c] @ S
+                oc[:, c] = qG[:, c] @ S + QK[:, c] @ U
+                S = S * torch.exp(G[:, c, -1])[:, None, None] + kG[:, c].transpose(-1, -2) @ U
+            o[lo:hi] = oc.permute(1, 2, 0, 3).reshape(nc * C, HV, V)[:L]
+        finals.append(S.transpose(-1, -2) if state_layout == "vk" else S)
+    o = o.reshape(B, T, HV, V).to(v.dtype)
+    if not output_final_state:
+        return o, None
+    out_dtype = initial_state.dtype if initial_state is not None else acc
+    return o, torch.stack(finals).to(out_dtype)

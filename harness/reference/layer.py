@@ -1,0 +1,155 @@
+"""The layer oracle: a GDN layer over a mixed batch with a state-cache pool, in fp64.
+
+Each entry of a step (prefill / decode / spec / pad) runs on its own through the
+reference ops - conv over its tokens, the per-token delta rule - exactly as vLLM's
+layer would treat it, on pools carried across the steps of a scenario. TP ranks run
+on their own shards and pools; `run_oracle` reduces the partial outputs and gathers the
+per-rank states back to the global layout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+
+from ..layouts.projection import qkv_to_mixed, split_mixed_qkv, unpack_ba, unpack_qkvz
+from ..layouts.tp import RankParams, all_ranks, gather_conv_channels, gather_heads, reduce_partials
+from ..scenario import EntryPlan, NormConfig, Scenario
+from .conv import causal_conv1d_fn, causal_conv1d_update
+from .delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
+from .gating import fused_gdn_gating
+from .norm import out_proj, rms_norm_gated
+
+F64 = torch.float64
+# Per-step outputs the oracle records (TP: gathered over ranks; "out" reduced).
+STEP_OUTPUTS = ("mixed_qkv", "z", "b", "a", "conv_out", "g", "beta", "core", "normed", "out")
+
+
+def project(p: RankParams, hidden: torch.Tensor, mixed_qkvz: Optional[torch.Tensor] = None):
+    """Hidden states -> q, k, v, z, b, a on one rank (ba sliced per rank when replicated)."""
+    if mixed_qkvz is None:
+        mixed_qkvz = hidden @ p.w_qkvz.T
+    mixed_ba = hidden @ p.w_ba.T
+    q, k, v, z = unpack_qkvz(mixed_qkvz, p.local, p.layout)
+    if p.ba_heads is None:
+        return (q, k, v, z, *unpack_ba(mixed_ba, p.local, p.layout))
+    b, a = unpack_ba(mixed_ba, p.dims, p.layout)
+    start, count = p.ba_heads
+    return q, k, v, z, b[..., start:start + count], a[..., start:start + count]
+
+
+def _run_entry(p: RankParams, e: EntryPlan, mixed_qkv, qkv_gate, conv_pool, ssm_pool, chunked):
+    """Conv + delta rule for one entry's tokens; pools updated in place."""
+    x = mixed_qkv[e.bos:e.eos]
+    g, beta = qkv_gate
+    if e.kind == "prefill":
+        conv = causal_conv1d_fn(x.T, p.conv_weight, p.conv_bias, conv_pool,
+                                torch.tensor([0, e.tokens]), torch.tensor([e.conv_slot]),
+                                torch.tensor([e.has_initial_state]), activation="silu").T
+    else:
+        spec = e.kind == "spec"
+        conv = causal_conv1d_update(x, conv_pool, p.conv_weight, p.conv_bias, "silu",
+                                    conv_state_indices=torch.tensor([e.conv_slot]),
+                                    num_accepted_tokens=torch.tensor([e.num_accepted]) if spec else None,
+                                    query_start_loc=torch.tensor([0, e.tokens]))
+    q, k, v = split_mixed_qkv(conv, p.local)
+    args = (q[None], k[None], v[None], g[e.bos:e.eos][None], beta[e.bos:e.eos][None])
+    if e.kind == "prefill":
+        init = ssm_pool[e.conv_slot] if e.has_initial_state else torch.zeros_like(ssm_pool[0])
+        fn = chunk_gated_delta_rule if chunked else recurrent_gated_delta_rule
+        o, final = fn(*args, initial_state=init[None], output_final_state=True,
+                      use_qk_l2norm_in_kernel=True)
+        ssm_pool[e.conv_slot] = final[0]
+    else:
+        idx = torch.tensor([e.ssm_slots])
+        acc = torch.tensor([e.num_accepted]) if e.kind == "spec" else None
+        o, _ = recurrent_gated_delta_rule(*args, initial_state=ssm_pool, ssm_state_indices=idx,
+                                          num_accepted_tokens=acc, inplace_final_state=True,
+                                          use_qk_l2norm_in_kernel=True)
+    return conv, o[0]
+
+
+def oracle_step(p: RankParams, hidden: torch.Tensor, entries: List[EntryPlan],
+                conv_pool: torch.Tensor, ssm_pool: torch.Tensor, norm: NormConfig,
+                chunked: bool = False, mixed_qkvz: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """One step of one rank in fp64. Pools (fp64, dim-first conv, vk ssm) change in place.
+
+    Returns the step's tensors (`STEP_OUTPUTS`); rows of PAD entries are zero in
+    everything computed after the projection.
+    """
+    p = p.to(F64)
+    hidden = hidden.to(F64)
+    q, k, v, z, b, a = project(p, hidden, None if mixed_qkvz is None else mixed_qkvz.to(F64))
+    mixed_qkv = qkv_to_mixed(q, k, v)
+    g, beta = fused_gdn_gating(p.A_log, a, b, p.dt_bias)
+    T, loc = hidden.shape[0], p.local
+    conv_out = torch.zeros(T, loc.conv_dim, dtype=F64)
+    core = torch.zeros(T, loc.HV, loc.V, dtype=F64)
+    real = torch.zeros(T, dtype=torch.bool)
+    for e in entries:
+        if e.kind == "pad":
+            continue
+        real[e.bos:e.eos] = True
+        conv_out[e.bos:e.eos], core[e.bos:e.eos] = _run_entry(p, e, mixed_qkv, (g, beta),
+                                                              conv_pool, ssm_pool, chunked)
+    normed = rms_norm_gated(core, p.norm_weight, z, eps=norm.eps, group_size=norm.group_size,
+                            norm_before_gate=norm.norm_before_gate, activation=norm.activation)
+    normed = normed.reshape(T, -1) * real[:, None]
+    keep = real[:, None]
+    return dict(mixed_qkv=mixed_qkv, z=z, b=b, a=a, conv_out=conv_out, g=g * keep, beta=beta * keep,
+                core=core, normed=normed, out=out_proj(normed, p.out_proj))
+
+
+@dataclass
+class OracleResult:
+    steps: List[Dict[str, torch.Tensor]]   # per step, global layout (TP gathered / reduced)
+    conv_pool: torch.Tensor                # [num_slots, conv_dim, L] fp64, dim-first
+    ssm_pool: torch.Tensor                 # [num_slots, HV, V, K] fp64
+
+
+def _local_pools(sc: Scenario, conv_pool, ssm_pool, p: RankParams):
+    """A rank's slice of the global pools: its q|k|v channel sections and its value heads."""
+    loc, tp, r = p.local, p.tp, p.rank
+    kd, vd = sc.dims.key_dim, sc.dims.value_dim
+    q, k, v = torch.split(conv_pool, [kd, kd, vd], dim=1)
+    conv = torch.cat([t.chunk(tp, dim=1)[r] for t in (q, k, v)], dim=1).clone()
+    ssm = ssm_pool[:, r * loc.HV:(r + 1) * loc.HV].clone()
+    return conv, ssm
+
+
+def run_oracle(sc: Scenario, weights, hidden: List[torch.Tensor], conv_pool: torch.Tensor,
+               ssm_pool: torch.Tensor, tp: Optional[int] = None, chunked: bool = False,
+               projections: Optional[List] = None) -> OracleResult:
+    """Run every step of `sc` in fp64 on `tp` ranks (default sc.tp) and gather the result.
+
+    conv_pool ``[num_slots, conv_dim, L]`` (dim-first) and ssm_pool ``[num_slots, HV, V, K]``
+    are the initial (stale) pools; they are not modified. `projections` optionally
+    gives, per rank, a callable hidden -> mixed_qkvz replacing the fused in_proj (the
+    LoRA arrangement).
+    """
+    tp = sc.tp if tp is None else tp
+    ranks = all_ranks(weights.to(F64), sc.dims, sc.layout, tp, sc.ba)
+    pools = [_local_pools(sc, conv_pool.to(F64), ssm_pool.to(F64), p) for p in ranks]
+    steps = []
+    for s, entries in enumerate(sc.plan()):
+        per_rank = []
+        for ri, p in enumerate(ranks):
+            mq = projections[ri](hidden[s].to(F64)) if projections else None
+            per_rank.append(oracle_step(p, hidden[s], entries, *pools[ri], sc.norm, chunked, mq))
+        steps.append(_gather_step(sc, per_rank))
+    conv = gather_conv_channels([c for c, _ in pools], sc.dims, dim=1)
+    ssm = gather_heads([m for _, m in pools], dim=1)
+    return OracleResult(steps=steps, conv_pool=conv, ssm_pool=ssm)
+
+
+def _gather_step(sc: Scenario, per_rank: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    if len(per_rank) == 1:
+        return per_rank[0]
+    get = lambda key: [r[key] for r in per_rank]  # noqa: E731
+    out = {key: gather_heads(get(key), dim=1) for key in ("z", "b", "a", "g", "beta", "core")}
+    for key in ("mixed_qkv", "conv_out"):
+        out[key] = gather_conv_channels(get(key), sc.dims, dim=1)
+    out["normed"] = torch.cat(get("normed"), dim=1)
+    out["out"] = reduce_partials(get("out"))
+    return out

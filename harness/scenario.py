@@ -1,0 +1,226 @@
+"""Scenarios: multi-step serving batches as plain, JSON-serialisable data.
+
+A scenario is a list of steps over a state-cache pool. Each step is a batch of entries:
+
+* ``{"seq": 3, "kind": "prefill", "tokens": 37}`` - a fresh prefill the first time seq 3
+  appears, a chunked-prefill continuation afterwards (``"has_initial_state"`` overrides);
+* ``{"seq": 3, "kind": "decode"}`` - one token;
+* ``{"seq": 3, "kind": "spec", "tokens": 3, "accepted": 2}`` - 1 + num_spec tokens, of which
+  ``accepted`` (1..tokens) are kept; the next step reads the state from there;
+* ``{"kind": "pad"}`` - a padded row (slot PAD_SLOT_ID): touches nothing, outputs zeros.
+
+Every sequence owns ``num_spec + 1`` pool slots (non-contiguous, seeded shuffle unless
+given). Conv state lives in its first slot (a window of W-1+num_spec columns); the ssm
+state in slot ``[accepted-1]`` after a spec step and slot 0 otherwise. Slots of the pool
+start filled with seeded stale data, so a fresh sequence that read its slot would show.
+A sequence that begins with a decode or spec step continues from that stale content
+(a sequence with history).
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+from .config import GDNDims
+from .errors import ConfigError
+from .layouts.projection import check_layout
+from .layouts.state import check_conv_layout, check_ssm_layout
+
+KINDS = ("prefill", "decode", "spec", "pad")
+PAD_SLOT_ID = -1
+
+
+@dataclass
+class NormConfig:
+    norm_before_gate: bool = True
+    activation: str = "silu"
+    eps: float = 1e-6
+    group_size: Optional[int] = None
+
+
+@dataclass
+class Scenario:
+    dims: GDNDims
+    steps: List[List[dict]]
+    layout: str = "flat"
+    tp: int = 1
+    ba: str = "sharded"
+    num_spec: int = 0
+    num_slots: Optional[int] = None
+    slots: Optional[Dict[int, List[int]]] = None
+    seed: int = 0
+    dtype: str = "float32"
+    state_dtype: str = "float32"
+    conv_state_layout: str = "dim_first"
+    ssm_state_layout: str = "vk"
+    conv_bias: bool = False
+    norm: NormConfig = field(default_factory=NormConfig)
+    name: str = ""
+
+    # ---- plain data ----
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["dims"] = self.dims.to_dict()
+        if self.slots is not None:
+            d["slots"] = {str(k): v for k, v in self.slots.items()}
+        return d
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scenario":
+        d = dict(d)
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"scenario.{sorted(unknown)[0]}", f"unknown field; known: {sorted(known)}")
+        if "dims" not in d or "steps" not in d:
+            raise ConfigError("scenario", "needs 'dims' and 'steps'")
+        d["dims"] = GDNDims.from_dict(d["dims"])
+        if d.get("slots") is not None:
+            d["slots"] = {int(k): list(v) for k, v in d["slots"].items()}
+        if isinstance(d.get("norm"), dict):
+            d["norm"] = NormConfig(**d["norm"])
+        return cls(**d).validate()
+
+    @classmethod
+    def from_json(cls, s: str) -> "Scenario":
+        return cls.from_dict(json.loads(s))
+
+    # ---- validation ----
+    def seq_ids(self) -> List[int]:
+        seen: List[int] = []
+        for step in self.steps:
+            for e in step:
+                if e.get("kind") != "pad" and e.get("seq") not in seen:
+                    seen.append(e["seq"])
+        return seen
+
+    def validate(self) -> "Scenario":
+        check_layout(self.layout)
+        check_conv_layout(self.conv_state_layout)
+        check_ssm_layout(self.ssm_state_layout)
+        self.dims.check_tp(self.tp)
+        if self.num_spec < 0:
+            raise ConfigError("num_spec", f"must be >= 0, got {self.num_spec}")
+        if not self.steps:
+            raise ConfigError("steps", "a scenario needs at least one step")
+        after_spec = set()
+        for si, step in enumerate(self.steps):
+            if not step:
+                raise ConfigError(f"steps[{si}]", "a step needs at least one entry")
+            in_step = set()
+            for ei, e in enumerate(step):
+                where = f"steps[{si}][{ei}]"
+                kind = e.get("kind")
+                if kind not in KINDS:
+                    raise ConfigError(f"{where}.kind", f"one of {list(KINDS)}, got {kind!r}")
+                extra = set(e) - {"seq", "kind", "tokens", "accepted", "has_initial_state"}
+                if extra:
+                    raise ConfigError(f"{where}.{sorted(extra)[0]}", "unknown entry field")
+                if kind == "pad":
+                    continue
+                seq = e.get("seq")
+                if not isinstance(seq, int) or seq < 0:
+                    raise ConfigError(f"{where}.seq", f"a sequence id >= 0, got {seq!r}")
+                if seq in in_step:
+                    raise ConfigError(f"{where}.seq", f"sequence {seq} appears twice in one step")
+                in_step.add(seq)
+                n = self.entry_tokens(e)
+                if n < 1:
+                    raise ConfigError(f"{where}.tokens", f"must be >= 1, got {n}")
+                if kind == "decode" and n != 1:
+                    raise ConfigError(f"{where}.tokens", f"a decode has 1 token, got {n}")
+                if kind == "spec":
+                    if n > self.num_spec + 1:
+                        raise ConfigError(f"{where}.tokens",
+                                          f"a spec step has at most num_spec + 1 = {self.num_spec + 1} tokens, got {n}")
+                    acc = e.get("accepted", 1)
+                    if not 1 <= acc <= n:
+                        raise ConfigError(f"{where}.accepted", f"in [1, {n}], got {acc}")
+                    after_spec.add(seq)
+                elif seq in after_spec:
+                    # vLLM keeps a sequence on the spec path once drafts are configured;
+                    # its state lives at slot [accepted-1], which a non-spec step would not read.
+                    raise ConfigError(f"{where}.kind",
+                                      f"sequence {seq} had a spec step; later steps must be spec too")
+        ids = self.seq_ids()
+        need = len(ids) * (self.num_spec + 1)
+        if self.num_slots is None:
+            self.num_slots = need + 3        # spare slots that must stay untouched
+        if self.num_slots < need:
+            raise ConfigError("num_slots", f"{len(ids)} sequences x {self.num_spec + 1} slots need {need}, got {self.num_slots}")
+        if self.slots is None:
+            pool = list(range(self.num_slots))
+            random.Random(self.seed).shuffle(pool)
+            self.slots = {s: pool[i * (self.num_spec + 1):(i + 1) * (self.num_spec + 1)]
+                          for i, s in enumerate(ids)}
+        used = []
+        for s in ids:
+            row = self.slots.get(s)
+            if row is None or len(row) != self.num_spec + 1:
+                raise ConfigError(f"slots[{s}]", f"a list of num_spec + 1 = {self.num_spec + 1} slots, got {row}")
+            used += row
+        if len(set(used)) != len(used) or not all(0 <= u < self.num_slots for u in used):
+            raise ConfigError("slots", f"distinct slots in [0, {self.num_slots}), got {self.slots}")
+        return self
+
+    @staticmethod
+    def entry_tokens(e: dict) -> int:
+        if e["kind"] in ("decode", "pad"):
+            return int(e.get("tokens", 1))
+        return int(e.get("tokens", 1))
+
+    @property
+    def conv_state_len(self) -> int:
+        return self.dims.W - 1 + self.num_spec
+
+    def plan(self) -> List[List["EntryPlan"]]:
+        """Resolve every entry to token ranges, slots, has_initial_state, num_accepted."""
+        self.validate()
+        seen, accepted = set(), {}
+        plans = []
+        for step in self.steps:
+            bos, out = 0, []
+            for e in step:
+                n = self.entry_tokens(e)
+                if e["kind"] == "pad":
+                    out.append(EntryPlan("pad", -1, bos, bos + n, PAD_SLOT_ID, [PAD_SLOT_ID], False, 1))
+                else:
+                    seq, row = e["seq"], self.slots[e["seq"]]
+                    prev_acc = accepted.get(seq, 1)
+                    if e["kind"] == "prefill":
+                        has_init = bool(e.get("has_initial_state", seq in seen))
+                    else:
+                        has_init = True
+                    out.append(EntryPlan(e["kind"], seq, bos, bos + n, row[0],
+                                         list(row) if e["kind"] == "spec" else [row[0]],
+                                         has_init, prev_acc))
+                    accepted[seq] = e.get("accepted", 1) if e["kind"] == "spec" else 1
+                    seen.add(seq)
+                bos += n
+            plans.append(out)
+        return plans
+
+
+@dataclass
+class EntryPlan:
+    kind: str
+    seq: int
+    bos: int                     # token range of this entry within the step's batch
+    eos: int
+    conv_slot: int
+    ssm_slots: List[int]         # spec: the sequence's num_spec + 1 slots; else [slot]
+    has_initial_state: bool
+    num_accepted: int            # from the sequence's previous step (1 when none)
+
+    @property
+    def tokens(self) -> int:
+        return self.eos - self.bos
+
+
+def step_tokens(plan: List[EntryPlan]) -> int:
+    return plan[-1].eos if plan else 0
