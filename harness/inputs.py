@@ -14,6 +14,7 @@ import torch
 from .config import GDNDims
 from .errors import ConfigError
 from .layouts.weights import GDNWeights
+from .reference.gating import fused_gdn_gating
 from .scenario import Scenario
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
@@ -78,3 +79,19 @@ def make_inputs(sc: Scenario) -> ScenarioInputs:
     ssm_pool = (0.3 * torch.randn(sc.num_slots, dims.HV, dims.V, dims.K, dtype=torch.float64,
                                   generator=gen)).to(st)
     return ScenarioInputs(weights=w.to(dt), hidden=hidden, conv_pool=conv_pool, ssm_pool=ssm_pool)
+
+
+def make_delta_inputs(dims: GDNDims, lengths: List[int], seed: int = 0, initial_state: bool = True,
+                      dtype: torch.dtype = torch.float64) -> dict:
+    """Physical varlen delta-rule inputs for `dims` (q / k raw, normalised in-kernel; g from
+    real gating of random a with model-like A_log / dt_bias), sequences back to back."""
+    gen = _gen(seed)
+    w = make_weights(dims, seed)
+    T = sum(lengths)
+    rnd = lambda *shape: torch.randn(*shape, dtype=torch.float64, generator=gen)  # noqa: E731
+    g, beta = fused_gdn_gating(w.A_log, rnd(1, T, dims.HV), rnd(1, T, dims.HV), w.dt_bias)
+    out = dict(q=rnd(1, T, dims.H, dims.K), k=rnd(1, T, dims.H, dims.K), v=rnd(1, T, dims.HV, dims.V),
+               g=g, beta=beta, cu_seqlens=torch.tensor([0] + list(torch.tensor(lengths).cumsum(0).tolist())),
+               initial_state=(0.3 * rnd(len(lengths), dims.HV, dims.V, dims.K)) if initial_state else None)
+    return {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+            for k, v in out.items()}

@@ -170,8 +170,6 @@ class Scenario:
 
     @staticmethod
     def entry_tokens(e: dict) -> int:
-        if e["kind"] in ("decode", "pad"):
-            return int(e.get("tokens", 1))
         return int(e.get("tokens", 1))
 
     @property
@@ -224,3 +222,23 @@ class EntryPlan:
 
 def step_tokens(plan: List[EntryPlan]) -> int:
     return plan[-1].eos if plan else 0
+
+
+def mixed_scenario(dims: GDNDims, layout: str = "flat", tp: int = 1, seed: int = 0,
+                   num_spec: int = 2, long: int = 70, **kw) -> Scenario:
+    """Three steps mixing every kind: fresh and continued prefills (one of 1 token, one
+    longer than a 64-chunk and not a multiple of it), decodes, spec decodes with every
+    accepted count, a sequence with history, PAD rows, non-contiguous slots."""
+    S = num_spec + 1
+    steps = [
+        [{"seq": 0, "kind": "prefill", "tokens": long}, {"seq": 1, "kind": "prefill", "tokens": 1},
+         {"kind": "pad"}, {"seq": 2, "kind": "decode"}, {"seq": 3, "kind": "prefill", "tokens": 5}],
+        [{"seq": 0, "kind": "spec", "tokens": S, "accepted": S} if num_spec else {"seq": 0, "kind": "decode"},
+         {"seq": 1, "kind": "prefill", "tokens": 9}, {"seq": 2, "kind": "decode"}, {"kind": "pad"},
+         {"seq": 3, "kind": "decode"}],
+        [{"seq": 0, "kind": "spec", "tokens": S, "accepted": 1} if num_spec else {"seq": 0, "kind": "decode"},
+         {"seq": 1, "kind": "decode"}, {"seq": 3, "kind": "spec", "tokens": S, "accepted": max(1, S - 1)}
+         if num_spec else {"seq": 3, "kind": "decode"}, {"seq": 2, "kind": "prefill", "tokens": 3}],
+    ]
+    return Scenario(dims=dims, steps=steps, layout=layout, tp=tp, seed=seed, num_spec=num_spec,
+                    name=f"mixed-{layout}-tp{tp}", **kw).validate()

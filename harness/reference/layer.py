@@ -19,24 +19,40 @@ from ..scenario import EntryPlan, NormConfig, Scenario
 from .conv import causal_conv1d_fn, causal_conv1d_update
 from .delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
 from .gating import fused_gdn_gating
-from .norm import out_proj, rms_norm_gated
+from .norm import rms_norm_gated
 
 F64 = torch.float64
 # Per-step outputs the oracle records (TP: gathered over ranks; "out" reduced).
 STEP_OUTPUTS = ("mixed_qkv", "z", "b", "a", "conv_out", "g", "beta", "core", "normed", "out")
 
 
+def rowwise_linear(x: torch.Tensor, weight: torch.Tensor, max_elems: int = 1 << 24) -> torch.Tensor:
+    """``x @ weight.T`` as a per-(token, feature) product-and-sum.
+
+    A BLAS GEMM blocks rows and columns differently for different batch sizes and
+    row orders, so a token's result would depend on its batch-mates and on the
+    projection layout. Reducing each (token, feature) pair on its own keeps the oracle
+    bit-invariant to both. Blocks of tokens bound the temporary to `max_elems`.
+    """
+    rows, hid = weight.shape
+    block = max(1, max_elems // max(1, rows * hid))
+    return torch.cat([(x[i:i + block, None, :] * weight[None]).sum(-1)
+                      for i in range(0, x.shape[0], block)]) if x.shape[0] else x.new_zeros(0, rows)
+
+
 def project(p: RankParams, hidden: torch.Tensor, mixed_qkvz: Optional[torch.Tensor] = None):
     """Hidden states -> q, k, v, z, b, a on one rank (ba sliced per rank when replicated)."""
     if mixed_qkvz is None:
-        mixed_qkvz = hidden @ p.w_qkvz.T
-    mixed_ba = hidden @ p.w_ba.T
+        mixed_qkvz = rowwise_linear(hidden, p.w_qkvz)
+    mixed_ba = rowwise_linear(hidden, p.w_ba)
     q, k, v, z = unpack_qkvz(mixed_qkvz, p.local, p.layout)
-    if p.ba_heads is None:
-        return (q, k, v, z, *unpack_ba(mixed_ba, p.local, p.layout))
-    b, a = unpack_ba(mixed_ba, p.dims, p.layout)
-    start, count = p.ba_heads
-    return q, k, v, z, b[..., start:start + count], a[..., start:start + count]
+    b, a = unpack_ba(mixed_ba, p.local if p.ba_heads is None else p.dims, p.layout)
+    if p.ba_heads is not None:
+        start, count = p.ba_heads
+        b, a = b[..., start:start + count], a[..., start:start + count]
+    # Contiguous copies: CPU elementwise kernels take different (vector vs scalar) paths
+    # for different strides, which would make the two layouts differ in the last bit.
+    return tuple(t.contiguous() for t in (q, k, v, z, b, a))
 
 
 def _run_entry(p: RankParams, e: EntryPlan, mixed_qkv, qkv_gate, conv_pool, ssm_pool, chunked):
@@ -98,7 +114,7 @@ def oracle_step(p: RankParams, hidden: torch.Tensor, entries: List[EntryPlan],
     normed = normed.reshape(T, -1) * real[:, None]
     keep = real[:, None]
     return dict(mixed_qkv=mixed_qkv, z=z, b=b, a=a, conv_out=conv_out, g=g * keep, beta=beta * keep,
-                core=core, normed=normed, out=out_proj(normed, p.out_proj))
+                core=core, normed=normed, out=rowwise_linear(normed, p.out_proj))
 
 
 @dataclass

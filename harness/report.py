@@ -1,0 +1,87 @@
+"""Report files of a run: results.json (versioned schema) and summary.md (< 1 MiB)."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List
+
+import torch
+
+from . import __version__
+
+SCHEMA_VERSION = 1
+SUMMARY_LIMIT = 1 << 20          # summary.md stays under 1 MiB whatever the run size
+STATUSES = ("pass", "fail", "error", "skip")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a reader never sees half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def environment() -> dict:
+    env = dict(python=platform.python_version(), torch=torch.__version__, harness=__version__,
+               platform=platform.platform(), cuda=torch.version.cuda,
+               device_name=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+    return env
+
+
+def counts(records: List[dict]) -> dict:
+    c = Counter(r["status"] for r in records)
+    return {s: c.get(s, 0) for s in STATUSES} | {"total": len(records)}
+
+
+def write_results(report_dir: Path, records: List[dict], meta: dict) -> Path:
+    doc = dict(schema_version=SCHEMA_VERSION, created=datetime.now(timezone.utc).isoformat(),
+               environment=environment(), counts=counts(records), **meta, cases=records)
+    path = Path(report_dir) / "results.json"
+    atomic_write(path, json.dumps(doc, indent=1, default=str))
+    return path
+
+
+def summary_markdown(records: List[dict], meta: dict) -> str:
+    c = counts(records)
+    lines = [f"# gdn-harness: suite `{meta.get('suite')}`", "",
+             f"**{c['pass']} passed, {c['fail']} failed, {c['error']} errors, {c['skip']} skipped** "
+             f"of {c['total']} cases · wall {meta.get('wall_s', 0):.1f} s · policy v{meta.get('policy_version')}",
+             "", f"Command: `{meta.get('command', '')}`", ""]
+    bad = [r for r in records if r["status"] in ("fail", "error")]
+    if bad:
+        lines += ["## Failures", "", "| case | status | diagnosis / error | repro |", "|---|---|---|---|"]
+        for r in bad:
+            what = (r.get("diagnosis") or r.get("error") or "").replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| `{r['id']}` | {r['status']} | {what[:300]} | `{r['repro']}` |")
+        lines.append("")
+    margins = [r for r in records if r["status"] == "pass" and isinstance(r.get("margin"), (int, float))]
+    if margins:
+        tight = sorted(margins, key=lambda r: r["margin"])[:5]
+        lines += ["## Tightest passes (margin = log10(bound / error))", ""]
+        lines += [f"- `{r['id']}`: margin {r['margin']:.2f} ({r['tolerance']['kind']}"
+                  f" {r['tolerance']['value']:g})" for r in tight]
+        lines.append("")
+    lines += ["Full records: `results.json` in this folder."]
+    text = "\n".join(lines) + "\n"
+    if len(text.encode()) > SUMMARY_LIMIT:
+        cut = text.encode()[:SUMMARY_LIMIT - 200].decode(errors="ignore")
+        text = cut.rsplit("\n", 1)[0] + "\n\n... truncated to stay under 1 MiB; see results.json.\n"
+    return text
+
+
+def write_summary(report_dir: Path, records: List[dict], meta: dict) -> Path:
+    path = Path(report_dir) / "summary.md"
+    text = summary_markdown(records, meta)
+    atomic_write(path, text)
+    step = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step:
+        with open(step, "a") as f:
+            f.write(text)
+    return path
