@@ -47,7 +47,7 @@ def cmd_run(args) -> int:
     from .suite import expand, load_suite
 
     suite = load_suite(args.suite)
-    policy = Policy()
+    policy = Policy(args.policy) if args.policy else Policy()
     if args.device != "cpu" and args.device.startswith("cuda") and not torch.cuda.is_available():
         raise HarnessError(f"--device {args.device}: no CUDA device is available")
     cases = expand(suite, device=args.device, seeds=[args.seed] if args.seed is not None else None)
@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu", help="torch device for the cases (default cpu)")
     r.add_argument("--seed", type=int, default=None, help="replace the suite's seeds with this one")
     r.add_argument("-k", action="append", help="only cases whose id contains this (repeatable)")
+    r.add_argument("--policy", default=None, help="tolerance policy file (default suites/tolerances.toml)")
     r.add_argument("--report-dir", default=None, help="default reports/<timestamp> (+ reports/latest)")
     r.add_argument("-q", "--quiet", action="store_true", help="no per-case progress lines")
     r.set_defaults(fn=cmd_run)

@@ -32,6 +32,7 @@ class InputError(HarnessError, ValueError):
 
 
 Dim = Union[int, None]
+INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 def check_tensor(

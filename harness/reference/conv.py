@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError, check_tensor
+from ..errors import INDEX_DTYPES, InputError, check_tensor
 from .gating import acc_dtype
 
 PAD_SLOT_ID = -1
@@ -74,16 +74,16 @@ def causal_conv1d_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     check_tensor("x", x, shape=(None, None))
     dim, total = x.shape
     W = _check_common(dim, weight, bias, conv_states, "conv_states")
-    check_tensor("query_start_loc", query_start_loc, shape=(None,))
+    check_tensor("query_start_loc", query_start_loc, shape=(None,), dtype=INDEX_DTYPES)
     qsl = [int(v) for v in query_start_loc.tolist()]
     N = len(qsl) - 1
     if N < 0 or qsl[0] != 0 or qsl[-1] != total or any(b < a for a, b in zip(qsl, qsl[1:])):
         raise InputError("query_start_loc", "non-decreasing offsets from 0 to total_tokens",
                          f"[0, ..., {total}]", qsl)
     if cache_indices is not None:
-        check_tensor("cache_indices", cache_indices, shape=(N,))
+        check_tensor("cache_indices", cache_indices, shape=(N,), dtype=INDEX_DTYPES)
     if has_initial_state is not None:
-        check_tensor("has_initial_state", has_initial_state, shape=(N,))
+        check_tensor("has_initial_state", has_initial_state, shape=(N,), dtype=torch.bool)
     acc = acc_dtype(x.dtype, conv_states.dtype)
     out = torch.zeros(dim, total, dtype=acc, device=x.device)
     for i in range(N):
@@ -124,6 +124,7 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
     """
     check_tensor("x", x)
     if query_start_loc is not None:
+        check_tensor("query_start_loc", query_start_loc, shape=(None,), dtype=INDEX_DTYPES)
         check_tensor("x", x, shape=(None, None))
         dim = x.shape[1]
         qsl = [int(v) for v in query_start_loc.tolist()]
@@ -141,9 +142,9 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
         tokens = lambda i: xs[i]  # noqa: E731
     W = _check_common(dim, weight, bias, conv_state, "conv_state")
     if conv_state_indices is not None:
-        check_tensor("conv_state_indices", conv_state_indices, shape=(B,))
+        check_tensor("conv_state_indices", conv_state_indices, shape=(B,), dtype=INDEX_DTYPES)
     if num_accepted_tokens is not None:
-        check_tensor("num_accepted_tokens", num_accepted_tokens, shape=(B,))
+        check_tensor("num_accepted_tokens", num_accepted_tokens, shape=(B,), dtype=INDEX_DTYPES)
     acc = acc_dtype(x.dtype, conv_state.dtype)
     out = torch.zeros(x.shape, dtype=acc, device=x.device)
     L_state = conv_state.shape[2]

@@ -20,7 +20,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ..errors import InputError, check_tensor
+from ..errors import INDEX_DTYPES, InputError, check_tensor
 from ..layouts.state import check_ssm_layout
 from .gating import acc_dtype
 from .norm import l2norm
@@ -41,7 +41,7 @@ def _check_inputs(q, k, v, g, beta, cu_seqlens):
     if cu_seqlens is not None:
         if B != 1:
             raise InputError("q", "batch size with cu_seqlens", 1, B)
-        check_tensor("cu_seqlens", cu_seqlens, shape=(None,))
+        check_tensor("cu_seqlens", cu_seqlens, shape=(None,), dtype=INDEX_DTYPES)
         cu = [int(c) for c in cu_seqlens.tolist()]
         if cu[0] != 0 or cu[-1] != T or any(b < a for a, b in zip(cu, cu[1:])):
             raise InputError("cu_seqlens", f"non-decreasing offsets from 0 to T={T}", f"[0, ..., {T}]", cu)
@@ -119,9 +119,9 @@ def recurrent_gated_delta_rule(
             raise InputError("initial_state", "the state pool with ssm_state_indices", "a tensor", None)
         check_tensor("initial_state", initial_state, shape=(None, *state_shape))
         idx = ssm_state_indices if ssm_state_indices.dim() == 2 else ssm_state_indices[:, None]
-        check_tensor("ssm_state_indices", idx, shape=(N, None))
+        check_tensor("ssm_state_indices", idx, shape=(N, None), dtype=INDEX_DTYPES)
         if num_accepted_tokens is not None:
-            check_tensor("num_accepted_tokens", num_accepted_tokens, shape=(N,))
+            check_tensor("num_accepted_tokens", num_accepted_tokens, shape=(N,), dtype=INDEX_DTYPES)
         pool = initial_state if inplace_final_state else initial_state.clone()
         idx = idx.tolist()
     elif initial_state is not None:
@@ -138,6 +138,8 @@ def recurrent_gated_delta_rule(
             slot = row[read]
             if slot == pad_slot_id or slot < 0:
                 continue
+            if slot >= pool.shape[0] or max(row) >= pool.shape[0]:
+                raise InputError(f"ssm_state_indices[{n}]", "slots in", f"[0, {pool.shape[0]})", row)
             S = load(pool[slot])
             per_token = len(row) > 1
         else:

@@ -1,0 +1,11 @@
+# The two commands of the README. Both set everything up first (scripts/setup.sh).
+PY := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV)/bin,.venv/bin)
+
+.PHONY: smoke test
+smoke:  ## set up, then run the main job: the smoke suite, report under reports/latest/
+	scripts/setup.sh
+	$(PY)/gdn-harness run --suite self
+
+test:   ## set up with the test extras, then run the harness's own tests
+	scripts/setup.sh dev,fla,triton
+	$(PY)/python -m pytest -n auto

@@ -1,0 +1,86 @@
+"""Dims validation, presets, scenario data, and bad input naming the offending field / tensor."""
+import json
+
+import pytest
+import torch
+
+from harness.config import PRESETS, GDNDims, get_preset
+from harness.errors import ConfigError, InputError
+from harness.layouts.projection import unpack_qkvz_ba
+from harness.reference import causal_conv1d_update, recurrent_gated_delta_rule, rms_norm_gated
+from harness.scenario import Scenario, mixed_scenario
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(HV=3), "HV"), (dict(K=0), "K"), (dict(V=-1), "V"), (dict(W=1), "W"), (dict(hidden=0), "hidden")])
+def test_dims_validation_names_the_field(kw, field):
+    args = dict(hidden=16, H=2, HV=4, K=4, V=4) | kw
+    with pytest.raises(ConfigError) as e:
+        GDNDims(**args)
+    assert e.value.field == field and field in str(e.value)
+
+
+def test_tp_must_divide_heads():
+    d = GDNDims(hidden=16, H=2, HV=6, K=4, V=4)
+    with pytest.raises(ConfigError, match="tp: 4 does not divide H = 2"):
+        d.local(4)
+    assert d.local(2).H == 1 and d.local(2).HV == 3 and d.local(2).r == 3
+
+
+def test_presets_match_design():
+    assert len(PRESETS) == 8
+    n = get_preset("qwen3-next-80b-a3b")
+    assert (n.hidden, n.H, n.HV, n.K, n.V, n.W) == (2048, 16, 32, 128, 128, 4)
+    assert get_preset("qwen3.5-27b").HV == 48 and get_preset("qwen3.5-397b-a17b").HV == 64
+    s = n.shrink()
+    assert s.r == n.r and s.K != s.V
+    with pytest.raises(ConfigError, match="unknown preset"):
+        get_preset("qwen9")
+
+
+def test_scenario_json_roundtrip_and_plan():
+    sc = mixed_scenario(get_preset("qwen3.5-4b").shrink(), "flat", 2, seed=3)
+    again = Scenario.from_json(sc.to_json())
+    assert again.to_dict() == sc.to_dict() and json.loads(sc.to_json())["layout"] == "flat"
+    plan = sc.plan()
+    first = {e.seq: e for e in plan[0]}
+    assert first[0].has_initial_state is False and first[2].kind == "decode"
+    spec_e = next(e for e in plan[2] if e.seq == 0)
+    assert spec_e.num_accepted == 3 and spec_e.ssm_slots == sc.slots[0]    # accepted all 3 drafts last step
+    pad = next(e for e in plan[0] if e.kind == "pad")
+    assert pad.conv_slot == -1
+
+
+@pytest.mark.parametrize("steps, where", [
+    ([[{"seq": 0, "kind": "nope"}]], "steps[0][0].kind"),
+    ([[{"seq": 0, "kind": "decode", "tokens": 2}]], "steps[0][0].tokens"),
+    ([[{"seq": 0, "kind": "spec", "tokens": 4}]], "steps[0][0].tokens"),
+    ([[{"seq": 0, "kind": "spec", "tokens": 2, "accepted": 3}]], "steps[0][0].accepted"),
+    ([[{"seq": 0, "kind": "spec", "tokens": 2}], [{"seq": 0, "kind": "decode"}]], "steps[1][0].kind"),
+    ([[{"seq": 0, "kind": "decode"}, {"seq": 0, "kind": "decode"}]], "steps[0][1].seq"),
+])
+def test_scenario_validation_names_the_entry(steps, where):
+    with pytest.raises(ConfigError) as e:
+        Scenario(dims=GDNDims(hidden=8, H=1, HV=1, K=2, V=2), steps=steps, num_spec=2).validate()
+    assert e.value.field == where
+
+
+def test_bad_tensors_name_tensor_expected_and_actual():
+    d = GDNDims(hidden=8, H=2, HV=4, K=2, V=3)
+    with pytest.raises(InputError, match=r"mixed_ba: expected last dim \(2\*HV\) 8, got \(3, 6\)"):
+        unpack_qkvz_ba(torch.zeros(3, d.qkvz_dim), torch.zeros(3, 6), d, "flat")
+    with pytest.raises(InputError, match=r"k: expected shape \(1, 5, 2, 4\), got \(1, 5, 2, 3\)"):
+        z = torch.zeros
+        recurrent_gated_delta_rule(z(1, 5, 2, 4), z(1, 5, 2, 3), z(1, 5, 4, 3), z(1, 5, 4), z(1, 5, 4))
+    with pytest.raises(InputError, match=r"weight: expected shape \(6,\), got \(5,\)"):
+        rms_norm_gated(torch.zeros(2, 6), torch.zeros(5))
+    with pytest.raises(InputError, match="conv_state: expected shape"):
+        causal_conv1d_update(torch.zeros(2, 4), torch.zeros(3, 5, 3), torch.zeros(4, 4))
+    with pytest.raises(InputError, match=r"z: expected shape \(2, 6\), got \(2, 5\)"):
+        rms_norm_gated(torch.zeros(2, 6), torch.zeros(6), z=torch.zeros(2, 5))
+    with pytest.raises(InputError, match=r"ssm_state_indices: expected dtype \[torch.int32, torch.int64\], got torch.float32"):
+        z = torch.zeros
+        recurrent_gated_delta_rule(z(1, 1, 2, 4), z(1, 1, 2, 4), z(1, 1, 4, 3), z(1, 1, 4), z(1, 1, 4),
+                                   initial_state=z(2, 4, 3, 4), ssm_state_indices=z(1))
+    with pytest.raises(ConfigError, match="layout"):
+        unpack_qkvz_ba(torch.zeros(3, d.qkvz_dim), torch.zeros(3, 8), d, "diagonal")
