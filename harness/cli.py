@@ -101,6 +101,27 @@ def cmd_list(args) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args) -> int:
+    import json
+
+    from .bench import bench_oracle
+    from .report import atomic_write
+    from .suite import parse_dims
+
+    rows = bench_oracle(parse_dims(args.dims), args.tokens, args.device, args.repeat, args.recurrent, args.seed)
+    for r in rows:
+        print(f"{r['bench']}/{r['form']:9} {r['dims']['name']} T={r['tokens']} {r['device_name']}: "
+              f"median {r['median_s']:.3f}s (first {r['first_s']:.3f}s, {len(r['times_s'])} runs)")
+    if args.report_dir:
+        atomic_write(Path(args.report_dir) / "bench.json", json.dumps(rows, indent=1))
+    return EXIT_OK
+
+
+def _has_cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gdn-harness", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -113,6 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--report-dir", default=None, help="default reports/<timestamp> (+ reports/latest)")
     r.add_argument("-q", "--quiet", action="store_true", help="no per-case progress lines")
     r.set_defaults(fn=cmd_run)
+    b = sub.add_parser("bench", help="time the harness itself (the fp64 oracle on a long prefill)")
+    b.add_argument("--dims", default="qwen3-next-80b-a3b", help="preset[:shrunk[:k=v,...]]")
+    b.add_argument("--tokens", type=int, default=32768)
+    b.add_argument("--device", default="cuda" if _has_cuda() else "cpu")
+    b.add_argument("--repeat", type=int, default=3)
+    b.add_argument("--recurrent", action="store_true", help="also time the per-token recurrence")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--report-dir", default=None, help="write bench.json here")
+    b.set_defaults(fn=cmd_bench)
     ls = sub.add_parser("list", help="list presets, suites or checks")
     ls.add_argument("what", choices=["presets", "suites", "checks"])
     ls.set_defaults(fn=cmd_list)

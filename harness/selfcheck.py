@@ -225,6 +225,14 @@ def check_device_agreement(c: Case) -> List[Pair]:
         o_d, s_d = fn(dev["q"], dev["k"], dev["v"], dev["g"], dev["beta"], **kw(dev))
         name = fn.__name__.split("_")[0]
         pairs += [(f"{name}.o", o_d.cpu()[0], o_c[0], 0), (f"{name}.final_state", s_d.cpu(), s_c, None)]
+    for layout in ("interleaved", "flat"):
+        sc = mixed_scenario(c.dims, layout, 1, c.seed)
+        inp = make_inputs(replace(sc, dtype="float64", state_dtype="float64"))
+        on_dev = _oracle(sc, inp, device=c.device)
+        on_cpu = _oracle(sc, inp)
+        on_dev.steps = [{k: v.cpu() for k, v in s.items()} for s in on_dev.steps]
+        on_dev.conv_pool, on_dev.ssm_pool = on_dev.conv_pool.cpu(), on_dev.ssm_pool.cpu()
+        pairs += _result_pairs(f"layer[{layout}].", on_dev, on_cpu)
     return pairs
 
 

@@ -99,10 +99,10 @@ def oracle_step(p: RankParams, hidden: torch.Tensor, entries: List[EntryPlan],
     q, k, v, z, b, a = project(p, hidden, None if mixed_qkvz is None else mixed_qkvz.to(F64))
     mixed_qkv = qkv_to_mixed(q, k, v)
     g, beta = fused_gdn_gating(p.A_log, a, b, p.dt_bias)
-    T, loc = hidden.shape[0], p.local
-    conv_out = torch.zeros(T, loc.conv_dim, dtype=F64)
-    core = torch.zeros(T, loc.HV, loc.V, dtype=F64)
-    real = torch.zeros(T, dtype=torch.bool)
+    T, loc, dev = hidden.shape[0], p.local, hidden.device
+    conv_out = torch.zeros(T, loc.conv_dim, dtype=F64, device=dev)
+    core = torch.zeros(T, loc.HV, loc.V, dtype=F64, device=dev)
+    real = torch.zeros(T, dtype=torch.bool, device=dev)
     for e in entries:
         if e.kind == "pad":
             continue
@@ -136,17 +136,19 @@ def _local_pools(sc: Scenario, conv_pool, ssm_pool, p: RankParams):
 
 def run_oracle(sc: Scenario, weights, hidden: List[torch.Tensor], conv_pool: torch.Tensor,
                ssm_pool: torch.Tensor, tp: Optional[int] = None, chunked: bool = False,
-               projections: Optional[List] = None) -> OracleResult:
+               projections: Optional[List] = None, device=None) -> OracleResult:
     """Run every step of `sc` in fp64 on `tp` ranks (default sc.tp) and gather the result.
 
     conv_pool ``[num_slots, conv_dim, L]`` (dim-first) and ssm_pool ``[num_slots, HV, V, K]``
     are the initial (stale) pools; they are not modified. `projections` optionally
     gives, per rank, a callable hidden -> mixed_qkvz replacing the fused in_proj (the
-    LoRA arrangement).
+    LoRA arrangement). `device` (default: the pools' device) is where it runs.
     """
+    device = torch.device(device) if device is not None else conv_pool.device
+    hidden = [h.to(device) for h in hidden]
     tp = sc.tp if tp is None else tp
-    ranks = all_ranks(weights.to(F64), sc.dims, sc.layout, tp, sc.ba)
-    pools = [_local_pools(sc, conv_pool.to(F64), ssm_pool.to(F64), p) for p in ranks]
+    ranks = all_ranks(weights.to(device=device, dtype=F64), sc.dims, sc.layout, tp, sc.ba)
+    pools = [_local_pools(sc, conv_pool.to(device, F64), ssm_pool.to(device, F64), p) for p in ranks]
     steps = []
     for s, entries in enumerate(sc.plan()):
         per_rank = []
