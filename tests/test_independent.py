@@ -122,6 +122,12 @@ def gdn_inputs(seed, B, T, H, HV, K, V, prenorm_qk, with_state):
     return q, k, v, g, beta, s0
 
 
+def _expand(q, k, r):
+    """q / k expanded to the value heads (repeat_interleave, our hv // r grouping): older
+    transformers (5.17) expects equal head counts, newer ones expand only when unequal."""
+    return q.repeat_interleave(r, dim=2), k.repeat_interleave(r, dim=2)
+
+
 def _d(*ts):
     return [None if t is None else t.to(F64) for t in ts]
 
@@ -141,7 +147,7 @@ def test_recurrent_vs_transformers(r, with_state, l2norm_in_kernel):
     HV = H * r
     q, k, v, g, beta, s0 = gdn_inputs(1 + r + 2 * with_state + 4 * l2norm_in_kernel, B, T, H, HV, K, V,
                                       prenorm_qk=not l2norm_in_kernel, with_state=with_state)
-    o_hf, s_hf = hf(q, k, v, g, beta, initial_state=_kv(s0), output_final_state=True,
+    o_hf, s_hf = hf(*_expand(q, k, r), v, g, beta, initial_state=_kv(s0), output_final_state=True,
                     use_qk_l2norm_in_kernel=l2norm_in_kernel)
     qd, kd, vd, gd, bd, s0d = _d(q, k, v, g, beta, s0)
     o, s = ref.recurrent_gated_delta_rule(qd, kd, vd, gd, bd, initial_state=s0d, output_final_state=True,
@@ -184,8 +190,8 @@ def test_chunk_vs_transformers(r, with_state):
     HV = H * r
     q, k, v, g, beta, s0 = gdn_inputs(21 + r + 2 * with_state, B, T, H, HV, K, V,
                                       prenorm_qk=False, with_state=with_state)
-    o_hf, s_hf = hf(q, k, v, g, beta, chunk_size=64, initial_state=_kv(s0), output_final_state=True,
-                    use_qk_l2norm_in_kernel=True)
+    o_hf, s_hf = hf(*_expand(q, k, r), v, g, beta, chunk_size=64, initial_state=_kv(s0),
+                    output_final_state=True, use_qk_l2norm_in_kernel=True)
     qd, kd, vd, gd, bd, s0d = _d(q, k, v, g, beta, s0)
     o, s = ref.chunk_gated_delta_rule(qd, kd, vd, gd, bd, initial_state=s0d, use_qk_l2norm_in_kernel=True,
                                       state_layout="vk", chunk_size=64)
@@ -227,7 +233,7 @@ def test_varlen_vs_transformers_per_sequence(form):
             assert torch.equal(s[n], s0d[n])
             continue
         sl = slice(a, b)
-        o_hf, s_hf = hf(q[:, sl], k[:, sl], v[:, sl], g[:, sl], beta[:, sl], initial_state=_kv(s0[n:n + 1]),
+        o_hf, s_hf = hf(*_expand(q[:, sl], k[:, sl], HV // H), v[:, sl], g[:, sl], beta[:, sl], initial_state=_kv(s0[n:n + 1]),
                         output_final_state=True, use_qk_l2norm_in_kernel=True)
         assert_close(o[:, sl], o_hf, TOL_FP32, f"output of sequence {n}")
         assert_close(s[n].transpose(-1, -2), s_hf[0], TOL_FP32, f"final state of sequence {n}")

@@ -28,16 +28,27 @@ def _activate(y: torch.Tensor, activation) -> torch.Tensor:
 
 def conv_window(full: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                 activation) -> torch.Tensor:
-    """Depthwise causal conv over ``full [dim, W-1+T]`` (history then inputs) -> ``[dim, T]``."""
+    """Depthwise causal conv over ``full [dim, W-1+T]`` (history then inputs) -> ``[dim, T]``.
+
+    One token at a time on contiguous ``[dim]`` rows: every token goes through the same
+    kernels with the same shapes, so its result never depends on how many tokens share
+    the call (CPU kernels switch between vector and scalar paths by size).
+    """
     W = weight.shape[1]
     acc = full.dtype
     T = full.shape[1] - (W - 1)
-    y = torch.zeros(full.shape[0], T, dtype=acc, device=full.device)
-    for j in range(W):
-        y += weight[:, j:j + 1].to(acc) * full[:, j:j + T]
-    if bias is not None:
-        y += bias.to(acc)[:, None]
-    return _activate(y, activation)
+    rows = full.T.contiguous()
+    taps = weight.T.to(acc).contiguous()          # [W, dim]
+    b = None if bias is None else bias.to(acc)
+    out = torch.empty(T, full.shape[0], dtype=acc, device=full.device)
+    for t in range(T):
+        y = taps[0] * rows[t]
+        for j in range(1, W):
+            y = y + taps[j] * rows[t + j]
+        if b is not None:
+            y = y + b
+        out[t] = _activate(y, activation)
+    return out.T
 
 
 def _check_common(x_dim: int, weight, bias, conv_states, name_states):

@@ -65,6 +65,13 @@ def _prepare(q, k, v, g, beta, scale, use_qk_l2norm, acc):
             beta.reshape(-1, HV).to(acc))
 
 
+def _token_qk(q, k, scale, use_qk_l2norm, r, acc):
+    """One token's q, k ``[H, K]`` -> normalised, scaled, expanded to ``[HV, K]``."""
+    if use_qk_l2norm:
+        q, k = l2norm(q), l2norm(k)
+    return (q.to(acc) * scale).repeat_interleave(r, dim=0), k.to(acc).repeat_interleave(r, dim=0)
+
+
 def _step(S, q, k, v, g, beta):
     """One token for all heads; S ``[HV, V, K]``. Returns (new S, o ``[HV, V]``)."""
     S = S * torch.exp(g)[:, None, None]
@@ -103,7 +110,9 @@ def recurrent_gated_delta_rule(
     state_shape = (HV, V, K) if state_layout == "vk" else (HV, K, V)
     acc = acc_dtype(q.dtype, v.dtype, *(() if initial_state is None else (initial_state.dtype,)))
     scale = K ** -0.5 if scale is None else scale
-    qf, kf, vf, gf, bf = _prepare(q, k, v, g, beta, scale, use_qk_l2norm_in_kernel, acc)
+    # Token by token, q / k included: a token's result never depends on its batch-mates.
+    qr, kr = q.reshape(-1, H, K), k.reshape(-1, H, K)
+    vf, gf, bf = v.reshape(-1, HV, V).to(acc), g.reshape(-1, HV).to(acc), beta.reshape(-1, HV).to(acc)
     o = torch.zeros(B * T, HV, V, dtype=acc, device=q.device)
     N = len(spans)
 
@@ -147,7 +156,8 @@ def recurrent_gated_delta_rule(
                  else torch.zeros(HV, V, K, dtype=acc, device=q.device))
         for t in range(eos - bos):
             i = base + bos + t
-            S, o[i] = _step(S, qf[i], kf[i], vf[i], gf[i], bf[i])
+            qi, ki = _token_qk(qr[i], kr[i], scale, use_qk_l2norm_in_kernel, HV // H, acc)
+            S, o[i] = _step(S, qi, ki, vf[i], gf[i], bf[i])
             if pool is not None and per_token:
                 if t >= len(row):
                     raise InputError("ssm_state_indices", f"columns for {eos - bos} tokens of sequence {n}",

@@ -26,18 +26,22 @@ F64 = torch.float64
 STEP_OUTPUTS = ("mixed_qkv", "z", "b", "a", "conv_out", "g", "beta", "core", "normed", "out")
 
 
-def rowwise_linear(x: torch.Tensor, weight: torch.Tensor, max_elems: int = 1 << 24) -> torch.Tensor:
-    """``x @ weight.T`` as a per-(token, feature) product-and-sum.
+def per_token(fn, *xs: torch.Tensor) -> torch.Tensor:
+    """``fn`` applied to each token's rows on its own, results stacked.
 
-    A BLAS GEMM blocks rows and columns differently for different batch sizes and
-    row orders, so a token's result would depend on its batch-mates and on the
-    projection layout. Reducing each (token, feature) pair on its own keeps the oracle
-    bit-invariant to both. Blocks of tokens bound the temporary to `max_elems`.
+    Every call sees the same shapes, so a token's result never depends on how many
+    tokens share the batch: CPU kernels take vector or scalar paths, and GEMMs block
+    rows, differently for different sizes.
     """
-    rows, hid = weight.shape
-    block = max(1, max_elems // max(1, rows * hid))
-    return torch.cat([(x[i:i + block, None, :] * weight[None]).sum(-1)
-                      for i in range(0, x.shape[0], block)]) if x.shape[0] else x.new_zeros(0, rows)
+    return torch.stack([fn(*(x[t] for x in xs)) for t in range(xs[0].shape[0])])
+
+
+def rowwise_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` per token as a product-and-sum per feature: bit-invariant to the
+    batch and to the order of the weight's rows (the projection layout)."""
+    if x.shape[0] == 0:
+        return x.new_zeros(0, weight.shape[0])
+    return per_token(lambda row: (weight * row).sum(-1), x)
 
 
 def project(p: RankParams, hidden: torch.Tensor, mixed_qkvz: Optional[torch.Tensor] = None):
@@ -98,7 +102,8 @@ def oracle_step(p: RankParams, hidden: torch.Tensor, entries: List[EntryPlan],
     hidden = hidden.to(F64)
     q, k, v, z, b, a = project(p, hidden, None if mixed_qkvz is None else mixed_qkvz.to(F64))
     mixed_qkv = qkv_to_mixed(q, k, v)
-    g, beta = fused_gdn_gating(p.A_log, a, b, p.dt_bias)
+    g, beta = (torch.stack(t) for t in zip(*(fused_gdn_gating(p.A_log, a[t], b[t], p.dt_bias)
+                                              for t in range(a.shape[0]))))
     T, loc, dev = hidden.shape[0], p.local, hidden.device
     conv_out = torch.zeros(T, loc.conv_dim, dtype=F64, device=dev)
     core = torch.zeros(T, loc.HV, loc.V, dtype=F64, device=dev)
@@ -109,8 +114,9 @@ def oracle_step(p: RankParams, hidden: torch.Tensor, entries: List[EntryPlan],
         real[e.bos:e.eos] = True
         conv_out[e.bos:e.eos], core[e.bos:e.eos] = _run_entry(p, e, mixed_qkv, (g, beta),
                                                               conv_pool, ssm_pool, chunked)
-    normed = rms_norm_gated(core, p.norm_weight, z, eps=norm.eps, group_size=norm.group_size,
-                            norm_before_gate=norm.norm_before_gate, activation=norm.activation)
+    normed = per_token(lambda x, zt: rms_norm_gated(x, p.norm_weight, zt, eps=norm.eps, group_size=norm.group_size,
+                                                    norm_before_gate=norm.norm_before_gate,
+                                                    activation=norm.activation), core, z)
     normed = normed.reshape(T, -1) * real[:, None]
     keep = real[:, None]
     return dict(mixed_qkv=mixed_qkv, z=z, b=b, a=a, conv_out=conv_out, g=g * keep, beta=beta * keep,
