@@ -3,11 +3,13 @@
 Runs on any torch device, in fp64 when given fp64. Imports nothing of harness.optimized.
 """
 from .conv import PAD_SLOT_ID, causal_conv1d_fn, causal_conv1d_update
-from .delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
+from .delta_rule import (chunk_gated_delta_rule, fused_recurrent_gated_delta_rule_packed_decode,
+                         fused_sigmoid_gating_delta_rule_update, recurrent_gated_delta_rule)
 from .gating import fused_gdn_gating, softplus
 from .layer import OracleResult, oracle_step, run_oracle
 from .norm import l2norm, out_proj, rms_norm_gated
 
 __all__ = ["PAD_SLOT_ID", "causal_conv1d_fn", "causal_conv1d_update", "chunk_gated_delta_rule",
-           "recurrent_gated_delta_rule", "fused_gdn_gating", "softplus", "l2norm", "out_proj",
+           "recurrent_gated_delta_rule", "fused_sigmoid_gating_delta_rule_update",
+           "fused_recurrent_gated_delta_rule_packed_decode", "fused_gdn_gating", "softplus", "l2norm", "out_proj",
            "rms_norm_gated", "OracleResult", "oracle_step", "run_oracle"]

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import INDEX_DTYPES, InputError, check_tensor
 from ..layouts.state import check_ssm_layout
-from .gating import acc_dtype
+from .gating import acc_dtype, fused_gdn_gating
 from .norm import l2norm
 
 PAD_SLOT_ID = -1
@@ -248,3 +248,57 @@ def chunk_gated_delta_rule(
         return o, None
     out_dtype = initial_state.dtype if initial_state is not None else acc
     return o, torch.stack(finals).to(out_dtype)
+
+
+def fused_sigmoid_gating_delta_rule_update(
+    A_log: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dt_bias: torch.Tensor,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float = 1.0, threshold: float = 20.0,
+    scale: Optional[float] = None, initial_state: Optional[torch.Tensor] = None,
+    inplace_final_state: bool = True, cu_seqlens: Optional[torch.Tensor] = None,
+    ssm_state_indices: Optional[torch.Tensor] = None, num_accepted_tokens: Optional[torch.Tensor] = None,
+    use_qk_l2norm_in_kernel: bool = False, state_layout: str = "vk",
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Gating fused into the recurrent update (vLLM's decode / spec path).
+
+    a, b ``[T, HV]`` (the tokens of q / k / v, back to back); g and beta come from
+    `fused_gdn_gating`; everything else as `recurrent_gated_delta_rule`.
+    """
+    HV = v.shape[2]
+    check_tensor("a", a, shape=(q.shape[0] * q.shape[1], HV))
+    check_tensor("b", b, shape=(q.shape[0] * q.shape[1], HV))
+    g, bt = fused_gdn_gating(A_log, a, b, dt_bias, beta, threshold)
+    shape = (*q.shape[:2], HV)
+    return recurrent_gated_delta_rule(q, k, v, g.reshape(shape), bt.reshape(shape), scale, initial_state,
+                                      True, cu_seqlens, ssm_state_indices, num_accepted_tokens,
+                                      inplace_final_state, use_qk_l2norm_in_kernel, state_layout)
+
+
+def fused_recurrent_gated_delta_rule_packed_decode(
+    mixed_qkv: torch.Tensor, a: torch.Tensor, b: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor,
+    scale: Optional[float], initial_state: torch.Tensor, out: torch.Tensor,
+    ssm_state_indices: torch.Tensor, use_qk_l2norm_in_kernel: bool = True, state_layout: str = "vk",
+) -> torch.Tensor:
+    """Single-token decode straight from the conv output (vLLM's packed decode).
+
+    mixed_qkv ``[B, 2*H*K + HV*V]`` in ``[q | k | v]`` order (H inferred), a, b ``[B, HV]``,
+    initial_state the pool (updated in place), out ``[B, 1, HV, V]`` written (PAD rows
+    zero), ssm_state_indices ``[B]``. Returns out.
+    """
+    HV = A_log.shape[0]
+    Vd = out.shape[-1]
+    B = mixed_qkv.shape[0]
+    check_tensor("out", out, shape=(B, 1, HV, Vd))
+    state_K = initial_state.shape[-1] if state_layout == "vk" else initial_state.shape[-2]
+    qk = mixed_qkv.shape[1] - HV * Vd
+    if qk <= 0 or qk % (2 * state_K):
+        raise InputError("mixed_qkv", f"last dim 2*H*K + HV*V (K={state_K}, HV*V={HV * Vd})",
+                         f"2*H*{state_K} + {HV * Vd}", mixed_qkv.shape[1])
+    H = qk // (2 * state_K)
+    q, k, v = torch.split(mixed_qkv, [H * state_K, H * state_K, HV * Vd], dim=-1)
+    o, _ = fused_sigmoid_gating_delta_rule_update(
+        A_log, a, b, dt_bias, q.reshape(1, B, H, state_K), k.reshape(1, B, H, state_K),
+        v.reshape(1, B, HV, Vd), scale=scale, initial_state=initial_state, inplace_final_state=True,
+        cu_seqlens=torch.arange(B + 1), ssm_state_indices=ssm_state_indices,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, state_layout=state_layout)
+    out.copy_(o.reshape(B, 1, HV, Vd).to(out.dtype))
+    return out
