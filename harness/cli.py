@@ -50,7 +50,8 @@ def cmd_run(args) -> int:
     policy = Policy(args.policy) if args.policy else Policy()
     if args.device != "cpu" and args.device.startswith("cuda") and not torch.cuda.is_available():
         raise HarnessError(f"--device {args.device}: no CUDA device is available")
-    cases = expand(suite, device=args.device, seeds=[args.seed] if args.seed is not None else None)
+    backends = [b for arg in (args.backend or ["reference"]) for b in arg.split(",") if b]
+    cases = expand(suite, backends, device=args.device, seeds=[args.seed] if args.seed is not None else None)
     if args.k:
         cases = [c for c in cases if any(k in c.id for k in args.k)]
         if not cases:
@@ -71,7 +72,7 @@ def cmd_run(args) -> int:
         records = run_cases(cases, policy, suite["name"], on_done=lambda r: (records.append(r), progress(r)))
     except KeyboardInterrupt:
         print("interrupted: writing the report of the finished cases", file=sys.stderr)
-    meta = dict(suite=suite["name"], suite_file=suite["path"], policy_version=policy.version,
+    meta = dict(suite=suite["name"], backends=backends, suite_file=suite["path"], policy_version=policy.version,
                 policy_file=str(policy.path), command="gdn-harness " + " ".join(map(shlex.quote, args.argv)),
                 device=args.device, wall_s=round(time.perf_counter() - t0, 3))
     write_results(report_dir, records, meta)
@@ -87,7 +88,26 @@ def cmd_list(args) -> int:
     from .selfcheck import CHECKS
     from .suite import load_suite, suite_names
 
-    if args.what == "presets":
+    if args.what == "backends":
+        from .optimized.registry import backend_names, load_backend
+        for name, target in backend_names().items():
+            try:
+                b = load_backend(name)
+                why = b.unavailable("cuda" if _has_cuda() else "cpu")
+                info = f"ops: {', '.join(b.implemented_ops()) or '-'}" + (f"  [unavailable: {why}]" if why else "")
+            except HarnessError as e:
+                info = f"[cannot load: {e}]"
+            print(f"{name:10} {target:55} {info}")
+    elif args.what == "ops":
+        from .opcheck import OP_INFOS
+        for name, info in OP_INFOS.items():
+            print(f"{name:48} variants: {', '.join(info.variants)}")
+    elif args.what == "mixes":
+        from .scenario import MIXES
+        for name, (build, num_spec) in MIXES.items():
+            steps = build()
+            print(f"{name:22} steps={len(steps)} num_spec={num_spec} entries={sum(len(s) for s in steps)}")
+    elif args.what == "presets":
         for name, d in PRESETS.items():
             print(f"{name:22} hidden={d.hidden:<5} H={d.H:<3} HV={d.HV:<3} K={d.K} V={d.V} W={d.W} "
                   f"layout={PRESET_LAYOUT[name]}")
@@ -127,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run a suite and write results.json + summary.md")
     r.add_argument("--suite", default="self", help="suite name (suites/<name>.toml) or path")
+    r.add_argument("--backend", action="append", help="backend under test: a registered name or "
+                   "package.module:attr (repeatable, or comma-separated; default reference)")
     r.add_argument("--device", default="cpu", help="torch device for the cases (default cpu)")
     r.add_argument("--seed", type=int, default=None, help="replace the suite's seeds with this one")
     r.add_argument("-k", action="append", help="only cases whose id contains this (repeatable)")
@@ -144,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--report-dir", default=None, help="write bench.json here")
     b.set_defaults(fn=cmd_bench)
     ls = sub.add_parser("list", help="list presets, suites or checks")
-    ls.add_argument("what", choices=["presets", "suites", "checks"])
+    ls.add_argument("what", choices=["backends", "suites", "presets", "ops", "mixes", "checks"])
     ls.set_defaults(fn=cmd_list)
     return p
 

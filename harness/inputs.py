@@ -62,7 +62,7 @@ def make_weights(dims: GDNDims, seed: int = 0, conv_bias: bool = False) -> GDNWe
 class ScenarioInputs:
     weights: GDNWeights            # in the scenario dtype
     hidden: List[torch.Tensor]     # per step [T, hidden], scenario dtype
-    conv_pool: torch.Tensor        # [num_slots, conv_dim, W-1+num_spec] dim-first, state dtype
+    conv_pool: torch.Tensor        # [num_slots, conv_dim, W-1+num_spec] dim-first, activation dtype
     ssm_pool: torch.Tensor         # [num_slots, HV, V, K] (vk), state dtype
 
 
@@ -75,7 +75,7 @@ def make_inputs(sc: Scenario) -> ScenarioInputs:
               for entries in sc.plan()]
     # Stale pool contents: conv-input-like values and states of a plausible size.
     conv_pool = torch.randn(sc.num_slots, dims.conv_dim, sc.conv_state_len, dtype=torch.float64,
-                            generator=gen).to(st)
+                            generator=gen).to(dt)          # vLLM keeps conv state in the model dtype
     ssm_pool = (0.3 * torch.randn(sc.num_slots, dims.HV, dims.V, dims.K, dtype=torch.float64,
                                   generator=gen)).to(st)
     return ScenarioInputs(weights=w.to(dt), hidden=hidden, conv_pool=conv_pool, ssm_pool=ssm_pool)

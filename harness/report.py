@@ -65,8 +65,10 @@ def summary_markdown(records: List[dict], meta: dict) -> str:
     if margins:
         tight = sorted(margins, key=lambda r: r["margin"])[:5]
         lines += ["## Tightest passes (margin = log10(bound / error))", ""]
-        lines += [f"- `{r['id']}`: margin {r['margin']:.2f} ({r['tolerance']['kind']}"
-                  f" {r['tolerance']['value']:g})" for r in tight]
+        for r in tight:
+            m = min((m for m in r["metrics"] if isinstance(m["margin"], (int, float))), key=lambda m: m["margin"])
+            lines.append(f"- `{r['id']}`: margin {r['margin']:.2f} on {m['output']} "
+                         f"(rel_rms {m['rel_rms']:.2g}, {m['tolerance']})")
         lines.append("")
     lines += ["Full records: `results.json` in this folder."]
     text = "\n".join(lines) + "\n"

@@ -7,49 +7,120 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
+from .cases import Case
 from .compare import compare
 from .policy import Policy
-from .selfcheck import CHECKS, Case
-from .suite import skip_reason
+from .selfcheck import CHECKS
 
 
 def repro_command(case: Case, suite: str) -> str:
     dev = f" --device {case.device}" if case.device != "cpu" else ""
-    return f"gdn-harness run --suite {suite} -k '{case.id}' --seed {case.seed}{dev}"
+    be = f" --backend {case.backend}" if case.level != "self" else ""
+    return f"gdn-harness run --suite {suite}{be} -k '{case.id}' --seed {case.seed}{dev}"
 
 
-def run_case(case: Case, policy: Policy, suite: str) -> dict:
-    rec = dict(id=case.id, suite=suite, level="self", op=case.check, backend="reference",
-               layout=case.layout, tp=case.tp, mix=None, dtype="float64", state_dtype="float64",
-               dims=case.dims.to_dict(), seed=case.seed, device=case.device, status="pass",
-               metrics=[], tolerance=None, margin=None, diagnosis=None, error=None,
-               repro=repro_command(case, suite))
-    reason = skip_reason(case)
+class BackendCache:
+    """Backends loaded once per run; a backend that fails to load fails its cases."""
+
+    def __init__(self):
+        self._loaded: Dict[str, object] = {}
+
+    def get(self, name: str):
+        if name not in self._loaded:
+            from .optimized.registry import load_backend   # only the runner touches backends
+            try:
+                self._loaded[name] = load_backend(name)
+            except Exception as e:
+                self._loaded[name] = e
+        got = self._loaded[name]
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+
+def _skip_reason(case: Case, backend) -> Optional[str]:
+    why = backend.unavailable(case.device)
+    if why:
+        return why
+    if case.dtype not in backend.dtypes:
+        return f"backend {backend.name} does not take dtype {case.dtype}"
+    if case.state_dtype not in backend.state_dtypes:
+        return f"backend {backend.name} does not take state dtype {case.state_dtype}"
+    if case.level == "op" and not backend.implements(case.check):
+        return f"backend {backend.name} does not implement {case.check}"
+    if case.level == "layer":
+        path, conv, _ = case.variant.split(".")
+        if path not in backend.decode_paths:
+            return f"backend {backend.name} has no {path} decode path (has {list(backend.decode_paths)})"
+        if conv not in backend.conv_state_layouts:
+            return f"backend {backend.name} does not take a {conv} conv state"
+    return None
+
+
+def _pairs(case: Case, backends: BackendCache, rec: dict):
+    """(name, actual, expected, token_dim, policy key) for the case, or None when skipped."""
+    if case.level == "self":
+        return [(n, a, b, t, f"self.{case.check}") for n, a, b, t in CHECKS[case.check][0](case)]
+    backend = backends.get(case.backend)
+    reason = _skip_reason(case, backend)
     if reason:
         rec.update(status="skip", error=reason)
-        return rec
+        return None
+    if case.level == "op":
+        from .opcheck import run_op_case
+        return run_op_case(backend, case.check, case.variant, case.dims, case.dtype, case.state_dtype,
+                           case.seed, case.device)
+    from .layercheck import run_layer_case
+    from .optimized.api import FilledOps
+    path, conv, ba = case.variant.split(".")
+    ops = FilledOps(backend, backends.get("reference"))
+    pairs = run_layer_case(backend, ops, case.dims, case.check, case.layout, case.tp, case.dtype,
+                           case.state_dtype, case.seed, case.device, path, conv, ba)
+    rec["filled_ops"] = list(ops.filled)
+    return pairs
+
+
+def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendCache] = None) -> dict:
+    backends = backends or BackendCache()
+    rec = dict(id=case.id, suite=suite, level=case.level, op=case.check, backend=case.backend,
+               layout=case.layout, tp=case.tp, mix=case.check if case.level == "layer" else None,
+               variant=case.variant, dtype=case.dtype, state_dtype=case.state_dtype, dims=case.dims.to_dict(),
+               seed=case.seed, device=case.device, status="pass", metrics=[], tolerance=None, margin=None,
+               diagnosis=None, error=None, filled_ops=[], repro=repro_command(case, suite), case=case.to_dict())
     t0 = time.perf_counter()
     try:
-        tol = policy.lookup(f"self.{case.check}", "float64", "float64")
-        rec["tolerance"] = dict(kind=tol.kind, value=tol.value, reason=tol.reason, source=tol.source)
-        pairs = CHECKS[case.check][0](case)
-        metrics = [compare(name, out, ref, tol, token_dim) for name, out, ref, token_dim in pairs]
-        rec["metrics"] = [m.to_dict() for m in metrics]
-        failed = [m for m in metrics if not m.passed]
-        rec["status"] = "fail" if failed else "pass"
-        rec["margin"] = _fmt(min((m.margin for m in metrics), default=math.inf))
-        if failed:
-            worst = min(failed, key=lambda m: m.margin)
-            rec["diagnosis"] = (f"{len(failed)}/{len(metrics)} outputs out of tolerance; worst "
-                                f"{worst.output}: rel_rms {worst.rel_rms:.3g}, max |diff| "
-                                f"{worst.max_abs:.3g} at {worst.max_abs_index}")
+        pairs = _pairs(case, backends, rec)
+        if pairs is not None:
+            _judge(rec, pairs, policy, case)
     except Exception as e:  # a crash costs one case, never the run
-        rec.update(status="error", error=f"{type(e).__name__}: {e}",
-                   traceback=traceback.format_exc()[-4000:])
+        rec.update(status="error", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
     rec["duration_s"] = round(time.perf_counter() - t0, 4)
     return rec
+
+
+def _judge(rec: dict, pairs, policy: Policy, case: Case) -> None:
+    metrics, tolerances = [], {}
+    for name, out, ref, token_dim, key in pairs:
+        tol = policy.lookup(key, case.dtype, case.state_dtype)
+        tolerances[key] = dict(kind=tol.kind, value=tol.value, reason=tol.reason, source=tol.source)
+        m = compare(name, out, ref, tol, token_dim)
+        m.notes.append(key)
+        metrics.append(m)
+    rec["metrics"] = [m.to_dict() for m in metrics]
+    rec["tolerance"] = tolerances
+    failed = [m for m in metrics if not m.passed]
+    rec["status"] = "fail" if failed else "pass"
+    rec["margin"] = _fmt(min((m.margin for m in metrics), default=math.inf))
+    if failed:
+        worst = min(failed, key=lambda m: m.margin)
+        where = f" (worst token {worst.worst_token}, first divergent token {worst.first_divergent_token})" \
+            if worst.worst_token is not None else ""
+        rec["diagnosis"] = (f"{len(failed)}/{len(metrics)} outputs out of tolerance: "
+                            f"{', '.join(m.output for m in failed[:6])}; worst {worst.output}: rel_rms "
+                            f"{worst.rel_rms:.3g} vs {worst.tolerance}, max |diff| {worst.max_abs:.3g} at "
+                            f"{worst.max_abs_index}{where}")
 
 
 def _fmt(x: float):
@@ -58,9 +129,10 @@ def _fmt(x: float):
 
 def run_cases(cases: Iterable[Case], policy: Policy, suite: str,
               on_done: Optional[Callable[[dict], None]] = None) -> List[dict]:
+    backends = BackendCache()
     records = []
     for case in cases:
-        rec = run_case(case, policy, suite)
+        rec = run_case(case, policy, suite, backends)
         records.append(rec)
         if on_done:
             on_done(rec)

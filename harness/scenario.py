@@ -242,3 +242,70 @@ def mixed_scenario(dims: GDNDims, layout: str = "flat", tp: int = 1, seed: int =
     ]
     return Scenario(dims=dims, steps=steps, layout=layout, tp=tp, seed=seed, num_spec=num_spec,
                     name=f"mixed-{layout}-tp{tp}", **kw).validate()
+
+
+def _mix_spec_only(num_spec: int):
+    S = num_spec + 1
+    # fresh prefills, then spec steps cycling through every accepted count
+    first = [{"seq": s, "kind": "prefill", "tokens": 3 + 2 * s} for s in range(3)]
+    steps = [first]
+    for i in range(S):
+        steps.append([{"seq": s, "kind": "spec", "tokens": S, "accepted": 1 + (i + s) % S} for s in range(3)])
+    return steps
+
+
+# Batch mixes of the layer-level cases: name -> (steps builder, num_spec)
+MIXES = {
+    "prefill_only": (lambda: [[{"seq": 0, "kind": "prefill", "tokens": 70}, {"seq": 1, "kind": "prefill", "tokens": 5},
+                               {"seq": 2, "kind": "prefill", "tokens": 1}]], 0),
+    "decode_only": (lambda: [[{"seq": s, "kind": "decode"} for s in range(4)],
+                             [{"seq": 2, "kind": "decode"}, {"kind": "pad"}, {"seq": 0, "kind": "decode"},
+                              {"seq": 3, "kind": "decode"}, {"kind": "pad"}]], 0),
+    "spec_only_1": (lambda: _mix_spec_only(1), 1),
+    "spec_only_2": (lambda: _mix_spec_only(2), 2),
+    "spec_only_3": (lambda: _mix_spec_only(3), 3),
+    "mixed": (lambda: mixed_scenario(GDNDims(hidden=8, H=1, HV=1, K=2, V=2)).steps, 2),
+    "chunked_prefill": (lambda: [[{"seq": 0, "kind": "prefill", "tokens": 64}, {"seq": 1, "kind": "decode"}],
+                                 [{"seq": 0, "kind": "prefill", "tokens": 37}, {"seq": 1, "kind": "decode"}],
+                                 [{"seq": 0, "kind": "prefill", "tokens": 1}],
+                                 [{"seq": 0, "kind": "decode"}, {"seq": 1, "kind": "decode"}]], 0),
+    "fresh_1token_prefill": (lambda: [[{"seq": 0, "kind": "decode"}, {"seq": 1, "kind": "prefill", "tokens": 1},
+                                       {"seq": 2, "kind": "decode"}],
+                                      [{"seq": 1, "kind": "decode"}, {"seq": 0, "kind": "decode"}]], 0),
+    "prompt1_plus_spec": (lambda: [[{"seq": 0, "kind": "prefill", "tokens": 1}, {"seq": 1, "kind": "prefill", "tokens": 1}],
+                                   [{"seq": 0, "kind": "spec", "tokens": 3, "accepted": 2},
+                                    {"seq": 1, "kind": "spec", "tokens": 3, "accepted": 3}],
+                                   [{"seq": 0, "kind": "spec", "tokens": 3, "accepted": 1},
+                                    {"seq": 1, "kind": "spec", "tokens": 3, "accepted": 2}]], 2),
+    "multi_step": (lambda: [[{"seq": 0, "kind": "prefill", "tokens": 20}, {"seq": 1, "kind": "prefill", "tokens": 9}],
+                            [{"seq": 0, "kind": "decode"}, {"seq": 1, "kind": "prefill", "tokens": 4}],
+                            [{"seq": 0, "kind": "spec", "tokens": 2, "accepted": 1}, {"seq": 1, "kind": "decode"}],
+                            [{"seq": 0, "kind": "spec", "tokens": 3, "accepted": 3}, {"seq": 1, "kind": "decode"},
+                             {"kind": "pad"}],
+                            [{"seq": 0, "kind": "spec", "tokens": 3, "accepted": 2},
+                             {"seq": 1, "kind": "spec", "tokens": 2, "accepted": 2}]], 2),
+}
+
+
+def long_history(tokens: int, chunk: int = 2048):
+    """A prefill of `tokens` in chunks, then decodes and spec: the nightly long histories."""
+    steps, done = [], 0
+    while done < tokens:
+        n = min(chunk, tokens - done)
+        steps.append([{"seq": 0, "kind": "prefill", "tokens": n}, {"seq": 1, "kind": "decode"}])
+        done += n
+    steps.append([{"seq": 0, "kind": "spec", "tokens": 3, "accepted": 2}, {"seq": 1, "kind": "decode"}])
+    steps.append([{"seq": 0, "kind": "spec", "tokens": 3, "accepted": 3}])
+    return steps
+
+
+def mix_scenario(mix: str, dims: GDNDims, **kw) -> Scenario:
+    """The scenario of a named mix (`MIXES`, or ``history_<tokens>``) for `dims`."""
+    if mix.startswith("history_"):
+        steps, num_spec = long_history(int(mix.split("_", 1)[1])), 2
+    elif mix in MIXES:
+        build, num_spec = MIXES[mix]
+        steps = build()
+    else:
+        raise ConfigError("mix", f"unknown mix {mix!r}; known: {sorted(MIXES)} or history_<tokens>")
+    return Scenario(dims=dims, steps=steps, num_spec=num_spec, name=mix, **kw).validate()

@@ -7,12 +7,12 @@ expand the same declarations.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .config import GDNDims
+from .cases import Case
 from .inputs import make_delta_inputs, make_inputs
 from .layouts.lora import LoraDelta, LoraProjection, fold_lora
 from .layouts.weights import convert_checkpoint, from_checkpoint, to_checkpoint
@@ -22,24 +22,6 @@ from .reference.layer import run_oracle
 from .scenario import Scenario, mixed_scenario
 
 Pair = Tuple[str, torch.Tensor, torch.Tensor, Optional[int]]
-
-
-@dataclass
-class Case:
-    check: str
-    dims: GDNDims
-    layout: str = "flat"
-    tp: int = 1
-    seed: int = 0
-    device: str = "cpu"
-
-    @property
-    def id(self) -> str:
-        return f"self.{self.check}[{self.dims.name}-{self.layout}-tp{self.tp}-s{self.seed}]"
-
-    def to_dict(self) -> dict:
-        return dict(check=self.check, dims=self.dims.to_dict(), layout=self.layout, tp=self.tp,
-                    seed=self.seed, device=self.device)
 
 
 def _oracle(sc: Scenario, inp, **kw):

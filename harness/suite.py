@@ -1,17 +1,29 @@
-"""Declarative suites (suites/<name>.toml) expanded into cases."""
+"""Declarative suites (suites/<name>.toml) expanded into cases.
+
+A suite is a list of ``[[group]]`` tables, each one level (self / op / layer) and the
+values of the axes it runs over; a case is every combination. Axes a group leaves out
+take their defaults. TP degrees that do not divide a dims' heads are not cases of it.
+"""
 from __future__ import annotations
 
 import itertools
 import tomllib
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
+from .cases import LEVELS, Case
 from .config import GDNDims, get_preset
 from .errors import ConfigError, HarnessError
+from .inputs import DTYPES
+from .layouts.projection import LAYOUTS
+from .opcheck import OP_INFOS
 from .policy import SUITES_DIR
-from .selfcheck import CHECKS, Case
+from .scenario import MIXES
+from .selfcheck import CHECKS
 
-SUITE_KEYS = {"name", "description", "checks", "dims", "layout", "tp", "seed"}
+GROUP_KEYS = {"level", "checks", "ops", "mixes", "dims", "layout", "tp", "seed", "dtype", "state_dtype",
+              "decode_path", "conv_layout", "ba", "variants"}
+DECODE_PATHS = ("recurrent", "sigmoid_gating", "packed")
 
 
 def parse_dims(spec: str) -> GDNDims:
@@ -36,6 +48,14 @@ def suite_names() -> List[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.toml") if p.stem != "tolerances")
 
 
+def _check_values(where: str, values, allowed, what: str):
+    if not isinstance(values, list) or not values:
+        raise ConfigError(where, f"expected a non-empty list of {what}")
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ConfigError(where, f"unknown {what} {bad[0]!r}; known: {sorted(allowed)}")
+
+
 def load_suite(name_or_path: str) -> dict:
     path = Path(name_or_path)
     if not path.suffix:
@@ -46,42 +66,80 @@ def load_suite(name_or_path: str) -> dict:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(str(path), f"not valid TOML: {e}") from None
-    unknown = set(data) - SUITE_KEYS
+    unknown = set(data) - {"name", "description", "group"}
     if unknown:
-        raise ConfigError(f"{path.name}:{sorted(unknown)[0]}", f"unknown key; known: {sorted(SUITE_KEYS)}")
-    for key in ("checks", "dims"):
-        if not isinstance(data.get(key), list) or not data[key]:
-            raise ConfigError(f"{path.name}:{key}", "expected a non-empty list")
-    for chk in data["checks"]:
-        if chk not in CHECKS:
-            raise ConfigError(f"{path.name}:checks", f"unknown check {chk!r}; known: {sorted(CHECKS)}")
+        raise ConfigError(f"{path.name}:{sorted(unknown)[0]}", "unknown key; expected name, description, [[group]]")
+    groups = data.get("group")
+    if not isinstance(groups, list) or not groups:
+        raise ConfigError(f"{path.name}:group", "expected at least one [[group]] table")
+    for i, g in enumerate(groups):
+        where = f"{path.name}:group[{i}]"
+        if g.get("level") not in LEVELS:
+            raise ConfigError(f"{where}.level", f"expected one of {list(LEVELS)}, got {g.get('level')!r}")
+        unknown = set(g) - GROUP_KEYS
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}", f"unknown key; known: {sorted(GROUP_KEYS)}")
+        if not isinstance(g.get("dims"), list) or not g["dims"]:
+            raise ConfigError(f"{where}.dims", "expected a non-empty list of dims specs")
+        for d in g["dims"]:
+            parse_dims(d)
+        what = {"self": ("checks", CHECKS), "op": ("ops", OP_INFOS), "layer": ("mixes", MIXES)}[g["level"]]
+        names = g.get(what[0])
+        if names != ["*"]:
+            allowed = set(what[1]) | ({n for n in names if str(n).startswith("history_")} if what[0] == "mixes" else set())
+            _check_values(f"{where}.{what[0]}", names, allowed, what[0])
+        for key, allowed in (("layout", LAYOUTS), ("dtype", DTYPES), ("state_dtype", DTYPES),
+                             ("decode_path", DECODE_PATHS), ("conv_layout", ("dim_first", "token_first")),
+                             ("ba", ("sharded", "replicated"))):
+            if key in g:
+                _check_values(f"{where}.{key}", g[key], allowed, key)
     data.setdefault("name", path.stem)
     data["path"] = str(path)
     return data
 
 
-def expand(suite: dict, device: str = "cpu", seeds: List[int] | None = None) -> List[Case]:
-    """Cases of a suite: each check over the product of the axes it declares."""
-    axes = {"dims": [parse_dims(d) for d in suite["dims"]],
-            "layout": suite.get("layout", ["flat"]), "tp": suite.get("tp", [1]),
-            "seed": seeds if seeds is not None else suite.get("seed", [0]), "device": [device]}
+def _names(g: dict, key: str, table) -> List[str]:
+    names = g[key]
+    return list(table) if names == ["*"] else names
+
+
+def expand(suite: dict, backends: List[str], device: str = "cpu", seeds: Optional[List[int]] = None) -> List[Case]:
+    """Every case of the suite for each backend (self checks run once, on the reference)."""
     cases, seen = [], set()
-    for chk in suite["checks"]:
-        _, varies = CHECKS[chk]
-        values = [axes[a] if a in varies else axes[a][:1] for a in ("dims", "layout", "tp", "seed", "device")]
-        for dims, layout, tp, seed, dev in itertools.product(*values):
-            case = Case(chk, dims, layout, tp, seed, dev)
-            # A TP degree that does not divide the heads is not a case of those dims.
-            if skip_reason(case) is None and case.id not in seen:
-                seen.add(case.id)
-                cases.append(case)
+
+    def add(case: Case):
+        try:
+            case.dims.check_tp(case.tp)
+        except HarnessError:
+            return          # a TP degree that does not divide the heads is not a case of those dims
+        if case.id not in seen:
+            seen.add(case.id)
+            cases.append(case)
+
+    for g in suite["group"]:
+        dims = [parse_dims(d) for d in g["dims"]]
+        sd = seeds if seeds is not None else g.get("seed", [0])
+        if g["level"] == "self":
+            for chk in _names(g, "checks", CHECKS):
+                varies = CHECKS[chk][1]
+                axes = [dims if "dims" in varies else dims[:1],
+                        g.get("layout", ["flat"]) if "layout" in varies else g.get("layout", ["flat"])[:1],
+                        g.get("tp", [1]) if "tp" in varies else [1], sd if "seed" in varies else sd[:1]]
+                for d, lay, tp, seed in itertools.product(*axes):
+                    add(Case("self", chk, d, lay, tp, seed, device))
+            continue
+        for be in backends:
+            dts, sts = g.get("dtype", ["float32"]), g.get("state_dtype", ["float32"])
+            if g["level"] == "op":
+                for op in _names(g, "ops", OP_INFOS):
+                    variants = g.get("variants", ["*"])
+                    vs = OP_INFOS[op].variants if variants == ["*"] else [v for v in variants if v in OP_INFOS[op].variants]
+                    for d, dt, st, seed, var in itertools.product(dims, dts, sts, sd, vs):
+                        add(Case("op", op, d, "flat", 1, seed, device, be, dt, st, var))
+            else:
+                for mix, d, lay, tp, dt, st, seed, path, conv, ba in itertools.product(
+                        _names(g, "mixes", MIXES), dims, g.get("layout", ["flat"]), g.get("tp", [1]), dts, sts, sd,
+                        g.get("decode_path", ["recurrent"]), g.get("conv_layout", ["dim_first"]),
+                        g.get("ba", ["sharded"])):
+                    add(Case("layer", mix, d, lay, tp, seed, device, be, dt, st, f"{path}.{conv}.{ba}"))
     return cases
-
-
-def skip_reason(case: Case) -> str | None:
-    """Why a case cannot run (e.g. TP that does not divide the heads), or None."""
-    try:
-        case.dims.check_tp(case.tp)
-    except HarnessError as e:
-        return str(e)
-    return None

@@ -8,7 +8,8 @@ import pytest
 from harness.compare import compare
 from harness.config import GDNDims, get_preset
 from harness.policy import Policy
-from harness.selfcheck import CHECKS, Case
+from harness.cases import Case
+from harness.selfcheck import CHECKS
 
 POLICY = Policy()
 DIMS_TP8 = GDNDims(hidden=48, H=8, HV=16, K=6, V=10, name="h8-r2")   # TP up to 8
@@ -30,21 +31,21 @@ def assert_check(case: Case):
 @pytest.mark.parametrize("layout", ["interleaved", "flat"])
 @pytest.mark.parametrize("tp", [1, 2, 4, 8])
 def test_tp_ranks_reduced_equal_tp1(layout, tp):
-    assert_check(Case("tp_reduce", DIMS_TP8, layout, tp, seed=tp))
+    assert_check(Case("self", "tp_reduce", DIMS_TP8, layout, tp, seed=tp))
 
 
 @pytest.mark.parametrize("tp", [1, 2])
 def test_lora_arrangement_equals_folded_flat(tp):
-    assert_check(Case("lora_arrangement", DIMS_R3 if tp == 1 else DIMS_TP8, "flat", tp, seed=3))
+    assert_check(Case("self", "lora_arrangement", DIMS_R3 if tp == 1 else DIMS_TP8, "flat", tp, seed=3))
 
 
 @pytest.mark.parametrize("check", ["chunked_prefill_split", "spec_one_accepted", "untouched_slots",
                                    "fresh_prefill_stale_slot"])
 @pytest.mark.parametrize("layout", ["interleaved", "flat"])
 def test_cache_invariants(check, layout):
-    assert_check(Case(check, DIMS_R3, layout, 1, seed=5))
+    assert_check(Case("self", check, DIMS_R3, layout, 1, seed=5))
 
 
 @pytest.mark.parametrize("check", ["layout_convert", "batch_independence", "chunked_vs_recurrent"])
 def test_oracle_consistency(check):
-    assert_check(Case(check, DIMS_R3, "flat", 1, seed=6))
+    assert_check(Case("self", check, DIMS_R3, "flat", 1, seed=6))

@@ -21,7 +21,7 @@ import torch
 
 from ..config import GDNDims
 from ..errors import ConfigError, InputError
-from .projection import check_layout
+from .projection import check_layout, pack_qkvz_ba, unpack_ba
 from .weights import GDNWeights
 
 BA_MODES = ("sharded", "replicated")
@@ -126,3 +126,20 @@ def gather_conv_channels(per_rank: Sequence[torch.Tensor], dims: GDNDims, dim: i
     sections = [local.key_dim, local.key_dim, local.value_dim]
     split = [torch.split(t, sections, dim=dim) for t in per_rank]
     return torch.cat([torch.cat([s[i] for s in split], dim=dim) for i in range(3)], dim=dim)
+
+
+def local_mixed_ba(p: RankParams, mixed_ba: torch.Tensor) -> torch.Tensor:
+    """The rank's ``[..., 2*HV_local]`` mixed_ba: itself when ba is sharded; with the
+    replicated variant, the rank's heads of b and a cut from the full projection and
+    packed back in the layout (vLLM's split_ba)."""
+    if p.ba_heads is None:
+        return mixed_ba
+    b, a = unpack_ba(mixed_ba, p.dims, p.layout)
+    start, count = p.ba_heads
+    lead = mixed_ba.shape[:-1]
+    b, a = b[..., start:start + count], a[..., start:start + count]
+    zeros = lambda n, d: mixed_ba.new_zeros(*lead, n, d)  # noqa: E731  q/k/v/z are not used here
+    loc = p.local
+    _, ba = pack_qkvz_ba(zeros(loc.H, loc.K), zeros(loc.H, loc.K), zeros(loc.HV, loc.V), zeros(loc.HV, loc.V),
+                         b, a, loc, p.layout)
+    return ba

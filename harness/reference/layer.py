@@ -13,8 +13,9 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..layouts.projection import qkv_to_mixed, split_mixed_qkv, unpack_ba, unpack_qkvz
-from ..layouts.tp import RankParams, all_ranks, gather_conv_channels, gather_heads, reduce_partials
+from ..layouts.projection import qkv_to_mixed, split_mixed_qkv, unpack_qkvz_ba
+from ..layouts.tp import (RankParams, all_ranks, gather_conv_channels, gather_heads, local_mixed_ba,
+                          reduce_partials)
 from ..scenario import EntryPlan, NormConfig, Scenario
 from .conv import causal_conv1d_fn, causal_conv1d_update
 from .delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
@@ -45,18 +46,13 @@ def rowwise_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def project(p: RankParams, hidden: torch.Tensor, mixed_qkvz: Optional[torch.Tensor] = None):
-    """Hidden states -> q, k, v, z, b, a on one rank (ba sliced per rank when replicated)."""
+    """Hidden states -> contiguous q, k, v, z, b, a on one rank."""
     if mixed_qkvz is None:
         mixed_qkvz = rowwise_linear(hidden, p.w_qkvz)
-    mixed_ba = rowwise_linear(hidden, p.w_ba)
-    q, k, v, z = unpack_qkvz(mixed_qkvz, p.local, p.layout)
-    b, a = unpack_ba(mixed_ba, p.local if p.ba_heads is None else p.dims, p.layout)
-    if p.ba_heads is not None:
-        start, count = p.ba_heads
-        b, a = b[..., start:start + count], a[..., start:start + count]
+    mixed_ba = local_mixed_ba(p, rowwise_linear(hidden, p.w_ba))
     # Contiguous copies: CPU elementwise kernels take different (vector vs scalar) paths
     # for different strides, which would make the two layouts differ in the last bit.
-    return tuple(t.contiguous() for t in (q, k, v, z, b, a))
+    return tuple(t.contiguous() for t in unpack_qkvz_ba(mixed_qkvz, mixed_ba, p.local, p.layout))
 
 
 def _run_entry(p: RankParams, e: EntryPlan, mixed_qkv, qkv_gate, conv_pool, ssm_pool, chunked):
@@ -92,15 +88,20 @@ def _run_entry(p: RankParams, e: EntryPlan, mixed_qkv, qkv_gate, conv_pool, ssm_
 
 def oracle_step(p: RankParams, hidden: torch.Tensor, entries: List[EntryPlan],
                 conv_pool: torch.Tensor, ssm_pool: torch.Tensor, norm: NormConfig,
-                chunked: bool = False, mixed_qkvz: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                chunked: bool = False, mixed_qkvz: Optional[torch.Tensor] = None,
+                unpacked: Optional[tuple] = None) -> Dict[str, torch.Tensor]:
     """One step of one rank in fp64. Pools (fp64, dim-first conv, vk ssm) change in place.
 
-    Returns the step's tensors (`STEP_OUTPUTS`); rows of PAD entries are zero in
-    everything computed after the projection.
+    `unpacked` (q, k, v, z, b, a) replaces the projection: the oracle then starts from
+    exactly the projections a backend computed. Returns the step's tensors
+    (`STEP_OUTPUTS`); rows of PAD entries are zero after the projection.
     """
     p = p.to(F64)
     hidden = hidden.to(F64)
-    q, k, v, z, b, a = project(p, hidden, None if mixed_qkvz is None else mixed_qkvz.to(F64))
+    if unpacked is not None:
+        q, k, v, z, b, a = (t.to(device=hidden.device, dtype=F64).contiguous() for t in unpacked)
+    else:
+        q, k, v, z, b, a = project(p, hidden, None if mixed_qkvz is None else mixed_qkvz.to(F64))
     mixed_qkv = qkv_to_mixed(q, k, v)
     g, beta = (torch.stack(t) for t in zip(*(fused_gdn_gating(p.A_log, a[t], b[t], p.dt_bias)
                                               for t in range(a.shape[0]))))
@@ -142,13 +143,15 @@ def _local_pools(sc: Scenario, conv_pool, ssm_pool, p: RankParams):
 
 def run_oracle(sc: Scenario, weights, hidden: List[torch.Tensor], conv_pool: torch.Tensor,
                ssm_pool: torch.Tensor, tp: Optional[int] = None, chunked: bool = False,
-               projections: Optional[List] = None, device=None) -> OracleResult:
+               projections: Optional[List] = None, device=None,
+               unpacked: Optional[List[tuple]] = None) -> OracleResult:
     """Run every step of `sc` in fp64 on `tp` ranks (default sc.tp) and gather the result.
 
     conv_pool ``[num_slots, conv_dim, L]`` (dim-first) and ssm_pool ``[num_slots, HV, V, K]``
     are the initial (stale) pools; they are not modified. `projections` optionally
     gives, per rank, a callable hidden -> mixed_qkvz replacing the fused in_proj (the
-    LoRA arrangement). `device` (default: the pools' device) is where it runs.
+    LoRA arrangement); `unpacked` gives, per step, the global (q, k, v, z, b, a) to start
+    from instead (TP=1 only). `device` (default: the pools' device) is where it runs.
     """
     device = torch.device(device) if device is not None else conv_pool.device
     hidden = [h.to(device) for h in hidden]
@@ -160,7 +163,8 @@ def run_oracle(sc: Scenario, weights, hidden: List[torch.Tensor], conv_pool: tor
         per_rank = []
         for ri, p in enumerate(ranks):
             mq = projections[ri](hidden[s].to(F64)) if projections else None
-            per_rank.append(oracle_step(p, hidden[s], entries, *pools[ri], sc.norm, chunked, mq))
+            per_rank.append(oracle_step(p, hidden[s], entries, *pools[ri], sc.norm, chunked, mq,
+                                        unpacked[s] if unpacked is not None else None))
         steps.append(_gather_step(sc, per_rank))
     conv = gather_conv_channels([c for c, _ in pools], sc.dims, dim=1)
     ssm = gather_heads([m for _, m in pools], dim=1)

@@ -1,0 +1,83 @@
+"""Layer- and TP-level cases: a backend's layer (per TP rank, reduced) vs the fp64 oracle.
+
+The harness computes the in_proj GEMMs in the case dtype; the backend gets those
+projections and the caches, the oracle starts from exactly the same projections
+(unpacked by the reference, gathered over ranks, upcast to fp64) and the same caches.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Dict, List, Tuple
+
+import torch
+
+from .backend_layer import backend_step
+from .config import GDNDims
+from .inputs import dtype_of, make_inputs
+from .layouts.projection import unpack_qkvz_ba
+from .layouts.state import conv_dim_first_view, ssm_convert
+from .layouts.tp import all_ranks, gather_conv_channels, gather_heads, local_mixed_ba
+from .reference.layer import run_oracle
+from .scenario import Scenario, mix_scenario
+
+Pair = Tuple[str, torch.Tensor, torch.Tensor, object, str]   # name, actual, expected, token_dim, policy op
+
+
+def _rank_pools(sc: Scenario, conv_pool, ssm_pool, p, conv_layout: str, ssm_layout: str, device):
+    loc, tp, r = p.local, p.tp, p.rank
+    kd, vd = sc.dims.key_dim, sc.dims.value_dim
+    q, k, v = torch.split(conv_pool, [kd, kd, vd], dim=1)
+    conv = torch.cat([t.chunk(tp, dim=1)[r] for t in (q, k, v)], dim=1)
+    storage = (conv if conv_layout == "dim_first" else conv.transpose(1, 2)).contiguous().to(device)
+    # clone: the backend updates its pools in place, the oracle starts from the originals
+    ssm = ssm_convert(ssm_pool[:, r * loc.HV:(r + 1) * loc.HV], "vk", ssm_layout).to(device).clone()
+    return storage, ssm
+
+
+def run_layer_case(backend, ops, dims: GDNDims, mix: str, layout: str, tp: int, dtype: str, state_dtype: str,
+                   seed: int, device: str, decode_path: str = "recurrent", conv_layout: str = "dim_first",
+                   ba: str = "sharded") -> List[Pair]:
+    sc = mix_scenario(mix, dims, layout=layout, tp=tp, seed=seed, dtype=dtype, state_dtype=state_dtype,
+                      conv_state_layout=conv_layout, ba=ba)
+    inp = make_inputs(sc)
+    ranks = [p.to(device) for p in all_ranks(inp.weights, dims, layout, tp, ba)]
+    ssm_layout = backend.ssm_state_layout
+    pools = [_rank_pools(sc, inp.conv_pool, inp.ssm_pool, p, conv_layout, ssm_layout, device) for p in ranks]
+    steps_out, unpacked = [], []
+    for s, entries in enumerate(sc.plan()):
+        h = inp.hidden[s].to(device)
+        per_rank, ref_in = [], []
+        for p, (conv, ssm) in zip(ranks, pools):
+            mq, mb = h @ p.w_qkvz.T, h @ p.w_ba.T
+            ref_in.append(unpack_qkvz_ba(mq, local_mixed_ba(p, mb), p.local, layout))
+            per_rank.append(backend_step(ops, p, mq, mb, entries, conv_dim_first_view(conv, conv_layout), ssm,
+                                         sc.norm, ssm_layout, decode_path, getattr(backend, "gdn_core", None),
+                                         sc.num_spec))
+        unpacked.append(tuple(gather_heads([r[i].cpu() for r in ref_in], dim=1) for i in range(6)))
+        steps_out.append(dict(core=gather_heads([r["core"].cpu() for r in per_rank], dim=1),
+                              out=sum(r["out"].float().cpu() for r in per_rank)))
+    oracle = run_oracle(replace(sc, tp=1), inp.weights, inp.hidden, inp.conv_pool, inp.ssm_pool, tp=1,
+                        unpacked=unpacked)
+    return _pairs(sc, inp, steps_out, oracle, pools, conv_layout, ssm_layout)
+
+
+def _pairs(sc, inp, steps_out, oracle, pools, conv_layout, ssm_layout) -> List[Pair]:
+    pairs: List[Pair] = []
+    plans = sc.plan()
+    for s, (got, ref) in enumerate(zip(steps_out, oracle.steps)):
+        pairs.append((f"step{s}.out", got["out"], ref["out"], 0, "layer.out"))
+        pairs.append((f"step{s}.core", got["core"], ref["core"], 0, "layer.core"))
+        pad = [t for e in plans[s] if e.kind == "pad" for t in range(e.bos, e.eos)]
+        if pad:
+            rows = got["out"][pad]
+            pairs.append((f"step{s}.pad_rows", rows, torch.zeros_like(rows), 0, "layer.pad_rows"))
+    conv = gather_conv_channels([conv_dim_first_view(c, conv_layout).cpu() for c, _ in pools], sc.dims, dim=1)
+    ssm = gather_heads([ssm_convert(m.cpu(), ssm_layout, "vk") for _, m in pools], dim=1)
+    pairs.append(("conv_state", conv, oracle.conv_pool.to(conv.dtype), None, "layer.conv_state"))
+    pairs.append(("ssm_state", ssm, oracle.ssm_pool, None, "layer.ssm_state"))
+    owned = {x for row in sc.slots.values() for x in row}
+    spare = [x for x in range(sc.num_slots) if x not in owned]
+    if spare:
+        pairs.append(("untouched.conv", conv[spare], inp.conv_pool[spare], None, "layer.untouched"))
+        pairs.append(("untouched.ssm", ssm[spare], inp.ssm_pool[spare], None, "layer.untouched"))
+    return pairs

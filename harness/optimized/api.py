@@ -1,0 +1,110 @@
+"""The Backend interface: what a fast path under test declares and implements.
+
+A backend implements any subset of `OPS`; method and argument names mirror vLLM's
+kernel functions, and each op has exactly the semantics of the reference function of
+the same name (harness.reference, docs/semantics.md), so adapters stay thin. Ops a
+backend lacks are skipped at op level and filled in by the reference at layer level
+(the report lists them). An optional whole-core entry, `gdn_core`, takes the packed
+projections, batch metadata and caches, as fused ROCm / XPU paths do.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+OPS: Tuple[str, ...] = (
+    "unpack_qkvz_ba",                                   # (mixed_qkvz, mixed_ba, dims, layout)
+    "causal_conv1d_fn",                                 # varlen prefill conv
+    "causal_conv1d_update",                             # decode / spec conv
+    "fused_gdn_gating",
+    "chunk_gated_delta_rule",                           # prefill delta rule
+    "fused_recurrent_gated_delta_rule",                 # decode / spec, pool + indices
+    "fused_sigmoid_gating_delta_rule_update",           # gating fused into the update
+    "fused_recurrent_gated_delta_rule_packed_decode",   # one token from the packed conv output
+    "rms_norm_gated",
+)
+
+# How a layer runs its decodes; a backend lists the paths it implements.
+DECODE_PATHS = {
+    "recurrent": ("fused_gdn_gating", "fused_recurrent_gated_delta_rule"),
+    "sigmoid_gating": ("fused_sigmoid_gating_delta_rule_update",),
+    "packed": ("fused_recurrent_gated_delta_rule_packed_decode",),
+}
+
+
+@dataclass
+class CoreBatch:
+    """Batch metadata handed to `Backend.gdn_core` (vLLM's GDN attention metadata)."""
+    kinds: List[str]                        # per entry: prefill / decode / spec / pad
+    query_start_loc: torch.Tensor           # [N+1] token offsets of the entries
+    has_initial_state: torch.Tensor         # [N] bool
+    state_indices: torch.Tensor             # [N, num_spec+1] slots (column 0 for non-spec; -1 PAD)
+    num_accepted_tokens: torch.Tensor       # [N] (1 for non-spec entries)
+    num_spec: int
+
+
+class Backend:
+    """Base class. Subclasses set the declarations and define the ops they implement."""
+
+    name: str = "unnamed"
+    description: str = ""
+    devices: Tuple[str, ...] = ("cpu", "cuda")
+    dtypes: Tuple[str, ...] = ("float32", "float16", "bfloat16")
+    state_dtypes: Tuple[str, ...] = ("float32", "bfloat16")
+    ssm_state_layout: str = "vk"            # "vk" [N, HV, V, K] or "kv" [N, HV, K, V]
+    conv_state_layouts: Tuple[str, ...] = ("dim_first", "token_first")
+    decode_paths: Tuple[str, ...] = ("recurrent",)
+
+    # Ops: None means "not implemented". Subclasses override with the reference's signature.
+    unpack_qkvz_ba = None
+    causal_conv1d_fn = None
+    causal_conv1d_update = None
+    fused_gdn_gating = None
+    chunk_gated_delta_rule = None
+    fused_recurrent_gated_delta_rule = None
+    fused_sigmoid_gating_delta_rule_update = None
+    fused_recurrent_gated_delta_rule_packed_decode = None
+    rms_norm_gated = None
+    # gdn_core(mixed_qkvz, mixed_ba, params: RankParams, batch: CoreBatch, conv_state, ssm_state,
+    #          norm: NormConfig) -> core [T, HV, V]; caches updated in place.
+    gdn_core = None
+
+    def unavailable(self, device: str) -> Optional[str]:
+        """Why this backend cannot run on `device` (missing package, no GPU, ...), or None."""
+        kind = torch.device(device).type
+        if kind not in self.devices:
+            return f"backend {self.name} runs on {list(self.devices)}, not {kind}"
+        if kind == "cuda" and not torch.cuda.is_available():
+            return "no CUDA device"
+        return None
+
+    def implements(self, op: str) -> bool:
+        return getattr(self, op, None) is not None
+
+    def implemented_ops(self) -> List[str]:
+        return [op for op in OPS if self.implements(op)]
+
+    def describe(self) -> Dict:
+        return dict(name=self.name, description=self.description, devices=list(self.devices),
+                    dtypes=list(self.dtypes), state_dtypes=list(self.state_dtypes),
+                    ssm_state_layout=self.ssm_state_layout, decode_paths=list(self.decode_paths),
+                    ops=self.implemented_ops(), gdn_core=self.gdn_core is not None)
+
+
+@dataclass
+class FilledOps:
+    """A backend's ops with the reference filling the gaps; records what was filled."""
+    backend: Backend
+    reference: Backend
+    filled: List[str] = field(default_factory=list)
+
+    def __getattr__(self, op: str):
+        if op not in OPS:
+            raise AttributeError(op)
+        if self.backend.implements(op):
+            return getattr(self.backend, op)
+        if op not in self.filled:
+            self.filled.append(op)
+        return getattr(self.reference, op)

@@ -1,0 +1,62 @@
+"""Finding backends: built-in names, the entry-point group, or ``package.module:attr``."""
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Dict
+
+from ..errors import HarnessError
+from .api import Backend
+
+ENTRY_POINT_GROUP = "gdn_harness.backends"
+BUILTIN: Dict[str, str] = {
+    "reference": "harness.optimized.reference_backend:ReferenceBackend",
+    "triton": "harness.optimized.triton_backend:TritonBackend",
+    "fla": "harness.optimized.fla_backend:FlaBackend",
+    "vllm": "harness.optimized.vllm_backend:VllmBackend",
+}
+
+
+class BackendLoadError(HarnessError):
+    """The backend could not be imported or built (bisect-check: untestable)."""
+
+
+def plugin_names() -> Dict[str, str]:
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def backend_names() -> Dict[str, str]:
+    return {**BUILTIN, **plugin_names()}
+
+
+def _resolve(target: str):
+    module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise HarnessError(f"--backend {target!r}: expected a registered name or 'package.module:attr'")
+    try:
+        obj = importlib.import_module(module)
+    except Exception as e:   # import errors of a kernel package are the backend's, not ours
+        raise BackendLoadError(f"backend {target!r}: importing {module} failed: {type(e).__name__}: {e}") from e
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise BackendLoadError(f"backend {target!r}: {module} has no attribute {attr!r}") from None
+    return obj
+
+
+def load_backend(name: str) -> Backend:
+    """A Backend instance for a registered name, a plugin, or ``package.module:attr``
+    (a Backend subclass, instance, or a factory returning one)."""
+    target = backend_names().get(name, name)
+    if ":" not in target:
+        raise HarnessError(f"unknown backend {name!r}; known: {sorted(backend_names())} "
+                           f"(or give package.module:attr)")
+    obj = _resolve(target)
+    if isinstance(obj, type) and issubclass(obj, Backend):
+        obj = obj()
+    elif callable(obj) and not isinstance(obj, Backend):
+        obj = obj()
+    if not isinstance(obj, Backend):
+        raise BackendLoadError(f"backend {name!r}: {target} is {type(obj).__name__}, not a harness Backend")
+    return obj
