@@ -28,9 +28,6 @@ BV_MAX = 32
 # Value checks on indices / cu_seqlens (one host sync). Off only for timing runs.
 VALIDATE = True
 
-_TL = {torch.float32: tl.float32, torch.float64: tl.float64}
-
-
 @triton.jit
 def _log1p(u):
     # No libdevice under the interpreter: log(1+u) * u / ((1+u) - 1) undoes the rounding of 1+u.
@@ -41,16 +38,19 @@ def _log1p(u):
 
 @triton.jit
 def _gdn_recurrent_kernel(
-    q, k, v, g, beta, A_log, dt_bias, o, h0, ht, cu_seqlens, idx, num_acc, params,
+    q, k, v, g, beta, A_log, dt_bias, o, h0, ht, cu_seqlens, idx, num_acc, scale_arg, gate_args,
     T, pad_slot_id,
     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh, s_ot, s_oh,
     s_h0n, s_h0h, s_h0v, s_h0k, s_htn, s_hth, s_htv, s_htk, s_in, s_is,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr, GATE: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
     IS_VARLEN: tl.constexpr, USE_GATING: tl.constexpr, USE_INDICES: tl.constexpr,
     PER_TOKEN: tl.constexpr, USE_NUM_ACC: tl.constexpr, USE_H0: tl.constexpr,
     STORE_FINAL: tl.constexpr, L2NORM: tl.constexpr,
 ):
+    # Compute dtypes ride on the parameter tensors: [scale] in ACC, [softplus beta, threshold] in GATE.
+    ACC: tl.constexpr = scale_arg.dtype.element_ty
+    GATE: tl.constexpr = gate_args.dtype.element_ty
     i_v = tl.program_id(0)
     i_nh = tl.program_id(1)
     i_n = (i_nh // HV).to(tl.int64)
@@ -90,7 +90,7 @@ def _gdn_recurrent_kernel(
         p_h0 = h0 + i_n * s_h0n + i_hv * s_h0h + o_v[:, None] * s_h0v + o_k[None, :] * s_h0k
         b_h += tl.load(p_h0, mask=m_h, other=0.0).to(ACC)
 
-    scale = tl.load(params).to(ACC)
+    scale = tl.load(scale_arg)
     p_q = q + bos * s_qt + i_h * s_qh + o_k
     p_k = k + bos * s_kt + i_h * s_kh + o_k
     p_v = v + bos * s_vt + i_hv * s_vh + o_v
@@ -99,8 +99,8 @@ def _gdn_recurrent_kernel(
     if USE_GATING:
         b_A = tl.load(A_log + i_hv).to(GATE)
         b_dt = tl.load(dt_bias + i_hv).to(GATE)
-        sp_beta = tl.load(params + 1).to(GATE)
-        thr = tl.load(params + 2).to(GATE)
+        sp_beta = tl.load(gate_args)
+        thr = tl.load(gate_args + 1)
 
     for t in range(0, L):
         b_q = tl.load(p_q, mask=m_k, other=0.0).to(ACC)
@@ -215,15 +215,15 @@ def _check_indices(idx2, num_acc, lengths, num_slots, pad_slot_id, per_token):
     raise InputError("ssm_state_indices", f"columns for {L} tokens of sequence {n}", L, S)
 
 
-def _launch(q, k, v, g, beta, A_log, dt_bias, o, h0, ht, cu_seqlens, idx2, num_acc, params,
-            T, N, pad_slot_id, layout, acc, gate_acc, gating, per_token, store_final, l2norm):
+def _launch(q, k, v, g, beta, A_log, dt_bias, o, h0, ht, cu_seqlens, idx2, num_acc, scale_arg, gate_args,
+            T, N, pad_slot_id, layout, gating, per_token, store_final, l2norm):
     H, K = q.shape[-2], q.shape[-1]
     HV, V = v.shape[-2], v.shape[-1]
     if N == 0 or HV == 0 or V == 0:
         return
     BK = triton.next_power_of_2(K)
     BV = min(triton.next_power_of_2(V), BV_MAX)
-    dummy = params  # stands in for absent pointers; never dereferenced
+    dummy = scale_arg  # stands in for absent pointers; never dereferenced
     s_h0 = _vk_strides(h0, layout) if h0 is not None else (0, 0, 0, 0)
     s_ht = _vk_strides(ht, layout) if ht is not None else (0, 0, 0, 0)
     s_idx = idx2.stride() if idx2 is not None else (0, 0)
@@ -233,12 +233,12 @@ def _launch(q, k, v, g, beta, A_log, dt_bias, o, h0, ht, cu_seqlens, idx2, num_a
         A_log if gating else dummy, dt_bias if gating else dummy, o,
         h0 if h0 is not None else dummy, ht if ht is not None else dummy,
         cu_seqlens if cu_seqlens is not None else dummy,
-        idx2 if idx2 is not None else dummy, num_acc if num_acc is not None else dummy, params,
+        idx2 if idx2 is not None else dummy, num_acc if num_acc is not None else dummy, scale_arg, gate_args,
         T, pad_slot_id,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         g.stride(0), g.stride(1), beta.stride(0), beta.stride(1), o.stride(0), o.stride(1),
         *s_h0, *s_ht, *s_idx,
-        H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, ACC=_TL[acc], GATE=_TL[gate_acc],
+        H=H, HV=HV, K=K, V=V, BK=BK, BV=BV,
         IS_VARLEN=cu_seqlens is not None, USE_GATING=gating, USE_INDICES=idx2 is not None,
         PER_TOKEN=per_token, USE_NUM_ACC=num_acc is not None, USE_H0=h0 is not None,
         STORE_FINAL=store_final, L2NORM=l2norm,
@@ -256,8 +256,10 @@ def _run(q, k, v, g, beta, A_log, dt_bias, gating, gate_acc, softplus_beta, thre
     acc = acc_dtype(q.dtype, v.dtype, *(() if initial_state is None else (initial_state.dtype,)))
     scale = K ** -0.5 if scale is None else scale
     dev = q.device
-    # scale / softplus beta / threshold travel as fp64 so an fp64 run is not rounded to fp32
-    params = torch.tensor([scale, softplus_beta, threshold], dtype=torch.float64, device=dev)
+    # Scalars travel as tensors of the compute dtypes (a float kernel argument would be fp32
+    # even in an fp64 run); the kernel takes its ACC / GATE dtypes from them.
+    scale_arg = torch.tensor([scale], dtype=acc, device=dev)
+    gate_args = torch.tensor([softplus_beta, threshold], dtype=gate_acc, device=dev)
 
     pool = idx2 = None
     per_token = False
@@ -299,7 +301,7 @@ def _run(q, k, v, g, beta, A_log, dt_bias, gating, gate_acc, softplus_beta, thre
             final = torch.empty(N, *state_shape, dtype=out_dtype, device=dev)
         ht = final
     _launch(q3, k3, v3, g2, b2, A_log, dt_bias, o3, h0, ht, cu_seqlens, idx2, num_accepted_tokens,
-            params, T, N, pad_slot_id, state_layout, acc, gate_acc, gating, per_token, store_final,
+            scale_arg, gate_args, T, N, pad_slot_id, state_layout, gating, per_token, store_final,
             use_qk_l2norm_in_kernel)
     return o, (pool if pool is not None else final)
 

@@ -1,0 +1,72 @@
+"""`triton`: the project's own Triton kernels for the serving fast paths.
+
+Fused gating, the interleaved unpack, both conv paths (varlen prefill; decode / spec with
+state indices and the accepted-token window), the fused recurrent update, the
+sigmoid-gating update and the packed single-token decode (pool indices, spec slots),
+RMSNormGated. The chunked prefill delta rule delegates to fla's kernel when fla is
+installed and a GPU is present; otherwise the layer fills it from the reference.
+On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (fp32 / fp16).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from .api import Backend
+
+if not torch.cuda.is_available():
+    # Must be set before triton.jit wraps the kernels below.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from .triton_kernels import conv, gating, norm, recurrent, unpack  # noqa: E402
+
+
+def _fla_chunk():
+    """fla's chunk kernel as a function of the reference's signature, or None."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk
+    except Exception:
+        return None
+
+    def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=True,
+                               cu_seqlens=None, use_qk_l2norm_in_kernel=False, state_layout="vk", chunk_size=64):
+        o, final = fla_chunk(q=q, k=k, v=v, g=g, beta=beta.to(q.dtype), scale=scale,
+                             initial_state=None if initial_state is None else initial_state.float(),
+                             output_final_state=output_final_state, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+                             state_v_first=state_layout == "vk",
+                             cu_seqlens=None if cu_seqlens is None else cu_seqlens.long())
+        if final is not None and initial_state is not None:
+            final = final.to(initial_state.dtype)
+        return o, final
+    return chunk_gated_delta_rule
+
+
+class TritonBackend(Backend):
+    name = "triton"
+    description = "gdn-harness's own Triton kernels (chunked prefill via fla when installed)"
+    decode_paths = ("recurrent", "sigmoid_gating", "packed")
+
+    unpack_qkvz_ba = staticmethod(unpack.unpack_qkvz_ba)
+    causal_conv1d_fn = staticmethod(conv.causal_conv1d_fn)
+    causal_conv1d_update = staticmethod(conv.causal_conv1d_update)
+    fused_gdn_gating = staticmethod(gating.fused_gdn_gating)
+    fused_recurrent_gated_delta_rule = staticmethod(recurrent.fused_recurrent_gated_delta_rule)
+    fused_sigmoid_gating_delta_rule_update = staticmethod(recurrent.fused_sigmoid_gating_delta_rule_update)
+    fused_recurrent_gated_delta_rule_packed_decode = staticmethod(
+        recurrent.fused_recurrent_gated_delta_rule_packed_decode)
+    rms_norm_gated = staticmethod(norm.rms_norm_gated)
+
+    def __init__(self):
+        self.chunk_gated_delta_rule = _fla_chunk()
+
+    def unavailable(self, device: str) -> Optional[str]:
+        why = super().unavailable(device)
+        if why:
+            return why
+        if torch.device(device).type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            return "Triton on CPU needs TRITON_INTERPRET=1 set before triton is imported"
+        return None

@@ -1,0 +1,47 @@
+"""A runnable example plugin: a "platform port" backend (docs/backends.md walks through it).
+
+It stores the recurrent state as [K, V] (like an NPU port might) and implements only
+some ops; the harness converts the caches to its layout, skips the missing ops at op
+level and fills them from the reference at layer level.
+"""
+from harness import reference as ref
+from harness.optimized.api import Backend
+
+
+class ExamplePortBackend(Backend):
+    name = "example-port"
+    description = "example plugin: reference math, [K, V] state layout, a subset of ops"
+    devices = ("cpu",)
+    ssm_state_layout = "kv"
+
+    @staticmethod
+    def fused_gdn_gating(A_log, a, b, dt_bias, beta=1.0, threshold=20.0):
+        return ref.fused_gdn_gating(A_log, a, b, dt_bias, beta, threshold)
+
+    @staticmethod
+    def fused_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=True,
+                                         cu_seqlens=None, ssm_state_indices=None, num_accepted_tokens=None,
+                                         inplace_final_state=False, use_qk_l2norm_in_kernel=False, state_layout="kv",
+                                         pad_slot_id=-1):
+        # A port would launch its kernel here; the example calls the reference in its own layout.
+        return ref.recurrent_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens,
+                                              ssm_state_indices, num_accepted_tokens, inplace_final_state,
+                                              use_qk_l2norm_in_kernel, state_layout, pad_slot_id)
+
+
+class TransposedStatePort(ExamplePortBackend):
+    """The same port with the NPU incident's bug: it declares [K, V] but its kernel
+    reads and writes the pool as [V, K]."""
+    name = "example-port-transposed"
+
+    @staticmethod
+    def fused_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=None, **kwargs):
+        if initial_state is not None:   # the same bytes, indexed as [V, K]
+            n, hv, K, V = initial_state.shape
+            initial_state = initial_state.view(n, hv, V, K)
+        kwargs["state_layout"] = "vk"
+        o, final = ExamplePortBackend.fused_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=initial_state,
+                                                                       **kwargs)
+        if final is not None and final.dim() == 4:
+            final = final.reshape(final.shape[0], final.shape[1], final.shape[3], final.shape[2])
+        return o, final

@@ -1,0 +1,63 @@
+"""Loading backends: built-in names, package.module:attr, the entry-point group; the
+example plugin runs a suite, and its transposed-state twin is caught."""
+import json
+
+import pytest
+
+from harness.cli import main
+from harness.errors import HarnessError
+from harness.optimized.registry import ENTRY_POINT_GROUP, load_backend
+
+PLUGIN = "tests.plugin_example:ExamplePortBackend"
+
+
+def test_builtin_and_module_attr():
+    assert load_backend("reference").name == "reference"
+    b = load_backend(PLUGIN)
+    assert b.name == "example-port" and b.ssm_state_layout == "kv"
+    assert b.implemented_ops() == ["fused_gdn_gating", "fused_recurrent_gated_delta_rule"]
+
+
+def test_bad_names_are_usage_errors():
+    with pytest.raises(HarnessError, match="unknown backend 'nope'"):
+        load_backend("nope")
+    with pytest.raises(HarnessError, match="importing no_such_pkg.mod failed"):
+        load_backend("no_such_pkg.mod:Thing")
+    with pytest.raises(HarnessError, match="has no attribute 'Missing'"):
+        load_backend("tests.plugin_example:Missing")
+
+
+def test_entry_point_group(tmp_path, monkeypatch):
+    dist = tmp_path / "example_port-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: example-port\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nexample-port = {PLUGIN}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_backend("example-port").name == "example-port"
+
+
+def _run(tmp_path, backend):
+    rc = main(["run", "-q", "--suite", "smoke", "--backend", backend, "--report-dir", str(tmp_path),
+               "-k", "op.fused_recurrent", "-k", "op.causal_conv1d_update[", "-k", "layer.spec_only_2[",
+               "-k", "layer.decode_only[example-port-qwen3-next"])
+    return rc, json.loads((tmp_path / "results.json").read_text())["cases"]
+
+
+def test_example_plugin_passes_with_filled_ops(tmp_path):
+    rc, cases = _run(tmp_path, PLUGIN)
+    assert rc == 0, [c["id"] for c in cases if c["status"] not in ("pass", "skip")]
+    skipped = [c for c in cases if c["status"] == "skip"]
+    assert skipped and all("does not implement" in c["error"] for c in skipped)
+    layer = [c for c in cases if c["level"] == "layer" and c["status"] == "pass"]
+    assert layer and "causal_conv1d_update" in layer[0]["filled_ops"]
+
+
+def test_transposed_state_port_is_caught_and_located(tmp_path):
+    rc, cases = _run(tmp_path, "tests.plugin_example:TransposedStatePort")
+    assert rc == 1
+    failed = [c for c in cases if c["status"] == "fail"]
+    assert failed
+    for c in failed:
+        assert "out of tolerance" in c["diagnosis"] and "at [" in c["diagnosis"]
+    states = [m for c in failed for m in c["metrics"] if not m["passed"] and "state" in m["output"]]
+    assert states, "the ssm state must be named among the failing outputs"
