@@ -1,7 +1,11 @@
-"""pytest options shared by tests/ and suites/."""
+"""pytest options shared by tests/ and suites/ (`pytest suites/ --backend triton`)."""
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("gdn-harness")
-    group.addoption("--device", default="cpu", help="torch device for device-aware tests (default cpu)")
-    group.addoption("--report-dir", default=None, help="where suite runs write their reports")
+    group.addoption("--backend", action="append", default=None,
+                    help="backend(s) a suite runs against (registered name or package.module:attr)")
+    group.addoption("--suite", default="smoke", help="suite run by suites/test_suite.py (default smoke)")
+    group.addoption("--device", default="cpu", help="torch device for the cases (default cpu)")
+    group.addoption("--oracle-device", default=None, help="where the fp64 oracle runs (default --device)")
+    group.addoption("--report-dir", default=None, help="reserved: the CLI writes reports (gdn-harness run)")

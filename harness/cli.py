@@ -69,7 +69,8 @@ def cmd_run(args) -> int:
 
     records: List[dict] = []
     try:
-        records = run_cases(cases, policy, suite["name"], on_done=lambda r: (records.append(r), progress(r)))
+        records = run_cases(cases, policy, suite["name"], on_done=lambda r: (records.append(r), progress(r)),
+                            oracle_device=args.oracle_device)
     except KeyboardInterrupt:
         print("interrupted: writing the report of the finished cases", file=sys.stderr)
     meta = dict(suite=suite["name"], backends=backends, suite_file=suite["path"], policy_version=policy.version,
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", action="append", help="backend under test: a registered name or "
                    "package.module:attr (repeatable, or comma-separated; default reference)")
     r.add_argument("--device", default="cpu", help="torch device for the cases (default cpu)")
+    r.add_argument("--oracle-device", default=None,
+                   help="where the fp64 oracle runs (default: --device; cpu for devices without fp64)")
     r.add_argument("--seed", type=int, default=None, help="replace the suite's seeds with this one")
     r.add_argument("-k", action="append", help="only cases whose id contains this (repeatable)")
     r.add_argument("--policy", default=None, help="tolerance policy file (default suites/tolerances.toml)")

@@ -36,7 +36,7 @@ def _rank_pools(sc: Scenario, conv_pool, ssm_pool, p, conv_layout: str, ssm_layo
 
 def run_layer_case(backend, ops, dims: GDNDims, mix: str, layout: str, tp: int, dtype: str, state_dtype: str,
                    seed: int, device: str, decode_path: str = "recurrent", conv_layout: str = "dim_first",
-                   ba: str = "sharded") -> List[Pair]:
+                   ba: str = "sharded", oracle_device: str = None) -> List[Pair]:
     sc = mix_scenario(mix, dims, layout=layout, tp=tp, seed=seed, dtype=dtype, state_dtype=state_dtype,
                       conv_state_layout=conv_layout, ba=ba)
     inp = make_inputs(sc)
@@ -57,7 +57,9 @@ def run_layer_case(backend, ops, dims: GDNDims, mix: str, layout: str, tp: int, 
         steps_out.append(dict(core=gather_heads([r["core"].cpu() for r in per_rank], dim=1),
                               out=sum(r["out"].float().cpu() for r in per_rank)))
     oracle = run_oracle(replace(sc, tp=1), inp.weights, inp.hidden, inp.conv_pool, inp.ssm_pool, tp=1,
-                        unpacked=unpacked)
+                        unpacked=unpacked, device=oracle_device or device)
+    oracle.steps = [{k: v.cpu() for k, v in st.items()} for st in oracle.steps]
+    oracle.conv_pool, oracle.ssm_pool = oracle.conv_pool.cpu(), oracle.ssm_pool.cpu()
     return _pairs(sc, inp, steps_out, oracle, pools, conv_layout, ssm_layout)
 
 

@@ -249,14 +249,15 @@ def _as_tuple(r):
 
 
 def run_op_case(backend, op: str, variant: str, dims: GDNDims, dtype: str, state_dtype: str, seed: int,
-                device: str):
-    """Run one op sample on the backend and the fp64 oracle; return the pairs to compare:
+                device: str, oracle_device: Optional[str] = None):
+    """Run one op sample on the backend and the fp64 oracle (on `oracle_device`, default
+    `device`; the CPU for devices without fp64); return the pairs to compare:
     (name, actual, expected, token_dim, policy key)."""
     info = OP_INFOS[op]
     dt, st = dtype_of(dtype), dtype_of(state_dtype)
     layout = backend.ssm_state_layout
     got = info.build(variant, dims, dt, st, layout, seed, device)
-    want = info.build(variant, dims, dt, st, layout, seed, device)
+    want = info.build(variant, dims, dt, st, layout, seed, oracle_device or device)
     stale = {name: want.kwargs[name].detach().to(F64).cpu().clone() for name in got.states}
     want_kw = {k: _upcast(v) for k, v in want.kwargs.items()}
     out_b = _as_tuple(getattr(backend, op)(**got.kwargs))

@@ -59,7 +59,7 @@ def _skip_reason(case: Case, backend) -> Optional[str]:
     return None
 
 
-def _pairs(case: Case, backends: BackendCache, rec: dict):
+def _pairs(case: Case, backends: BackendCache, rec: dict, oracle_device=None):
     """(name, actual, expected, token_dim, policy key) for the case, or None when skipped."""
     if case.level == "self":
         return [(n, a, b, t, f"self.{case.check}") for n, a, b, t in CHECKS[case.check][0](case)]
@@ -71,18 +71,19 @@ def _pairs(case: Case, backends: BackendCache, rec: dict):
     if case.level == "op":
         from .opcheck import run_op_case
         return run_op_case(backend, case.check, case.variant, case.dims, case.dtype, case.state_dtype,
-                           case.seed, case.device)
+                           case.seed, case.device, oracle_device)
     from .layercheck import run_layer_case
     from .optimized.api import FilledOps
     path, conv, ba = case.variant.split(".")
     ops = FilledOps(backend, backends.get("reference"))
     pairs = run_layer_case(backend, ops, case.dims, case.check, case.layout, case.tp, case.dtype,
-                           case.state_dtype, case.seed, case.device, path, conv, ba)
+                           case.state_dtype, case.seed, case.device, path, conv, ba, oracle_device)
     rec["filled_ops"] = list(ops.filled)
     return pairs
 
 
-def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendCache] = None) -> dict:
+def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendCache] = None,
+             oracle_device: Optional[str] = None) -> dict:
     backends = backends or BackendCache()
     rec = dict(id=case.id, suite=suite, level=case.level, op=case.check, backend=case.backend,
                layout=case.layout, tp=case.tp, mix=case.check if case.level == "layer" else None,
@@ -91,7 +92,7 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
                diagnosis=None, error=None, filled_ops=[], repro=repro_command(case, suite), case=case.to_dict())
     t0 = time.perf_counter()
     try:
-        pairs = _pairs(case, backends, rec)
+        pairs = _pairs(case, backends, rec, oracle_device)
         if pairs is not None:
             _judge(rec, pairs, policy, case)
     except Exception as e:  # a crash costs one case, never the run
@@ -128,11 +129,11 @@ def _fmt(x: float):
 
 
 def run_cases(cases: Iterable[Case], policy: Policy, suite: str,
-              on_done: Optional[Callable[[dict], None]] = None) -> List[dict]:
+              on_done: Optional[Callable[[dict], None]] = None, oracle_device: Optional[str] = None) -> List[dict]:
     backends = BackendCache()
     records = []
     for case in cases:
-        rec = run_case(case, policy, suite, backends)
+        rec = run_case(case, policy, suite, backends, oracle_device)
         records.append(rec)
         if on_done:
             on_done(rec)

@@ -287,7 +287,8 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
         x_strides = (x.stride(0), 0, x.stride(1))
         o_strides = (out.stride(0), 0, out.stride(1))
     _launch(x, weight, bias, conv_state, out, query_start_loc, conv_state_indices, num_accepted_tokens,
-            None, B=B, max_len=max(lens, default=0), dim=dim, seqlen=lens[0] if lens else 0,
+            None, B=B, max_len=max(lens, default=0), dim=dim,
+            seqlen=lens[0] if lens and query_start_loc is None else 0,
             pad_slot_id=pad_slot_id, x_strides=x_strides, o_strides=o_strides, init_mode=_INIT_STATE,
             silu=silu, acc=acc_dtype(x.dtype, conv_state.dtype))
     return out
