@@ -131,8 +131,14 @@ def recurrent_gated_delta_rule(
         check_tensor("ssm_state_indices", idx, shape=(N, None), dtype=INDEX_DTYPES)
         if num_accepted_tokens is not None:
             check_tensor("num_accepted_tokens", num_accepted_tokens, shape=(N,), dtype=INDEX_DTYPES)
-        pool = initial_state if inplace_final_state else initial_state.clone()
         idx = idx.tolist()
+        for n, (_, bos, eos) in enumerate(spans):       # validate before any write
+            if len(idx[n]) > 1 and eos - bos > len(idx[n]):
+                raise InputError("ssm_state_indices", f"columns for {eos - bos} tokens of sequence {n}",
+                                 eos - bos, len(idx[n]))
+            if max(idx[n]) >= initial_state.shape[0]:
+                raise InputError(f"ssm_state_indices[{n}]", "slots in", f"[0, {initial_state.shape[0]})", idx[n])
+        pool = initial_state if inplace_final_state else initial_state.clone()
     elif initial_state is not None:
         check_tensor("initial_state", initial_state, shape=(N, *state_shape))
     finals: List[torch.Tensor] = []
@@ -147,8 +153,6 @@ def recurrent_gated_delta_rule(
             slot = row[read]
             if slot == pad_slot_id or slot < 0:
                 continue
-            if slot >= pool.shape[0] or max(row) >= pool.shape[0]:
-                raise InputError(f"ssm_state_indices[{n}]", "slots in", f"[0, {pool.shape[0]})", row)
             S = load(pool[slot])
             per_token = len(row) > 1
         else:
@@ -159,10 +163,7 @@ def recurrent_gated_delta_rule(
             qi, ki = _token_qk(qr[i], kr[i], scale, use_qk_l2norm_in_kernel, HV // H, acc)
             S, o[i] = _step(S, qi, ki, vf[i], gf[i], bf[i])
             if pool is not None and per_token:
-                if t >= len(row):
-                    raise InputError("ssm_state_indices", f"columns for {eos - bos} tokens of sequence {n}",
-                                     eos - bos, len(row))
-                if row[t] >= 0:
+                if row[t] >= 0 and row[t] != pad_slot_id:
                     pool[row[t]] = store(S, pool.dtype)
         if pool is not None and not per_token:
             pool[row[0]] = store(S, pool.dtype)

@@ -5,7 +5,7 @@ from typing import Tuple
 
 import torch
 
-from ..errors import check_tensor
+from ..errors import InputError, check_tensor
 
 
 def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -32,6 +32,8 @@ def fused_gdn_gating(A_log: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dt_b
     check_tensor("A_log", A_log, shape=(HV,))
     check_tensor("dt_bias", dt_bias, shape=(HV,))
     check_tensor("a", a)
+    if a.dim() < 1:
+        raise InputError("a", "shape", "[..., HV]", tuple(a.shape))
     check_tensor("b", b, shape=tuple(a.shape))
     if a.shape[-1] != HV:
         check_tensor("a", a, shape=(*a.shape[:-1], HV))

@@ -37,6 +37,8 @@ def rms_norm_gated(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tens
     The weight is plain ``w`` (not Gemma's ``1 + w``). Computed in fp32 (fp64 for fp64
     inputs) and cast once, to `out_dtype` (default x.dtype).
     """
+    if x.dim() < 1:
+        raise InputError("x", "shape", "[..., N]", tuple(x.shape))
     N = x.shape[-1]
     check_tensor("weight", weight, shape=(N,))
     if z is not None:
