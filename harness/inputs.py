@@ -32,30 +32,36 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
+def make_small_params(dims: GDNDims, seed: int = 0, conv_bias: bool = False) -> dict:
+    """The layer's small parameters (no projection matrices), cheap at preset dims:
+    A = exp(A_log) ~ U(1, 16) and dt ~ logU(1e-3, 0.1) as in Qwen / Mamba init, so
+    g = -A softplus(a + dt_bias) spans slow and fast decays."""
+    gen = _gen(seed + 7919)
+    f64 = dict(dtype=torch.float64)
+    dt = torch.exp(torch.empty(dims.HV, **f64).uniform_(math.log(1e-3), math.log(0.1), generator=gen))
+    bound = 1.0 / math.sqrt(dims.W)
+    return dict(
+        conv_weight=torch.empty(dims.conv_dim, dims.W, **f64).uniform_(-bound, bound, generator=gen),
+        conv_bias=(torch.empty(dims.conv_dim, **f64).uniform_(-bound, bound, generator=gen) if conv_bias else None),
+        A_log=torch.log(torch.empty(dims.HV, **f64).uniform_(1.0, 16.0, generator=gen)),
+        dt_bias=dt + torch.log(-torch.expm1(-dt)),          # inverse softplus
+        norm_weight=1.0 + 0.1 * torch.randn(dims.V, generator=gen, **f64))
+
+
 def make_weights(dims: GDNDims, seed: int = 0, conv_bias: bool = False) -> GDNWeights:
-    """fp64 weights. A = exp(A_log) ~ U(1, 16) and dt ~ logU(1e-3, 0.1) as in Qwen / Mamba
-    init, so g = -A softplus(a + dt_bias) spans slow and fast decays."""
+    """fp64 weights: projections ~ N(0, 1/fan_in), the rest from `make_small_params`."""
     gen = _gen(seed)
-    f64 = dict(dtype=torch.float64, generator=gen)
     s = 1.0 / math.sqrt(dims.hidden)
 
     def mat(rows, cols, scale):
-        return torch.randn(rows, cols, **f64) * scale
+        return torch.randn(rows, cols, dtype=torch.float64, generator=gen) * scale
 
-    dt = torch.exp(torch.empty(dims.HV, dtype=torch.float64).uniform_(math.log(1e-3), math.log(0.1), generator=gen))
-    bound = 1.0 / math.sqrt(dims.W)
     return GDNWeights(
         wq=mat(dims.key_dim, dims.hidden, s), wk=mat(dims.key_dim, dims.hidden, s),
         wv=mat(dims.value_dim, dims.hidden, s), wz=mat(dims.value_dim, dims.hidden, s),
         wb=mat(dims.HV, dims.hidden, s), wa=mat(dims.HV, dims.hidden, s),
-        conv_weight=torch.empty(dims.conv_dim, dims.W, dtype=torch.float64).uniform_(-bound, bound, generator=gen),
-        conv_bias=(torch.empty(dims.conv_dim, dtype=torch.float64).uniform_(-bound, bound, generator=gen)
-                   if conv_bias else None),
-        A_log=torch.log(torch.empty(dims.HV, dtype=torch.float64).uniform_(1.0, 16.0, generator=gen)),
-        dt_bias=dt + torch.log(-torch.expm1(-dt)),          # inverse softplus
-        norm_weight=1.0 + 0.1 * torch.randn(dims.V, **f64),
         out_proj=mat(dims.hidden, dims.value_dim, 1.0 / math.sqrt(dims.value_dim)),
-    ).check(dims)
+        **make_small_params(dims, seed, conv_bias)).check(dims)
 
 
 @dataclass
@@ -86,10 +92,10 @@ def make_delta_inputs(dims: GDNDims, lengths: List[int], seed: int = 0, initial_
     """Physical varlen delta-rule inputs for `dims` (q / k raw, normalised in-kernel; g from
     real gating of random a with model-like A_log / dt_bias), sequences back to back."""
     gen = _gen(seed)
-    w = make_weights(dims, seed)
+    w = make_small_params(dims, seed)
     T = sum(lengths)
     rnd = lambda *shape: torch.randn(*shape, dtype=torch.float64, generator=gen)  # noqa: E731
-    g, beta = fused_gdn_gating(w.A_log, rnd(1, T, dims.HV), rnd(1, T, dims.HV), w.dt_bias)
+    g, beta = fused_gdn_gating(w["A_log"], rnd(1, T, dims.HV), rnd(1, T, dims.HV), w["dt_bias"])
     out = dict(q=rnd(1, T, dims.H, dims.K), k=rnd(1, T, dims.H, dims.K), v=rnd(1, T, dims.HV, dims.V),
                g=g, beta=beta, cu_seqlens=torch.tensor([0] + list(torch.tensor(lengths).cumsum(0).tolist())),
                initial_state=(0.3 * rnd(len(lengths), dims.HV, dims.V, dims.K)) if initial_state else None)

@@ -16,7 +16,7 @@ import torch
 
 from . import reference as ref
 from .config import GDNDims
-from .inputs import dtype_of, make_delta_inputs, make_weights
+from .inputs import dtype_of, make_delta_inputs, make_small_params
 from .layouts.projection import unpack_qkvz_ba
 
 F64 = torch.float64
@@ -71,15 +71,15 @@ def _unpack(variant, dims, dt, st, layout, seed, device):
 
 def _gating(variant, dims, dt, st, layout, seed, device):
     g = _gen(seed)
-    w = make_weights(dims, seed)
+    w = make_small_params(dims, seed)
     T = 9
     a = _rand(g, T, dims.HV, scale=3.0)
-    a[0] = 30.0 - w.dt_bias            # a + dt_bias above the softplus threshold
-    a[1] = 20.0 - w.dt_bias            # exactly at it
+    a[0] = 30.0 - w["dt_bias"]            # a + dt_bias above the softplus threshold
+    a[1] = 20.0 - w["dt_bias"]            # exactly at it
     a, b = _to(a, dt, device), _to(_rand(g, T, dims.HV, scale=2.0), dt, device)
     if variant == "strided":
         a, b = _strided(a), _strided(b)
-    return Sample(dict(A_log=_to(w.A_log, torch.float32, device), a=a, b=b, dt_bias=_to(w.dt_bias, dt, device)),
+    return Sample(dict(A_log=_to(w["A_log"], torch.float32, device), a=a, b=b, dt_bias=_to(w["dt_bias"], dt, device)),
                   ("g", "beta"))
 
 
@@ -92,15 +92,15 @@ def _conv_pool(g, dims, slots, L, dt, device, layout):
 
 def _conv_fn(variant, dims, dt, st, layout, seed, device):
     g = _gen(seed)
-    w = make_weights(dims, seed, conv_bias=True)
+    w = make_small_params(dims, seed, conv_bias=True)
     conv_layout, bias = variant.split("-")
     lens = [5, 1, 70, 2, 3]
     slots = [4, 0, 6, -1, 2]
     total = sum(lens)
     x = _to(_rand(g, total, dims.conv_dim), dt, device).T          # channel-first view, as vLLM passes it
     pool = _conv_pool(g, dims, 8, dims.W - 1, dt, device, conv_layout)
-    return Sample(dict(x=x, weight=_to(w.conv_weight, dt, device),
-                       bias=_to(w.conv_bias, dt, device) if bias == "bias" else None, conv_states=pool,
+    return Sample(dict(x=x, weight=_to(w["conv_weight"], dt, device),
+                       bias=_to(w["conv_bias"], dt, device) if bias == "bias" else None, conv_states=pool,
                        query_start_loc=torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32,
                                                     device=device),
                        cache_indices=torch.tensor(slots, dtype=torch.int32, device=device),
@@ -111,7 +111,7 @@ def _conv_fn(variant, dims, dt, st, layout, seed, device):
 
 def _conv_update(variant, dims, dt, st, layout, seed, device):
     g = _gen(seed)
-    w = make_weights(dims, seed, conv_bias=True)
+    w = make_small_params(dims, seed, conv_bias=True)
     kind, conv_layout = variant.split("-")
     W = dims.W
     if kind == "spec":
@@ -126,7 +126,7 @@ def _conv_update(variant, dims, dt, st, layout, seed, device):
         slots = [3, -1, 0, 5]
         shape = (len(slots), dims.conv_dim) if kind == "decode" else (len(slots), dims.conv_dim, 2)
         kw = dict(x=_to(_rand(g, *shape), dt, device), conv_state=_conv_pool(g, dims, 7, W - 1, dt, device, conv_layout))
-    kw.update(weight=_to(w.conv_weight, dt, device), bias=_to(w.conv_bias, dt, device), activation="silu",
+    kw.update(weight=_to(w["conv_weight"], dt, device), bias=_to(w["conv_bias"], dt, device), activation="silu",
               conv_state_indices=torch.tensor(slots, dtype=torch.int32, device=device))
     return Sample(kw, ("out",), ("conv_state",), {"conv_state": [s for s in slots if s >= 0]})
 
@@ -184,22 +184,22 @@ def _sigmoid(variant, dims, dt, st, layout, seed, device):
     s = _recurrent(variant, dims, dt, st, layout, seed, device)
     kw = s.kwargs
     g = _gen(seed + 2)
-    w = make_weights(dims, seed)
+    w = make_small_params(dims, seed)
     T = kw["q"].shape[1]
     del kw["g"], kw["beta"]
-    kw.update(A_log=_to(w.A_log, torch.float32, device), dt_bias=_to(w.dt_bias, dt, device),
+    kw.update(A_log=_to(w["A_log"], torch.float32, device), dt_bias=_to(w["dt_bias"], dt, device),
               a=_to(_rand(g, T, dims.HV, scale=2.0), dt, device), b=_to(_rand(g, T, dims.HV), dt, device))
     return s
 
 
 def _packed(variant, dims, dt, st, layout, seed, device):
     g = _gen(seed)
-    w = make_weights(dims, seed)
+    w = make_small_params(dims, seed)
     B = 4
     pool, idx, _, touched = _pool_and_indices(g, dims, "decode", st, layout, device, B)
     kw = dict(mixed_qkv=_to(_rand(g, B, dims.conv_dim), dt, device), a=_to(_rand(g, B, dims.HV, scale=2.0), dt, device),
-              b=_to(_rand(g, B, dims.HV), dt, device), A_log=_to(w.A_log, torch.float32, device),
-              dt_bias=_to(w.dt_bias, dt, device), scale=None, initial_state=pool,
+              b=_to(_rand(g, B, dims.HV), dt, device), A_log=_to(w["A_log"], torch.float32, device),
+              dt_bias=_to(w["dt_bias"], dt, device), scale=None, initial_state=pool,
               out=torch.zeros(B, 1, dims.HV, dims.V, dtype=dt, device=device), ssm_state_indices=idx,
               use_qk_l2norm_in_kernel=True, state_layout=layout)
     return Sample(kw, ("out",), ("initial_state",), {"initial_state": touched})
@@ -209,8 +209,8 @@ def _norm(variant, dims, dt, st, layout, seed, device):
     g = _gen(seed)
     gate, act, group = variant.split("-")
     T = 6
-    w = make_weights(dims, seed)
-    return Sample(dict(x=_to(_rand(g, T * dims.HV, dims.V), dt, device), weight=_to(w.norm_weight, dt, device),
+    w = make_small_params(dims, seed)
+    return Sample(dict(x=_to(_rand(g, T * dims.HV, dims.V), dt, device), weight=_to(w["norm_weight"], dt, device),
                        z=_to(_rand(g, T * dims.HV, dims.V, scale=2.0), dt, device), eps=1e-6,
                        group_size=None if group == "whole" else dims.V // 2 if dims.V % 2 == 0 else None,
                        norm_before_gate=gate == "before", activation=act), ("y",))

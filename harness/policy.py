@@ -49,7 +49,12 @@ class Policy:
                 raise ConfigError(f"{where}.{sorted(unknown)[0]}", "unknown key")
             tol = Tolerance(kind=e["kind"], value=float(e.get("value", 0.0)), atol=float(e.get("atol", 0.0)),
                             reason=e["reason"], source=f"{where} (policy v{self.version})")
-            self.entries.append(PolicyEntry(e["op"], e.get("dtype", "*"), e.get("state_dtype", "*"), tol))
+            entry = PolicyEntry(e["op"], e.get("dtype", "*"), e.get("state_dtype", "*"), tol)
+            for other in self.entries:
+                if (other.op, other.dtype, other.state_dtype) == (entry.op, entry.dtype, entry.state_dtype):
+                    raise ConfigError(f"{where}.op", f"duplicate entry for ({entry.op}, {entry.dtype}, "
+                                      f"{entry.state_dtype}); first at {other.tol.source}")
+            self.entries.append(entry)
 
     def lookup(self, op: str, dtype: str = "*", state_dtype: str = "*") -> Tolerance:
         """The most specific entry for (op, dtype, state_dtype); exact matches beat '*'."""

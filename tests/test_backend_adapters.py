@@ -1,0 +1,448 @@
+"""The fla and vllm backend adapters (harness.optimized.fla_backend / vllm_backend).
+
+fla: every implemented op against the reference op, through the harness's own op cases
+(opcheck.run_op_case, judged by suites/tolerances.toml, as `gdn-harness run` judges them)
+and through direct checks of what the adapter itself adds: the state pool (gather,
+scatter, PAD, spec per-token slots, the non-inplace copy), the conv-state bookkeeping and
+the norm dispatch. Without a GPU fla's kernels run under TRITON_INTERPRET=1 (numpy), so
+shapes stay tiny and bf16 is left to a GPU; fla's chunked kernels do not run under the
+interpreter at all, so chunk_gated_delta_rule is only checked on a GPU.
+
+vllm: without vLLM the backend must load and say why it cannot run; with a stand-in vLLM
+(fake modules that follow the conventions read in vLLM's sources) the adapters' plumbing
+is checked: g / beta squeezed from [1, T, HV], per-sequence states through vLLM's pool
+interface, varlen conv arguments.
+"""
+import os
+import sys
+import types
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")   # before fla's kernels are jitted
+
+import pytest  # noqa: E402
+
+from harness.config import GDNDims  # noqa: E402
+from harness.compare import compare  # noqa: E402
+from harness.opcheck import OP_INFOS, run_op_case  # noqa: E402
+from harness.optimized import fla_backend, vllm_backend  # noqa: E402
+from harness.optimized.registry import load_backend  # noqa: E402
+from harness.policy import Policy  # noqa: E402
+from harness.reference import conv as ref_conv  # noqa: E402
+from harness.reference import delta_rule as ref_dr  # noqa: E402
+from harness.reference import gating as ref_gating  # noqa: E402
+from harness.reference import norm as ref_norm  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+
+
+def _fla_or_skip():
+    be = load_backend("fla")
+    why = be.unavailable(DEV)
+    if why:
+        pytest.skip(f"fla backend cannot run here: {why}")
+    return be
+
+
+# ---------------------------------------------------------------- fla: the harness's op cases
+DIMS = GDNDims(hidden=32, H=2, HV=4, K=8, V=12, W=4, name="adapter-test")    # r = 2, K != V
+DTYPES = ["float32", "float16"] + (["bfloat16"] if CUDA else [])
+OP_CASES = [(op, variant) for op, info in OP_INFOS.items() for variant in info.variants]
+# fla has no gated RMSNorm with a sigmoid gate after the norm or per group (the adapter raises).
+FLA_NORM_UNSUPPORTED = {"before-sigmoid-group", "after-sigmoid-whole", "after-sigmoid-group"}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op,variant", OP_CASES, ids=[f"{o}-{v}" for o, v in OP_CASES])
+def test_fla_op_cases(op, variant, dtype):
+    be = _fla_or_skip()
+    if not be.implements(op):
+        if op == "chunk_gated_delta_rule" and not CUDA:
+            pytest.skip("fla's chunked kernels do not run under the Triton interpreter "
+                        "(a loop index is a Python int there: `i_t.to` fails in chunk_delta_h)")
+        pytest.skip(f"fla backend does not implement {op}")
+    if op == "rms_norm_gated" and variant in FLA_NORM_UNSUPPORTED:
+        with pytest.raises(NotImplementedError, match="fla has no gated RMSNorm"):
+            run_op_case(be, op, variant, DIMS, dtype, "float32", 0, DEV)
+        return
+    policy = Policy()
+    pairs = run_op_case(be, op, variant, DIMS, dtype, "float32", 0, DEV)
+    assert pairs
+    for name, out, ref, token_dim, key in pairs:
+        m = compare(name, out, ref, policy.lookup(key, dtype, "float32"), token_dim)
+        assert m.passed, f"{op}[{variant}] {name}: rel_rms {m.rel_rms:.3g} vs {m.tolerance}, max |diff| {m.max_abs:.3g}"
+
+
+# ---------------------------------------------------------------- fla: direct adapter checks
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _delta(lengths, H=2, r=2, K=8, V=12, dtype=torch.float32, seed=0, batched=False):
+    G = _gen(seed)
+    HV = H * r
+    B, T = (len(lengths), lengths[0]) if batched else (1, sum(lengths))
+    q, k = torch.randn(B, T, H, K, generator=G), torch.randn(B, T, H, K, generator=G)
+    v = torch.randn(B, T, HV, V, generator=G)
+    g = -torch.rand(B, T, HV, generator=G) * 2.0
+    beta = torch.rand(B, T, HV, generator=G)
+    cu = None if batched else torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+    to = lambda x: x.to(DEV, dtype)  # noqa: E731
+    return to(q), to(k), to(v), g.to(DEV), to(beta), None if cu is None else cu.to(DEV)
+
+
+def _pool(slots, HV=4, V=12, K=8, dtype=torch.float32, seed=5, layout="vk"):
+    shape = (slots, HV, V, K) if layout == "vk" else (slots, HV, K, V)
+    return (0.3 * torch.randn(*shape, generator=_gen(seed))).to(DEV, dtype)
+
+
+def _close(a, b, rtol=2e-5, atol=2e-5):
+    torch.testing.assert_close(a.float().cpu(), b.float().cpu(), rtol=rtol, atol=atol)
+
+
+def _ref(fn, *args, **kw):
+    """The reference on fp64 copies (tensors upcast, index tensors kept)."""
+    up = lambda x: x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x  # noqa: E731
+    return fn(*[up(a) for a in args], **{k: up(v) for k, v in kw.items()})
+
+
+def test_fla_recurrent_pool_not_inplace_and_pad():
+    be = _fla_or_skip()
+    q, k, v, g, beta, cu = _delta([1, 1, 1, 1])
+    pool = _pool(9)
+    before = pool.clone()
+    idx = torch.tensor([6, -1, 2, 8], dtype=torch.int32, device=DEV)
+    o, out_pool = be.fused_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=pool, cu_seqlens=cu,
+                                                      ssm_state_indices=idx, inplace_final_state=False,
+                                                      use_qk_l2norm_in_kernel=True)
+    o_ref, pool_ref = _ref(ref_dr.recurrent_gated_delta_rule, q, k, v, g, beta, initial_state=pool, cu_seqlens=cu,
+                           ssm_state_indices=idx, inplace_final_state=False, use_qk_l2norm_in_kernel=True)
+    assert torch.equal(pool, before), "inplace_final_state=False must leave the pool alone"
+    assert out_pool is not pool
+    assert torch.count_nonzero(o[0, 1]) == 0, "a PAD sequence's output rows are zero"
+    _close(o, o_ref)
+    _close(out_pool, pool_ref)
+
+
+@pytest.mark.parametrize("layout", ["vk", "kv"])
+def test_fla_recurrent_spec_batched_pad_columns(layout):
+    """2-D spec indices without cu_seqlens (B sequences of T tokens), a PAD write column,
+    every accepted count, both state layouts: one fla call per token position."""
+    be = _fla_or_skip()
+    q, k, v, g, beta, _ = _delta([3, 3, 3], batched=True, seed=1)
+    pool = _pool(10, layout=layout, seed=2)
+    idx = torch.tensor([[2, -1, 4], [0, 9, 5], [8, 1, 3]], dtype=torch.int32, device=DEV)
+    acc = torch.tensor([1, 2, 3], dtype=torch.int32, device=DEV)
+    kw = dict(initial_state=pool.clone(), ssm_state_indices=idx, num_accepted_tokens=acc, inplace_final_state=True,
+              use_qk_l2norm_in_kernel=True, state_layout=layout)
+    o, got = be.fused_recurrent_gated_delta_rule(q, k, v, g, beta, **kw)
+    o_ref, want = _ref(ref_dr.recurrent_gated_delta_rule, q, k, v, g, beta, **{**kw, "initial_state": pool.clone()})
+    assert got is kw["initial_state"], "inplace_final_state=True updates and returns the pool"
+    _close(o, o_ref)
+    _close(got, want)
+
+
+def test_fla_recurrent_bf16_pool():
+    be = _fla_or_skip()
+    q, k, v, g, beta, cu = _delta([1, 1, 1], seed=3)
+    pool = _pool(6, dtype=torch.bfloat16, seed=4)
+    idx = torch.tensor([4, 0, 2], dtype=torch.int32, device=DEV)
+    kw = dict(cu_seqlens=cu, ssm_state_indices=idx, inplace_final_state=True, use_qk_l2norm_in_kernel=True)
+    o, got = be.fused_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=pool.clone(), **kw)
+    o_ref, want = _ref(ref_dr.recurrent_gated_delta_rule, q, k, v, g, beta, initial_state=pool.clone(), **kw)
+    assert got.dtype == torch.bfloat16
+    _close(o, o_ref, rtol=1e-2, atol=1e-2)       # the bf16 initial state is exact; fp32 math
+    _close(got, want.to(torch.bfloat16), rtol=2 ** -7, atol=1e-3)   # one bf16 rounding each side
+
+
+def test_fla_recurrent_per_sequence_states():
+    be = _fla_or_skip()
+    q, k, v, g, beta, cu = _delta([2, 0, 3], seed=6)
+    h0 = _pool(3, seed=7)
+    o, final = be.fused_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=h0, cu_seqlens=cu,
+                                                   use_qk_l2norm_in_kernel=True)
+    o_ref, f_ref = _ref(ref_dr.recurrent_gated_delta_rule, q, k, v, g, beta, initial_state=h0, cu_seqlens=cu,
+                        use_qk_l2norm_in_kernel=True)
+    _close(o, o_ref)
+    _close(final, f_ref)
+    assert final.dtype == h0.dtype
+    o2, none = be.fused_recurrent_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu, output_final_state=False)
+    assert none is None and o2.shape == v.shape
+
+
+def test_fla_sigmoid_gating_spec():
+    be = _fla_or_skip()
+    q, k, v, _, _, cu = _delta([3, 2], seed=8)
+    G = _gen(9)
+    T, HV = q.shape[1], v.shape[2]
+    A_log = torch.log(torch.rand(HV, generator=G) * 15 + 1).to(DEV)
+    dt_bias = (0.1 * torch.randn(HV, generator=G)).to(DEV)
+    a, b = (2 * torch.randn(T, HV, generator=G)).to(DEV), torch.randn(T, HV, generator=G).to(DEV)
+    a[0] = 25.0                                       # a + dt_bias above the softplus threshold
+    pool = _pool(7, seed=10)
+    idx = torch.tensor([[1, 3, 5], [2, 6, -1]], dtype=torch.int32, device=DEV)
+    acc = torch.tensor([2, 1], dtype=torch.int32, device=DEV)
+    kw = dict(cu_seqlens=cu, ssm_state_indices=idx, num_accepted_tokens=acc, use_qk_l2norm_in_kernel=True)
+    o, got = be.fused_sigmoid_gating_delta_rule_update(A_log, a, b, dt_bias, q, k, v, initial_state=pool.clone(), **kw)
+    o_ref, want = _ref(ref_dr.fused_sigmoid_gating_delta_rule_update, A_log, a, b, dt_bias, q, k, v,
+                       initial_state=pool.clone(), **kw)
+    _close(o, o_ref)
+    _close(got, want)
+    with pytest.raises(NotImplementedError, match="threshold=20"):
+        be.fused_sigmoid_gating_delta_rule_update(A_log, a, b, dt_bias, q, k, v, threshold=10.0,
+                                                  initial_state=pool.clone(), **kw)
+
+
+def test_fla_gating_values_and_unsupported():
+    be = _fla_or_skip()
+    G = _gen(11)
+    A_log = torch.log(torch.rand(4, generator=G) * 15 + 1).to(DEV)
+    dt_bias = (0.1 * torch.randn(4, generator=G)).to(DEV)
+    a, b = (3 * torch.randn(2, 5, 4, generator=G)).to(DEV), torch.randn(2, 5, 4, generator=G).to(DEV)
+    g, beta = be.fused_gdn_gating(A_log, a, b, dt_bias)
+    g_ref, beta_ref = _ref(ref_gating.fused_gdn_gating, A_log, a, b, dt_bias)
+    assert g.shape == a.shape and g.dtype == torch.float32 and beta.dtype == torch.float32
+    _close(g, g_ref, rtol=1e-5, atol=1e-6)
+    _close(beta, beta_ref, rtol=1e-6, atol=1e-7)
+    with pytest.raises(NotImplementedError):
+        be.fused_gdn_gating(A_log, a, b, dt_bias, beta=2.0)
+
+
+def _conv_inputs(lengths, dim=20, W=4, slots=8, L=None, dtype=torch.float32, seed=12, token_first=False):
+    G = _gen(seed)
+    x = torch.randn(sum(lengths), dim, generator=G).to(DEV, dtype)
+    w = (0.5 * torch.randn(dim, W, generator=G)).to(DEV, dtype)
+    bias = (0.1 * torch.randn(dim, generator=G)).to(DEV, dtype)
+    pool = torch.randn(slots, dim, L or W - 1, generator=G)
+    pool = (pool.transpose(1, 2).contiguous().to(DEV, dtype).transpose(1, 2) if token_first
+            else pool.to(DEV, dtype))
+    qsl = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device=DEV)
+    return x, w, bias, pool, qsl
+
+
+def test_fla_conv_fn_defaults_and_empty_sequence():
+    """cache_indices / has_initial_state left to their defaults (slot i, zeros), a
+    zero-length sequence (state untouched), a 1-token sequence (state shifted)."""
+    be = _fla_or_skip()
+    x, w, bias, pool, qsl = _conv_inputs([2, 0, 1, 6], slots=4, token_first=True)
+    got, want = pool.clone(), pool.clone()
+    y = be.causal_conv1d_fn(x.T, w, bias, got, qsl, activation=None)
+    y_ref = ref_conv.causal_conv1d_fn(x.T, w, bias, want, qsl, activation=None)
+    _close(y, y_ref, rtol=1e-5, atol=1e-6)
+    assert torch.equal(got, want), "conv states hold raw inputs: exact"
+    hist = torch.tensor([True, True, True, False], device=DEV)
+    got, want = pool.clone(), pool.clone()
+    y = be.causal_conv1d_fn(x.T, w, None, got, qsl, cache_indices=torch.tensor([3, 1, -1, 0], device=DEV,
+                                                                                dtype=torch.int32),
+                            has_initial_state=hist)
+    y_ref = ref_conv.causal_conv1d_fn(x.T, w, None, want, qsl, cache_indices=torch.tensor([3, 1, -1, 0], device=DEV,
+                                                                                         dtype=torch.int32),
+                                      has_initial_state=hist)
+    _close(y, y_ref, rtol=1e-5, atol=1e-6)
+    assert torch.count_nonzero(y[:, 2:3]) == 0, "PAD sequence: zero output"
+    assert torch.equal(got, want)
+
+
+def test_fla_conv_update_varlen_spec_uneven():
+    """Spec conv update with sequences of different lengths (the window is W-2+L_i columns
+    per sequence) and a PAD entry."""
+    be = _fla_or_skip()
+    W, S = 4, 4
+    x, w, bias, pool, qsl = _conv_inputs([4, 2, 3, 1], slots=6, L=W - 1 + S - 1, seed=13)
+    idx = torch.tensor([5, 0, -1, 2], dtype=torch.int32, device=DEV)
+    acc = torch.tensor([3, 2, 1, 1], dtype=torch.int32, device=DEV)
+    got, want = pool.clone(), pool.clone()
+    y = be.causal_conv1d_update(x, got, w, bias, "silu", conv_state_indices=idx, num_accepted_tokens=acc,
+                                query_start_loc=qsl)
+    y_ref = ref_conv.causal_conv1d_update(x, want, w, bias, "silu", conv_state_indices=idx, num_accepted_tokens=acc,
+                                          query_start_loc=qsl)
+    _close(y, y_ref, rtol=1e-5, atol=1e-6)
+    assert torch.equal(got, want)
+
+
+def test_fla_norm_out_dtype_and_no_gate():
+    be = _fla_or_skip()
+    G = _gen(14)
+    x, z = torch.randn(6, 12, generator=G).to(DEV), torch.randn(6, 12, generator=G).to(DEV)
+    w = (1 + 0.1 * torch.randn(12, generator=G)).to(DEV)
+    y = be.rms_norm_gated(x, w, z, group_size=6, norm_before_gate=False, out_dtype=torch.float16)
+    assert y.dtype == torch.float16
+    _close(y, _ref(ref_norm.rms_norm_gated, x, w, z, group_size=6, norm_before_gate=False,
+                   out_dtype=torch.float16), rtol=2 ** -10, atol=1e-4)
+    _close(be.rms_norm_gated(x, w, None, activation="sigmoid"), _ref(ref_norm.rms_norm_gated, x, w, None),
+           rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not CUDA, reason="fla's chunked kernels need a GPU (they do not run under the Triton interpreter)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fla_chunk_final_state_dtype(dtype):
+    be = _fla_or_skip()
+    q, k, v, g, beta, cu = _delta([1, 70, 5], dtype=dtype, seed=15)
+    h0 = _pool(3, dtype=torch.bfloat16, seed=16)
+    o, final = be.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, cu_seqlens=cu,
+                                         use_qk_l2norm_in_kernel=True)
+    o_ref, f_ref = _ref(ref_dr.chunk_gated_delta_rule, q, k, v, g, beta, initial_state=h0, cu_seqlens=cu,
+                        use_qk_l2norm_in_kernel=True)
+    assert final.dtype == torch.bfloat16 and o.dtype == dtype
+    _close(o, o_ref, rtol=3e-2, atol=3e-2)
+    _close(final, f_ref, rtol=3e-2, atol=3e-2)
+
+
+# ---------------------------------------------------------------- vllm
+def _has_vllm():
+    try:
+        import vllm  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_has_vllm(), reason="vLLM is installed here")
+def test_vllm_loads_and_says_why_without_vllm(monkeypatch):
+    monkeypatch.setattr(vllm_backend, "_CACHE", {})
+    monkeypatch.setattr(vllm_backend, "_ERROR", [])
+    be = load_backend("vllm")
+    assert be.name == "vllm" and "vllm" not in sys.modules
+    for device in ("cuda", "cpu"):
+        why = be.unavailable(device)
+        assert why and why.startswith("vLLM is not importable: ") and "vllm" in why
+    d = be.describe()
+    assert d["ssm_state_layout"] == "vk" and set(d["decode_paths"]) == {"recurrent", "sigmoid_gating", "packed"}
+    assert be.conv_state_layouts == ("token_first",)
+
+
+def _fake_vllm_recurrent(q, k, v, g, beta=None, scale=None, initial_state=None, inplace_final_state=True,
+                         cu_seqlens=None, ssm_state_indices=None, num_accepted_tokens=None,
+                         use_qk_l2norm_in_kernel=False):
+    """vLLM's fused_recurrent_gated_delta_rule as its kernel reads (newest copy): states
+    [.., HV, V, K]; slot <= 0 skipped (zero output); inplace: token t's state to
+    indices[n * stride + t]; not inplace: to a new buffer row bos + t; without indices the
+    initial state is row bos of h0."""
+    B, T, H, K = q.shape
+    HV, V = v.shape[2:]
+    scale = K ** -0.5 if scale is None else scale
+    cu = cu_seqlens.tolist() if cu_seqlens is not None else [n * T for n in range(B + 1)]
+    o = torch.full((B * T, HV, V), float("nan"), dtype=q.dtype, device=q.device)
+    final = initial_state if inplace_final_state else torch.full((T, HV, V, K), float("nan"),
+                                                                 dtype=initial_state.dtype, device=q.device)
+    idx = None if ssm_state_indices is None else ssm_state_indices.reshape(-1).tolist()
+    stride = None if ssm_state_indices is None else ssm_state_indices.stride(0)
+    qf, kf, vf = q.reshape(-1, H, K).double(), k.reshape(-1, H, K).double(), v.reshape(-1, HV, V).double()
+    gf, bf = g.reshape(-1, HV).double(), beta.reshape(-1, HV).double()
+    for n in range(len(cu) - 1):
+        bos, eos = cu[n], cu[n + 1]
+        if eos == bos:
+            continue
+        if idx is not None:
+            i_t = int(num_accepted_tokens[n]) - 1 if num_accepted_tokens is not None else 0
+            slot = idx[n * stride + i_t]
+            if slot <= 0:
+                o[bos:eos] = 0
+                continue
+            h = initial_state[slot].double()
+        else:
+            h = initial_state.reshape(-1, HV, V, K)[bos].double()
+        for t in range(eos - bos):
+            i = bos + t
+            qi, ki = qf[i].repeat_interleave(HV // H, 0), kf[i].repeat_interleave(HV // H, 0)
+            if use_qk_l2norm_in_kernel:
+                qi = qi / torch.sqrt((qi * qi).sum(-1, keepdim=True) + 1e-6)
+                ki = ki / torch.sqrt((ki * ki).sum(-1, keepdim=True) + 1e-6)
+            h, o[i] = ref_dr._step(h, qi * scale, ki, vf[i], gf[i], bf[i])
+            if inplace_final_state:
+                s = idx[n * stride + t]
+                if s > 0:
+                    final[s] = h.to(final.dtype)
+            else:
+                final[i] = h.to(final.dtype)
+    return o.reshape(B, T, HV, V), final
+
+
+def _fake_vllm_gating(A_log, a, b, dt_bias, beta=1.0, threshold=20.0):
+    batch, num_heads = a.shape
+    g, bt = ref_gating.fused_gdn_gating(A_log, a, b, dt_bias, beta, threshold)
+    return g.reshape(1, batch, num_heads), bt.to(b.dtype).reshape(1, batch, num_heads)
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """A stand-in vLLM package in sys.modules with the newest layout's module paths."""
+    calls = {}
+
+    def conv_update(x, conv_state, weight, bias=None, activation=None, conv_state_indices=None,
+                    num_accepted_tokens=None, query_start_loc=None, max_query_len=-1, pad_slot_id=-1, **kw):
+        calls["conv_update"] = dict(conv_state_indices=conv_state_indices, max_query_len=max_query_len)
+        return x.clone()       # mainline vLLM returns x in PAD rows; here every row: plumbing only
+
+    mods = {
+        "vllm": dict(__version__="0.33.0-fake"),
+        "vllm.model_executor": {}, "vllm.model_executor.layers": {}, "vllm.model_executor.layers.mamba": {},
+        "vllm.model_executor.layers.mamba.ops": {},
+        "vllm.model_executor.layers.mamba.ops.causal_conv1d": dict(causal_conv1d_fn=lambda *a, **k: None,
+                                                                   causal_conv1d_update=conv_update),
+        "vllm.model_executor.layers.mamba.gdn": {},
+        "vllm.model_executor.layers.mamba.gdn.qwen_gdn_linear_attn": dict(fused_gdn_gating=_fake_vllm_gating),
+        "vllm.third_party": {}, "vllm.third_party.flash_linear_attention": {},
+        "vllm.third_party.flash_linear_attention.ops": dict(
+            fused_recurrent_gated_delta_rule=_fake_vllm_recurrent, chunk_gated_delta_rule=None),
+    }
+    for name, attrs in mods.items():
+        m = types.ModuleType(name)
+        for a, val in attrs.items():
+            setattr(m, a, val)
+        monkeypatch.setitem(sys.modules, name, m)
+    monkeypatch.setattr(vllm_backend, "_CACHE", {})
+    monkeypatch.setattr(vllm_backend, "_ERROR", [])
+    return calls
+
+
+def test_vllm_adapter_plumbing_with_a_stand_in(fake_vllm):
+    be = vllm_backend.VllmBackend()
+    assert be.unavailable("cuda") in (None, "no CUDA device")
+    # What the stand-in lacks is dropped, with the decode paths that need it.
+    assert not be.implements("chunk_gated_delta_rule") and be.implements("causal_conv1d_fn")
+    assert not be.implements("rms_norm_gated")
+    assert be.decode_paths == ("recurrent",)
+    assert be.describe()["vllm_version"] == "0.33.0-fake"
+
+    # gating: [1, T, HV] squeezed; beta stays in b.dtype as vLLM returns it
+    a, b = torch.randn(5, 4), torch.randn(5, 4).half()
+    A_log, dt_bias = torch.rand(4), torch.rand(4)
+    g, beta = be.fused_gdn_gating(A_log, a, b, dt_bias)
+    assert g.shape == (5, 4) and beta.shape == (5, 4) and beta.dtype == torch.float16
+
+    # per-sequence states through the pool interface (zero slot + indices 1..N, final at eos-1)
+    q, k, v, gg, bb, cu = (t.cpu() if t is not None else None for t in _delta([2, 0, 3], seed=20))
+    h0 = _pool(3, seed=21).cpu()
+    o, final = be.fused_recurrent_gated_delta_rule(q, k, v, gg, bb, initial_state=h0, cu_seqlens=cu,
+                                                   use_qk_l2norm_in_kernel=True)
+    o_ref, f_ref = _ref(ref_dr.recurrent_gated_delta_rule, q, k, v, gg, bb, initial_state=h0, cu_seqlens=cu,
+                        use_qk_l2norm_in_kernel=True)
+    _close(o, o_ref)
+    _close(final, f_ref)
+    # equal-length batch without cu_seqlens goes through as one varlen batch
+    q, k, v, gg, bb, _ = (t.cpu() if t is not None else None for t in _delta([2, 2], batched=True, seed=22))
+    o, final = be.fused_recurrent_gated_delta_rule(q, k, v, gg, bb, initial_state=h0[:2])
+    o_ref, f_ref = _ref(ref_dr.recurrent_gated_delta_rule, q, k, v, gg, bb, initial_state=h0[:2])
+    _close(o, o_ref)
+    _close(final, f_ref)
+
+    # pool path, not inplace: vLLM's inplace update on a copy; slot 0 is vLLM's NULL block
+    q, k, v, gg, bb, cu = (t.cpu() if t is not None else None for t in _delta([1, 1, 1], seed=23))
+    pool = _pool(6, seed=24).cpu()
+    before = pool.clone()
+    idx = torch.tensor([4, 0, 2], dtype=torch.int32)
+    o, got = be.fused_recurrent_gated_delta_rule(q, k, v, gg, bb, initial_state=pool, cu_seqlens=cu,
+                                                 ssm_state_indices=idx, inplace_final_state=False)
+    assert torch.equal(pool, before) and got is not pool
+    assert torch.count_nonzero(o[0, 1]) == 0 and torch.equal(got[0], pool[0])   # NULL_BLOCK_ID 0: skipped
+
+    # varlen conv update: conv_state_indices filled in (vLLM requires it), max_query_len from the lengths
+    x = torch.randn(6, 8)
+    be.causal_conv1d_update(x, torch.zeros(3, 8, 5), torch.randn(8, 4), query_start_loc=torch.tensor([0, 4, 6]),
+                            num_accepted_tokens=torch.tensor([1, 2]))
+    assert fake_vllm["conv_update"]["max_query_len"] == 4
+    assert fake_vllm["conv_update"]["conv_state_indices"].tolist() == [0, 1]
