@@ -83,3 +83,41 @@ def _pairs(sc, inp, steps_out, oracle, pools, conv_layout, ssm_layout) -> List[P
         pairs.append(("untouched.conv", conv[spare], inp.conv_pool[spare], None, "layer.untouched"))
         pairs.append(("untouched.ssm", ssm[spare], inp.ssm_pool[spare], None, "layer.untouched"))
     return pairs
+
+
+def run_spec_equivalence(backend, ops, dims: GDNDims, layout: str, dtype: str, state_dtype: str, seed: int,
+                         device: str, decode_path: str = "recurrent", conv_layout: str = "dim_first") -> List[Pair]:
+    """A backend's spec path with one accepted token per step == its plain decode path,
+    bit for bit: token 0 of every spec step, the conv window and the ssm slot read next."""
+    spec_steps = [[{"seq": 0, "kind": "prefill", "tokens": 10}, {"seq": 1, "kind": "prefill", "tokens": 3}]] + [
+        [{"seq": 0, "kind": "spec", "tokens": 3, "accepted": 1}, {"seq": 1, "kind": "spec", "tokens": 3, "accepted": 1}]
+        for _ in range(3)]
+    dec_steps = [spec_steps[0]] + [[{"seq": 0, "kind": "decode"}, {"seq": 1, "kind": "decode"}] for _ in range(3)]
+    base = Scenario(dims=dims, steps=spec_steps, layout=layout, seed=seed, dtype=dtype, state_dtype=state_dtype,
+                    num_spec=2, num_slots=8, slots={0: [5, 1, 6], 1: [2, 7, 0]}, conv_state_layout=conv_layout).validate()
+    inp = make_inputs(base)
+    p = all_ranks(inp.weights, dims, layout, 1)[0].to(device)
+    outs = {}
+    for name, steps in (("spec", spec_steps), ("decode", dec_steps)):
+        sc = replace(base, steps=steps).validate()
+        conv, ssm = _rank_pools(sc, inp.conv_pool, inp.ssm_pool, p, conv_layout, backend.ssm_state_layout, device)
+        tokens = []
+        for s, entries in enumerate(sc.plan()):
+            # the decode run sees only token 0 of each spec entry
+            h = inp.hidden[s].to(device)
+            mq, mb = h @ p.w_qkvz.T, h @ p.w_ba.T      # the same GEMM rows for both runs
+            if name == "decode" and s:
+                mq, mb = mq[[0, 3]], mb[[0, 3]]
+            r = backend_step(ops, p, mq, mb, entries, conv_dim_first_view(conv, conv_layout),
+                             ssm, sc.norm, backend.ssm_state_layout, decode_path, None, sc.num_spec)
+            tokens.append(r["core"] if name == "decode" or not s else r["core"][[0, 3]])
+        outs[name] = (tokens, conv_dim_first_view(conv, conv_layout).cpu(), ssm_convert(ssm.cpu(), backend.ssm_state_layout, "vk"))
+    (ts, cs, ss), (td, cd, sd) = outs["spec"], outs["decode"]
+    W = dims.W
+    pairs: List[Pair] = [(f"step{s}.core[token0]", a.cpu(), b.cpu(), 0, "layer.spec_one_accepted")
+                         for s, (a, b) in enumerate(zip(ts, td)) if s]
+    for seq, slots in base.slots.items():
+        pairs.append((f"seq{seq}.conv_window", cs[slots[0], :, :W - 1], cd[slots[0], :, :W - 1], None,
+                      "layer.spec_one_accepted"))
+        pairs.append((f"seq{seq}.ssm_slot", ss[slots[0]], sd[slots[0]], None, "layer.spec_one_accepted"))
+    return pairs

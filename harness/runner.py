@@ -14,6 +14,8 @@ from .compare import compare
 from .policy import Policy
 from .selfcheck import CHECKS
 
+SPEC_EQUIVALENCE = "spec_one_accepted"   # layer-level pseudo-mix: spec path vs decode path, exact
+
 
 def repro_command(case: Case, suite: str) -> str:
     dev = f" --device {case.device}" if case.device != "cpu" else ""
@@ -72,10 +74,15 @@ def _pairs(case: Case, backends: BackendCache, rec: dict, oracle_device=None):
         from .opcheck import run_op_case
         return run_op_case(backend, case.check, case.variant, case.dims, case.dtype, case.state_dtype,
                            case.seed, case.device, oracle_device)
-    from .layercheck import run_layer_case
+    from .layercheck import run_layer_case, run_spec_equivalence
     from .optimized.api import FilledOps
     path, conv, ba = case.variant.split(".")
     ops = FilledOps(backend, backends.get("reference"))
+    if case.check == SPEC_EQUIVALENCE:
+        pairs = run_spec_equivalence(backend, ops, case.dims, case.layout, case.dtype, case.state_dtype, case.seed,
+                                     case.device, path, conv)
+        rec["filled_ops"] = list(ops.filled)
+        return pairs
     pairs = run_layer_case(backend, ops, case.dims, case.check, case.layout, case.tp, case.dtype,
                            case.state_dtype, case.seed, case.device, path, conv, ba, oracle_device)
     rec["filled_ops"] = list(ops.filled)

@@ -38,5 +38,8 @@ def fused_gdn_gating(A_log: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dt_b
     if a.shape[-1] != HV:
         check_tensor("a", a, shape=(*a.shape[:-1], HV))
     acc = acc_dtype(a.dtype, A_log.dtype)
-    g = -torch.exp(A_log.to(acc)) * softplus(a.to(acc) + dt_bias.to(acc), beta, threshold)
-    return g, torch.sigmoid(b.to(acc))
+    # In fp64, rounded once: CPU exp / log1p take vector or scalar paths by tensor size,
+    # which would make a token's fp32 gate depend on its batch-mates.
+    x = a.to(acc).double() + dt_bias.to(acc).double()
+    g = -torch.exp(A_log.to(acc).double()) * softplus(x, beta, threshold)
+    return g.to(acc), torch.sigmoid(b.double()).to(acc)
