@@ -51,6 +51,9 @@ def cmd_run(args) -> int:
     if args.device != "cpu" and args.device.startswith("cuda") and not torch.cuda.is_available():
         raise HarnessError(f"--device {args.device}: no CUDA device is available")
     backends = [b for arg in (args.backend or ["reference"]) for b in arg.split(",") if b]
+    from .optimized.registry import load_backend
+    for name in backends:        # an unknown or unimportable backend is a usage error (exit 2)
+        load_backend(name)
     cases = expand(suite, backends, device=args.device, seeds=[args.seed] if args.seed is not None else None)
     if args.k:
         cases = [c for c in cases if any(k in c.id for k in args.k)]

@@ -54,6 +54,21 @@ def summary_markdown(records: List[dict], meta: dict) -> str:
              f"**{c['pass']} passed, {c['fail']} failed, {c['error']} errors, {c['skip']} skipped** "
              f"of {c['total']} cases · wall {meta.get('wall_s', 0):.1f} s · policy v{meta.get('policy_version')}",
              "", f"Command: `{meta.get('command', '')}`", ""]
+    table = Counter((r["backend"], r["level"], r["status"]) for r in records)
+    groups = sorted({(b, lv) for b, lv, _ in table})
+    if groups:
+        lines += ["| backend | level | pass | fail | error | skip |", "|---|---|---|---|---|---|"]
+        lines += [f"| {b} | {lv} | " + " | ".join(str(table.get((b, lv, st), 0)) for st in STATUSES) + " |"
+                  for b, lv in groups]
+        lines.append("")
+    filled = {}
+    for r in records:
+        for op in r.get("filled_ops") or []:
+            filled.setdefault(r["backend"], set()).add(op)
+    for backend, ops in sorted(filled.items()):
+        lines.append(f"Filled from the reference at layer level for `{backend}`: {', '.join(sorted(ops))}.")
+    if filled:
+        lines.append("")
     bad = [r for r in records if r["status"] in ("fail", "error")]
     if bad:
         lines += ["## Failures", "", "| case | status | diagnosis / error | repro |", "|---|---|---|---|"]

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from importlib.metadata import entry_points
 from typing import Dict
 
@@ -33,6 +35,8 @@ def _resolve(target: str):
     module, _, attr = target.partition(":")
     if not module or not attr:
         raise HarnessError(f"--backend {target!r}: expected a registered name or 'package.module:attr'")
+    if os.getcwd() not in sys.path:      # like `python -m`: local plugin modules resolve
+        sys.path.append(os.getcwd())
     try:
         obj = importlib.import_module(module)
     except Exception as e:   # import errors of a kernel package are the backend's, not ours
