@@ -7,13 +7,13 @@ projections and the caches, the oracle starts from exactly the same projections
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import torch
 
 from .backend_layer import backend_step
 from .config import GDNDims
-from .inputs import dtype_of, make_inputs
+from .inputs import make_inputs
 from .layouts.projection import unpack_qkvz_ba
 from .layouts.state import conv_dim_first_view, ssm_convert
 from .layouts.tp import all_ranks, gather_conv_channels, gather_heads, local_mixed_ba

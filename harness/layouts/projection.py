@@ -29,7 +29,7 @@ def check_layout(layout: str) -> str:
     return layout
 
 
-def _check_last(name: str, x: torch.Tensor, size: int, what: str) -> None:
+def check_last_dim(name: str, x: torch.Tensor, size: int, what: str) -> None:
     check_tensor(name, x)
     if x.dim() < 1 or x.shape[-1] != size:
         raise InputError(name, f"last dim ({what})", size, tuple(x.shape))
@@ -39,7 +39,7 @@ def unpack_qkvz(mixed_qkvz: torch.Tensor, dims: GDNDims, layout: str):
     """Split mixed_qkvz into q, k ``[..., H, K]`` and v, z ``[..., HV, V]``."""
     check_layout(layout)
     H, HV, K, V, r = dims.H, dims.HV, dims.K, dims.V, dims.r
-    _check_last("mixed_qkvz", mixed_qkvz, dims.qkvz_dim, f"{layout} 2*H*K + 2*HV*V")
+    check_last_dim("mixed_qkvz", mixed_qkvz, dims.qkvz_dim, f"{layout} 2*H*K + 2*HV*V")
     lead = mixed_qkvz.shape[:-1]
     if layout == "interleaved":
         g = mixed_qkvz.reshape(*lead, H, 2 * K + 2 * r * V)
@@ -67,7 +67,7 @@ def unpack_qkvz_ba(mixed_qkvz: torch.Tensor, mixed_ba: torch.Tensor, dims: GDNDi
 def unpack_ba(mixed_ba: torch.Tensor, dims: GDNDims, layout: str):
     """Split mixed_ba ``[..., 2*HV]`` into b, a ``[..., HV]``; shapes from mixed_ba alone."""
     check_layout(layout)
-    _check_last("mixed_ba", mixed_ba, 2 * dims.HV, "2*HV")
+    check_last_dim("mixed_ba", mixed_ba, 2 * dims.HV, "2*HV")
     lead, r = mixed_ba.shape[:-1], dims.r
     if layout == "interleaved":
         b, a = torch.split(mixed_ba.reshape(*lead, dims.H, 2 * r), [r, r], dim=-1)
@@ -101,7 +101,7 @@ def qkv_to_mixed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Ten
 
 def split_mixed_qkv(mixed_qkv: torch.Tensor, dims: GDNDims):
     """``[..., conv_dim]`` -> q, k ``[..., H, K]``, v ``[..., HV, V]`` (views)."""
-    _check_last("mixed_qkv", mixed_qkv, dims.conv_dim, "2*H*K + HV*V")
+    check_last_dim("mixed_qkv", mixed_qkv, dims.conv_dim, "2*H*K + HV*V")
     lead = mixed_qkv.shape[:-1]
     q, k, v = torch.split(mixed_qkv, [dims.key_dim, dims.key_dim, dims.value_dim], dim=-1)
     return (q.reshape(*lead, dims.H, dims.K), k.reshape(*lead, dims.H, dims.K),

@@ -51,7 +51,8 @@ def conv_window(full: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     return out.T
 
 
-def _check_common(x_dim: int, weight, bias, conv_states, name_states):
+def check_conv_args(x_dim: int, weight, bias, conv_states, name_states):
+    """Weight ``[dim, W]`` (W >= 2), bias ``[dim]``, a state ``[slots, dim, >= W-1]``; returns W."""
     check_tensor("weight", weight, shape=(x_dim, None))
     W = weight.shape[1]
     if W < 2:
@@ -62,6 +63,24 @@ def _check_common(x_dim: int, weight, bias, conv_states, name_states):
     if conv_states.shape[2] < W - 1:
         raise InputError(name_states, "state length >= W-1", W - 1, conv_states.shape[2])
     return W
+
+
+def check_conv_fn_args(x, weight, bias, conv_states, query_start_loc, cache_indices, has_initial_state):
+    """The checks of `causal_conv1d_fn`'s arguments; returns (dim, total, W, offsets, N)."""
+    check_tensor("x", x, shape=(None, None))
+    dim, total = x.shape
+    W = check_conv_args(dim, weight, bias, conv_states, "conv_states")
+    check_tensor("query_start_loc", query_start_loc, shape=(None,), dtype=INDEX_DTYPES)
+    qsl = [int(v) for v in query_start_loc.tolist()]
+    N = len(qsl) - 1
+    if N < 0 or qsl[0] != 0 or qsl[-1] != total or any(b < a for a, b in zip(qsl, qsl[1:])):
+        raise InputError("query_start_loc", "non-decreasing offsets from 0 to total_tokens",
+                         f"[0, ..., {total}]", qsl)
+    if cache_indices is not None:
+        check_tensor("cache_indices", cache_indices, shape=(N,), dtype=INDEX_DTYPES)
+    if has_initial_state is not None:
+        check_tensor("has_initial_state", has_initial_state, shape=(N,), dtype=torch.bool)
+    return dim, total, W, qsl, N
 
 
 def causal_conv1d_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -82,19 +101,8 @@ def causal_conv1d_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     whose slot is `pad_slot_id` is skipped: state untouched, its output rows zero.
     Returns ``[dim, total_tokens]`` in x.dtype (computed in fp32, or fp64 for fp64 input).
     """
-    check_tensor("x", x, shape=(None, None))
-    dim, total = x.shape
-    W = _check_common(dim, weight, bias, conv_states, "conv_states")
-    check_tensor("query_start_loc", query_start_loc, shape=(None,), dtype=INDEX_DTYPES)
-    qsl = [int(v) for v in query_start_loc.tolist()]
-    N = len(qsl) - 1
-    if N < 0 or qsl[0] != 0 or qsl[-1] != total or any(b < a for a, b in zip(qsl, qsl[1:])):
-        raise InputError("query_start_loc", "non-decreasing offsets from 0 to total_tokens",
-                         f"[0, ..., {total}]", qsl)
-    if cache_indices is not None:
-        check_tensor("cache_indices", cache_indices, shape=(N,), dtype=INDEX_DTYPES)
-    if has_initial_state is not None:
-        check_tensor("has_initial_state", has_initial_state, shape=(N,), dtype=torch.bool)
+    dim, total, W, qsl, N = check_conv_fn_args(x, weight, bias, conv_states, query_start_loc, cache_indices,
+                                               has_initial_state)
     acc = acc_dtype(x.dtype, conv_states.dtype)
     out = torch.zeros(dim, total, dtype=acc, device=x.device)
     for i in range(N):
@@ -151,7 +159,7 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
         dim, B = x.shape[1], x.shape[0]
         xs = x if x.dim() == 3 else x.unsqueeze(-1)
         tokens = lambda i: xs[i]  # noqa: E731
-    W = _check_common(dim, weight, bias, conv_state, "conv_state")
+    W = check_conv_args(dim, weight, bias, conv_state, "conv_state")
     if conv_state_indices is not None:
         check_tensor("conv_state_indices", conv_state_indices, shape=(B,), dtype=INDEX_DTYPES)
     if num_accepted_tokens is not None:

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from ...errors import INDEX_DTYPES, InputError, check_tensor
+from ...reference.conv import check_conv_args, check_conv_fn_args
 from ...reference.gating import acc_dtype
 
 PAD_SLOT_ID = -1
@@ -127,19 +128,6 @@ def _causal_conv1d_kernel(
         tl.store(p_state + o_c[:, None] * stride_s_col, tl.where(from_old, v_old, v_new), mask=m_c)
 
 
-def _check_common(x_dim: int, weight, bias, conv_states, name_states) -> int:
-    check_tensor("weight", weight, shape=(x_dim, None))
-    W = weight.shape[1]
-    if W < 2:
-        raise InputError("weight", "kernel width >= 2", ">= 2", W)
-    if bias is not None:
-        check_tensor("bias", bias, shape=(x_dim,))
-    check_tensor(name_states, conv_states, shape=(None, x_dim, None))
-    if conv_states.shape[2] < W - 1:
-        raise InputError(name_states, "state length >= W-1", W - 1, conv_states.shape[2])
-    return W
-
-
 def _silu_flag(activation) -> bool:
     if activation in (None, False):
         return False
@@ -194,19 +182,8 @@ def causal_conv1d_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     columns ``[0, W-1)`` read when has_initial_state and rewritten in place). PAD sequences
     leave their state untouched and get zero output. Returns ``[dim, total_tokens]`` in x.dtype.
     """
-    check_tensor("x", x, shape=(None, None))
-    dim, total = x.shape
-    W = _check_common(dim, weight, bias, conv_states, "conv_states")
-    check_tensor("query_start_loc", query_start_loc, shape=(None,), dtype=INDEX_DTYPES)
-    qsl = [int(v) for v in query_start_loc.tolist()]
-    N = len(qsl) - 1
-    if N < 0 or qsl[0] != 0 or qsl[-1] != total or any(b < a for a, b in zip(qsl, qsl[1:])):
-        raise InputError("query_start_loc", "non-decreasing offsets from 0 to total_tokens",
-                         f"[0, ..., {total}]", qsl)
-    if cache_indices is not None:
-        check_tensor("cache_indices", cache_indices, shape=(N,), dtype=INDEX_DTYPES)
-    if has_initial_state is not None:
-        check_tensor("has_initial_state", has_initial_state, shape=(N,), dtype=torch.bool)
+    dim, total, W, qsl, N = check_conv_fn_args(x, weight, bias, conv_states, query_start_loc, cache_indices,
+                                               has_initial_state)
     slots = cache_indices.tolist() if cache_indices is not None else list(range(N))
     lens = [b - a for a, b in zip(qsl, qsl[1:])]
     live = [i for i in range(N) if slots[i] != pad_slot_id and lens[i] > 0]
@@ -254,7 +231,7 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
             raise InputError("x", "shape", "[B, dim] or [B, dim, seqlen]", tuple(x.shape))
         dim, B = x.shape[1], x.shape[0]
         lens = [x.shape[2] if x.dim() == 3 else 1] * B
-    W = _check_common(dim, weight, bias, conv_state, "conv_state")
+    W = check_conv_args(dim, weight, bias, conv_state, "conv_state")
     if conv_state_indices is not None:
         check_tensor("conv_state_indices", conv_state_indices, shape=(B,), dtype=INDEX_DTYPES)
     if num_accepted_tokens is not None:

@@ -22,20 +22,13 @@ import triton.language as tl
 from ...errors import INDEX_DTYPES, InputError, check_tensor
 from ...layouts.state import check_ssm_layout
 from ...reference.gating import acc_dtype
+from .common import _log1p
 
 PAD_SLOT_ID = -1
 # Largest V tile. 32 as in vLLM; tests lower it to exercise several V blocks.
 BV_MAX = 32
 # Value checks on indices / cu_seqlens (one host sync). Off only for timing runs.
 VALIDATE = True
-
-
-@triton.jit
-def _log1p(u):
-    # No libdevice under the interpreter: log(1+u) * u / ((1+u) - 1) undoes the rounding of 1+u.
-    w = 1.0 + u
-    d = w - 1.0
-    return tl.where(d == 0.0, u, tl.log(w) * (u / tl.where(d == 0.0, 1.0, d)))
 
 
 @triton.jit

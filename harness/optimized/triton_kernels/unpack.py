@@ -11,9 +11,8 @@ import triton
 import triton.language as tl
 
 from ...config import GDNDims
-from ...errors import ConfigError, InputError, check_tensor
-
-LAYOUTS = ("interleaved", "flat")
+from ...errors import InputError
+from ...layouts.projection import check_last_dim, check_layout
 
 Unpacked = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -51,26 +50,14 @@ def _unpack_interleaved_kernel(
     tl.store(a + dst_r, tl.load(src_ba + (R + o_r) * stride_ba_c, mask=m_r), mask=m_r)
 
 
-def _check_layout(layout: str) -> str:
-    if layout not in LAYOUTS:
-        raise ConfigError("layout", f"unknown projection layout {layout!r}; known: {list(LAYOUTS)}")
-    return layout
-
-
-def _check_last(name: str, x: torch.Tensor, size: int, what: str) -> None:
-    check_tensor(name, x)
-    if x.dim() < 1 or x.shape[-1] != size:
-        raise InputError(name, f"last dim ({what})", size, tuple(x.shape))
-
-
 def unpack_qkvz_ba(mixed_qkvz: torch.Tensor, mixed_ba: torch.Tensor, dims: GDNDims,
                    layout: str) -> Unpacked:
     """Split the fused projections into contiguous q, k ``[..., H, K]``, v, z ``[..., HV, V]``,
     b, a ``[..., HV]`` (inputs of any strides; `dims` are the TP-local dims)."""
-    _check_layout(layout)
+    check_layout(layout)
     H, HV, K, V, r = dims.H, dims.HV, dims.K, dims.V, dims.r
-    _check_last("mixed_qkvz", mixed_qkvz, dims.qkvz_dim, f"{layout} 2*H*K + 2*HV*V")
-    _check_last("mixed_ba", mixed_ba, 2 * HV, "2*HV")
+    check_last_dim("mixed_qkvz", mixed_qkvz, dims.qkvz_dim, f"{layout} 2*H*K + 2*HV*V")
+    check_last_dim("mixed_ba", mixed_ba, 2 * HV, "2*HV")
     lead = mixed_qkvz.shape[:-1]
     if mixed_ba.shape[:-1] != lead:
         raise InputError("mixed_ba", "leading dims (same as mixed_qkvz)", tuple(lead),
