@@ -51,6 +51,7 @@ import torch
 
 from ..errors import INDEX_DTYPES, InputError, check_tensor
 from ..layouts.state import check_ssm_layout
+from ..reference.norm import check_norm_args
 from .api import Backend
 
 if not torch.cuda.is_available():
@@ -475,13 +476,7 @@ class FlaBackend(Backend):
     def rms_norm_gated(self, x, weight, z=None, eps: float = 1e-6, group_size=None, norm_before_gate: bool = True,
                        activation: str = "silu", out_dtype=None):
         f = _fla()
-        N = x.shape[-1]
-        check_tensor("weight", weight, shape=(N,))
-        if z is not None:
-            check_tensor("z", z, shape=tuple(x.shape))
-        gs = N if group_size is None else group_size
-        if gs <= 0 or N % gs:
-            raise InputError("x", f"last dim divisible by group_size={group_size}", f"multiple of {gs}", N)
+        N, gs = check_norm_args(x, weight, z, group_size)
         x2 = x.reshape(-1, N).contiguous()
         z2 = None if z is None else z.reshape(-1, N).contiguous()
         dtype = out_dtype or x.dtype

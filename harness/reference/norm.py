@@ -26,6 +26,20 @@ def gate_activation(z: torch.Tensor, activation: str) -> torch.Tensor:
     raise ConfigError("activation", f"unknown gate activation {activation!r}; known: {list(ACTIVATIONS)}")
 
 
+def check_norm_args(x, weight, z, group_size):
+    """The checks of `rms_norm_gated`'s arguments; returns (N, group size)."""
+    if x.dim() < 1:
+        raise InputError("x", "shape", "[..., N]", tuple(x.shape))
+    N = x.shape[-1]
+    check_tensor("weight", weight, shape=(N,))
+    if z is not None:
+        check_tensor("z", z, shape=tuple(x.shape))
+    gs = N if group_size is None else group_size
+    if gs <= 0 or N % gs:
+        raise InputError("x", f"last dim divisible by group_size={group_size}", f"multiple of {gs}", N)
+    return N, gs
+
+
 def rms_norm_gated(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tensor] = None,
                    eps: float = 1e-6, group_size: Optional[int] = None,
                    norm_before_gate: bool = True, activation: str = "silu",
@@ -37,15 +51,7 @@ def rms_norm_gated(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tens
     The weight is plain ``w`` (not Gemma's ``1 + w``). Computed in fp32 (fp64 for fp64
     inputs) and cast once, to `out_dtype` (default x.dtype).
     """
-    if x.dim() < 1:
-        raise InputError("x", "shape", "[..., N]", tuple(x.shape))
-    N = x.shape[-1]
-    check_tensor("weight", weight, shape=(N,))
-    if z is not None:
-        check_tensor("z", z, shape=tuple(x.shape))
-    gs = N if group_size is None else group_size
-    if gs <= 0 or N % gs:
-        raise InputError("x", f"last dim divisible by group_size={group_size}", f"multiple of {gs}", N)
+    N, gs = check_norm_args(x, weight, z, group_size)
     acc = acc_dtype(x.dtype, weight.dtype)
     xf = x.to(acc)
     if z is not None and not norm_before_gate:

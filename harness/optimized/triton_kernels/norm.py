@@ -8,8 +8,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ...errors import ConfigError, InputError, check_tensor
+from ...errors import ConfigError
 from ...reference.gating import acc_dtype
+from ...reference.norm import check_norm_args
 
 # gate activation codes (constexpr)
 _ACTIVATIONS = {"silu": 0, "swish": 0, "sigmoid": 1}
@@ -65,13 +66,7 @@ def rms_norm_gated(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tens
     per group of `group_size` features (None: all N). act: silu / swish / sigmoid. Inputs
     of any strides; returns a contiguous tensor in `out_dtype` (default x.dtype).
     """
-    N = x.shape[-1]
-    check_tensor("weight", weight, shape=(N,))
-    if z is not None:
-        check_tensor("z", z, shape=tuple(x.shape))
-    gs = N if group_size is None else group_size
-    if gs <= 0 or N % gs:
-        raise InputError("x", f"last dim divisible by group_size={group_size}", f"multiple of {gs}", N)
+    N, gs = check_norm_args(x, weight, z, group_size)
     if z is not None and activation not in _ACTIVATIONS:
         raise ConfigError("activation", f"unknown gate activation {activation!r}; known: {list(_ACTIVATIONS)}")
     acc = acc_dtype(x.dtype, weight.dtype)
