@@ -38,6 +38,49 @@ def _point_latest(report_dir: Path) -> None:
     os.replace(tmp, latest)
 
 
+def _filter(cases, args):
+    """-k / --dtype / --layout / --tp / --mix narrow the suite's cases."""
+    def want(values, value):
+        return not values or str(value) in {v for arg in values for v in arg.split(",")}
+    out = [c for c in cases
+           if (not args.k or any(k in c.id for k in args.k)) and want(args.dtype, c.dtype)
+           and want(args.layout, c.layout) and want(args.tp, c.tp)
+           and (not args.mix or (c.level == "layer" and want(args.mix, c.check)))]
+    return out
+
+
+def _progress(total: int, quiet: bool):
+    """A progress bar with ETA on a terminal, one line per case otherwise (CI logs)."""
+    if quiet:
+        return lambda rec: None, lambda: None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=total, unit="case", dynamic_ncols=True)
+        fails = [0]
+
+        def update(rec):
+            fails[0] += rec["status"] in ("fail", "error")
+            bar.set_postfix_str(f"{fails[0]} failing", refresh=False)
+            bar.update(1)
+        return update, bar.close
+    done = [0]
+
+    def line(rec):
+        done[0] += 1
+        print(f"[{done[0]:>4}/{total}] {rec['status'].upper():5} {rec['id']}  {rec.get('duration_s') or 0:.2f}s",
+              file=sys.stderr)
+    return line, lambda: None
+
+
+def final_table(records: List[dict]) -> str:
+    from collections import Counter
+    c = Counter((r["backend"], r["level"], r["status"]) for r in records)
+    rows = sorted({(b, lv) for b, lv, _ in c})
+    head = f"{'backend':28} {'level':6} {'pass':>6} {'fail':>6} {'error':>6} {'skip':>6}"
+    return "\n".join([head] + [f"{b[:28]:28} {lv:6} " + " ".join(f"{c.get((b, lv, s), 0):>6}" for s in
+                                                                 ("pass", "fail", "error", "skip")) for b, lv in rows])
+
+
 def cmd_run(args) -> int:
     import torch
 
@@ -54,35 +97,43 @@ def cmd_run(args) -> int:
     from .optimized.registry import load_backend
     for name in backends:        # an unknown or unimportable backend is a usage error (exit 2)
         load_backend(name)
-    cases = expand(suite, backends, device=args.device, seeds=[args.seed] if args.seed is not None else None)
-    if args.k:
-        cases = [c for c in cases if any(k in c.id for k in args.k)]
-        if not cases:
-            raise HarnessError(f"-k {args.k}: no case of suite {suite['name']!r} matches")
+    cases = _filter(expand(suite, backends, device=args.device,
+                           seeds=[args.seed] if args.seed is not None else None), args)
+    if not cases:
+        raise HarnessError(f"no case of suite {suite['name']!r} matches the filters")
     report_dir = _report_dir(args.report_dir)
     print(f"gdn-harness: suite {suite['name']} - {len(cases)} cases - report in {report_dir}", file=sys.stderr)
     t0 = time.perf_counter()
-    n = len(cases)
-
-    def progress(rec, done=[0]):  # noqa: B006 - a counter across calls
-        done[0] += 1
-        if not args.quiet:
-            print(f"[{done[0]:>4}/{n}] {rec['status'].upper():5} {rec['id']}  {rec.get('duration_s', 0):.2f}s",
-                  file=sys.stderr)
-
+    update, close = _progress(len(cases), args.quiet)
     records: List[dict] = []
+
+    def done(rec):
+        records.append(rec)
+        update(rec)
+
+    interrupted = False
     try:
-        records = run_cases(cases, policy, suite["name"], on_done=lambda r: (records.append(r), progress(r)),
-                            oracle_device=args.oracle_device)
+        if args.isolate or args.jobs > 1:
+            from .isolate import run_isolated
+            gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
+            run_isolated(cases, suite["name"], args.policy, args.oracle_device, done, jobs=args.jobs,
+                         timeout=args.timeout, gpus=gpus)
+        else:
+            run_cases(cases, policy, suite["name"], on_done=done, oracle_device=args.oracle_device)
     except KeyboardInterrupt:
-        print("interrupted: writing the report of the finished cases", file=sys.stderr)
+        interrupted = True
+        print("\ninterrupted: writing the report of the finished cases", file=sys.stderr)
+    finally:
+        close()
     meta = dict(suite=suite["name"], backends=backends, suite_file=suite["path"], policy_version=policy.version,
                 policy_file=str(policy.path), command="gdn-harness " + " ".join(map(shlex.quote, args.argv)),
-                device=args.device, wall_s=round(time.perf_counter() - t0, 3))
+                device=args.device, wall_s=round(time.perf_counter() - t0, 3), interrupted=interrupted,
+                planned_cases=len(cases))
     write_results(report_dir, records, meta)
     summary = write_summary(report_dir, records, meta)
     _point_latest(report_dir)
     c = counts(records)
+    print(final_table(records))
     print(f"{c['pass']} passed, {c['fail']} failed, {c['error']} errors, {c['skip']} skipped "
           f"in {meta['wall_s']:.1f}s - {summary}")
     return EXIT_FAIL if c["fail"] or c["error"] or len(records) < len(cases) else EXIT_OK
@@ -158,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the fp64 oracle runs (default: --device; cpu for devices without fp64)")
     r.add_argument("--seed", type=int, default=None, help="replace the suite's seeds with this one")
     r.add_argument("-k", action="append", help="only cases whose id contains this (repeatable)")
+    r.add_argument("--dtype", action="append", help="only these activation dtypes (comma-separated)")
+    r.add_argument("--layout", action="append", help="only these projection layouts")
+    r.add_argument("--tp", action="append", help="only these TP degrees")
+    r.add_argument("--mix", action="append", help="only layer cases of these batch mixes")
+    r.add_argument("--isolate", action="store_true",
+                   help="run cases in worker subprocesses: a crash or hang costs one case (error record)")
+    r.add_argument("--jobs", type=int, default=1, help="concurrent workers (implies --isolate; one GPU each)")
+    r.add_argument("--timeout", type=float, default=600.0, help="per-case timeout in seconds with --isolate")
     r.add_argument("--policy", default=None, help="tolerance policy file (default suites/tolerances.toml)")
     r.add_argument("--report-dir", default=None, help="default reports/<timestamp> (+ reports/latest)")
     r.add_argument("-q", "--quiet", action="store_true", help="no per-case progress lines")

@@ -45,6 +45,7 @@ class Metrics:
     margin: float = math.inf      # log10(bound / error); <= 0 fails, inf when error is 0
     tolerance: str = ""
     notes: List[str] = field(default_factory=list)
+    error_map: Optional[dict] = None   # failing token-major outputs: max |diff| over token x head bins
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -89,4 +90,30 @@ def compare(name: str, out: torch.Tensor, ref: torch.Tensor, tol: Tolerance,
         m.worst_token = int(per_tok.argmax())
         bad_tok = bad.transpose(0, token_dim).reshape(o.shape[token_dim], -1).any(1)
         m.first_divergent_token = int(bad_tok.nonzero()[0]) if bool(bad_tok.any()) else None
+        if not passed:
+            m.error_map = error_map(finite.transpose(0, token_dim))
     return m
+
+
+def error_map(diff: torch.Tensor, max_tokens: int = 128, max_cols: int = 64) -> dict:
+    """Max |diff| over (token, head) bins of a token-major error tensor, for heatmaps.
+
+    Dim 1 is the head axis when there is one (``[T, HV, V]``), else the feature axis;
+    both are binned down so the map stays small whatever the output size.
+    """
+    d = diff.reshape(diff.shape[0], diff.shape[1] if diff.dim() > 1 else 1, -1).amax(-1)  # [T, heads]
+    d = torch.nan_to_num(d, posinf=float(torch.finfo(torch.float64).max))
+
+    def binned(x: torch.Tensor, n: int, dim: int) -> tuple:
+        size = x.shape[dim]
+        per = -(-size // n)                     # ceil
+        pad = per * -(-size // per) - size
+        if pad:
+            x = torch.nn.functional.pad(x.movedim(dim, -1), (0, pad)).movedim(-1, dim)
+        shape = list(x.shape)
+        shape[dim:dim + 1] = [shape[dim] // per, per]
+        return x.reshape(shape).amax(dim + 1), per
+
+    d, tok_per = binned(d, max_tokens, 0)
+    d, col_per = binned(d, max_cols, 1)
+    return dict(tokens_per_row=tok_per, heads_per_col=col_per, values=[[float(f"{v:.3g}") for v in row] for row in d.tolist()])

@@ -45,3 +45,29 @@ class TransposedStatePort(ExamplePortBackend):
         if final is not None and final.dim() == 4:
             final = final.reshape(final.shape[0], final.shape[1], final.shape[3], final.shape[2])
         return o, final
+
+
+class AbortingPort(ExamplePortBackend):
+    """Kills its process (as a segfault or an illegal memory access would) on spec decode."""
+    name = "example-port-aborting"
+
+    @staticmethod
+    def fused_recurrent_gated_delta_rule(q, k, v, g, beta, ssm_state_indices=None, **kwargs):
+        if ssm_state_indices is not None and ssm_state_indices.dim() == 2:
+            import os
+            print("example-port: fatal error in spec kernel", file=__import__("sys").stderr, flush=True)
+            os.abort()
+        return ExamplePortBackend.fused_recurrent_gated_delta_rule(q, k, v, g, beta,
+                                                                   ssm_state_indices=ssm_state_indices, **kwargs)
+
+
+class HangingPort(ExamplePortBackend):
+    """Never returns from the gating kernel when it gets a strided input (a hung kernel)."""
+    name = "example-port-hanging"
+
+    @staticmethod
+    def fused_gdn_gating(A_log, a, b, dt_bias, beta=1.0, threshold=20.0):
+        if not a.is_contiguous():
+            import time
+            time.sleep(3600)
+        return ExamplePortBackend.fused_gdn_gating(A_log, a, b, dt_bias, beta, threshold)

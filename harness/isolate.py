@@ -1,0 +1,116 @@
+"""Running cases in worker subprocesses with a timeout (``--isolate``, ``--jobs``).
+
+A segfault, an illegal memory access, an out-of-memory kill or a hang inside a case
+kills only its worker: the case becomes an ``error`` record carrying the stderr tail,
+the cases after it in the same group go to a fresh worker, and the run goes on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, List, Optional
+
+from .cases import Case
+from .runner import repro_command
+
+STDERR_TAIL = 4000
+
+
+def _error_record(case: Case, suite: str, error: str, stderr: str) -> dict:
+    return dict(id=case.id, suite=suite, level=case.level, op=case.check, backend=case.backend, layout=case.layout,
+                tp=case.tp, mix=case.check if case.level == "layer" else None, variant=case.variant,
+                dtype=case.dtype, state_dtype=case.state_dtype, dims=case.dims.to_dict(), seed=case.seed,
+                device=case.device, status="error", metrics=[], tolerance=None, margin=None, diagnosis=None,
+                error=error, stderr_tail=stderr[-STDERR_TAIL:], filled_ops=[], repro=repro_command(case, suite),
+                case=case.to_dict(), duration_s=None)
+
+
+def _run_group(cases: List[Case], suite: str, policy: Optional[str], oracle_device: Optional[str],
+               timeout: float, env: Dict[str, str], on_done: Callable[[dict], None],
+               stop: threading.Event) -> None:
+    """Run `cases` in workers until each has a record; `timeout` is per case."""
+    todo = list(cases)
+    while todo and not stop.is_set():
+        job = json.dumps(dict(cases=[c.to_dict() for c in todo], suite=suite, policy=policy,
+                              oracle_device=oracle_device))
+        proc = subprocess.Popen([sys.executable, "-m", "harness.worker"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        proc.stdin.write(job)
+        proc.stdin.close()
+        err_chunks: List[str] = []
+        reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+        reader.start()
+        lines: List[str] = []
+        line_reader = threading.Thread(target=lambda: [lines.append(ln) for ln in proc.stdout], daemon=True)
+        line_reader.start()
+        done, deadline = 0, time.monotonic() + timeout
+        while True:
+            while done < len(lines):
+                on_done(json.loads(lines[done]))
+                done += 1
+                deadline = time.monotonic() + timeout
+            if not line_reader.is_alive() or time.monotonic() > deadline or stop.is_set():
+                break
+            time.sleep(0.02)
+        line_reader.join(timeout=0.5)
+        while done < len(lines):            # records written just before the end
+            on_done(json.loads(lines[done]))
+            done += 1
+        hung = proc.poll() is None
+        if hung:
+            proc.kill()
+        proc.wait()
+        reader.join(timeout=2)
+        todo = todo[done:]
+        if not todo or stop.is_set():
+            return
+        stderr = "".join(err_chunks)
+        why = (f"timed out after {timeout:g} s" if hung else
+               f"worker died with exit code {proc.returncode}"
+               + (f" (signal {-proc.returncode})" if proc.returncode < 0 else ""))
+        on_done(_error_record(todo[0], suite, f"case crashed the worker: {why}", stderr))
+        todo = todo[1:]
+
+
+def run_isolated(cases: List[Case], suite: str, policy: Optional[str], oracle_device: Optional[str],
+                 on_done: Callable[[dict], None], jobs: int = 1, timeout: float = 600.0,
+                 group_size: int = 16, gpus: int = 0) -> None:
+    """Run cases in `jobs` concurrent workers, `group_size` cases per worker process.
+    With `gpus` > 1 each job slot is pinned to one GPU (CUDA_VISIBLE_DEVICES)."""
+    groups = [cases[i:i + group_size] for i in range(0, len(cases), group_size)]
+    stop = threading.Event()
+    lock = threading.Lock()
+    slots = list(range(max(1, jobs)))
+    free = list(slots)
+
+    def done(rec):
+        with lock:
+            on_done(rec)
+
+    def work(group):
+        with lock:
+            slot = free.pop()
+        env = dict(os.environ)
+        if gpus > 1:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+        try:
+            _run_group(group, suite, policy, oracle_device, timeout, env, done, stop)
+        finally:
+            with lock:
+                free.append(slot)
+
+    pool = ThreadPoolExecutor(max_workers=len(slots))
+    futures = [pool.submit(work, g) for g in groups]
+    try:
+        for f in futures:
+            f.result()
+    except KeyboardInterrupt:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=not stop.is_set(), cancel_futures=True)
