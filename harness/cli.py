@@ -139,6 +139,63 @@ def cmd_run(args) -> int:
     return EXIT_FAIL if c["fail"] or c["error"] or len(records) < len(cases) else EXIT_OK
 
 
+def cmd_diff(args) -> int:
+    from .diffing import diff_runs, load_results
+    d = diff_runs(load_results(args.old), load_results(args.new), factor=args.factor)
+    print(d.markdown())
+    bad = d.new_failures if args.baseline else d.new_failures + d.regressions
+    print(f"{len(d.new_failures)} new failures, {len(d.regressions)} regressions (x{args.factor:g}), "
+          f"{len(d.fixes)} fixed" + (" - baseline mode: only new failures fail" if args.baseline else ""))
+    return EXIT_FAIL if bad else EXIT_OK
+
+
+def _find_case(arg: str, results: Optional[str]):
+    """A case from a case JSON file, or by id from a results.json (default reports/latest)."""
+    import json
+
+    from .cases import Case
+    path = Path(arg)
+    if path.suffix == ".json" and path.exists():
+        data = json.loads(path.read_text())
+        return Case.from_dict(data.get("case", data)), data.get("suite", "repro")
+    from .diffing import load_results
+    recs = load_results(results or str(DEFAULT_REPORTS / "latest"))
+    matches = [r for cid, r in recs.items() if cid == arg] or [r for cid, r in recs.items() if arg in cid]
+    if len(matches) != 1:
+        raise HarnessError(f"repro {arg!r}: {len(matches)} cases match in {results or 'reports/latest'}"
+                           + (f": {[m['id'] for m in matches[:5]]}" if matches else ""))
+    return Case.from_dict(matches[0]["case"]), matches[0]["suite"]
+
+
+def cmd_repro(args) -> int:
+    from .policy import Policy
+    from .runner import run_case
+    case, suite = _find_case(args.case, args.results)
+    if args.device:
+        case.device = args.device
+    rec = run_case(case, Policy(args.policy) if args.policy else Policy(), suite, oracle_device=args.oracle_device)
+    print(f"{rec['id']}: {rec['status'].upper()}" + (f" - {rec['error']}" if rec.get("error") else ""))
+    if rec.get("filled_ops"):
+        print(f"filled from the reference: {', '.join(rec['filled_ops'])}")
+    print(f"{'output':34} {'verdict':7} {'rel_rms':>10} {'max|diff|':>10} {'at':20} {'worst tok':>9} "
+          f"{'1st div':>7}  tolerance")
+    for m in rec["metrics"]:
+        rel = m["rel_rms"] if isinstance(m["rel_rms"], str) else f"{m['rel_rms']:.3g}"
+        mx = m["max_abs"] if isinstance(m["max_abs"], str) else f"{m['max_abs']:.3g}"
+        print(f"{m['output'][:34]:34} {'ok' if m['passed'] else 'FAIL':7} {rel:>10} {mx:>10} "
+              f"{str(m['max_abs_index'])[:20]:20} {str(m['worst_token']):>9} {str(m['first_divergent_token']):>7}"
+              f"  {m['tolerance']}")
+    if rec.get("diagnosis"):
+        print(f"diagnosis: {rec['diagnosis']}")
+    if rec.get("traceback"):
+        print(rec["traceback"], file=sys.stderr)
+    if args.save:
+        import json
+        Path(args.save).write_text(json.dumps(dict(case=case.to_dict(), suite=suite), indent=1))
+        print(f"case saved to {args.save}: gdn-harness repro {args.save}")
+    return {"pass": EXIT_OK, "skip": EXIT_OK}.get(rec["status"], EXIT_FAIL)
+
+
 def cmd_list(args) -> int:
     from .selfcheck import CHECKS
     from .suite import load_suite, suite_names
@@ -221,6 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--report-dir", default=None, help="default reports/<timestamp> (+ reports/latest)")
     r.add_argument("-q", "--quiet", action="store_true", help="no per-case progress lines")
     r.set_defaults(fn=cmd_run)
+    rp = sub.add_parser("repro", help="rerun one case and print the full diff")
+    rp.add_argument("case", help="a case id (or unique part of one) from a results.json, or a case JSON file")
+    rp.add_argument("--results", default=None, help="results.json or run folder (default reports/latest)")
+    rp.add_argument("--device", default=None, help="override the case's device")
+    rp.add_argument("--oracle-device", default=None)
+    rp.add_argument("--policy", default=None)
+    rp.add_argument("--save", default=None, help="write the case as JSON here (for bisect-check)")
+    rp.set_defaults(fn=cmd_repro)
+    df = sub.add_parser("diff", help="compare two runs: new failures, fixes, metric regressions")
+    df.add_argument("old", help="results.json (or run folder) of the old run")
+    df.add_argument("new", help="results.json (or run folder) of the new run")
+    df.add_argument("--baseline", action="store_true", help="fail only on new failures")
+    df.add_argument("--factor", type=float, default=2.0, help="a rel_rms grown past this factor is a regression")
+    df.set_defaults(fn=cmd_diff)
     b = sub.add_parser("bench", help="time the harness itself (the fp64 oracle on a long prefill)")
     b.add_argument("--dims", default="qwen3-next-80b-a3b", help="preset[:shrunk[:k=v,...]]")
     b.add_argument("--tokens", type=int, default=32768)
