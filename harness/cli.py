@@ -131,6 +131,12 @@ def cmd_run(args) -> int:
                 planned_cases=len(cases))
     write_results(report_dir, records, meta)
     summary = write_summary(report_dir, records, meta)
+    from .report_html import write_html
+    from .report_junit import write_buildkite, write_junit
+    write_junit(report_dir, records, meta)
+    write_html(report_dir, records, meta)
+    if args.buildkite_annotate:
+        write_buildkite(Path(args.buildkite_annotate), records, meta)
     _point_latest(report_dir)
     c = counts(records)
     print(final_table(records))
@@ -276,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, default=600.0, help="per-case timeout in seconds with --isolate")
     r.add_argument("--policy", default=None, help="tolerance policy file (default suites/tolerances.toml)")
     r.add_argument("--report-dir", default=None, help="default reports/<timestamp> (+ reports/latest)")
+    r.add_argument("--buildkite-annotate", default=None, metavar="FILE",
+                   help="also write a markdown annotation for `buildkite-agent annotate`")
     r.add_argument("-q", "--quiet", action="store_true", help="no per-case progress lines")
     r.set_defaults(fn=cmd_run)
     rp = sub.add_parser("repro", help="rerun one case and print the full diff")

@@ -25,6 +25,7 @@ def atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)             # mkstemp creates 0600; reports are for everyone
     os.replace(tmp, path)
 
 
@@ -85,7 +86,7 @@ def summary_markdown(records: List[dict], meta: dict) -> str:
             lines.append(f"- `{r['id']}`: margin {r['margin']:.2f} on {m['output']} "
                          f"(rel_rms {m['rel_rms']:.2g}, {m['tolerance']})")
         lines.append("")
-    lines += ["Full records: `results.json` in this folder."]
+    lines += ["Full report: `report.html` (matrix, heatmaps); records: `results.json`; CI: `junit.xml` - in this folder."]
     text = "\n".join(lines) + "\n"
     if len(text.encode()) > SUMMARY_LIMIT:
         cut = text.encode()[:SUMMARY_LIMIT - 200].decode(errors="ignore")
