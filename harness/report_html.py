@@ -8,7 +8,10 @@ each failing token-major output's ``error_map``, and a collapsible list of all c
 It stays usable for large runs: a passing case appears only in its matrix cell's count
 and in the collapsible list (both built from one embedded JSON blob, each id once); only
 the first ``HEATMAP_FAILURES`` failures get heatmaps, at most ``MAPS_PER_FAILURE`` each,
-within ``HEATMAP_BUDGET`` bytes of PNG, and the page says when a cap was hit.
+identical maps drawn once; images, failure details and the non-passing table each have a
+byte budget, and the page says whenever a cap was hit (results.json has everything).
+Heatmaps are drawn with matplotlib's Agg canvas (no display, global backend untouched):
+one figure, its frame (axes, ticks, colour bar) cached per layout, the image blitted.
 """
 from __future__ import annotations
 
@@ -96,6 +99,11 @@ def _header(records, meta, env, c) -> str:
             filled.setdefault(r["backend"], set()).add(op)
     notes = "".join(f"<p class='muted'>Filled from the reference at layer level for <code>{esc(b)}</code>: "
                     f"{esc(', '.join(sorted(ops)))}.</p>" for b, ops in sorted(filled.items()))
+    planned = meta.get("planned_cases")
+    if meta.get("interrupted") or (isinstance(planned, int) and planned > c["total"]):
+        notes = (f'<p class="warn">Incomplete run{" (interrupted)" if meta.get("interrupted") else ""}: '
+                 f'{c["total"]} of {planned if isinstance(planned, int) else "?"} planned cases have a '
+                 'record.</p>') + notes
     return (f'<header class="{verdict}"><h1>gdn-harness &middot; suite <code>{esc(str(meta.get("suite", "")))}</code>'
             f'</h1><div class="counts">{badges} <span class="muted">of {c["total"]} cases</span></div>'
             f'<p>Command: <code class="cmd">{esc(str(meta.get("command", "")))}</code></p>'
@@ -179,7 +187,7 @@ def _nonpassing(records: List[dict], detailed: set) -> Tuple[str, set]:
         st = r["status"]
         if size > NONPASSING_BUDGET:
             continue
-        what = r.get("diagnosis") or r.get("error") or ""
+        what = _clean(r.get("diagnosis") or r.get("error") or "")
         link = f'<a href="#f{i}">{esc(r["id"])}</a>' if i in detailed else esc(r["id"])
         listed.add(i)
         rows.append(f'<tr id="n{i}" data-s="{st}"><td><span class="b {st}">{st}</span></td><td class="id">{link}'
@@ -197,7 +205,7 @@ def _nonpassing(records: List[dict], detailed: set) -> Tuple[str, set]:
     return ('<section id="nonpassing"><h2>Non-passing cases</h2><div class="filter">'
             '<input id="q" type="search" placeholder="filter: id, backend, reason ..." size="50"> '
             f'{boxes}<span id="shown" class="muted"></span></div>{more}'
-            '<div class="scroll"><table class="np"><thead><tr><th>status</th><th>case</th>'
+            '<div class="scroll tall"><table class="np"><thead><tr><th>status</th><th>case</th>'
             '<th>diagnosis / error / skip reason</th><th>repro</th></tr></thead><tbody id="npbody">'
             + "\n".join(rows) + "</tbody></table></div></section>"), listed
 
@@ -234,6 +242,7 @@ def _failures(records: List[dict], maps: "_Heatmaps") -> Tuple[str, set]:
                      f"{HEATMAP_BUDGET / 2**20:g} MiB of images.")
     if brief:
         notes.append(f"The last {brief} failures have no section here, only their row in the non-passing table "
+                     "(if listed) "
                      f"(the page keeps at most {FAILURE_TEXT_BUDGET / 2**20:g} MiB of failure details); "
                      "results.json has everything.")
     if maps.capped_per_failure:
@@ -274,10 +283,11 @@ def _failure(i: int, r: dict, maps: "_Heatmaps", policies: dict, with_maps: bool
         facts.append("filled: " + ", ".join(r["filled_ops"]))
     body = [f'<p class="muted">{esc(" · ".join(str(f) for f in facts if f not in (None, "")))}</p>']
     if st == "error":
-        body.append(f'<pre class="err">{esc(_clip(r.get("error") or "", 2000))}</pre>')
-        if r.get("traceback"):
-            body.append(f'<details><summary>traceback</summary><pre class="tb">'
-                        f'{esc(r["traceback"][-3000:])}</pre></details>')
+        body.append(f'<pre class="err">{esc(_clean(_clip(r.get("error") or "", 2000)))}</pre>')
+        for key, label in (("traceback", "traceback"), ("stderr_tail", "stderr of the worker")):
+            if r.get(key):
+                body.append(f'<details{" open" if open_ else ""}><summary>{label} (tail)</summary><pre class="tb">'
+                            f'{esc(_clean(str(r[key])[-3000:]))}</pre></details>')
     else:
         body.append(f'<p class="diag">{esc(r.get("diagnosis") or "")}</p>')
     body.append(f'<p>repro: <code class="cmd">{esc(r.get("repro") or "")}</code></p>')
@@ -289,9 +299,10 @@ def _failure(i: int, r: dict, maps: "_Heatmaps", policies: dict, with_maps: bool
             f'<tr><td colspan="{len(_MCOLS)}" class="muted">+ {len(metrics) - len(shown)} outputs within ' \
             'tolerance</td></tr>'
         body.append('<div class="scroll"><table class="metrics"><thead><tr>'
-                    + "".join(f"<th>{c}</th>" for c in _MCOLS) + f"</tr></thead><tbody>{trs}{more}</tbody></table></div>")
+                    + "".join(f"<th>{c}</th>" for c in _MCOLS)
+                    + f"</tr></thead><tbody>{trs}{more}</tbody></table></div>")
     if isinstance(r.get("tolerance"), dict):     # policy entries are listed once, after the failures
-        used = {n for m in shown for n in (m.get("notes") or [])}
+        used = {n for m in shown if not m.get("passed", True) for n in (m.get("notes") or [])}
         links = []
         for k, t in r["tolerance"].items():
             if k in used and isinstance(t, dict):
@@ -338,19 +349,22 @@ class _Heatmaps:
             em = m["error_map"]
             feature = len(m.get("shape") or []) < 3
             fdt = m.get("first_divergent_token")
-            key = hashlib.sha1(json.dumps([em.get("values"), em.get("tokens_per_row"), em.get("heads_per_col"),
-                                           feature, fdt]).encode()).hexdigest()[:16]
+            a = self._array(em)
+            if a is None:
+                continue
+            key = hashlib.sha1(a.tobytes() + repr((a.shape, em.get("tokens_per_row"), em.get("heads_per_col"),
+                                                   feature, fdt)).encode()).hexdigest()[:16]
             tpr, hpc = em.get("tokens_per_row") or 1, em.get("heads_per_col") or 1
             binning = (f" &middot; {tpr} tokens/row" if tpr > 1 else "") + \
                 (f" &middot; {hpc} {'features' if feature else 'heads'}/col" if hpc > 1 else "")
-            cap = (f"<b>{esc(str(m.get('output')))}</b> <span class='muted'>[{esc(', '.join(map(str, m.get('shape') or [])))}]"
-                   f"{binning}</span>")
+            shape = esc(", ".join(map(str, m.get("shape") or [])))
+            cap = f"<b>{esc(str(m.get('output')))}</b> <span class='muted'>[{shape}]{binning}</span>"
             if key in self._seen:
                 out.append(f'<figure><img class="hm" data-same="{self._seen[key]}" alt="error map of '
                            f'{esc(str(m.get("output")))} (same as an earlier one)"><figcaption>{cap}'
                            '</figcaption></figure>')
                 continue
-            png = self._render(em, fdt, feature)
+            png = self._render(a, em, fdt, feature)
             if png is None:
                 continue
             b64 = base64.b64encode(png).decode()
@@ -418,17 +432,20 @@ class _Heatmaps:
         frames[key] = f["canvas"].copy_from_bbox(f["fig"].bbox)
         return frames[key], x1
 
-    def _render(self, em: dict, fdt, feature: bool) -> Optional[bytes]:
+    def _array(self, em: dict):
+        """The map's values as a 2-D float array, or None (malformed, or no matplotlib)."""
         f = self._fig or (None if self.unavailable else self._setup())
         if f is None:
             return None
-        np = f["np"]
         try:
-            a = np.asarray(em["values"], dtype=float)
+            a = f["np"].asarray(em["values"], dtype=float)
         except (KeyError, TypeError, ValueError):
             return None
-        if a.ndim != 2 or not a.size:
-            return None
+        return a if a.ndim == 2 and a.size else None
+
+    def _render(self, a, em: dict, fdt, feature: bool) -> Optional[bytes]:
+        f = self._fig
+        np = f["np"]
         tpr, hpc = int(em.get("tokens_per_row") or 1), int(em.get("heads_per_col") or 1)
         nonfinite = ~np.isfinite(a) | (a >= NONFINITE)
         pos = a[(a > 0) & ~nonfinite]
@@ -496,6 +513,13 @@ def _cell(v) -> str:
     return str(v)
 
 
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")   # ANSI colours, control bytes
+
+
+def _clean(s: str) -> str:
+    return _CONTROL.sub("", s)
+
+
 def _clip(s: str, n: int) -> str:
     return s if len(s) <= n else s[:n - 3] + "..."
 
@@ -529,7 +553,8 @@ table{border-collapse:collapse}
 .kv td{padding:1px 0;word-break:break-all}.kv caption{text-align:left;font-weight:600;color:var(--muted)}
 nav{position:sticky;top:0;background:#fff;padding:6px 0;border-bottom:1px solid var(--line);z-index:5}
 nav a{margin-right:16px;text-decoration:none;color:#0969da;font-weight:500}
-.scroll{overflow-x:auto}
+.scroll{overflow-x:auto}.tall{max-height:70vh;overflow-y:auto;border:1px solid var(--line)}
+.tall thead th{position:sticky;top:0;background:#f6f8fa;z-index:1}
 .matrix th,.matrix td{border:1px solid var(--line);padding:3px 8px;text-align:center;white-space:nowrap}
 .matrix thead th{background:#f6f8fa;font-weight:600}
 .matrix tbody th{text-align:left;font-weight:500;background:#fafbfc}

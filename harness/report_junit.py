@@ -23,7 +23,8 @@ BUILDKITE_LIMIT = 1 << 20        # buildkite-agent annotate refuses bodies over 
 BUILDKITE_FAILURES = 20
 MESSAGE_CHARS = 1000             # failure / error message attribute
 TRACEBACK_CHARS = 3000           # traceback tail in an <error> body
-_XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")   # not allowed in XML 1.0
+# ANSI colour sequences, and characters XML 1.0 does not allow: dropped from any text
+_XML_BAD = re.compile("\x1b\\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def write_junit(report_dir: Path, records: List[dict], meta: dict) -> Path:
@@ -70,8 +71,12 @@ def junit_xml(records: List[dict], meta: dict) -> str:
                 kind = err.split(":", 1)[0] if re.match(r"^[A-Za-z_][\w.]*:", err) else "Error"
                 el = ET.SubElement(tc, "error", message=_x(_clip(err.splitlines()[0] if err else err, MESSAGE_CHARS)),
                                    type=_x(kind))
-                tb = str(r.get("traceback") or "")
-                el.text = _x(err + ("\n\n" + tb[-TRACEBACK_CHARS:] if tb else "") + f"\n\nrepro: {r.get('repro', '')}\n")
+                body = [err]
+                for key, label in (("traceback", "traceback (tail)"), ("stderr_tail", "stderr of the worker (tail)")):
+                    if r.get(key):
+                        body += ["", f"{label}:", str(r[key])[-TRACEBACK_CHARS:].rstrip("\n")]
+                body += ["", f"repro: {r.get('repro', '')}", ""]
+                el.text = _x("\n".join(body))
             elif st == "skip":
                 ET.SubElement(tc, "skipped", message=_x(_clip(str(r.get("error") or "skipped"), MESSAGE_CHARS)))
             if st in ("pass", "skip") and (st == "skip" or r.get("filled_ops")):   # fail / error bodies have both
@@ -148,10 +153,10 @@ def buildkite_markdown(records: List[dict], meta: dict) -> str:
     bad = [r for r in records if r["status"] in ("fail", "error")]
     if bad:
         shown = bad[:BUILDKITE_FAILURES]
-        lines += [f"#### Failures ({len(shown)} of {len(bad)} shown)" if len(bad) > len(shown) else
-                  f"#### Failures ({len(bad)})", ""]
+        lines += [f"#### Failures and errors ({len(shown)} of {len(bad)} shown)" if len(bad) > len(shown) else
+                  f"#### Failures and errors ({len(bad)})", ""]
         for r in shown:
-            what = failure_message(r) if r["status"] == "fail" else str(r.get("error") or "")
+            what = failure_message(r) if r["status"] == "fail" else _error_line(r)
             lines += [f"- **{r['status']}** `{r['id']}`", f"  {_md(_clip(what, 800))}", "",
                       "  ```", f"  {r.get('repro', '')}", "  ```", ""]
     lines.append(f"Full report: `report.html`, `results.json`, `junit.xml` in the run's report folder. "
@@ -161,6 +166,16 @@ def buildkite_markdown(records: List[dict], meta: dict) -> str:
         cut = text.encode()[:BUILDKITE_LIMIT - 200].decode(errors="ignore")
         text = cut.rsplit("\n", 1)[0] + "\n\n... truncated to stay under 1 MiB; see results.json.\n"
     return text
+
+
+def _error_line(r: dict) -> str:
+    """The error text, plus the last line of the traceback / worker stderr when that says more."""
+    err = str(r.get("error") or "error")
+    for key in ("stderr_tail", "traceback"):
+        tail = [ln.strip() for ln in str(r.get(key) or "").splitlines() if ln.strip()]
+        if tail and tail[-1] not in err:
+            return f"{err} — {tail[-1]}"
+    return err
 
 
 def write_buildkite(path: Path, records: List[dict], meta: dict) -> Path:
@@ -198,7 +213,7 @@ def _t(x: float) -> str:
 
 
 def _x(s: str) -> str:
-    return _XML_BAD.sub("\ufffd", s)
+    return _XML_BAD.sub("", s)
 
 
 def _clip(s: str, n: int) -> str:
@@ -206,4 +221,4 @@ def _clip(s: str, n: int) -> str:
 
 
 def _md(s: str) -> str:
-    return s.replace("\n", " ").replace("|", "\\|")
+    return _x(s).replace("\n", " ").replace("|", "\\|").replace("<", "&lt;")

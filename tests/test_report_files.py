@@ -8,7 +8,9 @@ gives error records.
 import base64
 import copy
 import json
+import random
 import re
+import os
 import shutil
 import subprocess
 import time
@@ -65,8 +67,18 @@ def test_run_covers_every_status(run):
 # ----------------------------------------------------------------------------- junit / buildkite
 
 
+def _crash_record(records):
+    """An error record as an isolated worker writes it for a crash: no duration, the worker's stderr tail."""
+    r = copy.deepcopy(next(r for r in records if r["status"] == "error"))
+    r.pop("traceback", None)
+    r.update(id=r["id"].replace("-s0]", "-s99]"), error="case crashed the worker: worker died with exit code 134",
+             stderr_tail="\x1b[31mCUDA error: an illegal memory access was encountered\x1b[0m\x07\n", duration_s=None)
+    return r
+
+
 def test_junit_matches_records(run):
     out, meta, records = run
+    records = records + [_crash_record(records)]
     path = write_junit(out, records, meta)
     root = ET.parse(path).getroot()
     assert root.tag == "testsuites"
@@ -89,7 +101,7 @@ def test_junit_matches_records(run):
     for r in records:
         tc = by_id[r["id"]]
         assert tc.get("classname") == f"smoke.{r['backend']}.{r['level']}"
-        assert float(tc.get("time")) == pytest.approx(r["duration_s"], abs=1e-4)
+        assert float(tc.get("time")) == pytest.approx(r["duration_s"] or 0, abs=1e-4)
         if r["status"] == "fail":
             f = tc.find("failure")
             msg = f.get("message")
@@ -98,6 +110,10 @@ def test_junit_matches_records(run):
             if r["level"] == "layer":
                 assert "first divergent token" in msg and "worst token" in msg
             assert r["repro"] in f.text
+        elif r["status"] == "error" and "stderr_tail" in r:
+            e = tc.find("error")
+            assert "crashed the worker" in e.get("message") and "illegal memory access" in e.text
+            assert "\x1b" not in e.text and "\x07" not in e.text and r["repro"] in e.text
         elif r["status"] == "error":
             e = tc.find("error")
             assert e.get("type") == "RuntimeError" and "kernel launch failed" in e.get("message")
@@ -138,6 +154,8 @@ def test_results_json_matches_schema(run):
     assert not errors, errors[:5]
     if EXAMPLE.exists():           # a committed GPU run (passes and skips) validates too
         assert not list(v.iter_errors(json.loads(EXAMPLE.read_text())))
+    doc["cases"].append(_crash_record(doc["cases"]))         # isolated runs: null duration, stderr tail
+    assert not list(v.iter_errors(doc))
     bad = copy.deepcopy(doc)
     bad["cases"][0]["status"] = "flaky"
     del bad["cases"][1]["id"]
@@ -153,7 +171,7 @@ def test_results_json_matches_schema(run):
 
 def test_html_is_self_contained_with_matrix_and_heatmaps(run):
     out, meta, records = run
-    path = write_html(out, records, meta)
+    path = write_html(out, records + [_crash_record(records)], meta)
     page = path.read_text()
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.I)
     assert "http://" not in page and "https://" not in page
@@ -168,14 +186,16 @@ def test_html_is_self_contained_with_matrix_and_heatmaps(run):
         else:
             assert r["id"] in page and (r["status"] == "skip" or f'id="f{records.index(r)}"' in page)
     assert "RuntimeError: kernel launch failed" in page and "first divergent token" in page
+    assert "illegal memory access" in page and "\x1b" not in page
 
 
 def _synthetic(records, n=5000):
     """n records copied from the small real run and a committed GPU run, with unique ids / seeds,
-    spread over more TP columns, and error maps rescaled (8 variants: heatmaps are not all identical)."""
+    spread over more TP columns, and error maps perturbed (every heatmap distinct, as in a real run)."""
     pool = list(records) * 3
     if EXAMPLE.exists():
         pool += json.loads(EXAMPLE.read_text())["cases"]
+    rnd = random.Random(0)
     out = []
     for i in range(n):
         r = copy.deepcopy(pool[i % len(pool)])
@@ -184,10 +204,9 @@ def _synthetic(records, n=5000):
         r["repro"] = r["repro"].replace(pool[i % len(pool)]["id"], r["id"])
         if r["level"] == "layer":
             r["tp"] = (1, 2, 4, 8)[(i // len(pool)) % 4]
-        scale = 10 ** ((i % 8) / 4)
         for m in r["metrics"]:
             if m.get("error_map"):
-                m["error_map"]["values"] = [[v * scale for v in row] for row in m["error_map"]["values"]]
+                m["error_map"]["values"] = [[v * rnd.uniform(0.3, 3) for v in row] for row in m["error_map"]["values"]]
         out.append(r)
     assert len({r["id"] for r in out}) == n
     return out
@@ -218,6 +237,8 @@ def test_html_5000_cases(run, tmp_path):
 def test_html_screenshot(run, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
+        if os.environ.get("GDN_REQUIRE_CHROMIUM"):   # CI installs it: a skip there would hide the check
+            pytest.fail("chromium not installed but GDN_REQUIRE_CHROMIUM is set")
         pytest.skip("chromium not installed")
     out, meta, records = run
     page = write_html(out, records, meta)
