@@ -51,6 +51,18 @@ def _check_inputs(q, k, v, g, beta, cu_seqlens):
     return H, K, HV, V, spans
 
 
+def check_pool_args(initial_state, state_shape, ssm_state_indices, num_accepted_tokens, N):
+    """Checks of the state-pool arguments; returns the indices as ``[N, S]`` (1-D -> ``[N, 1]``)."""
+    if initial_state is None:
+        raise InputError("initial_state", "the state pool with ssm_state_indices", "a tensor", None)
+    check_tensor("initial_state", initial_state, shape=(None, *state_shape))
+    idx = ssm_state_indices if ssm_state_indices.dim() == 2 else ssm_state_indices[:, None]
+    check_tensor("ssm_state_indices", idx, shape=(N, None), dtype=INDEX_DTYPES)
+    if num_accepted_tokens is not None:
+        check_tensor("num_accepted_tokens", num_accepted_tokens, shape=(N,), dtype=INDEX_DTYPES)
+    return idx
+
+
 def _prepare(q, k, v, g, beta, scale, use_qk_l2norm, acc):
     """Flatten to [B*T, ...], normalise, scale, and expand q / k to the value heads."""
     H, HV = q.shape[2], v.shape[2]
@@ -124,14 +136,7 @@ def recurrent_gated_delta_rule(
 
     pool = None
     if ssm_state_indices is not None:
-        if initial_state is None:
-            raise InputError("initial_state", "the state pool with ssm_state_indices", "a tensor", None)
-        check_tensor("initial_state", initial_state, shape=(None, *state_shape))
-        idx = ssm_state_indices if ssm_state_indices.dim() == 2 else ssm_state_indices[:, None]
-        check_tensor("ssm_state_indices", idx, shape=(N, None), dtype=INDEX_DTYPES)
-        if num_accepted_tokens is not None:
-            check_tensor("num_accepted_tokens", num_accepted_tokens, shape=(N,), dtype=INDEX_DTYPES)
-        idx = idx.tolist()
+        idx = check_pool_args(initial_state, state_shape, ssm_state_indices, num_accepted_tokens, N).tolist()
         for n, (_, bos, eos) in enumerate(spans):       # validate before any write
             if len(idx[n]) > 1 and eos - bos > len(idx[n]):
                 raise InputError("ssm_state_indices", f"columns for {eos - bos} tokens of sequence {n}",

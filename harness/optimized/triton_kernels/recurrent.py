@@ -21,6 +21,7 @@ import triton.language as tl
 
 from ...errors import INDEX_DTYPES, InputError, check_tensor
 from ...layouts.state import check_ssm_layout
+from ...reference.delta_rule import check_pool_args
 from ...reference.gating import acc_dtype
 from .common import _log1p
 
@@ -265,13 +266,7 @@ def _run(q, k, v, g, beta, A_log, dt_bias, gating, gate_acc, softplus_beta, thre
     pool = idx2 = None
     per_token = False
     if ssm_state_indices is not None:
-        if initial_state is None:
-            raise InputError("initial_state", "the state pool with ssm_state_indices", "a tensor", None)
-        check_tensor("initial_state", initial_state, shape=(None, *state_shape))
-        idx2 = ssm_state_indices if ssm_state_indices.dim() == 2 else ssm_state_indices[:, None]
-        check_tensor("ssm_state_indices", idx2, shape=(N, None), dtype=INDEX_DTYPES)
-        if num_accepted_tokens is not None:
-            check_tensor("num_accepted_tokens", num_accepted_tokens, shape=(N,), dtype=INDEX_DTYPES)
+        idx2 = check_pool_args(initial_state, state_shape, ssm_state_indices, num_accepted_tokens, N)
         per_token = idx2.shape[1] > 1   # [N, 1] behaves as 1-D, as in the reference
         if N and idx2.shape[1] == 0:
             raise InputError("ssm_state_indices", "at least one column", 1, 0)
