@@ -225,6 +225,10 @@ def cmd_list(args) -> int:
         for name, (build, num_spec) in MIXES.items():
             steps = build()
             print(f"{name:22} steps={len(steps)} num_spec={num_spec} entries={sum(len(s) for s in steps)}")
+    elif args.what == "mutants":
+        from .faults.catalogue import FAULTS
+        for name, f in FAULTS.items():
+            print(f"{name:36} base={f.base:9} {f.incident}")
     elif args.what == "presets":
         for name, d in PRESETS.items():
             print(f"{name:22} hidden={d.hidden:<5} H={d.H:<3} HV={d.HV:<3} K={d.K} V={d.V} W={d.W} "
@@ -310,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--report-dir", default=None, help="write bench.json here")
     b.set_defaults(fn=cmd_bench)
     ls = sub.add_parser("list", help="list presets, suites or checks")
-    ls.add_argument("what", choices=["backends", "suites", "presets", "ops", "mixes", "checks"])
+    ls.add_argument("what", choices=["backends", "suites", "presets", "ops", "mixes", "checks", "mutants"])
     ls.set_defaults(fn=cmd_list)
     return p
 

@@ -1,0 +1,539 @@
+"""The fault zoo: named, deliberately broken backends, each a real incident class.
+
+Every fault is a `Backend` derived from a correct one - the project's `triton` backend
+or the `reference` ops - with exactly one bug planted, and the smoke suite must catch
+every one of them (`harness.faults.zoo.run_zoo`, `tests/test_zoo.py`). Where a bug lives:
+
+* ``triton-source`` - inside a Triton kernel's source (index math, masks, strides, casts),
+  planted by `harness.faults.mutate.mutate` as exact textual replacements of a kernel
+  module of `harness/optimized/triton_kernels`, loaded as a fresh module;
+* ``triton-glue`` - in the Python wrapper of a Triton kernel module (same mechanism);
+* ``reference-source`` - inside the torch chunked delta rule (the op the triton backend
+  lacks on the CPU), mutated the same way;
+* ``python-glue`` - an adapter around a correct op (argument plumbing gone wrong);
+* ``gdn_core`` - a whole-core entry (``Backend.gdn_core``) as fused ROCm / XPU paths have.
+
+Backends are named after their fault (`Backend.name` is the fault name, the class the
+CamelCase of it) and load with ``--backend harness.faults.catalogue:<Class>``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Tuple
+
+import torch
+
+from .. import reference as ref
+from ..backend_layer import _core
+from ..layouts.projection import qkv_to_mixed
+from ..optimized.api import Backend, FilledOps
+from ..optimized.reference_backend import ReferenceBackend
+from ..optimized.triton_backend import TritonBackend
+from .mutate import Replacement, kernel_module, mutate
+
+MODULE = __name__
+
+# which ops each kernel module of triton_kernels provides
+_MODULE_OPS = {
+    "unpack": ("unpack_qkvz_ba",),
+    "conv": ("causal_conv1d_fn", "causal_conv1d_update"),
+    "gating": ("fused_gdn_gating",),
+    "norm": ("rms_norm_gated",),
+    "recurrent": ("fused_recurrent_gated_delta_rule", "fused_sigmoid_gating_delta_rule_update",
+                  "fused_recurrent_gated_delta_rule_packed_decode"),
+}
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    base: str                          # the correct backend it derives from: "triton" | "reference"
+    incident: str                      # the real incident class it mirrors
+    diagnosis_class: str               # what a report should point at
+    make: Callable[[], Backend]        # builds the faulty backend
+    where: str = ""                    # triton-source | triton-glue | reference-source | python-glue | gdn_core
+    target: str = ""                   # load_backend spec: "harness.faults.catalogue:<Class>"
+
+
+def class_name(fault: str) -> str:
+    return "".join(p.capitalize() for p in fault.split("_"))
+
+
+# ------------------------------------------------------------------ bases
+class _TritonMutant(TritonBackend):
+    """The triton backend with the ops of one kernel module taken from a mutant of it."""
+    module: str = ""
+    mutations: Tuple[Replacement, ...] = ()
+    append: str = ""
+
+    def __init__(self):
+        super().__init__()
+        mod = mutate(kernel_module(self.module), self.mutations, self.append, tag=self.name)
+        for op in _MODULE_OPS[self.module]:
+            setattr(self, op, getattr(mod, op))
+
+
+def _reference_mutant(name: str, replacements, tag: str):
+    """A function of a mutant of harness.reference.delta_rule."""
+    return getattr(mutate("harness.reference.delta_rule", replacements, tag=tag), name)
+
+
+class _ReferenceChunkMutant(ReferenceBackend):
+    """The reference backend with chunk_gated_delta_rule from a mutant of the torch chunked form."""
+    mutations: Tuple[Replacement, ...] = ()
+
+    def __init__(self):
+        self.chunk_gated_delta_rule = _reference_mutant("chunk_gated_delta_rule", self.mutations, self.name)
+
+
+class _TritonCore(TritonBackend):
+    """The triton ops behind a whole-core entry (`gdn_core`) composed as vLLM's layer does,
+    with the reference filling what the triton backend lacks (chunk on the CPU)."""
+
+    def _ops(self):
+        return FilledOps(self, ReferenceBackend())
+
+    def _run_core(self, ops, p, q, k, v, a, b, entries, conv_state, ssm_state, T, dev):
+        return _core(ops, p, qkv_to_mixed(q, k, v), a, b, entries, conv_state, ssm_state,
+                     self.ssm_state_layout, "recurrent", T, dev)
+
+    def gdn_core(self, mixed_qkvz, mixed_ba, p, entries, conv_state, ssm_state, norm):
+        ops = self._ops()
+        q, k, v, z, b, a = ops.unpack_qkvz_ba(mixed_qkvz, mixed_ba, p.local, p.layout)
+        return self._run_core(ops, p, q, k, v, a, b, entries, conv_state, ssm_state, mixed_qkvz.shape[0],
+                              mixed_qkvz.device)
+
+
+# ------------------------------------------------------------------ projections
+class BaViewFromQkvzGroups(_TritonMutant):
+    """b / a shape derived from mixed_qkvz (vLLM's old ``fix_query_key_value_ordering``).
+
+    Old vLLM built the ba view as ``mixed_qkvz.size()[:-1] + (H, 2r)``: the per-key-head
+    group geometry of qkvz, imposed on mixed_ba. This port keeps that view for every
+    layout, so on a flat checkpoint (``[b_all | a_all]``) each "group" of 2r values is cut
+    into r b's and r a's: b = [b_0..b_{r-1}, a_0..a_{r-1}, ...] - silently wrong b and a
+    whenever H (per rank) > 1; harmless at H_local = 1, where the two orders coincide.
+    Lives in the Python glue of the triton unpack module (the flat branch)."""
+    name = "ba_view_from_qkvz_groups"
+    module = "unpack"
+    mutations = ((
+        "        b, a = torch.split(mixed_ba, [HV, HV], dim=-1)\n",
+        "        b, a = (t.reshape(*lead, HV) for t in torch.split(\n"
+        "            mixed_ba.reshape(*mixed_qkvz.shape[:-1], H, 2 * r), [r, r], dim=-1))\n",
+    ),)
+
+
+class BaSplitFlatOnInterleaved(_TritonMutant):
+    """ba split into two shards on the interleaved layout (the TP > 1 ba-sharding incident).
+
+    vLLM shards in_proj_ba of Qwen3.5 (flat) as two sections [b | a]; a port reused that
+    picture for Qwen3-Next, whose rank-local mixed_ba is interleaved per key head
+    ``[b_g (r), a_g (r)]``. Its unpack kernel reads b at ``g*r`` and a at ``H*r + g*r``
+    (``[b_all | a_all]``). The two arrangements coincide only when the rank holds ONE key
+    head (H_local = 1): at real dims (H = 16) it is wrong at every TP degree up to 8; in the
+    smoke suite it shows at TP 1 and at op level (H = 2), but not in the TP = 2 layer cases,
+    whose shrunk dims leave H_local = 1. Lives in the Triton unpack kernel's index math."""
+    name = "ba_split_flat_on_interleaved"
+    module = "unpack"
+    mutations = (
+        ("src_ba = ba + i_t * stride_ba_t + (i_g * 2 * R) * stride_ba_c",
+         "src_ba = ba + i_t * stride_ba_t + (i_g * R) * stride_ba_c"),
+        ("tl.load(src_ba + (R + o_r) * stride_ba_c, mask=m_r)",
+         "tl.load(src_ba + (H * R + o_r) * stride_ba_c, mask=m_r)"),
+    )
+
+
+class InterleavedCoreOnFlat(_TritonCore):
+    """A fused core path that assumes the interleaved layout on a flat model (the ROCm
+    incident: a fused GDN path unpacked Qwen3.5's flat projections as Qwen3-Next's
+    interleaved ones; GSM8K 0.92 -> 0.0).
+
+    `gdn_core` always unpacks mixed_qkvz / mixed_ba as interleaved - the layout of the model
+    it was written for - and is otherwise the triton core. Exact on interleaved models,
+    q / k / v and b / a scrambled on flat ones (z, unpacked by the layer, stays right).
+    Like every interleaved / flat mix-up it is invisible where a rank holds one key head
+    (H_local = 1: both layouts are then [q k v z]); real models have H_local >= 2 at TP <= 8."""
+    name = "interleaved_core_on_flat"
+
+    def gdn_core(self, mixed_qkvz, mixed_ba, p, entries, conv_state, ssm_state, norm):
+        ops = self._ops()
+        q, k, v, z, b, a = ops.unpack_qkvz_ba(mixed_qkvz, mixed_ba, p.local, "interleaved")
+        return self._run_core(ops, p, q, k, v, a, b, entries, conv_state, ssm_state, mixed_qkvz.shape[0],
+                              mixed_qkvz.device)
+
+
+# ------------------------------------------------------------------ recurrent kernel: state, heads, strides
+_H0 = "o_v[:, None] * s_h0v + o_k[None, :] * s_h0k"
+_HT = "o_v[:, None] * s_htv + o_k[None, :] * s_htk"
+_H0_T = "o_v[:, None] * s_h0k + o_k[None, :] * (s_h0k * V)"
+_HT_T = "o_v[:, None] * s_htk + o_k[None, :] * (s_htk * V)"
+
+
+class StateStoredTransposed(_TritonMutant):
+    """Recurrent state stored transposed (the NPU port incident): the kernel addresses each
+    head's state as a contiguous [K, V] tile (element (v, k) at ``k*V + v``) inside the
+    [V, K] pool the layer hands it - reads and writes alike. Self-consistent over one call,
+    wrong against every other reader of the pool; visible whenever K != V.
+    Lives in the Triton recurrent kernel's state addressing."""
+    name = "state_stored_transposed"
+    module = "recurrent"
+    mutations = (
+        (f"h0 + slot * s_h0n + i_hv * s_h0h + {_H0}", f"h0 + slot * s_h0n + i_hv * s_h0h + {_H0_T}"),
+        (f"h0 + i_n * s_h0n + i_hv * s_h0h + {_H0}", f"h0 + i_n * s_h0n + i_hv * s_h0h + {_H0_T}"),
+        (f"ht + slot_t * s_htn + i_hv * s_hth + {_HT}", f"ht + slot_t * s_htn + i_hv * s_hth + {_HT_T}"),
+        (f"ht + slot * s_htn + i_hv * s_hth + {_HT}", f"ht + slot * s_htn + i_hv * s_hth + {_HT_T}"),
+        (f"ht + i_n * s_htn + i_hv * s_hth + {_HT}", f"ht + i_n * s_htn + i_hv * s_hth + {_HT_T}"),
+    )
+
+
+class QkHeadModH(_TritonMutant):
+    """q / k heads mapped to value heads with the wrong grouping (GQA / GVA head mapping):
+    the recurrent kernel takes q / k head ``hv % H`` (tiled) instead of ``hv // r``
+    (grouped, how Qwen3-Next / Qwen3.5 repeat_interleave their key heads). Identical when
+    r = 1 or H = 1; wrong otherwise. Lives in the Triton recurrent kernel's head index."""
+    name = "qk_head_mod_h"
+    module = "recurrent"
+    mutations = (("i_h = i_hv // (HV // H)", "i_h = i_hv % H"),)
+
+
+class QkvAssumedContiguous(_TritonMutant):
+    """Non-contiguous q / k / v mishandled: the recurrent kernel computes token and head
+    offsets as if q, k, v were contiguous (``t*H*K + h*K``) instead of using their strides.
+    vLLM hands it views into the conv output (token stride 2*H*K + HV*V), as the packed
+    decode and the layer do. Lives in the Triton recurrent kernel's pointer arithmetic."""
+    name = "qkv_assumed_contiguous"
+    module = "recurrent"
+    mutations = (
+        ("p_q = q + bos * s_qt + i_h * s_qh + o_k", "p_q = q + bos * (H * K) + i_h * K + o_k"),
+        ("p_k = k + bos * s_kt + i_h * s_kh + o_k", "p_k = k + bos * (H * K) + i_h * K + o_k"),
+        ("p_v = v + bos * s_vt + i_hv * s_vh + o_v", "p_v = v + bos * (HV * V) + i_hv * V + o_v"),
+        ("p_q += s_qt\n", "p_q += H * K\n"),
+        ("p_k += s_kt\n", "p_k += H * K\n"),
+        ("p_v += s_vt\n", "p_v += HV * V\n"),
+    )
+
+
+class PadRowsUninitialised(_TritonMutant):
+    """torch.empty output leaking garbage in padded rows: the recurrent kernel returns early
+    on a PAD slot without zeroing the sequence's output rows (vLLM's kernels leave them
+    uninitialised), and its output buffer comes from torch.empty. On a GPU the caching
+    allocator hands back recycled blocks; on the CPU fresh pages are often zero, so the
+    mutant fills its torch.empty buffers with NaN, as PyTorch's
+    ``torch.utils.deterministic.fill_uninitialized_memory`` does, to make the leak
+    reproducible. Lives in the Triton recurrent kernel's PAD branch."""
+    name = "pad_rows_uninitialised"
+    module = "recurrent"
+    mutations = (
+        ("            for t in range(0, L):\n"
+         "                tl.store(p_o + t * s_ot, tl.zeros([BV], dtype=o.dtype.element_ty), mask=m_v)\n"
+         "            return\n",
+         "            return\n"),
+        ("o = torch.empty(B, T, HV, V, dtype=v.dtype, device=dev)",
+         "o = _uninitialised(B, T, HV, V, dtype=v.dtype, device=dev)"),
+    )
+    append = '''
+def _uninitialised(*shape, dtype, device):
+    """torch.empty as recycled GPU memory looks: never zero (fill_uninitialized_memory's NaN)."""
+    return torch.empty(*shape, dtype=dtype, device=device).fill_(float("nan"))
+'''
+
+
+class SsmStateStoredBf16(_TritonMutant):
+    """The ssm state written back in bf16 when fp32 was asked for: every state store of the
+    recurrent kernel goes through a bfloat16 cast (a hard-coded store dtype), so an fp32
+    pool holds bf16-rounded states - error 2^-9 per step, compounding over a long decode.
+    Lives in the Triton recurrent kernel's state stores."""
+    name = "ssm_state_stored_bf16"
+    module = "recurrent"
+    mutations = tuple(
+        (f"{p}\n{ind}tl.store(p_ht, b_h.to(ht.dtype.element_ty), mask=m_h)",
+         f"{p}\n{ind}tl.store(p_ht, b_h.to(tl.bfloat16).to(ht.dtype.element_ty), mask=m_h)")
+        for p, ind in ((f"p_ht = ht + slot_t * s_htn + i_hv * s_hth + {_HT}", " " * 16),
+                       (f"p_ht = ht + slot * s_htn + i_hv * s_hth + {_HT}", " " * 12),
+                       (f"p_ht = ht + i_n * s_htn + i_hv * s_hth + {_HT}", " " * 8)))
+
+
+class QkL2normSkipped(_TritonMutant):
+    """The in-kernel q / k l2norm skipped (use_qk_l2norm_in_kernel not honoured): q and k
+    enter the delta rule unnormalised, so the state update ``u = beta (v - S k)`` no longer
+    has |k| = 1 and decays / blows up. Lives in the Triton recurrent kernel.
+    (Its sibling, eps outside the sqrt - ``x / (sqrt(sum x^2) + eps)`` - differs by ~eps/|x|,
+    below fp32 tolerance unless a q / k row is near zero; the smoke suite has no such row.)"""
+    name = "qk_l2norm_skipped"
+    module = "recurrent"
+    mutations = ((
+        "            b_q = b_q / tl.sqrt(tl.sum(b_q * b_q) + 1e-6)\n"
+        "            b_k = b_k / tl.sqrt(tl.sum(b_k * b_k) + 1e-6)\n",
+        "            pass  # norm skipped\n",
+    ),)
+
+
+class ScaleAppliedToK(_TritonMutant):
+    """The attention scale K^-0.5 applied to k instead of q: the state update then uses a
+    scaled key (``S += u (s k)^T``, ``u = beta (v - S s k)``) - not a pure rescaling of the
+    output. Lives in the Triton recurrent kernel."""
+    name = "scale_applied_to_k"
+    module = "recurrent"
+    mutations = (("b_q = b_q * scale", "b_k = b_k * scale"),)
+
+
+# ------------------------------------------------------------------ gating
+class SoftplusThresholdInverted(_TritonMutant):
+    """softplus threshold inverted in fused_gdn_gating: ``x if beta*x < threshold`` instead of
+    ``x if beta*x > threshold`` - the linear branch taken for ordinary inputs, the log1p(exp)
+    branch (at a clamped 0: log 2) above the threshold. Lives in the Triton gating kernel."""
+    name = "softplus_threshold_inverted"
+    module = "gating"
+    mutations = (("big = bx > threshold", "big = bx < threshold"),)
+
+
+class DtBiasAfterSoftplus(_TritonMutant):
+    """dt_bias added after the softplus: ``g = -exp(A_log) * (softplus(a) + dt_bias)``
+    instead of ``softplus(a + dt_bias)`` (Mamba's dt_bias belongs inside). Lives in the
+    Triton gating kernel."""
+    name = "dt_bias_after_softplus"
+    module = "gating"
+    mutations = (
+        ("x = b_a + b_dt[None, :]", "x = b_a"),
+        ("b_g = -tl.exp(b_A)[None, :] * sp", "b_g = -tl.exp(b_A)[None, :] * (sp + b_dt[None, :])"),
+    )
+
+
+# ------------------------------------------------------------------ conv
+class ConvStateNotUpdatedOnDecode(_TritonMutant):
+    """Conv state not updated on decode: the conv kernel's state-window rewrite is skipped
+    on the plain decode path (causal_conv1d_update without num_accepted_tokens), so every
+    decode step convolves over the same stale window. Lives in the Triton conv kernel."""
+    name = "conv_state_not_updated_on_decode"
+    module = "conv"
+    mutations = ((
+        "    if i_tb == 0:\n        # new state column",
+        "    if (i_tb == 0) & (IS_SPEC or INIT_MODE != 2):\n        # new state column",
+    ),)
+
+
+class ConvWritesPadSlot(_TritonMutant):
+    """Conv writes into PAD slots: the decode conv resolves its slot indices Python-style,
+    so PAD_SLOT_ID = -1 means "the last slot" (as ``conv_state[-1]`` would): PAD rows are
+    computed from, and written into, the pool's last slot - a slot another sequence owns.
+    Lives in the Python glue of the triton conv module (causal_conv1d_update)."""
+    name = "conv_writes_pad_slot"
+    module = "conv"
+    mutations = ((
+        "    slots = conv_state_indices.tolist() if conv_state_indices is not None else list(range(B))\n",
+        "    if conv_state_indices is not None:   # PAD (-1) wraps to the last slot\n"
+        "        conv_state_indices = torch.where(conv_state_indices == pad_slot_id, conv_state.shape[0] - 1,\n"
+        "                                         conv_state_indices).to(conv_state_indices.dtype)\n"
+        "    slots = conv_state_indices.tolist() if conv_state_indices is not None else list(range(B))\n",
+    ),)
+
+
+class SpecConvOffsetOffByOne(_TritonMutant):
+    """num_accepted_tokens offset off by one in the spec conv: the window offset is taken as
+    num_accepted instead of num_accepted - 1 (clamped to the sequence, which keeps the reads
+    in bounds and hides the crash, not the shift): the conv reads its prior inputs one
+    column late and rewrites the state from there. Lives in the Triton conv kernel."""
+    name = "spec_conv_offset_off_by_one"
+    module = "conv"
+    mutations = ((
+        "off = tl.load(num_accepted + i_n * stride_nacc).to(tl.int64) - 1",
+        "off = tl.minimum(tl.load(num_accepted + i_n * stride_nacc).to(tl.int64), L - 1)",
+    ),)
+
+
+# ------------------------------------------------------------------ norm
+class GemmaNormWeight(_TritonMutant):
+    """RMSNormGated with a Gemma-style ``(1 + w)`` weight (Qwen3-Next's gated norm uses plain
+    ``w``; Qwen3-Next's *other* norms are zero-centred, a frequent mix-up). Lives in the
+    Triton norm kernel."""
+    name = "gemma_norm_weight"
+    module = "norm"
+    mutations = (("b_w = tl.load(weight + o_n * stride_w, mask=m_n, other=0.0).to(ACC)",
+                  "b_w = 1.0 + tl.load(weight + o_n * stride_w, mask=m_n, other=0.0).to(ACC)"),)
+
+
+class NormBeforeGateFlipped(ReferenceBackend):
+    """RMSNormGated with norm_before_gate flipped: ``rmsnorm(x * act(z)) * w`` where
+    ``rmsnorm(x) * w * act(z)`` was asked for, and vice versa (FLA's and HF's flags read
+    the opposite way round). Python glue around the reference norm."""
+    name = "norm_before_gate_flipped"
+
+    @staticmethod
+    def rms_norm_gated(x, weight, z=None, eps=1e-6, group_size=None, norm_before_gate=True, activation="silu",
+                       out_dtype=None):
+        return ref.rms_norm_gated(x, weight, z, eps, group_size, not norm_before_gate, activation, out_dtype)
+
+
+# ------------------------------------------------------------------ chunked prefill (reference-derived)
+class ChunkZeroInitialState(ReferenceBackend):
+    """Initial state zeroed in chunked prefill (the port incident: its chunk kernel always
+    started from zeros): a continued prefill (chunked prefill, or a prefill with history)
+    forgets everything before the chunk. Python glue around the reference chunk."""
+    name = "chunk_zero_initial_state"
+
+    @staticmethod
+    def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=True,
+                               cu_seqlens=None, use_qk_l2norm_in_kernel=False, state_layout="vk", chunk_size=64):
+        h0 = torch.zeros_like(initial_state) if initial_state is not None else None   # the bug
+        return ref.chunk_gated_delta_rule(q, k, v, g, beta, scale, h0, output_final_state, cu_seqlens,
+                                          use_qk_l2norm_in_kernel, state_layout, chunk_size)
+
+
+class FinalStateSqueezeBatchOfOne(ReferenceBackend):
+    """Batch of one broken by a squeeze: written for vLLM's ``[1, T, ...]`` varlen convention,
+    the port drops the leading size-1 axis of its results with ``.squeeze(0)`` - the final
+    states ``[N, HV, V, K]`` too. With one sequence in the prefill batch the sequence axis
+    vanishes; the layer's ``final[i]`` then picks head 0's state and broadcasts it over every
+    head of the slot. Python glue around the reference chunk."""
+    name = "final_state_squeeze_batch_of_one"
+
+    @staticmethod
+    def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=True,
+                               cu_seqlens=None, use_qk_l2norm_in_kernel=False, state_layout="vk", chunk_size=64):
+        o, final = ref.chunk_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state,
+                                              cu_seqlens, use_qk_l2norm_in_kernel, state_layout, chunk_size)
+        return o, (final.squeeze(0) if final is not None else None)
+
+
+class ChunkTailEdgePadded(_ReferenceChunkMutant):
+    """Chunk-boundary error for T not a multiple of 64: the last partial chunk is padded by
+    repeating its last token instead of with zeros (an unmasked tail load), so the padding
+    tokens enter the sequence's final state. Outputs stay right (the chunk is causal); the
+    state carried to the next step is wrong whenever a sequence's length % 64 != 0.
+    Lives in the torch chunked delta rule's source (reference-derived: the triton backend
+    has no chunk kernel on the CPU)."""
+    name = "chunk_tail_edge_padded"
+    mutations = ((
+        "x = torch.nn.functional.pad(x, (0, 0) * (x.dim() - 1) + (0, pad)) if pad else x",
+        "x = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])]) if pad else x",
+    ),)
+
+
+class VarlenStateLeak(_ReferenceChunkMutant):
+    """State leaking between sequences of a varlen batch: the chunk kernel walks the packed
+    token stream and loads an initial state only for the first sequence; each later sequence
+    starts from its predecessor's final state. Lives in the torch chunked delta rule's source."""
+    name = "varlen_state_leak"
+    mutations = ((
+        "        if initial_state is None:\n"
+        "            S = torch.zeros(HV, K, V, dtype=acc, device=q.device)      # [K, V] inside\n",
+        "        if n > 0:\n"
+        "            pass   # carries the previous sequence's state\n"
+        "        elif initial_state is None:\n"
+        "            S = torch.zeros(HV, K, V, dtype=acc, device=q.device)      # [K, V] inside\n",
+    ),)
+
+
+class QkHeadsTiledChunk(_ReferenceChunkMutant):
+    """q / k heads expanded with the wrong grouping in the chunked prefill: ``repeat``
+    (tiles: head hv gets key head hv % H) instead of ``repeat_interleave`` (groups:
+    hv // r). Lives in the torch chunked delta rule's source."""
+    name = "qk_heads_tiled_chunk"
+    mutations = (("return (q.repeat_interleave(r, dim=1), k.repeat_interleave(r, dim=1),",
+                  "return (q.repeat(1, r, 1), k.repeat(1, r, 1),"),)
+
+
+# ------------------------------------------------------------------ batch metadata (gdn_core)
+class SpecUngatheredAb(_TritonCore):
+    """Spec path using un-gathered a / b (vLLM's spec-decode gating bug): the spec tokens'
+    gates are computed from a / b rows taken by position in the whole batch (``a[:n_spec]``)
+    instead of the spec tokens' own rows (``a[spec_token_idx]``). Right when the spec
+    tokens happen to lead the batch, wrong as soon as a non-spec entry precedes one.
+    A whole-core entry (`gdn_core`) over the triton ops."""
+    name = "spec_ungathered_ab"
+
+    def _run_core(self, ops, p, q, k, v, a, b, entries, conv_state, ssm_state, T, dev):
+        spec = [t for e in entries if e.kind == "spec" for t in range(e.bos, e.eos)]
+        if spec:
+            idx = torch.tensor(spec, dtype=torch.long, device=dev)
+            a, b = a.clone(), b.clone()
+            a[idx], b[idx] = a[:len(spec)].clone(), b[:len(spec)].clone()   # rows by position
+        return super()._run_core(ops, p, q, k, v, a, b, entries, conv_state, ssm_state, T, dev)
+
+
+class FreshOneTokenPrefillAsDecode(_TritonCore):
+    """A fresh 1-token prefill treated as a decode: the batch builder classifies every
+    1-token non-spec entry as a decode (query_len == 1) without checking that the sequence
+    has a context, so a brand-new 1-token prompt reads its slot's stale conv window and ssm
+    state (left by the slot's previous owner) instead of zeros. A whole-core entry."""
+    name = "fresh_one_token_prefill_as_decode"
+
+    def _run_core(self, ops, p, q, k, v, a, b, entries, conv_state, ssm_state, T, dev):
+        entries = [dataclasses.replace(e, kind="decode", has_initial_state=True)
+                   if e.kind == "prefill" and e.tokens == 1 else e for e in entries]
+        return super()._run_core(ops, p, q, k, v, a, b, entries, conv_state, ssm_state, T, dev)
+
+
+# ------------------------------------------------------------------ the catalogue
+_INCIDENTS: List[Tuple[type, str, str, str, str]] = [
+    # class, base, where, incident, diagnosis class
+    (BaViewFromQkvzGroups, "triton", "triton-glue",
+     "b/a shape derived from mixed_qkvz (old vLLM fix_query_key_value_ordering)", "projection layout: b, a"),
+    (BaSplitFlatOnInterleaved, "triton", "triton-source",
+     "ba split into two shards [b|a] on the interleaved layout at TP > 1", "projection layout: b, a"),
+    (InterleavedCoreOnFlat, "triton", "gdn_core",
+     "fused path assuming the interleaved layout on a flat model (ROCm, GSM8K 0.92 -> 0.0)",
+     "projection layout: core"),
+    (StateStoredTransposed, "triton", "triton-source",
+     "recurrent state stored transposed, [K,V] into a [V,K] pool (NPU port)", "ssm state layout"),
+    (QkHeadModH, "triton", "triton-source", "q/k heads mapped hv % H instead of hv // r", "GVA head mapping"),
+    (QkHeadsTiledChunk, "reference", "reference-source",
+     "q/k heads expanded with repeat instead of repeat_interleave", "GVA head mapping"),
+    (QkvAssumedContiguous, "triton", "triton-source",
+     "non-contiguous q/k/v inputs read with contiguous strides", "strides"),
+    (PadRowsUninitialised, "triton", "triton-source", "torch.empty output leaking garbage in padded rows",
+     "PAD rows"),
+    (SsmStateStoredBf16, "triton", "triton-source", "ssm state written back in bf16 when fp32 was asked for",
+     "state precision"),
+    (QkL2normSkipped, "triton", "triton-source", "in-kernel q/k l2norm skipped", "q/k norm"),
+    (ScaleAppliedToK, "triton", "triton-source", "attention scale applied to k instead of q", "q/k scale"),
+    (SoftplusThresholdInverted, "triton", "triton-source", "softplus threshold inverted", "gating math"),
+    (DtBiasAfterSoftplus, "triton", "triton-source", "dt_bias added after the softplus", "gating math"),
+    (ConvStateNotUpdatedOnDecode, "triton", "triton-source", "conv state not updated on decode", "conv state"),
+    (ConvWritesPadSlot, "triton", "triton-glue", "conv writes into PAD slots (-1 wraps to the last slot)",
+     "PAD slots"),
+    (SpecConvOffsetOffByOne, "triton", "triton-source", "num_accepted_tokens offset off by one (spec conv window)",
+     "spec decode: accepted-token offset"),
+    (GemmaNormWeight, "triton", "triton-source", "RMSNormGated with a Gemma-style (1 + w) weight", "gated norm"),
+    (NormBeforeGateFlipped, "reference", "python-glue", "RMSNormGated norm_before_gate flipped", "gated norm"),
+    (ChunkZeroInitialState, "reference", "python-glue", "initial state zeroed in chunked prefill (port incident)",
+     "state init: chunked prefill"),
+    (FinalStateSqueezeBatchOfOne, "reference", "python-glue", "batch of one broken by a squeeze", "batch shape"),
+    (ChunkTailEdgePadded, "reference", "reference-source", "chunk-boundary error for T not a multiple of 64",
+     "chunk boundary"),
+    (VarlenStateLeak, "reference", "reference-source", "state leaking between sequences of a varlen batch",
+     "varlen isolation"),
+    (SpecUngatheredAb, "triton", "gdn_core", "spec path gating with un-gathered a/b rows",
+     "spec decode: token gather"),
+    (FreshOneTokenPrefillAsDecode, "triton", "gdn_core",
+     "fresh 1-token prefill treated as a decode, reading a stale slot", "state init: fresh sequence"),
+]
+
+
+def _build() -> Dict[str, Fault]:
+    faults = {}
+    for cls, base, where, incident, diag in _INCIDENTS:
+        assert class_name(cls.name) == cls.__name__, (cls.name, cls.__name__)
+        assert cls.__doc__, cls.__name__
+        faults[cls.name] = Fault(name=cls.name, base=base, incident=incident, diagnosis_class=diag, make=cls,
+                                 where=where, target=f"{MODULE}:{cls.__name__}")
+    return faults
+
+
+FAULTS: Dict[str, Fault] = _build()
+
+
+def fault_of(backend_name: str) -> Fault:
+    """The fault whose backend is `backend_name` (its fault name or its load spec)."""
+    for f in FAULTS.values():
+        if backend_name in (f.name, f.target):
+            return f
+    raise KeyError(backend_name)
+
+
+__all__ = ["Fault", "FAULTS", "class_name", "fault_of"] + [cls.__name__ for cls, *_ in _INCIDENTS]
+
+# sanity: names are snake_case
+assert all(re.fullmatch(r"[a-z0-9_]+", n) for n in FAULTS)

@@ -1,0 +1,466 @@
+"""Run a suite against the unmutated bases and every fault of the zoo: the kill matrix.
+
+`run_zoo` takes a suite's op and layer cases (self checks judge the oracle, not a
+backend, so they are left out), runs them on each unmutated base backend - which must
+pass - and on every fault backend (loaded as ``harness.faults.catalogue:<Class>``), and
+reports per fault whether the suite killed it, which checks (case + failing outputs)
+caught it, how many cases it took and how long. A case that fails or errors counts as a
+detection; a fault whose backend cannot even be built is reported ``broken``, never killed.
+
+With ``stop_at_first=True`` each fault stops at its first detection (the CI mode of the
+zoo); the bases always run every case. ``jobs > 1`` spreads the work over worker
+subprocesses (``python -m harness.faults.zoo --worker``; each keeps one BackendCache and
+one Policy for all its tasks), so a caller's unguarded ``__main__`` is never re-imported.
+
+Command line: ``python -m harness.faults.zoo --jobs 2 --stop-at-first --report-dir reports/zoo``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+from ..cases import Case
+from ..suite import expand, load_suite
+
+BASE_TARGETS = {"triton": "triton", "reference": "reference"}
+BASE_CHUNK = 6          # base cases per task when spread over workers
+
+
+def _ensure_interpreter() -> None:
+    """Triton on a machine without a GPU runs under the interpreter, which must be chosen
+    before triton is imported (the triton backend does the same)."""
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return
+    except Exception:
+        pass
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def backend_cases(suite: dict, target: str, device: str = "cpu", seeds: Optional[List[int]] = None) -> List[Case]:
+    """The suite's op and layer cases for one backend, in suite order."""
+    groups = [g for g in suite["group"] if g["level"] != "self"]
+    return expand(dict(suite, group=groups), [target], device=device, seeds=seeds)
+
+
+# ---------------------------------------------------------------- worker side
+_STATE: Dict[str, object] = {}
+
+
+def _worker_init(threads: Optional[int] = None) -> None:
+    _ensure_interpreter()
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+
+
+def _state(policy_path: Optional[str]):
+    from ..policy import Policy
+    from ..runner import BackendCache
+    key = f"policy:{policy_path}"
+    if key not in _STATE:
+        _STATE[key] = Policy(policy_path) if policy_path else Policy()
+    if "backends" not in _STATE:
+        _STATE["backends"] = BackendCache()
+    return _STATE[key], _STATE["backends"]
+
+
+def _caught(rec: dict) -> dict:
+    outputs = [m["output"] for m in rec.get("metrics") or [] if not m.get("passed", True)]
+    return dict(case=rec["id"], status=rec["status"], outputs=outputs,
+                detail=rec.get("diagnosis") or (rec.get("error") or "")[:300])
+
+
+def run_task(task: dict, on_case_start: Optional[Callable[[str], None]] = None) -> dict:
+    """Run one task (a backend and its cases) in this process; returns its summary.
+    `on_case_start(case_id)` is called before each case (a worker announces it, so that a
+    case that kills its process is still named)."""
+    from ..runner import run_case
+    policy, backends = _state(task.get("policy"))
+    t0 = time.perf_counter()
+    out = dict(kind=task["kind"], name=task["name"], target=task["target"], chunk=task.get("chunk", 0),
+               statuses={}, caught_by=[], cases_run=0, broken=None, first_kill_index=None,
+               time_to_first_kill_s=None, records=[])
+    try:
+        backends.get(task["target"])
+    except Exception as e:          # a fault that cannot be built is broken, not killed
+        out["broken"] = f"{type(e).__name__}: {e}"
+        out["wall_s"] = round(time.perf_counter() - t0, 3)
+        return out
+    counts: Counter = Counter()
+    for i, d in enumerate(task["cases"]):
+        case = Case.from_dict(d)
+        if on_case_start:
+            on_case_start(case.id)
+        rec = run_case(case, policy, task["suite"], backends, task.get("oracle_device"))
+        out["cases_run"] += 1
+        counts[rec["status"]] += 1
+        out["records"].append(dict(id=rec["id"], status=rec["status"], duration_s=rec.get("duration_s"),
+                                   group=f"{case.level}.{case.check}"))
+        if rec["status"] in ("fail", "error"):
+            out["caught_by"].append(_caught(rec))
+            if out["first_kill_index"] is None:
+                out["first_kill_index"] = task.get("offset", 0) + i + 1
+                out["time_to_first_kill_s"] = round(time.perf_counter() - t0, 3)
+            if task.get("stop_at_first"):
+                break
+    out["statuses"] = dict(counts)
+    out["wall_s"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+# ---------------------------------------------------------------- parent side
+def _fault_list(faults) -> list:
+    from .catalogue import FAULTS
+    if faults is None:
+        return list(FAULTS.values())
+    return [FAULTS[f] if isinstance(f, str) else f for f in faults]
+
+
+def unchanged_ops(fault) -> List[str]:
+    """Ops the fault's backend shares with its base - the very same function - so that an
+    op case of them cannot tell the two apart."""
+    from ..optimized.api import OPS
+    from ..optimized.registry import load_backend
+    fb, bb = fault.make(), load_backend(BASE_TARGETS.get(fault.base, fault.base))
+    return [op for op in OPS if getattr(fb, op, None) is getattr(bb, op, None)]
+
+
+def _tasks(suite: dict, base_names: Sequence[str], faults: list, device: str, stop_at_first: bool,
+           seeds, policy: Optional[str], chunk: int, skip_unchanged: bool,
+           oracle_device: Optional[str] = None) -> List[dict]:
+    base_tasks, fault_tasks = [], []
+    for b in base_names:
+        target = BASE_TARGETS.get(b, b)
+        cases = [c.to_dict() for c in backend_cases(suite, target, device, seeds)]
+        for n, i in enumerate(range(0, len(cases), chunk)):
+            base_tasks.append(dict(kind="base", name=b, target=target, cases=cases[i:i + chunk], offset=i,
+                                   chunk=n, suite=suite["name"], stop_at_first=False, policy=policy,
+                                   oracle_device=oracle_device))
+    for f in faults:
+        cases = backend_cases(suite, f.target, device, seeds)
+        planned = len(cases)
+        if skip_unchanged:
+            try:
+                same = set(unchanged_ops(f))
+            except Exception:       # cannot be built: the worker reports it broken
+                same = set()
+            cases = [c for c in cases if not (c.level == "op" and c.check in same)]
+        fault_tasks.append(dict(kind="fault", name=f.name, target=f.target, cases=[c.to_dict() for c in cases],
+                                offset=0, planned=planned, suite=suite["name"], stop_at_first=stop_at_first,
+                                policy=policy, slow=f.where == "gdn_core", oracle_device=oracle_device))
+    # long tasks first so the pool's tail is short: whole-core faults (found only at layer
+    # level), then the bases' layer chunks, then the rest
+    slow = [t for t in fault_tasks if t["slow"]]
+    layer_chunks = [t for t in base_tasks if any(c["level"] == "layer" for c in t["cases"])]
+    rest = [t for t in base_tasks if t not in layer_chunks] + [t for t in fault_tasks if not t["slow"]]
+    return slow + layer_chunks + rest
+
+
+def _merge_base(name: str, parts: List[dict]) -> dict:
+    parts = sorted(parts, key=lambda p: p["chunk"])
+    counts: Counter = Counter()
+    for p in parts:
+        counts.update(p["statuses"])
+    failures = [c for p in parts for c in p["caught_by"]]
+    broken = next((p["broken"] for p in parts if p["broken"]), None)
+    return dict(name=name, target=parts[0]["target"], passed=not failures and not broken, broken=broken,
+                statuses=dict(counts), cases_run=sum(p["cases_run"] for p in parts), failures=failures,
+                cpu_s=round(sum(p["wall_s"] for p in parts), 3),
+                groups=sorted({r["group"] for p in parts for r in p["records"]}))
+
+
+def _fault_entry(f, r: dict, n_cases: int, planned: int) -> dict:
+    killed = bool(r["caught_by"]) and not r["broken"]
+    first = r["caught_by"][0] if r["caught_by"] else None
+    groups: Dict[str, str] = {}
+    caught_ids = {c["case"] for c in r["caught_by"]}
+    for rec in r["records"]:
+        g = rec["group"]
+        if rec["id"] in caught_ids:
+            groups[g] = "killed"
+        elif rec["status"] != "skip":
+            groups.setdefault(g, "survived")
+    return dict(
+        name=f.name, base=f.base, where=f.where, incident=f.incident, diagnosis_class=f.diagnosis_class,
+        target=f.target, killed=killed, broken=r["broken"],
+        first_case=first["case"] if first else None,
+        first_outputs=first["outputs"] if first else [],
+        caught_by=r["caught_by"],
+        checks=[f"{c['case']} :: {o}" for c in r["caught_by"] for o in (c["outputs"] or [c["status"]])],
+        cases_to_first_kill=r["first_kill_index"], cases_run=r["cases_run"], cases_planned=n_cases,
+        cases_skipped_unchanged=planned - n_cases,
+        time_to_first_kill_s=r["time_to_first_kill_s"], wall_s=r["wall_s"], statuses=r["statuses"],
+        groups=groups)
+
+
+def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu", jobs: int = 1,
+            on_progress: Optional[Callable[[dict], None]] = None, stop_at_first: bool = False,
+            faults: Optional[Iterable] = None, bases: Optional[Sequence[str]] = None,
+            seeds: Optional[List[int]] = None, policy: Optional[str] = None,
+            skip_unchanged: bool = True, oracle_device: Optional[str] = None) -> dict:
+    """Run the suite's op and layer cases on the unmutated base(s) and on every fault.
+
+    `base` is always checked; so is every base a selected fault derives from (or exactly
+    `bases`, when given). `faults`: names or `Fault`s (default: the whole catalogue).
+    Returns the kill matrix: ``faults`` (per fault: killed, caught_by, checks, first_case,
+    cases_to_first_kill, time_to_first_kill_s, ...), ``bases`` (per base: passed,
+    failures), ``base_passed``, ``kill_score`` (killed / total) and timings.
+    `on_progress` gets each finished task's summary (kind base / fault) as it arrives.
+
+    `suite_name` is a suite name, a path, or an already loaded suite dict (a subset of
+    groups, say). `seeds` replaces the suite's seeds (as ``expand(..., seeds=...)``).
+    With `skip_unchanged` (default), a fault does not run the op cases of ops it shares
+    with its base - the same function object, so the same (passing) result - and goes
+    straight to the cases that can see its bug; layer cases always run. The count is
+    reported as ``cases_skipped_unchanged``. `oracle_device`: where the fp64 oracle runs
+    (default: `device`), as ``gdn-harness run --oracle-device``."""
+    _ensure_interpreter()
+    suite = dict(suite_name) if isinstance(suite_name, dict) else load_suite(suite_name)
+    suite.setdefault("name", "custom")
+    flist = _fault_list(faults)
+    base_names = list(bases) if bases is not None else list(dict.fromkeys([base] + [f.base for f in flist]))
+    jobs = max(1, int(jobs or 1))
+    chunk = BASE_CHUNK if jobs > 1 else 10 ** 9
+    tasks = _tasks(suite, base_names, flist, device, stop_at_first, seeds, policy, chunk, skip_unchanged,
+                   oracle_device)
+    t0 = time.perf_counter()
+    results: List[dict] = []
+
+    def done(r: dict):
+        results.append(r)
+        if on_progress:
+            on_progress({k: v for k, v in r.items() if k != "records"})
+
+    if jobs == 1:
+        for t in tasks:
+            done(run_task(t))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        _run_pool(tasks, jobs, threads, done)
+    wall = time.perf_counter() - t0
+
+    by_base: Dict[str, List[dict]] = {}
+    fault_results: Dict[str, dict] = {}
+    for r in results:
+        if r["kind"] == "base":
+            by_base.setdefault(r["name"], []).append(r)
+        else:
+            fault_results[r["name"]] = r
+    base_out = {b: _merge_base(b, by_base[b]) for b in base_names}
+    n_cases = {t["name"]: (len(t["cases"]), t["planned"]) for t in tasks if t["kind"] == "fault"}
+    fault_out = {f.name: _fault_entry(f, fault_results[f.name], *n_cases[f.name]) for f in flist}
+    killed = sum(e["killed"] for e in fault_out.values())
+    return dict(
+        suite=suite["name"], device=device, base=base, stop_at_first=stop_at_first, jobs=jobs,
+        seeds=seeds, base_passed=all(b["passed"] for b in base_out.values()), bases=base_out,
+        faults=fault_out, killed=killed, total=len(fault_out),
+        kill_score=(killed / len(fault_out)) if fault_out else math.nan,
+        survivors=[n for n, e in fault_out.items() if not e["killed"]],
+        wall_s=round(wall, 3), cpu_s=round(sum(r["wall_s"] for r in results), 3))
+
+
+RESULT_TAG = "@@gdn-zoo@@ "
+CASE_TAG = "@@gdn-zoo-case@@ "
+
+
+def _worker_main() -> int:
+    """``python -m harness.faults.zoo --worker``: one task (JSON) per stdin line, one tagged
+    result line per task on stdout."""
+    _worker_init(int(os.environ.get("GDN_ZOO_THREADS", "0")) or None)
+
+    def announce(case_id: str):
+        sys.stdout.write(CASE_TAG + case_id + "\n")
+        sys.stdout.flush()
+
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        res = run_task(json.loads(line), announce)
+        sys.stdout.write(RESULT_TAG + json.dumps(res, default=str) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def _died(task: dict, started: List[str], why: str, wall: float) -> dict:
+    """A task whose worker process died inside a case (a segfault, an abort): that case is
+    an error - for a fault, its detection. Cases before it passed or were skipped (a
+    stop-at-first fault task would have returned at an earlier detection); their records
+    died with the worker."""
+    case_id = started[-1] if started else (task["cases"][0]["check"] if task["cases"] else task["name"])
+    err = dict(case=case_id, status="error", outputs=[], detail=f"the case killed its worker process: {why}")
+    return dict(kind=task["kind"], name=task["name"], target=task["target"], chunk=task.get("chunk", 0),
+                statuses={"error": 1, "pass or skip": max(0, len(started) - 1)}, caught_by=[err],
+                cases_run=len(started), broken=None, first_kill_index=task.get("offset", 0) + max(1, len(started)),
+                time_to_first_kill_s=round(wall, 3), records=[], wall_s=round(wall, 3))
+
+
+def _run_pool(tasks: List[dict], jobs: int, threads: int, done: Callable[[dict], None]) -> None:
+    """Run tasks on `jobs` worker subprocesses (no multiprocessing: a caller's unguarded
+    __main__ is never re-imported); results go to `done` in the calling thread's lock."""
+    todo = list(tasks)
+    lock = threading.Lock()
+    env = dict(os.environ, GDN_ZOO_THREADS=str(threads))
+    cwd = str(Path(__file__).resolve().parents[2])
+
+    def start():
+        return subprocess.Popen([sys.executable, "-m", "harness.faults.zoo", "--worker"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+
+    def drain(proc, buf):
+        for ln in proc.stderr:
+            buf.append(ln)
+            del buf[:-40]
+
+    def work():
+        proc, err = None, []
+        try:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    task = todo.pop(0)
+                if proc is None or proc.poll() is not None:
+                    proc, err = start(), []
+                    threading.Thread(target=drain, args=(proc, err), daemon=True).start()
+                res, started, t0 = None, [], time.perf_counter()
+                try:
+                    proc.stdin.write(json.dumps(task) + "\n")
+                    proc.stdin.flush()
+                    for ln in proc.stdout:
+                        if ln.startswith(CASE_TAG):
+                            started.append(ln[len(CASE_TAG):].rstrip("\n"))
+                        elif ln.startswith(RESULT_TAG):
+                            res = json.loads(ln[len(RESULT_TAG):])
+                            break
+                except (BrokenPipeError, OSError):
+                    pass
+                if res is None:
+                    proc.wait()
+                    res = _died(task, started, f"exit code {proc.returncode}; stderr tail: {''.join(err)[-1500:]}",
+                                time.perf_counter() - t0)
+                    proc = None
+                with lock:
+                    done(res)
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.stdin.close()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+    workers = [threading.Thread(target=work, daemon=True) for _ in range(min(jobs, len(tasks)))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
+# ---------------------------------------------------------------- reports
+def _md_escape(s: str) -> str:
+    return str(s).replace("|", "\\|")
+
+
+def kill_matrix_markdown(result: dict) -> str:
+    faults = result["faults"]
+    lines = [f"# Fault zoo: kill matrix ({result['suite']} suite, {result['device']})", ""]
+    score = result["kill_score"]
+    lines.append(f"**Kill score: {result['killed']}/{result['total']}"
+                 f" ({100 * score:.0f} %)**" if result["total"] else "**Kill score: n/a (no faults)**")
+    lines.append("")
+    for name, b in result["bases"].items():
+        st = ", ".join(f"{v} {k}" for k, v in sorted(b["statuses"].items()))
+        verdict = "passes" if b["passed"] else "FAILS"
+        lines.append(f"- unmutated base `{name}` {verdict} ({st}; {b['cpu_s']:.1f} s)")
+        for c in b["failures"][:10]:
+            lines.append(f"  - {c['status']}: `{c['case']}` {_md_escape(c['detail'])[:200]}")
+    mode = "stopping each fault at its first detection" if result["stop_at_first"] else "every case on every fault"
+    lines += [f"- {mode}; wall {result['wall_s']:.1f} s, {result['jobs']} job(s)", ""]
+    if result["survivors"]:
+        lines += ["**Survivors:** " + ", ".join(f"`{s}`" for s in result["survivors"]), ""]
+
+    lines += ["## Faults", "",
+              "| fault | base | lives in | incident class | killed | first caught by | failing outputs | "
+              "cases to kill | time to kill |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for e in faults.values():
+        t = f"{e['time_to_first_kill_s']:.1f} s" if e["time_to_first_kill_s"] is not None else "-"
+        k = "KILLED" if e["killed"] else ("BROKEN" if e["broken"] else "survived")
+        lines.append(f"| `{e['name']}` | {e['base']} | {e['where']} | {_md_escape(e['incident'])} | {k} | "
+                     f"`{e['first_case'] or '-'}` | {', '.join(e['first_outputs']) or (e['caught_by'][0]['status'] if e['caught_by'] else '-')} | "
+                     f"{e['cases_to_first_kill'] or '-'}/{e['cases_planned']} | {t} |")
+
+    groups = sorted({g for e in faults.values() for g in e["groups"]},
+                    key=lambda g: (not g.startswith("op."), g))
+    if groups:
+        lines += ["", "## Caught by (fault x check group)", "",
+                  "`X` caught, `.` ran and passed, blank: not run (skipped, or after the first detection).", "",
+                  "| fault | " + " | ".join(f"`{g}`" for g in groups) + " |",
+                  "|---|" + "---|" * len(groups)]
+        mark = {"killed": "X", "survived": "."}
+        for e in faults.values():
+            lines.append(f"| `{e['name']}` | " + " | ".join(mark.get(e["groups"].get(g), "") for g in groups) + " |")
+    lines += ["", "## Checks that caught each fault", ""]
+    for e in faults.values():
+        lines.append(f"- `{e['name']}` ({_md_escape(e['diagnosis_class'])}):")
+        for c in e["caught_by"][:8]:
+            lines.append(f"  - `{c['case']}` {c['status']}: {', '.join(c['outputs']) or _md_escape(c['detail'])[:160]}")
+        if len(e["caught_by"]) > 8:
+            lines.append(f"  - ... {len(e['caught_by']) - 8} more")
+        if e["broken"]:
+            lines.append(f"  - broken: {_md_escape(e['broken'])}")
+    return "\n".join(lines) + "\n"
+
+
+def write_kill_matrix(report_dir, result: dict) -> Dict[str, Path]:
+    """Write kill_matrix.json and kill_matrix.md into `report_dir`; returns their paths."""
+    d = Path(report_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    js, md = d / "kill_matrix.json", d / "kill_matrix.md"
+    js.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    md.write_text(kill_matrix_markdown(result))
+    return dict(json=js, md=md)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m harness.faults.zoo [--suite smoke] [--jobs N] [--stop-at-first] [--report-dir D]``"""
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m harness.faults.zoo", description=__doc__.split("\n")[0])
+    ap.add_argument("--suite", default="smoke")
+    ap.add_argument("--base", default="triton")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--stop-at-first", action="store_true")
+    ap.add_argument("--fault", action="append", help="only these faults (repeatable)")
+    ap.add_argument("--oracle-device", default=None)
+    ap.add_argument("--all-cases", action="store_true", help="also run op cases of ops a fault shares with its base")
+    ap.add_argument("--report-dir", default="reports/zoo")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return _worker_main()
+
+    def progress(r):
+        what = ("KILLED" if r["caught_by"] else "survived") if r["kind"] == "fault" else \
+            ("pass" if not r["caught_by"] else "FAIL")
+        print(f"{r['kind']:5} {r['name']:36} {what:8} {r['wall_s']:.1f}s", flush=True)
+
+    res = run_zoo(args.suite, args.base, args.device, args.jobs, progress, args.stop_at_first, args.fault,
+                  skip_unchanged=not args.all_cases, oracle_device=args.oracle_device)
+    paths = write_kill_matrix(args.report_dir, res)
+    print(f"kill score {res['killed']}/{res['total']}; bases pass: {res['base_passed']}; {paths['md']}")
+    return 0 if res["base_passed"] and not res["survivors"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""The fault zoo: every named fault is killed by the smoke suite, the unmutated bases pass,
+and the bases show no false positive over 20 seeds of a small smoke subset.
+
+On a machine without a GPU the Triton kernels (the faults' mutants included) run under
+TRITON_INTERPRET=1, which must be set before triton is imported.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from harness.faults.catalogue import FAULTS, class_name  # noqa: E402
+from harness.faults.mutate import MutationError, apply_replacements, kernel_module, mutate  # noqa: E402
+from harness.faults.zoo import run_zoo, write_kill_matrix  # noqa: E402
+from harness.optimized.registry import load_backend  # noqa: E402
+from harness.suite import load_suite  # noqa: E402
+
+JOBS = int(os.environ.get("GDN_ZOO_JOBS", min(2, os.cpu_count() or 1)))
+
+# the incident classes the catalogue must cover (name fragments of the faults)
+REQUIRED = ["ba_view_from_qkvz", "interleaved_core_on_flat", "chunk_zero_initial_state", "state_stored_transposed",
+            "qk_head_mod_h", "squeeze", "pad_rows", "ba_split_flat_on_interleaved", "spec_ungathered_ab",
+            "off_by_one", "fresh_one_token_prefill", "assumed_contiguous", "softplus", "l2norm", "scale_applied_to_k",
+            "gemma_norm_weight", "norm_before_gate", "conv_state_not_updated", "conv_writes_pad", "chunk_tail",
+            "varlen_state_leak", "bf16", "dt_bias_after_softplus"]
+
+
+def _run_zoo(out_dir):
+    res = run_zoo("smoke", base="triton", device="cpu", jobs=JOBS, stop_at_first=True)
+    res["_paths"] = {k: str(v) for k, v in write_kill_matrix(out_dir, res).items()}
+    return res
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory):
+    """The kill matrix, computed once per test session - also under pytest-xdist, whose
+    workers share it through a file (pytest-xdist's documented once-per-session pattern)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _run_zoo(tmp_path_factory.mktemp("zoo"))
+    import json
+
+    from filelock import FileLock
+    root = tmp_path_factory.getbasetemp().parent
+    cached = root / "gdn_zoo_kill_matrix.json"
+    with FileLock(str(cached) + ".lock"):
+        if cached.is_file():
+            return json.loads(cached.read_text())
+        res = _run_zoo(root / "gdn_zoo")
+        cached.write_text(json.dumps(res, default=str))
+        return res
+
+
+# ---------------------------------------------------------------- the catalogue itself
+def test_catalogue_names_docs_and_coverage():
+    assert len(FAULTS) >= 16
+    for name, f in FAULTS.items():
+        cls = f.make
+        assert cls.__name__ == class_name(name) and f.target.endswith(":" + cls.__name__)
+        assert cls.__doc__ and len(cls.__doc__) > 80, name          # names the incident it mirrors
+        assert f.base in ("triton", "reference") and f.incident and f.diagnosis_class
+        b = load_backend(f.target)                                   # loadable as --backend pkg.mod:attr
+        assert b.name == name and isinstance(b, type(load_backend(f.base)))
+    for frag in REQUIRED:
+        assert any(frag in n for n in FAULTS), frag
+    where = [f.where for f in FAULTS.values()]
+    assert where.count("triton-source") >= 8 and "gdn_core" in where
+    # the head-mapping fault lives in the Triton recurrent kernel's source
+    assert FAULTS["qk_head_mod_h"].where == "triton-source"
+
+
+def test_mutation_helper():
+    src = "a = 1\nb = 2\na = 1 + 1\n"
+    assert apply_replacements(src, [("b = 2", "b = 3")]) == "a = 1\nb = 3\na = 1 + 1\n"
+    with pytest.raises(MutationError):
+        apply_replacements(src, [("a = 1", "a = 0")])               # twice
+    with pytest.raises(MutationError):
+        apply_replacements(src, [("c = 4", "c = 5")])               # never
+    from harness.optimized.triton_kernels import recurrent
+    m = mutate(kernel_module("recurrent"), [("i_h = i_hv // (HV // H)", "i_h = i_hv % H")], tag="t")
+    assert m is not recurrent and m.__package__ == recurrent.__package__
+    import inspect
+    assert "i_h = i_hv % H" in inspect.getsource(m._gdn_recurrent_kernel.fn)      # triton sees the mutant
+    assert "i_h = i_hv // (HV // H)" in inspect.getsource(recurrent._gdn_recurrent_kernel.fn)   # original intact
+    assert mutate(kernel_module("recurrent"), [("i_h = i_hv // (HV // H)", "i_h = i_hv % H")], tag="t") is m
+
+
+# ---------------------------------------------------------------- the kill matrix
+def test_unmutated_bases_pass(zoo):
+    assert set(zoo["bases"]) == {"triton", "reference"}
+    for name, b in zoo["bases"].items():
+        assert b["passed"], (name, b["failures"][:3])
+        assert b["cases_run"] > 0 and b["statuses"].get("pass", 0) > 0
+    assert zoo["base_passed"]
+
+
+@pytest.mark.parametrize("name", sorted(FAULTS))
+def test_fault_is_killed_by_smoke(zoo, name):
+    e = zoo["faults"][name]
+    assert not e["broken"], e["broken"]
+    assert e["killed"], f"{name} survived the smoke suite ({e['cases_run']} cases run)"
+    assert e["first_case"] and e["checks"] and e["cases_to_first_kill"] >= 1
+    assert e["time_to_first_kill_s"] is not None
+
+
+def test_kill_score_and_report(zoo):
+    assert zoo["kill_score"] == 1.0 and not zoo["survivors"]
+    from pathlib import Path
+    md = Path(zoo["_paths"]["md"]).read_text()
+    assert "Kill score: %d/%d" % (len(FAULTS), len(FAULTS)) in md
+    assert all(f"`{n}`" in md for n in FAULTS)
+    import json
+    js = json.loads(Path(zoo["_paths"]["json"]).read_text())
+    assert js["killed"] == len(FAULTS) and js["base_passed"]
+
+
+# ---------------------------------------------------------------- false positives
+def _fp_subset():
+    """A fast slice of smoke: the numerically sensitive ops (gating, norm, recurrent) and
+    the decode-only layer mix, fp32 and fp16."""
+    smoke = load_suite("smoke")
+    op_dims = next(g["dims"] for g in smoke["group"] if g["level"] == "op")
+    layer_dims = next(g["dims"] for g in smoke["group"] if g["level"] == "layer")
+    return dict(smoke, name="smoke", group=[
+        dict(level="op", ops=["fused_gdn_gating", "rms_norm_gated"], dims=op_dims, dtype=["float32", "float16"],
+             state_dtype=["float32"], variants=["contiguous", "strided", "before-silu-group", "after-sigmoid-whole"]),
+        dict(level="op", ops=["fused_recurrent_gated_delta_rule", "causal_conv1d_update"], dims=op_dims,
+             dtype=["float32"], state_dtype=["float32"], variants=["decode", "spec", "spec-token_first"]),
+        dict(level="layer", mixes=["decode_only"], dims=layer_dims, layout=["flat"], tp=[1], dtype=["float32"],
+             state_dtype=["float32"], conv_layout=["token_first"]),
+    ])
+
+
+def test_bases_have_no_false_positives_over_20_seeds():
+    seeds = list(range(1, 21))
+    res = run_zoo(_fp_subset(), base="triton", faults=[], bases=["reference", "triton"], seeds=seeds, jobs=JOBS)
+    for name, b in res["bases"].items():
+        assert b["cases_run"] >= 20 * 8, (name, b["cases_run"])
+        assert b["passed"] and not b["failures"], (name, b["failures"][:3])
+        assert b["statuses"].get("skip", 0) == 0
+    assert res["base_passed"]
