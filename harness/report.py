@@ -49,19 +49,25 @@ def write_results(report_dir: Path, records: List[dict], meta: dict) -> Path:
     return path
 
 
+def backend_level_table(records: List[dict], code: bool = False) -> List[str]:
+    """Markdown rows: pass / fail / error / skip counts per backend x level (+ a blank line)."""
+    table = Counter((r["backend"], r["level"], r["status"]) for r in records)
+    groups = sorted({(b, lv) for b, lv, _ in table})
+    if not groups:
+        return []
+    name = (lambda b: f"`{b}`") if code else (lambda b: b)
+    return (["| backend | level | pass | fail | error | skip |", "|---|---|---|---|---|---|"]
+            + [f"| {name(b)} | {lv} | " + " | ".join(str(table.get((b, lv, st), 0)) for st in STATUSES) + " |"
+               for b, lv in groups] + [""])
+
+
 def summary_markdown(records: List[dict], meta: dict) -> str:
     c = counts(records)
     lines = [f"# gdn-harness: suite `{meta.get('suite')}`", "",
              f"**{c['pass']} passed, {c['fail']} failed, {c['error']} errors, {c['skip']} skipped** "
              f"of {c['total']} cases · wall {meta.get('wall_s', 0):.1f} s · policy v{meta.get('policy_version')}",
              "", f"Command: `{meta.get('command', '')}`", ""]
-    table = Counter((r["backend"], r["level"], r["status"]) for r in records)
-    groups = sorted({(b, lv) for b, lv, _ in table})
-    if groups:
-        lines += ["| backend | level | pass | fail | error | skip |", "|---|---|---|---|---|---|"]
-        lines += [f"| {b} | {lv} | " + " | ".join(str(table.get((b, lv, st), 0)) for st in STATUSES) + " |"
-                  for b, lv in groups]
-        lines.append("")
+    lines += backend_level_table(records)
     filled = {}
     for r in records:
         for op in r.get("filled_ops") or []:

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, Optional
 
-from .report import STATUSES, atomic_write, counts
+from .report import atomic_write, backend_level_table, counts
 
 BUILDKITE_LIMIT = 1 << 20        # buildkite-agent annotate refuses bodies over 1 MiB
 BUILDKITE_FAILURES = 20
@@ -143,13 +143,7 @@ def buildkite_markdown(records: List[dict], meta: dict) -> str:
              f"**{c['pass']} passed, {c['fail']} failed, {c['error']} errors, {c['skip']} skipped** of {c['total']} "
              f"cases &middot; wall {_g(meta.get('wall_s', 0))} s &middot; policy v{meta.get('policy_version')} "
              f"&middot; device `{meta.get('device', '')}`", ""]
-    table = Counter((r["backend"], r["level"], r["status"]) for r in records)
-    groups = sorted({(b, lv) for b, lv, _ in table})
-    if groups:
-        lines += ["| backend | level | pass | fail | error | skip |", "|---|---|---|---|---|---|"]
-        lines += [f"| `{b}` | {lv} | " + " | ".join(str(table.get((b, lv, s), 0)) for s in STATUSES) + " |"
-                  for b, lv in groups]
-        lines.append("")
+    lines += backend_level_table(records, code=True)
     bad = [r for r in records if r["status"] in ("fail", "error")]
     if bad:
         shown = bad[:BUILDKITE_FAILURES]
