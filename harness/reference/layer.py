@@ -9,7 +9,7 @@ per-rank states back to the global layout.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -25,6 +25,16 @@ from .norm import rms_norm_gated
 F64 = torch.float64
 # Per-step outputs the oracle records (TP: gathered over ranks; "out" reduced).
 STEP_OUTPUTS = ("mixed_qkv", "z", "b", "a", "conv_out", "g", "beta", "core", "normed", "out")
+# The reference ops the oracle composes; `ops=` overrides some of them by name (the
+# diagnosis re-runs the oracle with hypothesised variants), the default path uses these.
+ORACLE_OPS: Dict[str, Callable] = dict(causal_conv1d_fn=causal_conv1d_fn, causal_conv1d_update=causal_conv1d_update,
+                                       chunk_gated_delta_rule=chunk_gated_delta_rule,
+                                       recurrent_gated_delta_rule=recurrent_gated_delta_rule,
+                                       fused_gdn_gating=fused_gdn_gating, rms_norm_gated=rms_norm_gated)
+
+
+def _ops(ops: Optional[Dict[str, Callable]]) -> Dict[str, Callable]:
+    return ORACLE_OPS if not ops else {**ORACLE_OPS, **ops}
 
 
 def per_token(fn, *xs: torch.Tensor) -> torch.Tensor:
@@ -55,17 +65,18 @@ def project(p: RankParams, hidden: torch.Tensor, mixed_qkvz: Optional[torch.Tens
     return tuple(t.contiguous() for t in unpack_qkvz_ba(mixed_qkvz, mixed_ba, p.local, p.layout))
 
 
-def _run_entry(p: RankParams, e: EntryPlan, mixed_qkv, qkv_gate, conv_pool, ssm_pool, chunked):
+def _run_entry(p: RankParams, e: EntryPlan, mixed_qkv, qkv_gate, conv_pool, ssm_pool, chunked, ops=None):
     """Conv + delta rule for one entry's tokens; pools updated in place."""
+    ops = _ops(ops)
     x = mixed_qkv[e.bos:e.eos]
     g, beta = qkv_gate
     if e.kind == "prefill":
-        conv = causal_conv1d_fn(x.T, p.conv_weight, p.conv_bias, conv_pool,
+        conv = ops["causal_conv1d_fn"](x.T, p.conv_weight, p.conv_bias, conv_pool,
                                 torch.tensor([0, e.tokens]), torch.tensor([e.conv_slot]),
                                 torch.tensor([e.has_initial_state]), activation="silu").T
     else:
         spec = e.kind == "spec"
-        conv = causal_conv1d_update(x, conv_pool, p.conv_weight, p.conv_bias, "silu",
+        conv = ops["causal_conv1d_update"](x, conv_pool, p.conv_weight, p.conv_bias, "silu",
                                     conv_state_indices=torch.tensor([e.conv_slot]),
                                     num_accepted_tokens=torch.tensor([e.num_accepted]) if spec else None,
                                     query_start_loc=torch.tensor([0, e.tokens]))
@@ -73,14 +84,14 @@ def _run_entry(p: RankParams, e: EntryPlan, mixed_qkv, qkv_gate, conv_pool, ssm_
     args = (q[None], k[None], v[None], g[e.bos:e.eos][None], beta[e.bos:e.eos][None])
     if e.kind == "prefill":
         init = ssm_pool[e.conv_slot] if e.has_initial_state else torch.zeros_like(ssm_pool[0])
-        fn = chunk_gated_delta_rule if chunked else recurrent_gated_delta_rule
+        fn = ops["chunk_gated_delta_rule"] if chunked else ops["recurrent_gated_delta_rule"]
         o, final = fn(*args, initial_state=init[None], output_final_state=True,
                       use_qk_l2norm_in_kernel=True)
         ssm_pool[e.conv_slot] = final[0]
     else:
         idx = torch.tensor([e.ssm_slots])
         acc = torch.tensor([e.num_accepted]) if e.kind == "spec" else None
-        o, _ = recurrent_gated_delta_rule(*args, initial_state=ssm_pool, ssm_state_indices=idx,
+        o, _ = ops["recurrent_gated_delta_rule"](*args, initial_state=ssm_pool, ssm_state_indices=idx,
                                           num_accepted_tokens=acc, inplace_final_state=True,
                                           use_qk_l2norm_in_kernel=True)
     return conv, o[0]
@@ -89,13 +100,15 @@ def _run_entry(p: RankParams, e: EntryPlan, mixed_qkv, qkv_gate, conv_pool, ssm_
 def oracle_step(p: RankParams, hidden: torch.Tensor, entries: List[EntryPlan],
                 conv_pool: torch.Tensor, ssm_pool: torch.Tensor, norm: NormConfig,
                 chunked: bool = False, mixed_qkvz: Optional[torch.Tensor] = None,
-                unpacked: Optional[tuple] = None) -> Dict[str, torch.Tensor]:
+                unpacked: Optional[tuple] = None, ops: Optional[Dict[str, Callable]] = None) -> Dict[str, torch.Tensor]:
     """One step of one rank in fp64. Pools (fp64, dim-first conv, vk ssm) change in place.
 
     `unpacked` (q, k, v, z, b, a) replaces the projection: the oracle then starts from
     exactly the projections a backend computed. Returns the step's tensors
-    (`STEP_OUTPUTS`); rows of PAD entries are zero after the projection.
+    (`STEP_OUTPUTS`); rows of PAD entries are zero after the projection. `ops` replaces
+    reference ops by name (`ORACLE_OPS`).
     """
+    fns = _ops(ops)
     p = p.to(F64)
     hidden = hidden.to(F64)
     if unpacked is not None:
@@ -103,7 +116,7 @@ def oracle_step(p: RankParams, hidden: torch.Tensor, entries: List[EntryPlan],
     else:
         q, k, v, z, b, a = project(p, hidden, None if mixed_qkvz is None else mixed_qkvz.to(F64))
     mixed_qkv = qkv_to_mixed(q, k, v)
-    g, beta = (torch.stack(t) for t in zip(*(fused_gdn_gating(p.A_log, a[t], b[t], p.dt_bias)
+    g, beta = (torch.stack(t) for t in zip(*(fns["fused_gdn_gating"](p.A_log, a[t], b[t], p.dt_bias)
                                               for t in range(a.shape[0]))))
     T, loc, dev = hidden.shape[0], p.local, hidden.device
     conv_out = torch.zeros(T, loc.conv_dim, dtype=F64, device=dev)
@@ -114,8 +127,8 @@ def oracle_step(p: RankParams, hidden: torch.Tensor, entries: List[EntryPlan],
             continue
         real[e.bos:e.eos] = True
         conv_out[e.bos:e.eos], core[e.bos:e.eos] = _run_entry(p, e, mixed_qkv, (g, beta),
-                                                              conv_pool, ssm_pool, chunked)
-    normed = per_token(lambda x, zt: rms_norm_gated(x, p.norm_weight, zt, eps=norm.eps, group_size=norm.group_size,
+                                                              conv_pool, ssm_pool, chunked, ops)
+    normed = per_token(lambda x, zt: fns["rms_norm_gated"](x, p.norm_weight, zt, eps=norm.eps, group_size=norm.group_size,
                                                     norm_before_gate=norm.norm_before_gate,
                                                     activation=norm.activation), core, z)
     normed = normed.reshape(T, -1) * real[:, None]
@@ -144,7 +157,8 @@ def _local_pools(sc: Scenario, conv_pool, ssm_pool, p: RankParams):
 def run_oracle(sc: Scenario, weights, hidden: List[torch.Tensor], conv_pool: torch.Tensor,
                ssm_pool: torch.Tensor, tp: Optional[int] = None, chunked: bool = False,
                projections: Optional[List] = None, device=None,
-               unpacked: Optional[List[tuple]] = None) -> OracleResult:
+               unpacked: Optional[List[tuple]] = None, ops: Optional[Dict[str, Callable]] = None,
+               plans: Optional[List[List[EntryPlan]]] = None) -> OracleResult:
     """Run every step of `sc` in fp64 on `tp` ranks (default sc.tp) and gather the result.
 
     conv_pool ``[num_slots, conv_dim, L]`` (dim-first) and ssm_pool ``[num_slots, HV, V, K]``
@@ -152,6 +166,8 @@ def run_oracle(sc: Scenario, weights, hidden: List[torch.Tensor], conv_pool: tor
     gives, per rank, a callable hidden -> mixed_qkvz replacing the fused in_proj (the
     LoRA arrangement); `unpacked` gives, per step, the global (q, k, v, z, b, a) to start
     from instead (TP=1 only). `device` (default: the pools' device) is where it runs.
+    `ops` (reference ops replaced by name) and `plans` (the resolved steps, instead of
+    ``sc.plan()``) run the oracle under a hypothesis; the diagnosis uses them.
     """
     device = torch.device(device) if device is not None else conv_pool.device
     hidden = [h.to(device) for h in hidden]
@@ -159,12 +175,12 @@ def run_oracle(sc: Scenario, weights, hidden: List[torch.Tensor], conv_pool: tor
     ranks = all_ranks(weights.to(device=device, dtype=F64), sc.dims, sc.layout, tp, sc.ba)
     pools = [_local_pools(sc, conv_pool.to(device, F64), ssm_pool.to(device, F64), p) for p in ranks]
     steps = []
-    for s, entries in enumerate(sc.plan()):
+    for s, entries in enumerate(plans if plans is not None else sc.plan()):
         per_rank = []
         for ri, p in enumerate(ranks):
             mq = projections[ri](hidden[s].to(F64)) if projections else None
             per_rank.append(oracle_step(p, hidden[s], entries, *pools[ri], sc.norm, chunked, mq,
-                                        unpacked[s] if unpacked is not None else None))
+                                        unpacked[s] if unpacked is not None else None, ops))
         steps.append(_gather_step(sc, per_rank))
     conv = gather_conv_channels([c for c, _ in pools], sc.dims, dim=1)
     ssm = gather_heads([m for _, m in pools], dim=1)
