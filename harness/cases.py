@@ -1,9 +1,13 @@
 """A case: one check of one backend at one point of the suite matrix."""
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from typing import Optional
 
 from .config import GDNDims
+from .errors import ConfigError
 
 LEVELS = ("self", "op", "layer")
 
@@ -21,6 +25,19 @@ class Case:
     dtype: str = "float64"
     state_dtype: str = "float64"
     variant: str = ""          # op: sample variant; layer: decode path / conv layout / ba
+    # layer: explicit {"steps": [...], "num_spec": n} replacing the mix's batches (a shrunk case)
+    scenario: Optional[dict] = None
+
+    def __post_init__(self):
+        if self.scenario is not None and self.level != "layer":
+            raise ConfigError("case.scenario", f"only layer cases take an explicit scenario, not {self.level} cases")
+
+    @property
+    def scenario_tag(self) -> str:
+        """A short digest naming an explicit scenario in the id ('' for a named mix)."""
+        if self.scenario is None:
+            return ""
+        return "-sc" + hashlib.sha1(json.dumps(self.scenario, sort_keys=True).encode()).hexdigest()[:8]
 
     @property
     def id(self) -> str:
@@ -28,14 +45,17 @@ class Case:
         if self.level == "self":
             return f"self.{self.check}[{d}-{self.layout}-tp{self.tp}-s{self.seed}]"
         if self.level == "op":
-            return f"op.{self.check}[{self.backend}-{self.variant}-{d}-{self.dtype}-{self.state_dtype}-s{self.seed}]"
+            return f"op.{self.check}[{self.backend}-{self.variant}-{d}-{self.dtype}-{self.state_dtype}{self.scenario_tag}-s{self.seed}]"
         return (f"layer.{self.check}[{self.backend}-{d}-{self.layout}-tp{self.tp}-{self.dtype}-"
-                f"{self.state_dtype}-{self.variant}-s{self.seed}]")
+                f"{self.state_dtype}-{self.variant}{self.scenario_tag}-s{self.seed}]")
 
     def to_dict(self) -> dict:
-        return dict(level=self.level, check=self.check, dims=self.dims.to_dict(), layout=self.layout, tp=self.tp,
-                    seed=self.seed, device=self.device, backend=self.backend, dtype=self.dtype,
-                    state_dtype=self.state_dtype, variant=self.variant)
+        d = dict(level=self.level, check=self.check, dims=self.dims.to_dict(), layout=self.layout, tp=self.tp,
+                 seed=self.seed, device=self.device, backend=self.backend, dtype=self.dtype,
+                 state_dtype=self.state_dtype, variant=self.variant)
+        if self.scenario is not None:      # absent for named mixes: old case files stay as they were
+            d["scenario"] = self.scenario
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Case":

@@ -36,8 +36,8 @@ def _rank_pools(sc: Scenario, conv_pool, ssm_pool, p, conv_layout: str, ssm_layo
 
 def run_layer_case(backend, ops, dims: GDNDims, mix: str, layout: str, tp: int, dtype: str, state_dtype: str,
                    seed: int, device: str, decode_path: str = "recurrent", conv_layout: str = "dim_first",
-                   ba: str = "sharded", oracle_device: str = None) -> List[Pair]:
-    sc = mix_scenario(mix, dims, layout=layout, tp=tp, seed=seed, dtype=dtype, state_dtype=state_dtype,
+                   ba: str = "sharded", oracle_device: str = None, scenario: dict = None) -> List[Pair]:
+    sc = mix_scenario(mix, dims, scenario, layout=layout, tp=tp, seed=seed, dtype=dtype, state_dtype=state_dtype,
                       conv_state_layout=conv_layout, ba=ba)
     inp = make_inputs(sc)
     ranks = [p.to(device) for p in all_ranks(inp.weights, dims, layout, tp, ba)]
@@ -46,18 +46,31 @@ def run_layer_case(backend, ops, dims: GDNDims, mix: str, layout: str, tp: int, 
     steps_out, unpacked = [], []
     for s, entries in enumerate(sc.plan()):
         h = inp.hidden[s].to(device)
-        per_rank, ref_in = [], []
-        for p, (conv, ssm) in zip(ranks, pools):
-            mq, mb = h @ p.w_qkvz.T, h @ p.w_ba.T
-            ref_in.append(unpack_qkvz_ba(mq, local_mixed_ba(p, mb), p.local, layout))
-            per_rank.append(backend_step(ops, p, mq, mb, entries, conv_dim_first_view(conv, conv_layout), ssm,
-                                         sc.norm, ssm_layout, decode_path, getattr(backend, "gdn_core", None),
-                                         sc.num_spec))
+        ref_in, per_rank = zip(*(rank_step(backend, ops, p, h, entries, conv, ssm, sc, conv_layout, decode_path)
+                                 for p, (conv, ssm) in zip(ranks, pools)))
         unpacked.append(tuple(gather_heads([r[i].cpu() for r in ref_in], dim=1) for i in range(6)))
         steps_out.append(dict(core=gather_heads([r["core"].cpu() for r in per_rank], dim=1),
                               out=sum(r["out"].float().cpu() for r in per_rank)))
+    return oracle_pairs(sc, inp, steps_out, unpacked, pools, conv_layout, ssm_layout, oracle_device or device)
+
+
+def rank_step(backend, ops, p, h, entries, conv, ssm, sc: Scenario, conv_layout: str, decode_path: str):
+    """One TP rank's step: the harness's in_proj GEMMs in the case dtype, the reference's
+    unpack of them (what the oracle starts from) and the backend's layer step; the rank's
+    caches (`conv` stored in `conv_layout`, `ssm` in the backend's layout) change in place."""
+    mq, mb = h @ p.w_qkvz.T, h @ p.w_ba.T
+    ref_in = unpack_qkvz_ba(mq, local_mixed_ba(p, mb), p.local, p.layout)
+    return ref_in, backend_step(ops, p, mq, mb, entries, conv_dim_first_view(conv, conv_layout), ssm, sc.norm,
+                                backend.ssm_state_layout, decode_path, getattr(backend, "gdn_core", None),
+                                sc.num_spec)
+
+
+def oracle_pairs(sc: Scenario, inp, steps_out, unpacked, pools, conv_layout: str, ssm_layout: str,
+                 device) -> List[Pair]:
+    """The TP=1 fp64 oracle from the gathered projections `unpacked` (per step), and the
+    pairs comparing it with the per-step outputs and the ranks' final `pools`."""
     oracle = run_oracle(replace(sc, tp=1), inp.weights, inp.hidden, inp.conv_pool, inp.ssm_pool, tp=1,
-                        unpacked=unpacked, device=oracle_device or device)
+                        unpacked=unpacked, device=device)
     oracle.steps = [{k: v.cpu() for k, v in st.items()} for st in oracle.steps]
     oracle.conv_pool, oracle.ssm_pool = oracle.conv_pool.cpu(), oracle.ssm_pool.cpu()
     return _pairs(sc, inp, steps_out, oracle, pools, conv_layout, ssm_layout)
@@ -85,16 +98,23 @@ def _pairs(sc, inp, steps_out, oracle, pools, conv_layout, ssm_layout) -> List[P
     return pairs
 
 
+def spec_equivalence_scenario(dims: GDNDims, layout: str, dtype: str, state_dtype: str, seed: int,
+                              conv_layout: str = "dim_first") -> Scenario:
+    """The spec run of `run_spec_equivalence` (its decode run has the same inputs)."""
+    spec_steps = [[{"seq": 0, "kind": "prefill", "tokens": 10}, {"seq": 1, "kind": "prefill", "tokens": 3}]] + [
+        [{"seq": 0, "kind": "spec", "tokens": 3, "accepted": 1}, {"seq": 1, "kind": "spec", "tokens": 3, "accepted": 1}]
+        for _ in range(3)]
+    return Scenario(dims=dims, steps=spec_steps, layout=layout, seed=seed, dtype=dtype, state_dtype=state_dtype,
+                    num_spec=2, num_slots=8, slots={0: [5, 1, 6], 1: [2, 7, 0]}, conv_state_layout=conv_layout).validate()
+
+
 def run_spec_equivalence(backend, ops, dims: GDNDims, layout: str, dtype: str, state_dtype: str, seed: int,
                          device: str, decode_path: str = "recurrent", conv_layout: str = "dim_first") -> List[Pair]:
     """A backend's spec path with one accepted token per step == its plain decode path,
     bit for bit: token 0 of every spec step, the conv window and the ssm slot read next."""
-    spec_steps = [[{"seq": 0, "kind": "prefill", "tokens": 10}, {"seq": 1, "kind": "prefill", "tokens": 3}]] + [
-        [{"seq": 0, "kind": "spec", "tokens": 3, "accepted": 1}, {"seq": 1, "kind": "spec", "tokens": 3, "accepted": 1}]
-        for _ in range(3)]
+    base = spec_equivalence_scenario(dims, layout, dtype, state_dtype, seed, conv_layout)
+    spec_steps = base.steps
     dec_steps = [spec_steps[0]] + [[{"seq": 0, "kind": "decode"}, {"seq": 1, "kind": "decode"}] for _ in range(3)]
-    base = Scenario(dims=dims, steps=spec_steps, layout=layout, seed=seed, dtype=dtype, state_dtype=state_dtype,
-                    num_spec=2, num_slots=8, slots={0: [5, 1, 6], 1: [2, 7, 0]}, conv_state_layout=conv_layout).validate()
     inp = make_inputs(base)
     p = all_ranks(inp.weights, dims, layout, 1)[0].to(device)
     outs = {}

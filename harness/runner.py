@@ -84,7 +84,7 @@ def _pairs(case: Case, backends: BackendCache, rec: dict, oracle_device=None):
         rec["filled_ops"] = list(ops.filled)
         return pairs
     pairs = run_layer_case(backend, ops, case.dims, case.check, case.layout, case.tp, case.dtype,
-                           case.state_dtype, case.seed, case.device, path, conv, ba, oracle_device)
+                           case.state_dtype, case.seed, case.device, path, conv, ba, oracle_device, case.scenario)
     rec["filled_ops"] = list(ops.filled)
     return pairs
 

@@ -299,9 +299,15 @@ def long_history(tokens: int, chunk: int = 2048):
     return steps
 
 
-def mix_scenario(mix: str, dims: GDNDims, **kw) -> Scenario:
-    """The scenario of a named mix (`MIXES`, or ``history_<tokens>``) for `dims`."""
-    if mix.startswith("history_"):
+def mix_scenario(mix: str, dims: GDNDims, explicit: Optional[dict] = None, **kw) -> Scenario:
+    """The scenario of a named mix (`MIXES`, or ``history_<tokens>``) for `dims`; `explicit`
+    (``{"steps": [...], "num_spec": n}``, a shrunk case's) replaces the mix's batches."""
+    if explicit is not None:
+        unknown = set(explicit) - {"steps", "num_spec"}
+        if unknown or "steps" not in explicit:
+            raise ConfigError("case.scenario", f"expected keys steps, num_spec; got {sorted(explicit)}")
+        steps, num_spec = explicit["steps"], int(explicit.get("num_spec", 0))
+    elif mix.startswith("history_"):
         steps, num_spec = long_history(int(mix.split("_", 1)[1])), 2
     elif mix in MIXES:
         build, num_spec = MIXES[mix]
