@@ -15,6 +15,7 @@ from typing import List, Optional
 
 from .config import PRESET_LAYOUT, PRESETS
 from .errors import HarnessError
+from .faults.zoo import add_parser as add_zoo_parser
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DEFAULT_REPORTS = Path("reports")
@@ -316,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list presets, suites or checks")
     ls.add_argument("what", choices=["backends", "suites", "presets", "ops", "mixes", "checks", "mutants"])
     ls.set_defaults(fn=cmd_list)
+    add_zoo_parser(sub)
     return p
 
 

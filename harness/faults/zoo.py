@@ -12,7 +12,8 @@ zoo); the bases always run every case. ``jobs > 1`` spreads the work over worker
 subprocesses (``python -m harness.faults.zoo --worker``; each keeps one BackendCache and
 one Policy for all its tasks), so a caller's unguarded ``__main__`` is never re-imported.
 
-Command line: ``python -m harness.faults.zoo --jobs 2 --stop-at-first --report-dir reports/zoo``.
+Command line: ``gdn-harness zoo --suite smoke --jobs 2`` (each fault stops at its first detection;
+``--full`` runs every case on every fault), the same as ``python -m harness.faults.zoo``.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from ..cases import Case
+from ..errors import HarnessError
 from ..suite import expand, load_suite
 
 BASE_TARGETS = {"triton": "triton", "reference": "reference"}
@@ -76,8 +78,28 @@ def _state(policy_path: Optional[str]):
 
 def _caught(rec: dict) -> dict:
     outputs = [m["output"] for m in rec.get("metrics") or [] if not m.get("passed", True)]
-    return dict(case=rec["id"], status=rec["status"], outputs=outputs,
-                detail=rec.get("diagnosis") or (rec.get("error") or "")[:300])
+    out = dict(case=rec["id"], status=rec["status"], outputs=outputs,
+               detail=rec.get("diagnosis") or (rec.get("error") or "")[:300])
+    if rec.get("hypotheses"):       # the diagnosis's named fault hypotheses, when it ran
+        out["hypotheses"] = rec["hypotheses"]
+    return out
+
+
+def _sentence(h) -> str:
+    """One hypothesis as words: a string, or a dict's sentence / text / name."""
+    if isinstance(h, dict):
+        return str(h.get("sentence") or h.get("text") or h.get("message") or h.get("name") or h)
+    return str(h)
+
+
+def diagnosis_text(caught: Optional[dict]) -> str:
+    """What the report said about a detection: its hypotheses if any, else its diagnosis."""
+    if not caught:
+        return ""
+    hyp = caught.get("hypotheses")
+    if hyp:
+        return "; ".join(_sentence(h) for h in (hyp if isinstance(hyp, list) else [hyp]))
+    return caught.get("detail") or ""
 
 
 def run_task(task: dict, on_case_start: Optional[Callable[[str], None]] = None) -> dict:
@@ -123,6 +145,9 @@ def _fault_list(faults) -> list:
     from .catalogue import FAULTS
     if faults is None:
         return list(FAULTS.values())
+    unknown = [f for f in faults if isinstance(f, str) and f not in FAULTS]
+    if unknown:
+        raise HarnessError(f"unknown fault {unknown[0]!r}; known (gdn-harness list mutants): {sorted(FAULTS)}")
     return [FAULTS[f] if isinstance(f, str) else f for f in faults]
 
 
@@ -195,6 +220,7 @@ def _fault_entry(f, r: dict, n_cases: int, planned: int) -> dict:
         target=f.target, killed=killed, broken=r["broken"],
         first_case=first["case"] if first else None,
         first_outputs=first["outputs"] if first else [],
+        first_diagnosis=diagnosis_text(first),
         caught_by=r["caught_by"],
         checks=[f"{c['case']} :: {o}" for c in r["caught_by"] for o in (c["outputs"] or [c["status"]])],
         cases_to_first_kill=r["first_kill_index"], cases_run=r["cases_run"], cases_planned=n_cases,
@@ -227,6 +253,8 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
     _ensure_interpreter()
     suite = dict(suite_name) if isinstance(suite_name, dict) else load_suite(suite_name)
     suite.setdefault("name", "custom")
+    if not any(g["level"] != "self" for g in suite["group"]):
+        raise HarnessError(f"suite {suite['name']!r} has no op or layer cases: nothing to run a fault against")
     flist = _fault_list(faults)
     base_names = list(bases) if bases is not None else list(dict.fromkeys([base] + [f.base for f in flist]))
     jobs = max(1, int(jobs or 1))
@@ -260,10 +288,12 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
     n_cases = {t["name"]: (len(t["cases"]), t["planned"]) for t in tasks if t["kind"] == "fault"}
     fault_out = {f.name: _fault_entry(f, fault_results[f.name], *n_cases[f.name]) for f in flist}
     killed = sum(e["killed"] for e in fault_out.values())
+    # the matrix's columns: check groups (op first), rows are each fault's `groups`
+    groups = sorted({g for e in fault_out.values() for g in e["groups"]}, key=lambda g: (not g.startswith("op."), g))
     return dict(
         suite=suite["name"], device=device, base=base, stop_at_first=stop_at_first, jobs=jobs,
         seeds=seeds, base_passed=all(b["passed"] for b in base_out.values()), bases=base_out,
-        faults=fault_out, killed=killed, total=len(fault_out),
+        faults=fault_out, groups=groups, killed=killed, total=len(fault_out),
         kill_score=(killed / len(fault_out)) if fault_out else math.nan,
         survivors=[n for n, e in fault_out.items() if not e["killed"]],
         wall_s=round(wall, 3), cpu_s=round(sum(r["wall_s"] for r in results), 3))
@@ -400,8 +430,8 @@ def kill_matrix_markdown(result: dict) -> str:
                      f"`{e['first_case'] or '-'}` | {', '.join(e['first_outputs']) or (e['caught_by'][0]['status'] if e['caught_by'] else '-')} | "
                      f"{e['cases_to_first_kill'] or '-'}/{e['cases_planned']} | {t} |")
 
-    groups = sorted({g for e in faults.values() for g in e["groups"]},
-                    key=lambda g: (not g.startswith("op."), g))
+    groups = result.get("groups") or sorted({g for e in faults.values() for g in e["groups"]},
+                                            key=lambda g: (not g.startswith("op."), g))
     if groups:
         lines += ["", "## Caught by (fault x check group)", "",
                   "`X` caught, `.` ran and passed, blank: not run (skipped, or after the first detection).", "",
@@ -413,6 +443,8 @@ def kill_matrix_markdown(result: dict) -> str:
     lines += ["", "## Checks that caught each fault", ""]
     for e in faults.values():
         lines.append(f"- `{e['name']}` ({_md_escape(e['diagnosis_class'])}):")
+        if e.get("first_diagnosis"):
+            lines.append(f"  - first detection said: {_md_escape(e['first_diagnosis'])[:300]}")
         for c in e["caught_by"][:8]:
             lines.append(f"  - `{c['case']}` {c['status']}: {', '.join(c['outputs']) or _md_escape(c['detail'])[:160]}")
         if len(e["caught_by"]) > 8:
@@ -432,34 +464,108 @@ def write_kill_matrix(report_dir, result: dict) -> Dict[str, Path]:
     return dict(json=js, md=md)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m harness.faults.zoo [--suite smoke] [--jobs N] [--stop-at-first] [--report-dir D]``"""
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m harness.faults.zoo", description=__doc__.split("\n")[0])
-    ap.add_argument("--suite", default="smoke")
-    ap.add_argument("--base", default="triton")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--jobs", type=int, default=1)
-    ap.add_argument("--stop-at-first", action="store_true")
-    ap.add_argument("--fault", action="append", help="only these faults (repeatable)")
-    ap.add_argument("--oracle-device", default=None)
-    ap.add_argument("--all-cases", action="store_true", help="also run op cases of ops a fault shares with its base")
-    ap.add_argument("--report-dir", default="reports/zoo")
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.worker:
-        return _worker_main()
+def _add_arguments(ap) -> None:
+    ap.add_argument("--suite", default="smoke", help="suite whose op and layer cases judge the faults: smoke (CPU, "
+                    "minutes) or ci (GPU), or a suite file (default smoke)")
+    ap.add_argument("--base", default="triton", choices=sorted(BASE_TARGETS),
+                    help="unmutated backend that must pass (bases the faults derive from are checked too)")
+    ap.add_argument("--fault", action="append", metavar="NAME",
+                    help="only these faults (repeatable or comma-separated; `gdn-harness list mutants`)")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    ap.add_argument("--device", default="cpu", help="torch device for the cases (default cpu)")
+    ap.add_argument("--oracle-device", default=None, help="where the fp64 oracle runs (default: --device)")
+    ap.add_argument("--policy", default=None, help="tolerance policy file (default suites/tolerances.toml)")
+    ap.add_argument("--full", action="store_true",
+                    help="run every case on every fault (the complete matrix); default: a fault stops at its "
+                         "first detection")
+    ap.add_argument("--all-cases", action="store_true",
+                    help="also run op cases of ops a fault shares with its base (same function, same result)")
+    ap.add_argument("--report-dir", default="reports/zoo",
+                    help="where kill_matrix.md / kill_matrix.json go (default reports/zoo)")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no line per finished fault / base chunk")
+
+
+def add_parser(sub):
+    """`gdn-harness zoo`: registered by harness.cli."""
+    z = sub.add_parser("zoo", help="run a suite against every fault of the catalogue: kill matrix and score",
+                       description="Run a suite's op and layer cases on the unmutated base and on every fault "
+                                   "of the catalogue; write the kill matrix. Exit 0 when every fault is caught and "
+                                   "the bases pass, 1 when a fault survives or a base fails, 2 on usage errors.")
+    _add_arguments(z)
+    z.set_defaults(fn=cmd_zoo)
+    return z
+
+
+def summary_lines(res: dict) -> List[str]:
+    """The console summary: one line per fault, the bases, the kill score."""
+    lines = []
+    for e in res["faults"].values():
+        if e["killed"]:
+            t = e["time_to_first_kill_s"]
+            lines.append(f"KILLED   {e['name']:36} after {e['cases_to_first_kill']:>3} case(s) {t:7.1f}s  "
+                         f"by {e['first_case']} [{', '.join(e['first_outputs']) or e['caught_by'][0]['status']}]")
+        else:
+            why = f"BROKEN: {e['broken']}" if e["broken"] else \
+                (f"no check caught it in {e['cases_run']} case(s)"
+                 + (f" ({e['cases_skipped_unchanged']} skipped: ops unchanged from the base)"
+                    if e["cases_skipped_unchanged"] else ""))
+            lines.append(f"SURVIVED {e['name']:36} {why}")
+    for name, b in res["bases"].items():
+        st = ", ".join(f"{v} {k}" for k, v in sorted(b["statuses"].items()))
+        lines.append(f"base {name}: {'passes' if b['passed'] else 'FAILS'} ({st})")
+        for c in b["failures"][:5]:
+            lines.append(f"  {c['status']}: {c['case']} {c['detail'][:160]}")
+    score = f"{100 * res['kill_score']:.0f} %" if res["total"] else "n/a"
+    lines.append(f"kill score {res['killed']}/{res['total']} ({score}) on the {res['suite']} suite; "
+                 f"bases pass: {res['base_passed']}; wall {res['wall_s']:.1f}s"
+                 + (f"; survivors: {', '.join(res['survivors'])}" if res["survivors"] else ""))
+    return lines
+
+
+def cmd_zoo(args) -> int:
+    """Exit 0: every fault killed and the bases pass; 1: a survivor or a failing base; usage
+    errors raise HarnessError (exit 2 through the CLI)."""
+    from datetime import datetime, timezone
+    faults = [f for arg in args.fault for f in arg.split(",") if f] if args.fault else None
+    _fault_list(faults)                     # unknown names are usage errors, before any work
+    if args.jobs < 1:
+        raise HarnessError(f"--jobs: expected a positive number of workers, got {args.jobs}")
+    if args.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise HarnessError(f"--device {args.device}: no CUDA device is available")
 
     def progress(r):
         what = ("KILLED" if r["caught_by"] else "survived") if r["kind"] == "fault" else \
             ("pass" if not r["caught_by"] else "FAIL")
-        print(f"{r['kind']:5} {r['name']:36} {what:8} {r['wall_s']:.1f}s", flush=True)
+        print(f"{r['kind']:5} {r['name']:36} {what:8} {r['wall_s']:.1f}s", file=sys.stderr, flush=True)
 
-    res = run_zoo(args.suite, args.base, args.device, args.jobs, progress, args.stop_at_first, args.fault,
+    res = run_zoo(args.suite, args.base, args.device, args.jobs, None if args.quiet else progress,
+                  stop_at_first=not args.full, faults=faults, policy=args.policy,
                   skip_unchanged=not args.all_cases, oracle_device=args.oracle_device)
+    res["command"] = "gdn-harness zoo " + " ".join(getattr(args, "argv", None) or [])
+    res["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     paths = write_kill_matrix(args.report_dir, res)
-    print(f"kill score {res['killed']}/{res['total']}; bases pass: {res['base_passed']}; {paths['md']}")
+    print("\n".join(summary_lines(res)))
+    print(f"kill matrix: {paths['md']} and {paths['json'].name}")
     return 0 if res["base_passed"] and not res["survivors"] else 1
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m harness.faults.zoo``: the same as ``gdn-harness zoo`` (plus the worker mode)."""
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m harness.faults.zoo", description=__doc__.split("\n")[0])
+    _add_arguments(ap)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return _worker_main()
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return cmd_zoo(args)
+    except HarnessError as e:
+        print(f"python -m harness.faults.zoo: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
