@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import List, Optional
 
+from .bisect import add_parser as add_bisect_parser
 from .config import PRESET_LAYOUT, PRESETS
 from .errors import HarnessError
 from .faults.zoo import add_parser as add_zoo_parser
@@ -318,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["backends", "suites", "presets", "ops", "mixes", "checks", "mutants"])
     ls.set_defaults(fn=cmd_list)
     add_zoo_parser(sub)
+    add_bisect_parser(sub)
     return p
 
 
