@@ -17,6 +17,7 @@ from .bisect import add_parser as add_bisect_parser
 from .config import PRESET_LAYOUT, PRESETS
 from .errors import HarnessError
 from .faults.zoo import add_parser as add_zoo_parser
+from .shrink import add_parser as add_shrink_parser, after_repro, repro_options
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DEFAULT_REPORTS = Path("reports")
@@ -201,6 +202,9 @@ def cmd_repro(args) -> int:
         import json
         Path(args.save).write_text(json.dumps(dict(case=case.to_dict(), suite=suite), indent=1))
         print(f"case saved to {args.save}: gdn-harness repro {args.save}")
+    shrunk = after_repro(case, rec, args)
+    if shrunk is not None:
+        return shrunk
     return {"pass": EXIT_OK, "skip": EXIT_OK}.get(rec["status"], EXIT_FAIL)
 
 
@@ -299,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--oracle-device", default=None)
     rp.add_argument("--policy", default=None)
     rp.add_argument("--save", default=None, help="write the case as JSON here (for bisect-check)")
+    repro_options(rp)
     rp.set_defaults(fn=cmd_repro)
     df = sub.add_parser("diff", help="compare two runs: new failures, fixes, metric regressions")
     df.add_argument("old", help="results.json (or run folder) of the old run")
@@ -319,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["backends", "suites", "presets", "ops", "mixes", "checks", "mutants"])
     ls.set_defaults(fn=cmd_list)
     add_zoo_parser(sub)
+    add_shrink_parser(sub)
     add_bisect_parser(sub)
     return p
 
