@@ -90,7 +90,10 @@ def _pairs(case: Case, backends: BackendCache, rec: dict, oracle_device=None):
 
 
 def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendCache] = None,
-             oracle_device: Optional[str] = None) -> dict:
+             oracle_device: Optional[str] = None, diagnose: Optional[bool] = None) -> dict:
+    """One case -> its record. A failing (or, with its outputs in hand, erroring) op / layer
+    case is diagnosed (`harness.diagnosis`) unless `diagnose` is False (default: on unless
+    GDN_DIAGNOSE=0); a diagnosis never changes the verdict."""
     backends = backends or BackendCache()
     rec = dict(id=case.id, suite=suite, level=case.level, op=case.check, backend=case.backend,
                layout=case.layout, tp=case.tp, mix=case.check if case.level == "layer" else None,
@@ -98,6 +101,7 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
                seed=case.seed, device=case.device, status="pass", metrics=[], tolerance=None, margin=None,
                diagnosis=None, error=None, filled_ops=[], repro=repro_command(case, suite), case=case.to_dict())
     t0 = time.perf_counter()
+    pairs = None
     try:
         pairs = _pairs(case, backends, rec, oracle_device)
         if pairs is not None:
@@ -107,7 +111,28 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
     except Exception as e:  # a crash costs one case, never the run
         rec.update(status="error", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
     rec["duration_s"] = round(time.perf_counter() - t0, 4)
+    if pairs and rec["status"] in ("fail", "error") and case.level in ("op", "layer"):
+        from . import diagnosis
+        if diagnosis.enabled() if diagnose is None else diagnose:
+            _diagnose(rec, case, pairs, policy, backends, diagnosis)
     return rec
+
+
+def _diagnose(rec: dict, case: Case, pairs, policy: Policy, backends: BackendCache, diagnosis) -> None:
+    """Hypotheses for a failing case into rec["hypotheses"], the top one appended to the
+    diagnosis sentence; a crash in here is noted, the verdict stays."""
+    t0 = time.perf_counter()
+    try:
+        layout = getattr(backends.get(case.backend), "ssm_state_layout", "vk")
+        hyps = diagnosis.diagnose(case, pairs, policy, layout, diagnosis.budget_s())
+        rec["hypotheses"] = hyps
+        words = diagnosis.sentence(hyps)
+        if words:
+            rec["diagnosis"] = f"{rec['diagnosis']}; {words}" if rec.get("diagnosis") else words
+    except Exception as e:  # noqa: BLE001
+        rec["hypotheses"] = []
+        rec["diagnosis_error"] = f"{type(e).__name__}: {e}"
+    rec["diagnosis_s"] = round(time.perf_counter() - t0, 4)
 
 
 def _judge(rec: dict, pairs, policy: Policy, case: Case) -> None:

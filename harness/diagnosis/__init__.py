@@ -1,0 +1,64 @@
+"""Diagnosis of a failing case: which known fault class reproduces the backend's outputs.
+
+On a failing op or layer case the reference (op level) or the fp64 layer oracle (layer
+level) is re-run under each known fault hypothesis - a layout swapped, the state
+transposed, the head mapping tiled, an initial state zeroed, an accepted-token offset
+off by one, a norm or gating variant, a stale slot, ... (`op.HYPOTHESES`,
+`layer.HYPOTHESES`, written with the reference ops in `variants`) - and a few diff
+signatures are checked (only PAD rows differ; only unowned slots changed). Each is
+judged against the backend's actual outputs under the case's tolerance policy; those
+that reproduce the failure come back ranked, matched ones first.
+
+Imports reference, layouts, compare, opcheck; never a backend, never harness.faults.
+"""
+from __future__ import annotations
+
+import os
+from typing import List
+
+from .core import CLASSES, run_hypotheses, sentence
+
+DEFAULT_BUDGET_S = 60.0
+
+__all__ = ["CLASSES", "diagnose", "enabled", "budget_s", "sentence"]
+
+
+def enabled() -> bool:
+    """Diagnosis runs unless GDN_DIAGNOSE=0 (``gdn-harness run --no-diagnose`` sets it for its workers too)."""
+    return os.environ.get("GDN_DIAGNOSE", "1") not in ("0", "false", "no", "off")
+
+
+def budget_s() -> float:
+    try:
+        return float(os.environ.get("GDN_DIAGNOSE_BUDGET_S", DEFAULT_BUDGET_S))
+    except ValueError:
+        return DEFAULT_BUDGET_S
+
+
+def diagnose(case, pairs, policy, ssm_layout: str = "vk", budget: float = DEFAULT_BUDGET_S) -> List[dict]:
+    """Ranked hypotheses for a failing case (``class, label, hypothesis, words, matched,
+    fixed, failing, rel_rms, base_rel_rms``); [] when none reproduces anything.
+    `pairs` are the case's (name, actual, expected, token_dim, policy key)."""
+    actual = {p[0]: p[1] for p in pairs}
+    if case.level == "op":
+        from . import op
+        ctx = op.context(case, actual, ssm_layout)
+        fmt = op.fmt(ctx)
+        sigs = {"pad_rows": lambda: op.pad_rows_expected(pairs, ctx), "untouched": lambda: op.untouched_expected(pairs)}
+
+        def expected(h, c):
+            return sigs[h.build(c)]() if h in op.SIGNATURES else op.expected_of(h, c)
+        hyps = op.SIGNATURES + op.HYPOTHESES
+    elif case.level == "layer" and case.check != "spec_one_accepted":
+        from . import layer
+        ctx = layer.context(case, actual)
+        fmt = layer.fmt(ctx, case.state_dtype)
+        sig = layer.PAD_ROWS
+
+        def expected(h, c):
+            return layer.pad_rows_expected(pairs, c) if h is sig else layer.expected_of(h, c)
+        hyps = [sig] + layer.HYPOTHESES
+    else:
+        return []
+    found = run_hypotheses(hyps, ctx, expected, pairs, policy, case.dtype, case.state_dtype, budget, fmt)
+    return found[:6]

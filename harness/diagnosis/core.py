@@ -1,0 +1,157 @@
+"""The class vocabulary, hypotheses and their scoring against a failing case's outputs."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from ..compare import compare
+
+# The fault classes a diagnosis can name: id -> what a report calls it.
+CLASSES: Dict[str, str] = {
+    "projection_layout_ba": "projection layout: b, a",
+    "projection_layout_core": "projection layout: core (q, k, v, b, a)",
+    "ssm_state_layout": "ssm state layout",
+    "gva_head_mapping": "GVA head mapping",
+    "strides": "strides (non-contiguous inputs)",
+    "pad_rows": "PAD rows",
+    "pad_slots": "PAD / untouched slots",
+    "state_precision": "state precision",
+    "qk_norm": "q/k L2 norm",
+    "qk_scale": "q/k scale",
+    "gating_math": "gating math",
+    "conv_state": "conv state",
+    "spec_accepted_offset": "spec decode: accepted-token offset",
+    "spec_token_gather": "spec decode: token gather",
+    "gated_norm": "gated norm (RMSNormGated)",
+    "state_init_chunked": "state init: chunked prefill / history",
+    "state_init_fresh": "state init: fresh sequence",
+    "batch_shape": "batch shape",
+    "chunk_boundary": "chunk boundary",
+    "varlen_isolation": "varlen isolation",
+}
+
+
+@dataclass
+class Hypothesis:
+    """A known way to get GDN wrong, as a re-run of reference code (or a diff signature).
+
+    `build(ctx)` returns whatever the level's runner needs (override ops, an input / plan
+    transform); `when(ctx)` says whether it can tell anything on this case."""
+    name: str
+    cls: str
+    words: str                      # str.format'ed with the context's `fmt` fields
+    build: Callable
+    when: Callable = field(default=lambda ctx: True)
+
+    def __post_init__(self):
+        assert self.cls in CLASSES, self.cls
+
+
+@dataclass
+class Verdict:
+    matched: bool                   # every output within tolerance under the hypothesis
+    fixed: int                      # outputs failing under the plain reference that pass under it
+    failing: int                    # outputs failing under the plain reference
+    rel_rms: float                  # worst rel RMS error (over the outputs that failed) under it
+    base_rel_rms: float             # the same outputs' worst rel RMS error under the plain reference
+
+
+def _rel(m) -> float:
+    return m.rel_rms if math.isfinite(m.rel_rms) and not (m.nan or m.inf) else math.inf
+
+
+def judge(pairs, expected: Dict[str, torch.Tensor], policy, dtype: str, state_dtype: str) -> Verdict:
+    """Compare the backend's outputs (`pairs`: name, actual, reference, token_dim, policy key)
+    with a hypothesis' `expected` outputs (by name; missing: the reference's; a tuple:
+    (actual, expected) both replaced, a signature masking what it explains)."""
+    failing = fixed = 0
+    worst, base_worst, all_ok = 0.0, 0.0, True
+    for name, actual, ref, token_dim, key in pairs:
+        tol = policy.lookup(key, dtype, state_dtype)
+        base = _compare(name, actual, ref, tol, token_dim)
+        got = expected.get(name)
+        if isinstance(got, tuple):          # a signature: (actual, expected) with some rows masked out
+            hyp = _compare(name, got[0], got[1], tol, token_dim)
+        else:
+            hyp = base if got is None else _compare(name, actual, got, tol, token_dim)
+        ok = hyp is not None and hyp.passed
+        all_ok &= ok
+        if base is None or not base.passed:
+            failing += 1
+            fixed += ok
+            worst = max(worst, _rel(hyp) if hyp is not None else math.inf)
+            base_worst = max(base_worst, _rel(base) if base is not None else math.inf)
+    return Verdict(all_ok and failing > 0, fixed, failing, worst, base_worst)
+
+
+def _compare(name, actual, expected, tol, token_dim):
+    if expected is None or tuple(actual.shape) != tuple(expected.shape):
+        return None
+    return compare(name, actual, expected.to(actual.device), tol, token_dim)
+
+
+def rank(results: List[dict]) -> List[dict]:
+    """Matched first, then the most outputs reproduced, then the smallest remaining error."""
+    def key(r):
+        return (not r["matched"], -r["fixed"], r["rel_rms"] if math.isfinite(r["rel_rms"]) else math.inf)
+    return sorted(results, key=key)
+
+
+def worth_reporting(v: Verdict) -> bool:
+    """A hypothesis that reproduces the failure, or at least part of it (an output fixed,
+    or the worst error cut tenfold)."""
+    if v.matched or v.fixed:
+        return True
+    return math.isfinite(v.rel_rms) and (not math.isfinite(v.base_rel_rms) or v.rel_rms * 10 <= v.base_rel_rms)
+
+
+def record(h: Hypothesis, v: Verdict, fmt: dict) -> dict:
+    return {"class": h.cls, "label": CLASSES[h.cls], "hypothesis": h.name, "words": h.words.format(**fmt),
+            "matched": bool(v.matched), "fixed": v.fixed, "failing": v.failing,
+            "rel_rms": _finite(v.rel_rms), "base_rel_rms": _finite(v.base_rel_rms)}
+
+
+def _finite(x: float):
+    return float(f"{x:.4g}") if math.isfinite(x) else str(x)
+
+
+def run_hypotheses(hyps: List[Hypothesis], ctx, expected_of: Callable, pairs, policy, dtype: str,
+                   state_dtype: str, budget_s: float, fmt: dict) -> List[dict]:
+    """Each applicable hypothesis re-run (`expected_of(h, ctx)` -> expected outputs by name),
+    judged against the backend's outputs, within `budget_s` seconds; ranked results worth
+    reporting. A hypothesis that crashes is skipped (it cannot describe this case)."""
+    t0, out = time.perf_counter(), []
+    for h in hyps:
+        if time.perf_counter() - t0 > budget_s:
+            break
+        try:
+            if not h.when(ctx):
+                continue
+            exp = expected_of(h, ctx)
+            if exp is None:
+                continue
+            v = judge(pairs, exp, policy, dtype, state_dtype)
+        except Exception:   # noqa: BLE001 - a hypothesis that does not fit this case's shapes
+            continue
+        if worth_reporting(v):
+            out.append(record(h, v, fmt))
+    return rank(out)
+
+
+def sentence(hyps: List[dict]) -> Optional[str]:
+    """The human part of a diagnosis: the top hypothesis, in words, and any rivals that match too."""
+    if not hyps:
+        return None
+    top = hyps[0]
+    if top["matched"]:
+        s = f"likely cause [{top['label']}]: {top['words']}"
+        also = [h["hypothesis"] for h in hyps[1:] if h["matched"]]
+        if also:
+            s += f" (also consistent: {', '.join(also[:3])})"
+        return s
+    return (f"closest hypothesis [{top['label']}] reproduces {top['fixed']}/{top['failing']} failing outputs "
+            f"(rel_rms {top['base_rel_rms']} -> {top['rel_rms']}): {top['words']}")

@@ -1,0 +1,267 @@
+"""Layer-level diagnosis: the fp64 layer oracle re-run under each hypothesis.
+
+The oracle starts from the backend's own projections (as the layer check does); a
+hypothesis changes how they are unpacked, how the batch is planned (which entries read
+which state), or replaces reference ops inside the oracle (``run_oracle(ops=...)``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional
+
+import torch
+
+from ..inputs import make_inputs
+from ..layouts.projection import unpack_qkvz_ba
+from ..layouts.tp import all_ranks, gather_heads, local_mixed_ba
+from ..reference.layer import run_oracle
+from ..scenario import Scenario, mix_scenario
+from . import variants as V
+from .core import Hypothesis as H
+
+
+@dataclass
+class LayerContext:
+    sc: Scenario
+    inp: object
+    ranks: list
+    proj: list                       # per step, per rank: (mixed_qkvz, local mixed_ba) in the case dtype
+    actual: Dict[str, torch.Tensor]
+
+    @property
+    def layout(self) -> str:
+        return self.sc.layout
+
+    def kinds(self):
+        return {e.kind for step in self.sc.plan() for e in step}
+
+
+def context(case, actual) -> LayerContext:
+    path, conv, ba = case.variant.split(".")
+    sc = mix_scenario(case.check, case.dims, getattr(case, "scenario", None), layout=case.layout, tp=case.tp,
+                      seed=case.seed, dtype=case.dtype, state_dtype=case.state_dtype, conv_state_layout=conv, ba=ba)
+    inp = make_inputs(sc)
+    ranks = all_ranks(inp.weights, case.dims, case.layout, case.tp, ba)
+    proj = [[(h @ p.w_qkvz.T, local_mixed_ba(p, h @ p.w_ba.T)) for p in ranks] for h in inp.hidden]
+    return LayerContext(sc, inp, ranks, proj, actual)
+
+
+def _unpacked(c: LayerContext, unpack=None) -> List[tuple]:
+    fn = unpack or unpack_qkvz_ba
+    out = []
+    for per_rank in c.proj:
+        parts = [fn(mq, mb, p.local, c.layout) for p, (mq, mb) in zip(c.ranks, per_rank)]
+        out.append(tuple(gather_heads([r[i] for r in parts], dim=1) for i in range(6)))
+    return out
+
+
+def _spec_ab_by_position(c: LayerContext, unpacked):
+    """a / b of the spec tokens taken by batch position (a[:n_spec]) instead of their rows."""
+    out = []
+    for (q, k, v, z, b, a), entries in zip(unpacked, c.sc.plan()):
+        idx = [t for e in entries if e.kind == "spec" for t in range(e.bos, e.eos)]
+        if idx:
+            b, a = b.clone(), a.clone()
+            b[idx], a[idx] = b[:len(idx)].clone(), a[:len(idx)].clone()
+        out.append((q, k, v, z, b, a))
+    return out
+
+
+def _plans(c: LayerContext, fn):
+    return [[fn(e) for e in step] for step in c.sc.plan()]
+
+
+def _fresh_one_token_as_decode(e):
+    if e.kind == "prefill" and e.tokens == 1 and not e.has_initial_state:
+        return dataclasses.replace(e, kind="decode", has_initial_state=True)
+    return e
+
+
+def _fresh_reads_stale(e):
+    return dataclasses.replace(e, has_initial_state=True) if e.kind == "prefill" else e
+
+
+def _history_dropped(e):
+    return dataclasses.replace(e, has_initial_state=False) if e.kind == "prefill" else e
+
+
+def prefill_only(ops: V.Ops) -> V.Ops:
+    """A chunk variant applied to the oracle's prefill calls (the oracle's prefill is the recurrence)."""
+    from .. import reference as ref
+    fn = ops[V.CHUNK]
+
+    def rec(q, k, v, g, beta, **kw):
+        if kw.get("ssm_state_indices") is None:
+            return fn(q, k, v, g, beta, **kw)
+        return ref.recurrent_gated_delta_rule(q, k, v, g, beta, **kw)
+    return {V.RECURRENT: rec}
+
+
+def _merge(*dicts):
+    out = {}
+    for d in dicts:
+        out.update(d)
+    return out
+
+
+def _has(*kinds):
+    return lambda c: bool(set(kinds) & c.kinds())
+
+
+def _fresh_one(c):
+    return any(e.kind == "prefill" and e.tokens == 1 and not e.has_initial_state for s in c.sc.plan() for e in s)
+
+
+def _continued(c):
+    return any(e.kind == "prefill" and e.has_initial_state for s in c.sc.plan() for e in s)
+
+
+def _multi_group(c):       # interleaved and flat differ only when a rank holds more than one key head
+    return c.sc.dims.local(c.sc.tp).H > 1
+
+
+# build(c) -> dict(unpack=..., ab=..., plans=..., ops=...)
+HYPOTHESES = [
+    H("core_other_layout", "projection_layout_core",
+      "matches the reference when the {other} unpack is applied to this {layout}-layout model (q, k, v, b, a; z "
+      "right): the fused core path assumes the {other} in_proj layout",
+      lambda c: dict(unpack=V.unpack_with(qkv=V.other_layout(c.layout), ba=V.other_layout(c.layout))), _multi_group),
+    H("ba_other_layout", "projection_layout_ba",
+      "b and a match when mixed_ba is unpacked with the {other} layout on this {layout}-layout model: the b/a "
+      "split does not follow the model's layout (b/a view from mixed_qkvz's groups, or a [b | a] two-shard split "
+      "on an interleaved model at TP > 1)",
+      lambda c: dict(unpack=V.unpack_with(ba=V.other_layout(c.layout))), _multi_group),
+    H("all_other_layout", "projection_layout_core",
+      "matches the reference when the whole in_proj output (z included) is unpacked with the {other} layout on "
+      "this {layout}-layout model", lambda c: dict(unpack=V.unpack_with(*[V.other_layout(c.layout)] * 3)),
+      _multi_group),
+    H("spec_ab_ungathered", "spec_token_gather",
+      "matches when the spec tokens' gates use a/b rows by batch position (a[:n_spec]) instead of their own rows "
+      "(a[spec_token_idx]): the spec path does not gather a / b", lambda c: dict(ab=True), _has("spec")),
+    H("fresh_1token_prefill_as_decode", "state_init_fresh",
+      "matches when a fresh 1-token prefill runs as a decode: it reads its slot's stale conv window and ssm state "
+      "instead of zeros (query_len == 1 taken for a decode without checking for a context)",
+      lambda c: dict(plans=_plans(c, _fresh_one_token_as_decode)), _fresh_one),
+    H("fresh_prefill_reads_stale", "state_init_fresh",
+      "matches when every fresh prefill reads its slot's stale conv window and ssm state (has_initial_state "
+      "ignored)", lambda c: dict(plans=_plans(c, _fresh_reads_stale)), _has("prefill")),
+    H("prefill_initial_state_zeroed", "state_init_chunked",
+      "matches when a continued prefill (chunked prefill / prefill with history) starts its ssm state from zeros: "
+      "the chunk kernel drops the gathered initial state",
+      lambda c: dict(ops=V.state_variant("zero_init", scope="prefill")), _continued),
+    H("prefill_history_dropped", "state_init_chunked",
+      "matches when a continued prefill drops both its conv history and its ssm state (has_initial_state False)",
+      lambda c: dict(plans=_plans(c, _history_dropped)), _continued),
+    H("conv_history_ignored", "state_init_chunked",
+      "matches when the prefill conv ignores has_initial_state and starts from zeros",
+      lambda c: dict(ops=V.conv_history("zero")), _continued),
+    H("ssm_accepted_plus_one", "spec_accepted_offset",
+      "matches when the spec ssm state is read from slot [num_accepted] instead of [num_accepted - 1]",
+      lambda c: dict(ops=V.accepted_shift(+1, conv=False)), _has("spec")),
+    H("conv_accepted_plus_one", "spec_accepted_offset",
+      "matches when the spec conv window starts at num_accepted instead of num_accepted - 1",
+      lambda c: dict(ops=V.accepted_shift(+1, ssm=False)), _has("spec")),
+    H("accepted_plus_one", "spec_accepted_offset",
+      "matches when num_accepted_tokens is off by one (+1) in both the conv window and the ssm read slot",
+      lambda c: dict(ops=V.accepted_shift(+1)), _has("spec")),
+    H("accepted_minus_one", "spec_accepted_offset",
+      "matches when num_accepted_tokens is off by one (-1) in both the conv window and the ssm read slot",
+      lambda c: dict(ops=V.accepted_shift(-1)), _has("spec")),
+    H("conv_state_frozen_on_decode", "conv_state",
+      "matches when the decode conv never shifts its state window: conv state not updated on decode",
+      lambda c: dict(ops=V.conv_frozen_on_decode()), _has("decode")),
+    H("state_transposed", "ssm_state_layout",
+      "matches when the recurrent kernel reads and writes the ssm state as a [K, V] tile inside the [V, K] pool",
+      lambda c: dict(ops=V.state_variant("transposed", scope="decode")), _has("decode", "spec")),
+    H("state_transposed_everywhere", "ssm_state_layout",
+      "matches when every state read and write (prefill too) uses a [K, V] tile inside the [V, K] pool",
+      lambda c: dict(ops=V.state_variant("transposed"))),
+    H("state_stored_bf16", "state_precision",
+      "matches when every ssm state written back is rounded to bfloat16 (the pool is {state_dtype})",
+      lambda c: dict(ops=V.state_variant("bf16"))),
+    H("state_stored_bf16_truncated", "state_precision",
+      "matches when every ssm state written back is truncated to bfloat16 (the pool is {state_dtype})",
+      lambda c: dict(ops=V.state_variant("bf16_trunc"))),
+    H("qk_heads_tiled", "gva_head_mapping",
+      "matches when value head hv uses q/k head hv % H (tiled) instead of hv // r (grouped): the GVA head mapping "
+      "is wrong", lambda c: dict(ops=V.qk_variant("tiled"))),
+    H("qk_heads_tiled_prefill", "gva_head_mapping",
+      "matches when the prefill (chunked) path maps value head hv to q/k head hv % H instead of hv // r",
+      lambda c: dict(ops=V.qk_variant("tiled", scope="prefill")), _has("prefill")),
+    H("qk_heads_tiled_decode", "gva_head_mapping",
+      "matches when the decode / spec path maps value head hv to q/k head hv % H instead of hv // r",
+      lambda c: dict(ops=V.qk_variant("tiled", scope="decode")), _has("decode", "spec")),
+    H("qk_l2norm_skipped", "qk_norm", "matches when the in-kernel q/k L2 norm is skipped",
+      lambda c: dict(ops=V.qk_variant("norm_skipped"))),
+    H("scale_on_k", "qk_scale", "matches when the K^-0.5 scale multiplies k instead of q",
+      lambda c: dict(ops=V.qk_variant("scale_on_k"))),
+    H("softplus_linear", "gating_math", "matches when softplus(x) is taken as x (threshold inverted)",
+      lambda c: dict(ops=V.gating_variant("linear_softplus"))),
+    H("dt_bias_after_softplus", "gating_math", "matches when dt_bias is added after the softplus",
+      lambda c: dict(ops=V.gating_variant("dt_bias_after"))),
+    H("norm_gemma_weight", "gated_norm", "matches when RMSNormGated uses a Gemma-style (1 + w) weight",
+      lambda c: dict(ops=V.norm_variant("gemma"))),
+    H("norm_before_gate_flipped", "gated_norm", "matches when RMSNormGated's norm_before_gate is flipped",
+      lambda c: dict(ops=V.norm_variant("flipped"))),
+    H("pad_slot_wraps", "pad_slots",
+      "matches when PAD_SLOT_ID (-1) indexes the pool's last slot: PAD rows read / write a slot another "
+      "sequence may own", lambda c: dict(ops=V.pad_wraps()), _has("pad")),
+    H("chunk_tail_repeat", "chunk_boundary",
+      "matches when a prefill's last partial 64-token chunk is padded with its last token (unmasked tail load)",
+      lambda c: dict(ops=prefill_only(V.chunk_variant("tail_repeat"))), _has("prefill")),
+]
+
+
+def expected_of(h: H, c: LayerContext) -> Optional[Dict[str, torch.Tensor]]:
+    spec = h.build(c)
+    unpacked = _unpacked(c, spec["unpack"]["unpack_qkvz_ba"] if "unpack" in spec else None)
+    if spec.get("ab"):
+        unpacked = _spec_ab_by_position(c, unpacked)
+    sc, inp = c.sc, c.inp
+    res = run_oracle(replace(sc, tp=1), inp.weights, inp.hidden, inp.conv_pool, inp.ssm_pool, tp=1,
+                     unpacked=unpacked, device="cpu", ops=spec.get("ops"), plans=spec.get("plans"))
+    return _named(c, res)
+
+
+def _named(c: LayerContext, res) -> Dict[str, torch.Tensor]:
+    """Oracle results under the layer check's pair names."""
+    exp = {}
+    for s, st in enumerate(res.steps):
+        exp[f"step{s}.out"], exp[f"step{s}.core"] = st["out"], st["core"]
+    exp["conv_state"], exp["ssm_state"] = res.conv_pool, res.ssm_pool
+    owned = {x for row in c.sc.slots.values() for x in row}
+    spare = [x for x in range(c.sc.num_slots) if x not in owned]
+    if spare:
+        exp["untouched.conv"], exp["untouched.ssm"] = res.conv_pool[spare], res.ssm_pool[spare]
+    return {k: v for k, v in exp.items() if k in c.actual}
+
+
+PAD_ROWS = H("pad_rows_garbage", "pad_rows",
+             "matches everywhere but the PAD rows, which hold garbage / NaN: the output buffer comes from torch.empty "
+             "and PAD rows are never zeroed", lambda c: None, _has("pad"))
+
+
+def pad_rows_expected(pairs, c: LayerContext) -> Optional[Dict[str, torch.Tensor]]:
+    """The outputs with the PAD tokens' rows masked out (set to the oracle's)."""
+    plans = c.sc.plan()
+    exp = {}
+    for name, actual, refv, _, _ in pairs:
+        if not name.startswith("step"):
+            continue
+        s = int(name[4:].split(".")[0])
+        pad = [t for e in plans[s] if e.kind == "pad" for t in range(e.bos, e.eos)]
+        if not pad:
+            continue
+        if name.endswith(".pad_rows"):
+            exp[name] = (refv.to(actual.dtype), refv)
+        else:
+            a = actual.clone()
+            a[pad] = refv[pad].to(actual.dtype)
+            exp[name] = (a, refv)
+    return exp or None
+
+
+def fmt(c: LayerContext, state_dtype: str) -> dict:
+    return dict(layout=c.layout, other=V.other_layout(c.layout), state_dtype=state_dtype,
+                tile_right="[V, K]", tile_wrong="[K, V]")

@@ -1,0 +1,318 @@
+"""Op-level diagnosis: the failing op sample re-run through the reference under each hypothesis."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+
+from .. import reference as ref
+from ..inputs import dtype_of
+from ..opcheck import OP_INFOS, _as_tuple, _upcast
+from . import variants as V
+from .core import Hypothesis as H
+
+RECURRENT_OPS = ("fused_recurrent_gated_delta_rule", "fused_sigmoid_gating_delta_rule_update",
+                 "fused_recurrent_gated_delta_rule_packed_decode")
+DELTA_OPS = RECURRENT_OPS + ("chunk_gated_delta_rule",)
+GATED_OPS = ("fused_gdn_gating", "fused_sigmoid_gating_delta_rule_update",
+             "fused_recurrent_gated_delta_rule_packed_decode")
+CONV_OPS = ("causal_conv1d_fn", "causal_conv1d_update")
+CONTIGUOUS = "_read_contiguous"      # pseudo-op key: inputs read ignoring their strides
+
+
+@dataclass
+class OpContext:
+    op: str
+    variant: str
+    dims: object
+    dtype: str
+    state_dtype: str
+    ssm_layout: str
+    seed: int
+    actual: Dict[str, torch.Tensor]
+
+    @property
+    def family(self) -> str:
+        return V.CHUNK if self.op == "chunk_gated_delta_rule" else V.RECURRENT
+
+    @property
+    def layout(self) -> str:        # the projection layout of an unpack sample
+        return self.variant.split("-")[0]
+
+    def build(self):
+        info = OP_INFOS[self.op]
+        return info.build(self.variant, self.dims, dtype_of(self.dtype), dtype_of(self.state_dtype),
+                          self.ssm_layout, self.seed, "cpu")
+
+
+def _ops(*names):
+    return lambda c: c.op in names
+
+
+def _spec(c):
+    return c.op in RECURRENT_OPS + ("causal_conv1d_update",) and "spec" in c.variant
+
+
+def _strided(c):
+    s = c.build()
+    return any(isinstance(t, torch.Tensor) and not t.is_contiguous() for n, t in s.kwargs.items()
+               if n not in s.states) or c.op == "fused_recurrent_gated_delta_rule_packed_decode"
+
+
+def _lay(c):
+    return c.layout
+
+
+# Ordered: cheap and specific first; the runner stops when its time budget is spent.
+HYPOTHESES = [
+    # projections
+    H("ba_other_layout", "projection_layout_ba",
+      "b and a reproduce when mixed_ba is unpacked with the {other} layout on this {layout}-layout sample: the b/a "
+      "split does not follow the model's layout (b/a view taken from mixed_qkvz's groups, or a [b | a] two-shard "
+      "split on an interleaved model)",
+      lambda c: V.unpack_with(ba=V.other_layout(c.layout)), _ops("unpack_qkvz_ba")),
+    H("core_other_layout", "projection_layout_core",
+      "matches the reference when the {other} unpack is applied to this {layout}-layout sample (q, k, v, b, a): "
+      "the path assumes the {other} in_proj layout",
+      lambda c: V.unpack_with(qkv=V.other_layout(c.layout), ba=V.other_layout(c.layout)), _ops("unpack_qkvz_ba")),
+    H("qkvz_other_layout", "projection_layout_core",
+      "matches the reference when mixed_qkvz is unpacked with the {other} layout on this {layout}-layout sample",
+      lambda c: V.unpack_with(qkv=V.other_layout(c.layout), z=V.other_layout(c.layout)), _ops("unpack_qkvz_ba")),
+    H("all_other_layout", "projection_layout_core",
+      "matches the reference when everything is unpacked with the {other} layout on this {layout}-layout sample",
+      lambda c: V.unpack_with(V.other_layout(c.layout), V.other_layout(c.layout), V.other_layout(c.layout)),
+      _ops("unpack_qkvz_ba")),
+    # gating
+    H("softplus_linear", "gating_math",
+      "matches when softplus(x) is taken as x for ordinary inputs: the softplus threshold test is inverted "
+      "(or the linear branch always taken)", lambda c: V.gating_variant("linear_softplus"), _ops(*GATED_OPS)),
+    H("dt_bias_after_softplus", "gating_math",
+      "matches when dt_bias is added after the softplus: g = -exp(A_log) * (softplus(a) + dt_bias)",
+      lambda c: V.gating_variant("dt_bias_after"), _ops(*GATED_OPS)),
+    H("dt_bias_dropped", "gating_math", "matches when dt_bias is not added: g = -exp(A_log) * softplus(a)",
+      lambda c: V.gating_variant("dt_bias_dropped"), _ops(*GATED_OPS)),
+    H("A_log_not_exp", "gating_math", "matches when A_log is used without exp: g = -A_log * softplus(a + dt_bias)",
+      lambda c: V.gating_variant("A_not_exp"), _ops(*GATED_OPS)),
+    # gated norm
+    H("norm_gemma_weight", "gated_norm", "matches when RMSNormGated scales by a Gemma-style (1 + w) instead of w",
+      lambda c: V.norm_variant("gemma"), _ops("rms_norm_gated")),
+    H("norm_before_gate_flipped", "gated_norm",
+      "matches when norm_before_gate is flipped: rmsnorm(x * act(z)) * w vs rmsnorm(x) * w * act(z)",
+      lambda c: V.norm_variant("flipped"), _ops("rms_norm_gated")),
+    H("norm_activation_swapped", "gated_norm", "matches when the gate activation is swapped (silu <-> sigmoid)",
+      lambda c: V.norm_variant("act_swapped"), _ops("rms_norm_gated")),
+    H("norm_group_ignored", "gated_norm", "matches when group_size is ignored (the whole head normalised at once)",
+      lambda c: V.norm_variant("group_ignored"), _ops("rms_norm_gated")),
+    # conv
+    H("conv_state_frozen_on_decode", "conv_state",
+      "matches when the decode conv computes its output but never shifts its state window: conv state not "
+      "updated on decode", lambda c: V.conv_frozen_on_decode(), _ops("causal_conv1d_update")),
+    H("conv_history_ignored", "state_init_chunked",
+      "matches when the prefill conv ignores has_initial_state and starts from zeros: the conv history of a "
+      "continued prefill is dropped", lambda c: V.conv_history("zero"), _ops("causal_conv1d_fn")),
+    H("conv_history_always_read", "state_init_fresh",
+      "matches when the prefill conv reads its slot's history also for fresh sequences (stale window)",
+      lambda c: V.conv_history("stale"), _ops("causal_conv1d_fn")),
+    H("conv_accepted_plus_one", "spec_accepted_offset",
+      "matches when the spec conv window starts at num_accepted instead of num_accepted - 1: accepted-token "
+      "offset off by one", lambda c: V.accepted_shift(+1, ssm=False), _spec),
+    H("conv_accepted_minus_one", "spec_accepted_offset",
+      "matches when the spec conv window starts at num_accepted - 2: accepted-token offset off by one",
+      lambda c: V.accepted_shift(-1, ssm=False), _spec),
+    # delta rule: state
+    H("state_transposed", "ssm_state_layout",
+      "matches when the ssm state is read and written as the transposed tile ({tile_wrong} inside the "
+      "{tile_right} pool): the kernel's state addressing is transposed", lambda c: V.state_variant(
+          "transposed", op=c.family), _ops(*DELTA_OPS)),
+    H("state_read_transposed", "ssm_state_layout",
+      "matches when the ssm state is read as the transposed tile ({tile_wrong} inside the {tile_right} pool) "
+      "and written right", lambda c: V.state_variant("read_transposed", op=c.family), _ops(*DELTA_OPS)),
+    H("state_write_transposed", "ssm_state_layout",
+      "matches when the ssm state is read right and written as the transposed tile ({tile_wrong} inside the "
+      "{tile_right} pool)", lambda c: V.state_variant("write_transposed", op=c.family), _ops(*DELTA_OPS)),
+    H("state_stored_bf16", "state_precision",
+      "matches when every ssm state the kernel writes is rounded to bfloat16 (the pool is {state_dtype}): the "
+      "state store casts through bf16", lambda c: V.state_variant("bf16", op=c.family), _ops(*DELTA_OPS)),
+    H("state_stored_bf16_truncated", "state_precision",
+      "matches when every ssm state the kernel writes is truncated to bfloat16 (the pool is {state_dtype}): the "
+      "state store casts through bf16", lambda c: V.state_variant("bf16_trunc", op=c.family), _ops(*DELTA_OPS)),
+    H("initial_state_ignored", "state_init_chunked",
+      "matches when the initial state is ignored (zeros): a chunked prefill / prefill with history forgets "
+      "everything before the chunk", lambda c: V.state_variant("zero_init", op=c.family),
+      _ops("chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule")),
+    H("ssm_accepted_plus_one", "spec_accepted_offset",
+      "matches when the ssm state is read from slot [num_accepted] instead of [num_accepted - 1]: "
+      "accepted-token offset off by one", lambda c: V.accepted_shift(+1, conv=False), _spec),
+    H("ssm_accepted_minus_one", "spec_accepted_offset",
+      "matches when the ssm state is read from slot [num_accepted - 2]: accepted-token offset off by one",
+      lambda c: V.accepted_shift(-1, conv=False), _spec),
+    # delta rule: q / k
+    H("qk_heads_tiled", "gva_head_mapping",
+      "matches when value head hv uses q/k head hv % H (tiled) instead of hv // r (grouped, repeat_interleave): "
+      "the GVA head mapping is wrong", lambda c: V.qk_variant("tiled", op=c.family), _ops(*DELTA_OPS)),
+    H("qk_l2norm_skipped", "qk_norm",
+      "matches when the in-kernel q/k L2 norm is skipped (use_qk_l2norm_in_kernel not honoured)",
+      lambda c: V.qk_variant("norm_skipped", op=c.family), _ops(*DELTA_OPS)),
+    H("qk_l2norm_eps_outside", "qk_norm",
+      "matches when the q/k L2 norm puts eps outside the sqrt: x / (sqrt(sum x^2) + eps)",
+      lambda c: V.qk_variant("eps_outside", op=c.family), _ops(*DELTA_OPS)),
+    H("scale_on_k", "qk_scale", "matches when the K^-0.5 scale multiplies k instead of q",
+      lambda c: V.qk_variant("scale_on_k", op=c.family), _ops(*DELTA_OPS)),
+    # chunked prefill over a varlen batch
+    H("varlen_state_leak", "varlen_isolation",
+      "matches when each sequence of the varlen batch starts from the previous sequence's final state: the "
+      "state leaks across cu_seqlens boundaries", lambda c: V.chunk_variant("leak"), _ops("chunk_gated_delta_rule")),
+    H("chunk_tail_repeat", "chunk_boundary",
+      "matches when the last partial 64-token chunk is padded with its last token instead of zeros (an unmasked "
+      "tail load): the final state of a sequence whose length % 64 != 0 is wrong",
+      lambda c: V.chunk_variant("tail_repeat"), _ops("chunk_gated_delta_rule")),
+    H("chunk_tail_next", "chunk_boundary",
+      "matches when the last partial 64-token chunk is filled with the tokens that follow in the packed batch "
+      "(an unmasked tail load)", lambda c: V.chunk_variant("tail_next"), _ops("chunk_gated_delta_rule")),
+    H("batch_axis_squeezed", "batch_shape",
+      "matches when the results' size-1 leading axis is squeezed away: a one-sequence batch loses its sequence "
+      "axis (final state [HV, ...] instead of [1, HV, ...])",
+      lambda c: V.chunk_variant("squeeze"), _ops("chunk_gated_delta_rule")),
+    # slots, rows, strides
+    H("pad_slot_wraps", "pad_slots",
+      "matches when PAD_SLOT_ID (-1) is used as a Python index: PAD rows read from and write into the pool's "
+      "last slot, which another sequence may own", lambda c: V.pad_wraps(),
+      _ops("causal_conv1d_update", "causal_conv1d_fn", *RECURRENT_OPS)),
+    H("inputs_read_contiguous", "strides",
+      "matches when the non-contiguous inputs are read with contiguous strides: the kernel ignores its inputs' "
+      "strides (vLLM passes views into the conv output / wider buffers)", lambda c: {CONTIGUOUS: True}, _strided),
+]
+
+
+# ------------------------------------------------------------------ running an op under overrides
+def call_op(op: str, kw: dict, ops: dict):
+    """The op of `kw` composed from reference ops, each replaceable through `ops`."""
+    get = lambda name, default: ops.get(name, default)  # noqa: E731
+    if op == "fused_recurrent_gated_delta_rule":
+        return get(V.RECURRENT, ref.recurrent_gated_delta_rule)(**kw)
+    if op == "fused_sigmoid_gating_delta_rule_update":
+        return _sigmoid(dict(kw), get)
+    if op == "fused_recurrent_gated_delta_rule_packed_decode":
+        return _packed(dict(kw), get, ops.get(CONTIGUOUS, False))
+    return get(op, OP_INFOS[op].reference)(**kw)
+
+
+def _sigmoid(kw, get):
+    A_log, a, b, dt_bias, q, k, v = (kw.pop(n) for n in ("A_log", "a", "b", "dt_bias", "q", "k", "v"))
+    g, beta = get("fused_gdn_gating", ref.fused_gdn_gating)(A_log, a, b, dt_bias)
+    shape = (*q.shape[:2], v.shape[2])
+    return get(V.RECURRENT, ref.recurrent_gated_delta_rule)(q, k, v, g.reshape(shape), beta.reshape(shape), **kw)
+
+
+def _packed(kw, get, contiguous: bool):
+    mixed, out, pool = kw.pop("mixed_qkv"), kw.pop("out"), kw["initial_state"]
+    HV, Vd, B = kw["A_log"].shape[0], out.shape[-1], mixed.shape[0]
+    K = pool.shape[-1] if kw.get("state_layout", "vk") == "vk" else pool.shape[-2]
+    H = (mixed.shape[1] - HV * Vd) // (2 * K)
+    q, k, v = torch.split(mixed, [H * K, H * K, HV * Vd], dim=-1)
+    if contiguous:
+        q, k, v = (V.as_contiguous_read(t) for t in (q, k, v))
+    kw.pop("scale", None)
+    kw.update(q=q.reshape(1, B, H, K), k=k.reshape(1, B, H, K), v=v.reshape(1, B, HV, Vd),
+              cu_seqlens=torch.arange(B + 1), inplace_final_state=True)
+    o, _ = _sigmoid(kw, get)
+    out.copy_(o.reshape(B, 1, HV, Vd).to(out.dtype))
+    return out
+
+
+def expected_of(h: H, c: OpContext) -> Optional[Dict[str, torch.Tensor]]:
+    """The outputs the op would give under hypothesis `h`, named as the case's pairs."""
+    ops = h.build(c)
+    s = c.build()
+    kw = dict(s.kwargs)
+    if ops.get(CONTIGUOUS) and c.op != "fused_recurrent_gated_delta_rule_packed_decode":
+        kw = {n: (V.as_contiguous_read(t) if isinstance(t, torch.Tensor) and n not in s.states else t)
+              for n, t in kw.items()}
+    kw = {n: _upcast(t) for n, t in kw.items()}
+    outs = _as_tuple(call_op(c.op, kw, ops))
+    exp = {name: t.detach().cpu() for name, t in zip(s.outputs, outs) if name is not None}
+    for name in s.states:
+        exp[name] = kw[name].detach().cpu()
+        spare = [x for x in range(exp[name].shape[0]) if x not in set((s.touched or {}).get(name, []))]
+        if spare:
+            exp[f"{name}.untouched"] = exp[name][spare]
+    return exp
+
+
+# ------------------------------------------------------------------ signatures: PAD rows
+def pad_row_masks(c: OpContext) -> Dict[str, torch.Tensor]:
+    """Output name -> bool mask of the rows that belong to PAD_SLOT_ID sequences."""
+    kw = c.build().kwargs
+    masks = {}
+    if c.op in ("fused_recurrent_gated_delta_rule", "fused_sigmoid_gating_delta_rule_update"):
+        idx, cu = kw.get("ssm_state_indices"), kw.get("cu_seqlens")
+        if idx is None:
+            return {}
+        acc = kw.get("num_accepted_tokens")
+        m = torch.zeros(kw["v"].shape[:2], dtype=torch.bool)
+        for n in range(idx.shape[0]):
+            slot = int(idx[n, int(acc[n]) - 1]) if idx.dim() == 2 and acc is not None else int(idx.reshape(idx.shape[0], -1)[n, 0])
+            if slot < 0:
+                m[:, int(cu[n]):int(cu[n + 1])] = True
+        masks["o"] = m[..., None, None]
+    elif c.op == "fused_recurrent_gated_delta_rule_packed_decode":
+        masks["out"] = (kw["ssm_state_indices"] < 0)[:, None, None, None]
+    elif c.op == "causal_conv1d_update":
+        idx, qsl, x = kw["conv_state_indices"], kw.get("query_start_loc"), kw["x"]
+        if qsl is not None:
+            m = torch.zeros(x.shape[0], dtype=torch.bool)
+            for i in range(idx.shape[0]):
+                if int(idx[i]) < 0:
+                    m[int(qsl[i]):int(qsl[i + 1])] = True
+            masks["out"] = m[:, None]
+        else:
+            masks["out"] = (idx < 0).reshape(-1, *([1] * (x.dim() - 1)))
+    elif c.op == "causal_conv1d_fn":
+        idx, qsl = kw["cache_indices"], kw["query_start_loc"]
+        m = torch.zeros(kw["x"].shape[1], dtype=torch.bool)
+        for i in range(idx.shape[0]):
+            if int(idx[i]) < 0:
+                m[int(qsl[i]):int(qsl[i + 1])] = True
+        masks["out"] = m[None, :]
+    return masks
+
+
+def pad_rows_expected(pairs, c: OpContext) -> Optional[Dict[str, torch.Tensor]]:
+    """The outputs with their PAD rows masked out (set to the reference): everything else must match."""
+    masks = pad_row_masks(c)
+    exp = {}
+    for name, actual, refv, _, _ in pairs:
+        if name in masks and tuple(actual.shape) == tuple(refv.shape):
+            m = masks[name].expand(actual.shape)
+            if bool(m.any()):
+                exp[name] = (torch.where(m, refv.to(actual.dtype), actual), refv)
+    return exp or None
+
+
+def untouched_expected(pairs) -> Optional[Dict[str, torch.Tensor]]:
+    """Everything but the slots no sequence owns must match."""
+    exp = {name: actual.to(refv.dtype) for name, actual, refv, _, _ in pairs if name.endswith(".untouched")}
+    return exp or None
+
+
+SIGNATURES = [
+    H("pad_rows_garbage", "pad_rows",
+      "matches everywhere but the PAD rows (slot PAD_SLOT_ID), which hold garbage / NaN: the output buffer comes "
+      "from torch.empty and PAD rows are never zeroed", lambda c: "pad_rows"),
+    H("writes_outside_owned_slots", "pad_slots",
+      "matches everywhere but in slots no sequence owns, which changed: a write through a PAD or out-of-batch "
+      "index", lambda c: "untouched"),
+]
+
+
+def context(case, actual, ssm_layout: str) -> OpContext:
+    return OpContext(case.check, case.variant, case.dims, case.dtype, case.state_dtype, ssm_layout, case.seed,
+                     actual)
+
+
+def fmt(c: OpContext) -> dict:
+    a, b = ("V", "K") if c.ssm_layout == "vk" else ("K", "V")
+    layout = c.layout if c.op == "unpack_qkvz_ba" else "flat"
+    return dict(layout=layout, other=V.other_layout(layout), tile_right=f"[{a}, {b}]", tile_wrong=f"[{b}, {a}]",
+                state_dtype=c.state_dtype)
