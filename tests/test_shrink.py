@@ -1,0 +1,96 @@
+"""The shrinker: a planted fault's failing case shrinks to a strictly smaller case that
+still fails the same way, the written JSON replays through `repro`, a passing case is
+refused. Reference-based faults only (pure torch: fast on the CPU)."""
+import json
+
+import pytest
+
+from harness.cases import Case
+from harness.cli import main
+from harness.policy import Policy
+from harness.runner import run_case
+from harness.shrink import case_size, failure_signature, same_failure, shrink_case, write_case
+from harness.suite import parse_dims
+
+ZERO_INIT = "harness.faults.catalogue:ChunkZeroInitialState"
+NORM_FLIP = "harness.faults.catalogue:NormBeforeGateFlipped"
+
+
+# a chunked-prefill continuation next to a fresh prefill, at TP 2 (small: the test stays fast)
+SMALL = {"steps": [[{"seq": 0, "kind": "prefill", "tokens": 6}, {"kind": "pad"}],
+                   [{"seq": 0, "kind": "prefill", "tokens": 5}, {"seq": 1, "kind": "prefill", "tokens": 3}]],
+         "num_spec": 0}
+
+
+def _layer_case(backend=ZERO_INIT):
+    return Case("layer", "chunked_prefill", parse_dims("qwen3-next-80b-a3b:shrunk"), "flat", 2, 0, "cpu", backend,
+                "float32", "float32", "recurrent.token_first.sharded", scenario=SMALL)
+
+
+def test_layer_fault_shrinks_and_replays(tmp_path, capsys):
+    case = _layer_case()
+    res = shrink_case(case, budget_s=60, max_evals=4)
+    assert res.evaluations <= 4 and res.accepted
+    assert res.size < res.original_size == case_size(case)
+    m = res.minimal
+    # what is checked never changes; the scenario is explicit and strictly smaller
+    assert (m.level, m.check, m.backend, m.layout, m.variant, m.dtype, m.seed) == \
+        (case.level, case.check, case.backend, case.layout, case.variant, case.dtype, case.seed)
+    assert case_size(m) == res.size and m.id != case.id
+    again = run_case(m, Policy(), "t")
+    assert again["status"] == "fail" and same_failure(res.signature, again)
+    # the control (the fault's base, the reference) passes the minimal case
+    assert res.control == "reference" and run_case(Case.from_dict({**m.to_dict(), "backend": "reference"}),
+                                                   Policy(), "t")["status"] == "pass"
+    path = write_case(tmp_path / "min.json", res)
+    doc = json.loads(path.read_text())
+    assert Case.from_dict(doc["case"]).id == m.id and doc["repro"] == f"gdn-harness repro {path}"
+    assert doc["shrink"]["original_size"] > doc["shrink"]["size"]
+    capsys.readouterr()
+    assert main(["repro", str(path)]) == 1
+    assert f"{m.id}: FAIL" in capsys.readouterr().out
+
+
+def test_op_fault_cli_writes_minimal_case(tmp_path, capsys):
+    case = Case("op", "rms_norm_gated", parse_dims("qwen3.5-27b:shrunk:H=2,K=12,V=20"), "flat", 1, 0, "cpu",
+                NORM_FLIP, "float32", "float32", "before-silu-whole")
+    src = tmp_path / "case.json"
+    src.write_text(json.dumps(dict(case=case.to_dict(), suite="smoke")))
+    out = tmp_path / "min.json"
+    assert main(["shrink", str(src), "--out", str(out), "--max-evals", "10"]) == 1
+    text = capsys.readouterr().out
+    assert f"repro: gdn-harness repro {out}" in text
+    doc = json.loads(out.read_text())
+    m = Case.from_dict(doc["case"])
+    assert case_size(m) < case_size(case) and m.dims.K != m.dims.V and m.dims.HV % m.dims.H == 0
+    assert doc["shrink"]["same_failure"] == {"status": "fail", "outputs": ["y"]}
+    assert main(["repro", str(out)]) == 1
+
+
+def test_passing_case_is_refused(tmp_path, capsys):
+    src = tmp_path / "pass.json"
+    src.write_text(json.dumps(dict(case=_layer_case("reference").to_dict(), suite="smoke")))
+    assert main(["shrink", str(src), "--out", str(tmp_path / "min.json")]) == 2
+    err = capsys.readouterr().err
+    assert "does not fail" in err and "status pass" in err and not (tmp_path / "min.json").exists()
+
+
+def test_same_failure_ignores_step_numbers_only():
+    rec = dict(status="fail", metrics=[dict(output="step3.core", passed=False), dict(output="ssm_state", passed=True)])
+    sig = failure_signature(rec)
+    assert sig == {"status": "fail", "outputs": ["step*.core"]}
+    assert same_failure(sig, dict(status="fail", metrics=[dict(output="step0.core", passed=False)]))
+    assert not same_failure(sig, dict(status="fail", metrics=[dict(output="ssm_state", passed=False)]))
+    assert not same_failure(sig, dict(status="error", error="RuntimeError: x", metrics=[]))
+    err = failure_signature(dict(status="error", error="IndexError: out of range"))
+    assert same_failure(err, dict(status="error", error="IndexError: other")) and \
+        not same_failure(err, dict(status="error", error="ValueError: x"))
+
+
+def test_scenario_field_is_backwards_compatible():
+    case = Case.from_dict({k: v for k, v in _layer_case().to_dict().items() if k != "scenario"})
+    assert "scenario" not in case.to_dict() and "-sc" not in case.id
+    with_sc = Case.from_dict({**case.to_dict(), "scenario": {"steps": [[{"seq": 0, "kind": "decode"}]], "num_spec": 0}})
+    assert with_sc.id != case.id and Case.from_dict(with_sc.to_dict()).id == with_sc.id
+    with pytest.raises(Exception, match="only layer cases"):
+        Case.from_dict({**with_sc.to_dict(), "level": "op"})
