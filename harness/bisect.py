@@ -60,7 +60,9 @@ def judge_record(rec: dict) -> Tuple[int, str]:
     """(exit code, reason) for a finished case record."""
     st = rec["status"]
     if st == "pass":
-        return GOOD, f"pass, {len(rec.get('metrics') or [])} outputs within tolerance (margin {rec.get('margin')})"
+        m = rec.get("margin")
+        margin = f"{m:.3g}" if isinstance(m, float) else m
+        return GOOD, f"pass, {len(rec.get('metrics') or [])} outputs within tolerance (margin {margin})"
     if st == "fail":
         return BAD, f"fail: {rec.get('diagnosis') or 'outputs out of tolerance'}"
     if st == "skip":
