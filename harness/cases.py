@@ -45,7 +45,8 @@ class Case:
         if self.level == "self":
             return f"self.{self.check}[{d}-{self.layout}-tp{self.tp}-s{self.seed}]"
         if self.level == "op":
-            return f"op.{self.check}[{self.backend}-{self.variant}-{d}-{self.dtype}-{self.state_dtype}{self.scenario_tag}-s{self.seed}]"
+            return (f"op.{self.check}[{self.backend}-{self.variant}-{d}-{self.dtype}-{self.state_dtype}"
+                    f"{self.scenario_tag}-s{self.seed}]")
         return (f"layer.{self.check}[{self.backend}-{d}-{self.layout}-tp{self.tp}-{self.dtype}-"
                 f"{self.state_dtype}-{self.variant}{self.scenario_tag}-s{self.seed}]")
 

@@ -375,8 +375,9 @@ def run_and_write(case: Case, args, out: str) -> int:
                       Policy(args.policy) if args.policy else None, args.oracle_device, log=print)
     path = write_case(out, res)
     print(f"minimal case: {res.minimal.id}")
+    fails = failure_signature(res.record).get("outputs") or [res.record["status"]]
     print(f"size {res.original_size} -> {res.size} ({res.reduction:.1f}x smaller; {res.evaluations} runs, "
-          f"{res.seconds:.0f} s, {res.stopped}); fails {', '.join(failure_signature(res.record).get('outputs') or [res.record['status']])}")
+          f"{res.seconds:.0f} s, {res.stopped}); fails {', '.join(fails)}")
     print(f"written to {path}; repro: {repro_line(str(path))}")
     return 1            # the minimal case fails: a correctness failure, as `repro` reports it
 
