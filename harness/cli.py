@@ -15,6 +15,7 @@ from typing import List, Optional
 
 from .bisect import add_parser as add_bisect_parser
 from .config import PRESET_LAYOUT, PRESETS
+from .diagnosis.cli import add_diagnosis_arguments, apply_diagnosis_arguments, print_hypotheses
 from .errors import HarnessError
 from .faults.zoo import add_parser as add_zoo_parser
 from .shrink import add_parser as add_shrink_parser, after_repro, repro_options
@@ -87,6 +88,8 @@ def final_table(records: List[dict]) -> str:
 def cmd_run(args) -> int:
     import torch
 
+    apply_diagnosis_arguments(args)
+
     from .policy import Policy
     from .report import counts, write_results, write_summary
     from .runner import run_cases
@@ -104,6 +107,9 @@ def cmd_run(args) -> int:
                            seeds=[args.seed] if args.seed is not None else None), args)
     if not cases:
         raise HarnessError(f"no case of suite {suite['name']!r} matches the filters")
+    if args.distributed:   # layer cases at TP N on N ranks of torch.distributed (harness/distributed.py)
+        from .distributed import select_cases
+        cases, world = select_cases(cases, args.tp, args.device)
     report_dir = _report_dir(args.report_dir)
     print(f"gdn-harness: suite {suite['name']} - {len(cases)} cases - report in {report_dir}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -116,7 +122,10 @@ def cmd_run(args) -> int:
 
     interrupted = False
     try:
-        if args.isolate or args.jobs > 1:
+        if args.distributed:
+            from .distributed import run_distributed
+            run_distributed(cases, suite["name"], args.policy, args.oracle_device, done, world, timeout=args.timeout)
+        elif args.isolate or args.jobs > 1:
             from .isolate import run_isolated
             gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
             run_isolated(cases, suite["name"], args.policy, args.oracle_device, done, jobs=args.jobs,
@@ -196,6 +205,7 @@ def cmd_repro(args) -> int:
               f"  {m['tolerance']}")
     if rec.get("diagnosis"):
         print(f"diagnosis: {rec['diagnosis']}")
+    print_hypotheses(rec)
     if rec.get("traceback"):
         print(rec["traceback"], file=sys.stderr)
     if args.save:
@@ -290,11 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run cases in worker subprocesses: a crash or hang costs one case (error record)")
     r.add_argument("--jobs", type=int, default=1, help="concurrent workers (implies --isolate; one GPU each)")
     r.add_argument("--timeout", type=float, default=600.0, help="per-case timeout in seconds with --isolate")
+    r.add_argument("--distributed", action="store_true", help="run the layer cases of --tp N on N torch.distributed "
+                   "ranks (gloo on CPU, NCCL one GPU per rank; under torchrun: its ranks)")
     r.add_argument("--policy", default=None, help="tolerance policy file (default suites/tolerances.toml)")
     r.add_argument("--report-dir", default=None, help="default reports/<timestamp> (+ reports/latest)")
     r.add_argument("--buildkite-annotate", default=None, metavar="FILE",
                    help="also write a markdown annotation for `buildkite-agent annotate`")
     r.add_argument("-q", "--quiet", action="store_true", help="no per-case progress lines")
+    add_diagnosis_arguments(r)
     r.set_defaults(fn=cmd_run)
     rp = sub.add_parser("repro", help="rerun one case and print the full diff")
     rp.add_argument("case", help="a case id (or unique part of one) from a results.json, or a case JSON file")
