@@ -17,6 +17,7 @@ from .bisect import add_parser as add_bisect_parser
 from .config import PRESET_LAYOUT, PRESETS
 from .diagnosis.cli import add_diagnosis_arguments, apply_diagnosis_arguments, print_hypotheses
 from .errors import HarnessError
+from .evals.gsm8k import add_parser as add_gsm8k_parser
 from .faults.zoo import add_parser as add_zoo_parser
 from .shrink import add_parser as add_shrink_parser, after_repro, repro_options
 
@@ -339,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_zoo_parser(sub)
     add_shrink_parser(sub)
     add_bisect_parser(sub)
+    add_gsm8k_parser(sub)
     return p
 
 

@@ -1,0 +1,26 @@
+"""Model-level spot checks: transformers Qwen3-Next / Qwen3.5 models with every GDN layer
+run through a harness backend (`hf_model`), an lm-eval model class (`lm_eval_model`) and
+the offline GSM8K command (`gsm8k`)."""
+from __future__ import annotations
+
+import os
+
+# Nothing here may touch the network: set before datasets / transformers / lm-eval import.
+OFFLINE_ENV = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "HF_EVALUATE_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1",
+               "HF_UPDATE_DOWNLOAD_COUNTS": "0"}
+
+
+def set_offline() -> None:
+    os.environ.update(OFFLINE_ENV)
+
+
+def set_triton_interpret() -> None:
+    """No GPU: Triton runs interpreted, chosen before anything (transformers -> fla) imports it."""
+    import torch
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+set_offline()
+set_triton_interpret()
