@@ -25,12 +25,13 @@ class Case:
     dtype: str = "float64"
     state_dtype: str = "float64"
     variant: str = ""          # op: sample variant; layer: decode path / conv layout / ba
-    # layer: explicit {"steps": [...], "num_spec": n} replacing the mix's batches (a shrunk case)
+    # a shrunk case's explicit inputs: layer {"steps": [...], "num_spec": n} replacing the mix's
+    # batches; op {"seqs": [...], "lens": [...]}, the sample's sequences kept and their lengths
     scenario: Optional[dict] = None
 
     def __post_init__(self):
-        if self.scenario is not None and self.level != "layer":
-            raise ConfigError("case.scenario", f"only layer cases take an explicit scenario, not {self.level} cases")
+        if self.scenario is not None and self.level == "self":
+            raise ConfigError("case.scenario", "only op and layer cases take an explicit scenario")
 
     @property
     def scenario_tag(self) -> str:

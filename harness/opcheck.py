@@ -6,6 +6,10 @@ place. A sample builder is deterministic in its seed: it is called once for the 
 oracle (the same tensors upcast to fp64), so both see the very same values. Every
 return value and every in-place state is compared; slots no index touches are
 compared exactly against their stale contents.
+
+A builder's optional `sample` (a shrunk case's ``Case.scenario``) keeps a subset of the
+variant's sequences (``seqs``: their indices) with other token counts (``lens``); an
+empty dict passed in is filled with the variant's own.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch
 
 from . import reference as ref
 from .config import GDNDims
+from .errors import ConfigError
 from .inputs import dtype_of, make_delta_inputs, make_small_params
 from .layouts.projection import unpack_qkvz_ba
 
@@ -35,7 +40,7 @@ class OpInfo:
     name: str
     reference: Callable
     variants: Tuple[str, ...]
-    build: Callable[..., Sample]            # (variant, dims, dt, st, layout, seed, device) -> Sample
+    build: Callable[..., Sample]            # (variant, dims, dt, st, layout, seed, device, sample) -> Sample
     exact_outputs: Tuple[str, ...] = ()
 
 
@@ -58,21 +63,36 @@ def _to(t, dtype, device):
     return t.to(device=device, dtype=dtype)
 
 
+def _keep(sample: Optional[dict], lens: List[int], *per_seq: list) -> tuple:
+    """(lens, *per_seq) of the sequences `sample` keeps (all of the variant's without it)."""
+    if sample is None:
+        return (list(lens), *map(list, per_seq))
+    sample.setdefault("seqs", list(range(len(lens))))
+    idx = sample["seqs"]
+    if not idx or any(not isinstance(i, int) or not 0 <= i < len(lens) for i in idx):
+        raise ConfigError("case.scenario.seqs", f"indices of the variant's {len(lens)} sequences, got {idx}")
+    sample.setdefault("lens", [lens[i] for i in idx])
+    new = sample["lens"]
+    if len(new) != len(idx) or any(not isinstance(n, int) or n < 1 for n in new):
+        raise ConfigError("case.scenario.lens", f"{len(idx)} token counts >= 1, got {new}")
+    return (list(new), *([p[i] for i in idx] for p in per_seq))
+
+
 # ---------------------------------------------------------------- samples
-def _unpack(variant, dims, dt, st, layout, seed, device):
+def _unpack(variant, dims, dt, st, layout, seed, device, sample=None):
     g = _gen(seed)
     lay, mode = variant.split("-")
-    T = 7
+    (T,), = _keep(sample, [7])
     mq, mb = _to(_rand(g, T, dims.qkvz_dim), dt, device), _to(_rand(g, T, 2 * dims.HV), dt, device)
     if mode == "strided":
         mq, mb = _strided(mq), _strided(mb)
     return Sample(dict(mixed_qkvz=mq, mixed_ba=mb, dims=dims, layout=lay), ("q", "k", "v", "z", "b", "a"))
 
 
-def _gating(variant, dims, dt, st, layout, seed, device):
+def _gating(variant, dims, dt, st, layout, seed, device, sample=None):
     g = _gen(seed)
     w = make_small_params(dims, seed)
-    T = 9
+    (T,), = _keep(sample, [9])
     a = _rand(g, T, dims.HV, scale=3.0)
     a[0] = 30.0 - w["dt_bias"]            # a + dt_bias above the softplus threshold
     a[1] = 20.0 - w["dt_bias"]            # exactly at it
@@ -90,12 +110,11 @@ def _conv_pool(g, dims, slots, L, dt, device, layout):
     return _to(pool, dt, device)
 
 
-def _conv_fn(variant, dims, dt, st, layout, seed, device):
+def _conv_fn(variant, dims, dt, st, layout, seed, device, sample=None):
     g = _gen(seed)
     w = make_small_params(dims, seed, conv_bias=True)
     conv_layout, bias = variant.split("-")
-    lens = [5, 1, 70, 2, 3]
-    slots = [4, 0, 6, -1, 2]
+    lens, slots, init = _keep(sample, [5, 1, 70, 2, 3], [4, 0, 6, -1, 2], [True, False, True, True, False])
     total = sum(lens)
     x = _to(_rand(g, total, dims.conv_dim), dt, device).T          # channel-first view, as vLLM passes it
     pool = _conv_pool(g, dims, 8, dims.W - 1, dt, device, conv_layout)
@@ -104,12 +123,12 @@ def _conv_fn(variant, dims, dt, st, layout, seed, device):
                        query_start_loc=torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32,
                                                     device=device),
                        cache_indices=torch.tensor(slots, dtype=torch.int32, device=device),
-                       has_initial_state=torch.tensor([True, False, True, True, False], device=device),
+                       has_initial_state=torch.tensor(init, device=device),
                        activation="silu"),
                   ("out",), ("conv_states",), {"conv_states": [s for s in slots if s >= 0]})
 
 
-def _conv_update(variant, dims, dt, st, layout, seed, device):
+def _conv_update(variant, dims, dt, st, layout, seed, device, sample=None):
     g = _gen(seed)
     w = make_small_params(dims, seed, conv_bias=True)
     kind, conv_layout = variant.split("-")
@@ -117,13 +136,13 @@ def _conv_update(variant, dims, dt, st, layout, seed, device):
     if kind == "spec":
         num_spec = 3
         S = num_spec + 1
-        slots, acc = [5, 1, 3, 7], [1, 2, 3, 4]            # every accepted count
+        _, slots, acc = _keep(sample, [S] * 4, [5, 1, 3, 7], [1, 2, 3, 4])    # every accepted count
         x = _to(_rand(g, S * len(slots), dims.conv_dim), dt, device)
         pool = _conv_pool(g, dims, 9, W - 1 + num_spec, dt, device, conv_layout)
         kw = dict(x=x, conv_state=pool, num_accepted_tokens=torch.tensor(acc, dtype=torch.int32, device=device),
                   query_start_loc=torch.arange(0, S * len(slots) + 1, S, dtype=torch.int32, device=device))
     else:
-        slots = [3, -1, 0, 5]
+        _, slots = _keep(sample, [1 if kind == "decode" else 2] * 4, [3, -1, 0, 5])
         shape = (len(slots), dims.conv_dim) if kind == "decode" else (len(slots), dims.conv_dim, 2)
         kw = dict(x=_to(_rand(g, *shape), dt, device), conv_state=_conv_pool(g, dims, 7, W - 1, dt, device, conv_layout))
     kw.update(weight=_to(w["conv_weight"], dt, device), bias=_to(w["conv_bias"], dt, device), activation="silu",
@@ -143,8 +162,8 @@ def _delta_args(dims, lens, dt, seed, device):
     return d, args
 
 
-def _chunk(variant, dims, dt, st, layout, seed, device):
-    lens = [1, 64, 100, 7] if variant == "varlen" else [300]
+def _chunk(variant, dims, dt, st, layout, seed, device, sample=None):
+    lens, = _keep(sample, [1, 64, 100, 7] if variant == "varlen" else [300])
     d, kw = _delta_args(dims, lens, dt, seed, device)
     kw.update(initial_state=_state_tensor(d["initial_state"], st, layout, device), output_final_state=True,
               cu_seqlens=_to(d["cu_seqlens"], torch.int32, device), use_qk_l2norm_in_kernel=True,
@@ -152,36 +171,38 @@ def _chunk(variant, dims, dt, st, layout, seed, device):
     return Sample(kw, ("o", "final_state"))
 
 
-def _pool_and_indices(g, dims, variant, st, layout, device, n):
+def _pool_and_indices(g, dims, variant, st, layout, device, keep):
     pool = _rand(g, 10, dims.HV, dims.V, dims.K, scale=0.3)
     if variant == "spec":
-        idx = torch.tensor([[2, 7, 4], [0, 9, 5], [8, 1, 3]][:n], dtype=torch.int32)
-        acc = torch.tensor([1, 2, 3][:n], dtype=torch.int32)
+        idx = torch.tensor([[[2, 7, 4], [0, 9, 5], [8, 1, 3]][i] for i in keep], dtype=torch.int32)
+        acc = torch.tensor([[1, 2, 3][i] for i in keep], dtype=torch.int32)
     else:
-        idx, acc = torch.tensor([6, -1, 2, 8][:n], dtype=torch.int32), None
+        idx, acc = torch.tensor([[6, -1, 2, 8][i] for i in keep], dtype=torch.int32), None
     touched = [int(s) for s in idx.flatten() if s >= 0]
     return (_state_tensor(pool, st, layout, device), idx.to(device),
             None if acc is None else acc.to(device), touched)
 
 
-def _recurrent(variant, dims, dt, st, layout, seed, device):
+def _recurrent(variant, dims, dt, st, layout, seed, device, sample=None):
     g = _gen(seed + 1)
     if variant == "varlen":
-        d, kw = _delta_args(dims, [1, 9, 3], dt, seed, device)
+        d, kw = _delta_args(dims, _keep(sample, [1, 9, 3])[0], dt, seed, device)
         kw.update(initial_state=_state_tensor(d["initial_state"], st, layout, device),
                   cu_seqlens=_to(d["cu_seqlens"], torch.int32, device), use_qk_l2norm_in_kernel=True,
                   state_layout=layout, output_final_state=True)
         return Sample(kw, ("o", "final_state"))
-    lens = [3, 3, 3] if variant == "spec" else [1, 1, 1, 1]
+    full = [3, 3, 3] if variant == "spec" else [1, 1, 1, 1]
+    _, keep = _keep(sample, full, list(range(len(full))))
+    lens = [full[0]] * len(keep)         # spec rows hold 1 + num_spec tokens, decode rows one
     d, kw = _delta_args(dims, lens, dt, seed, device)
-    pool, idx, acc, touched = _pool_and_indices(g, dims, variant, st, layout, device, len(lens))
+    pool, idx, acc, touched = _pool_and_indices(g, dims, variant, st, layout, device, keep)
     kw.update(initial_state=pool, inplace_final_state=True, cu_seqlens=_to(d["cu_seqlens"], torch.int32, device),
               ssm_state_indices=idx, num_accepted_tokens=acc, use_qk_l2norm_in_kernel=True, state_layout=layout)
     return Sample(kw, ("o", None), ("initial_state",), {"initial_state": touched})
 
 
-def _sigmoid(variant, dims, dt, st, layout, seed, device):
-    s = _recurrent(variant, dims, dt, st, layout, seed, device)
+def _sigmoid(variant, dims, dt, st, layout, seed, device, sample=None):
+    s = _recurrent(variant, dims, dt, st, layout, seed, device, sample)
     kw = s.kwargs
     g = _gen(seed + 2)
     w = make_small_params(dims, seed)
@@ -192,11 +213,12 @@ def _sigmoid(variant, dims, dt, st, layout, seed, device):
     return s
 
 
-def _packed(variant, dims, dt, st, layout, seed, device):
+def _packed(variant, dims, dt, st, layout, seed, device, sample=None):
     g = _gen(seed)
     w = make_small_params(dims, seed)
-    B = 4
-    pool, idx, _, touched = _pool_and_indices(g, dims, "decode", st, layout, device, B)
+    _, keep = _keep(sample, [1] * 4, list(range(4)))
+    B = len(keep)
+    pool, idx, _, touched = _pool_and_indices(g, dims, "decode", st, layout, device, keep)
     kw = dict(mixed_qkv=_to(_rand(g, B, dims.conv_dim), dt, device), a=_to(_rand(g, B, dims.HV, scale=2.0), dt, device),
               b=_to(_rand(g, B, dims.HV), dt, device), A_log=_to(w["A_log"], torch.float32, device),
               dt_bias=_to(w["dt_bias"], dt, device), scale=None, initial_state=pool,
@@ -205,10 +227,10 @@ def _packed(variant, dims, dt, st, layout, seed, device):
     return Sample(kw, ("out",), ("initial_state",), {"initial_state": touched})
 
 
-def _norm(variant, dims, dt, st, layout, seed, device):
+def _norm(variant, dims, dt, st, layout, seed, device, sample=None):
     g = _gen(seed)
     gate, act, group = variant.split("-")
-    T = 6
+    (T,), = _keep(sample, [6])
     w = make_small_params(dims, seed)
     return Sample(dict(x=_to(_rand(g, T * dims.HV, dims.V), dt, device), weight=_to(w["norm_weight"], dt, device),
                        z=_to(_rand(g, T * dims.HV, dims.V, scale=2.0), dt, device), eps=1e-6,
@@ -249,15 +271,15 @@ def _as_tuple(r):
 
 
 def run_op_case(backend, op: str, variant: str, dims: GDNDims, dtype: str, state_dtype: str, seed: int,
-                device: str, oracle_device: Optional[str] = None):
+                device: str, oracle_device: Optional[str] = None, sample: Optional[dict] = None):
     """Run one op sample on the backend and the fp64 oracle (on `oracle_device`, default
     `device`; the CPU for devices without fp64); return the pairs to compare:
     (name, actual, expected, token_dim, policy key)."""
     info = OP_INFOS[op]
     dt, st = dtype_of(dtype), dtype_of(state_dtype)
     layout = backend.ssm_state_layout
-    got = info.build(variant, dims, dt, st, layout, seed, device)
-    want = info.build(variant, dims, dt, st, layout, seed, oracle_device or device)
+    got = info.build(variant, dims, dt, st, layout, seed, device, sample)
+    want = info.build(variant, dims, dt, st, layout, seed, oracle_device or device, sample)
     stale = {name: want.kwargs[name].detach().to(F64).cpu().clone() for name in got.states}
     want_kw = {k: _upcast(v) for k, v in want.kwargs.items()}
     out_b = _as_tuple(getattr(backend, op)(**got.kwargs))

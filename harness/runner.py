@@ -73,7 +73,7 @@ def _pairs(case: Case, backends: BackendCache, rec: dict, oracle_device=None):
     if case.level == "op":
         from .opcheck import run_op_case
         return run_op_case(backend, case.check, case.variant, case.dims, case.dtype, case.state_dtype,
-                           case.seed, case.device, oracle_device)
+                           case.seed, case.device, oracle_device, case.scenario)
     from .layercheck import run_layer_case, run_spec_equivalence
     from .optimized.api import FilledOps
     path, conv, ba = case.variant.split(".")

@@ -4,7 +4,8 @@ A greedy delta-debugging loop in the spirit of Hypothesis' shrinker: it proposes
 cases - lower TP, fewer steps, fewer sequences, no PAD rows, shorter prefills, fewer
 draft tokens, fewer heads, smaller head dims, a narrower hidden size - keeps the first
 that still fails the same way, and sweeps again until no move helps or the budget is
-spent. Layer cases become cases with an explicit scenario (`Case.scenario`).
+spent. Shrunk cases carry their inputs explicitly (`Case.scenario`): a layer case its
+steps, an op case the sequences of its sample it keeps and their lengths.
 
 **Same failure.** The shrinker never changes what is checked: level, check (op or mix),
 backend, layout, variant (decode path / conv layout / ba), dtypes and seed stay. A
@@ -50,14 +51,19 @@ SPEC_EQUIVALENCE = "spec_one_accepted"       # its scenario is fixed: only the d
 
 
 # ---------------------------------------------------------------- size
-def case_size(case: Case) -> int:
-    """Elements of all inputs the case hands the backend, times TP (ConfigError when invalid)."""
+def case_size(case: Case, sample: Optional[dict] = None) -> int:
+    """Elements of all inputs the case hands the backend, times TP (raises when invalid).
+    `sample`: filled with an op case's sequences and lengths."""
     import torch
     if case.level == "op":
+        if case.scenario is not None:
+            sample = dict(case.scenario)
+        elif sample is None:
+            sample = {}
         from .inputs import dtype_of
         from .opcheck import OP_INFOS
         s = OP_INFOS[case.check].build(case.variant, case.dims, dtype_of(case.dtype), dtype_of(case.state_dtype),
-                                        "vk", case.seed, "cpu")
+                                        "vk", case.seed, "cpu", sample)
         return sum(v.numel() for v in s.kwargs.values() if isinstance(v, torch.Tensor))
     if case.level != "layer":
         raise HarnessError(f"shrink: {case.level} cases check the oracle, not a backend; nothing to shrink")
@@ -84,7 +90,10 @@ def size_parts(case: Case) -> dict:
     """What a reader of the table wants besides the size: tokens, steps, sequences, heads."""
     d = case.dims
     out = dict(tp=case.tp, H=d.H, HV=d.HV, K=d.K, V=d.V, hidden=d.hidden)
-    if case.level == "layer" and case.check != SPEC_EQUIVALENCE:
+    if case.level == "op":
+        sample = explicit(case).scenario
+        out.update(seqs=len(sample["seqs"]), tokens=sum(sample["lens"]))
+    elif case.level == "layer" and case.check != SPEC_EQUIVALENCE:
         sc = _scenario(case)
         out.update(steps=len(sc.steps), seqs=len(sc.seq_ids()), num_spec=sc.num_spec,
                    tokens=sum(sc.entry_tokens(e) for st in sc.steps for e in st))
@@ -190,19 +199,38 @@ def _scenario_moves(case: Case) -> Iterator[Tuple[str, Case]]:
         yield f"num_spec={need}", _with_steps(case, steps, need)
 
 
+def _sample_moves(case: Case) -> Iterator[Tuple[str, Case]]:
+    seqs, lens = case.scenario["seqs"], case.scenario["lens"]
+    if len(seqs) > 1:
+        for i in range(len(seqs)):
+            yield f"drop seq {seqs[i]}", replace(case, scenario=dict(seqs=seqs[:i] + seqs[i + 1:],
+                                                                     lens=lens[:i] + lens[i + 1:]))
+    for i, n in enumerate(lens):
+        for t in _smaller(n):
+            yield f"seq {seqs[i]} tokens {t}", replace(case, scenario=dict(seqs=seqs,
+                                                                           lens=lens[:i] + [t] + lens[i + 1:]))
+
+
 def moves(case: Case, keep_k_ne_v: bool) -> Iterator[Tuple[str, Case]]:
     """Smaller candidates of `case`, in the order worth trying (cheaper runs first)."""
     dm = list(_dims_moves(case, keep_k_ne_v))
     yield from (m for m in dm if m[0].startswith("tp="))
     if case.level == "layer" and case.scenario is not None:
         yield from _scenario_moves(case)
+    if case.level == "op" and case.scenario is not None:
+        yield from _sample_moves(case)
     yield from (m for m in dm if not m[0].startswith("tp="))
 
 
 def explicit(case: Case) -> Case:
-    """A layer case with its mix spelled out as an explicit scenario (same inputs, same result)."""
-    if case.level != "layer" or case.check == SPEC_EQUIVALENCE or case.scenario is not None:
+    """The case with its inputs spelled out (`Case.scenario`): a layer case's mix as steps,
+    an op case's sample as its sequences and lengths - same inputs, same result."""
+    if case.scenario is not None or case.check == SPEC_EQUIVALENCE:
         return case
+    if case.level == "op":
+        sample: dict = {}
+        case_size(case, sample)
+        return replace(case, scenario=sample)
     sc = _scenario(case)
     return replace(case, scenario=dict(steps=sc.steps, num_spec=sc.num_spec))
 
@@ -252,7 +280,6 @@ def shrink_case(case: Case, budget_s: float = 120.0, max_evals: int = 400, contr
                 policy=None, oracle_device: Optional[str] = None, backends=None,
                 log: Optional[Callable[[str], None]] = None) -> ShrinkResult:
     """Shrink a failing (or erroring) case; raises HarnessError when it does not fail."""
-    from .errors import ConfigError
     from .policy import Policy
     from .runner import BackendCache, run_case
     if case.level not in ("op", "layer"):
@@ -261,7 +288,7 @@ def shrink_case(case: Case, budget_s: float = 120.0, max_evals: int = 400, contr
     backends = backends or BackendCache()
     say = log or (lambda s: None)
     t0 = time.perf_counter()
-    rec = run_case(case, policy, SUITE, backends, oracle_device)
+    rec = run_case(case, policy, SUITE, backends, oracle_device, diagnose=False)
     if rec["status"] not in ("fail", "error"):
         why = f" ({rec['error']})" if rec.get("error") else ""
         raise HarnessError(f"shrink: {case.id} does not fail on backend {case.backend} "
@@ -270,7 +297,8 @@ def shrink_case(case: Case, budget_s: float = 120.0, max_evals: int = 400, contr
     control = default_control(case.backend) if control == "auto" else (None if control == "none" else control)
     res = ShrinkResult(case, case, case_size(case), case_size(case), sig, rec, control=control)
     if control:
-        crec = run_case(replace(case, backend=control), policy, SUITE, backends, oracle_device)
+        crec = run_case(replace(case, backend=control), policy, SUITE, backends, oracle_device,
+                        diagnose=False)
         res.control_runs += 1
         if crec["status"] != "pass":
             say(f"control {control} does not pass the original ({crec['status']}); shrinking without a control")
@@ -291,16 +319,17 @@ def shrink_case(case: Case, budget_s: float = 120.0, max_evals: int = 400, contr
             seen.add(key)
             try:
                 size = case_size(cand)
-            except ConfigError:
-                continue            # not a valid case (e.g. a step left with a spec-only sequence)
+            except Exception:       # not a valid case (a spec-only sequence gone non-spec, a sample too short)
+                continue
             if size >= res.size:
                 continue
-            r = run_case(cand, policy, SUITE, backends, oracle_device)
+            r = run_case(cand, policy, SUITE, backends, oracle_device, diagnose=False)
             res.evaluations += 1
             if not same_failure(sig, r):
                 continue
             if control:
-                c = run_case(replace(cand, backend=control), policy, SUITE, backends, oracle_device)
+                c = run_case(replace(cand, backend=control), policy, SUITE, backends, oracle_device,
+                             diagnose=False)
                 res.control_runs += 1
                 if c["status"] != "pass":
                     continue

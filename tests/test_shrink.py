@@ -92,5 +92,17 @@ def test_scenario_field_is_backwards_compatible():
     assert "scenario" not in case.to_dict() and "-sc" not in case.id
     with_sc = Case.from_dict({**case.to_dict(), "scenario": {"steps": [[{"seq": 0, "kind": "decode"}]], "num_spec": 0}})
     assert with_sc.id != case.id and Case.from_dict(with_sc.to_dict()).id == with_sc.id
-    with pytest.raises(Exception, match="only layer cases"):
-        Case.from_dict({**with_sc.to_dict(), "level": "op"})
+    with pytest.raises(Exception, match="only op and layer cases"):
+        Case.from_dict({**with_sc.to_dict(), "level": "self"})
+
+
+def test_op_case_drops_sequences_of_its_sample():
+    """An op case's sample shrinks too: the varlen leak still shows with fewer, shorter sequences."""
+    case = Case("op", "chunk_gated_delta_rule", parse_dims("qwen3.5-27b:shrunk:H=2,K=12,V=20"), "flat", 1, 0,
+                "cpu", "harness.faults.catalogue:VarlenStateLeak", "float32", "float32", "varlen",
+                scenario={"seqs": [0, 2, 3], "lens": [1, 9, 7]})     # 3 of the variant's 4 sequences, shorter
+    res = shrink_case(case, budget_s=60, max_evals=3, control=None)
+    full, part = res.summary()["original_parts"], res.summary()["parts"]
+    assert (full["seqs"], full["tokens"]) == (3, 17)
+    assert part["seqs"] < 3 and part["tokens"] < 17 and res.size < res.original_size
+    assert same_failure(res.signature, run_case(res.minimal, Policy(), "t", diagnose=False))
