@@ -83,6 +83,7 @@ def summary_markdown(records: List[dict], meta: dict) -> str:
             what = (r.get("diagnosis") or r.get("error") or "").replace("|", "\\|").replace("\n", " ")
             lines.append(f"| `{r['id']}` | {r['status']} | {what[:300]} | `{r['repro']}` |")
         lines.append("")
+    lines += diagnosis_section(bad)
     margins = [r for r in records if r["status"] == "pass" and isinstance(r.get("margin"), (int, float))]
     if margins:
         tight = sorted(margins, key=lambda r: r["margin"])[:5]
@@ -98,6 +99,28 @@ def summary_markdown(records: List[dict], meta: dict) -> str:
         cut = text.encode()[:SUMMARY_LIMIT - 200].decode(errors="ignore")
         text = cut.rsplit("\n", 1)[0] + "\n\n... truncated to stay under 1 MiB; see results.json.\n"
     return text
+
+
+def diagnosis_section(bad: List[dict]) -> List[str]:
+    """Failing cases grouped by the fault class their top hypothesis names (harness.diagnosis)."""
+    groups: dict = {}
+    for r in bad:
+        top = (r.get("hypotheses") or [None])[0]
+        if top:
+            groups.setdefault((top.get("label") or top.get("class"), top.get("hypothesis")), []).append((r, top))
+    if not groups:
+        return []
+    lines = ["## Diagnosis (fault hypotheses re-run through the reference)", "",
+             "| fault class | hypothesis | reproduces | cases | what it means | example |", "|---|---|---|---|---|---|"]
+    for (label, name), rs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        r, top = rs[0]
+        how = "all outputs" if top.get("matched") else f"{top.get('fixed')}/{top.get('failing')} failing outputs"
+        words = str(top.get("words", "")).replace("|", "\\|")
+        lines.append(f"| {label} | `{name}` | {how} | {len(rs)} | {words[:300]} | `{r['id']}` |")
+    undiagnosed = sum(1 for r in bad if not r.get("hypotheses"))
+    if undiagnosed:
+        lines.append(f"\n{undiagnosed} failing case(s) matched no known hypothesis.")
+    return lines + [""]
 
 
 def write_summary(report_dir: Path, records: List[dict], meta: dict) -> Path:

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from .diagnosis.core import hypothesis_lines
 from .report import STATUSES, atomic_write, counts, environment
 
 HEATMAP_FAILURES = 200           # failures (in record order) that get heatmaps
@@ -290,6 +291,10 @@ def _failure(i: int, r: dict, maps: "_Heatmaps", policies: dict, with_maps: bool
                             f'{esc(_clean(str(r[key])[-3000:]))}</pre></details>')
     else:
         body.append(f'<p class="diag">{esc(r.get("diagnosis") or "")}</p>')
+    hyps = hypothesis_lines(r, 5)
+    if hyps:
+        body.append('<p>fault hypotheses (re-run through the reference, best first):</p><ul class="hyps">'
+                    + "".join(f"<li>{esc(h)}</li>" for h in hyps) + "</ul>")
     body.append(f'<p>repro: <code class="cmd">{esc(r.get("repro") or "")}</code></p>')
     metrics = r.get("metrics") or []
     shown = metrics if full else [m for m in metrics if not m.get("passed", True)]

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, Optional
 
+from .diagnosis.core import hypothesis_lines
 from .report import atomic_write, backend_level_table, counts
 
 BUILDKITE_LIMIT = 1 << 20        # buildkite-agent annotate refuses bodies over 1 MiB
@@ -107,6 +108,9 @@ def failure_message(r: dict) -> str:
         msg += f", first divergent token {w.get('first_divergent_token')}, worst token {w.get('worst_token')}"
     if w.get("nan") or w.get("inf"):
         msg += f", {w.get('nan')} NaN / {w.get('inf')} Inf"
+    top = (r.get("hypotheses") or [None])[0]
+    if top and top.get("matched"):
+        msg += f"; likely cause: {top.get('label')} ({top.get('hypothesis')})"
     return msg
 
 
@@ -120,6 +124,9 @@ def failure_body(r: dict) -> str:
                      f"{m.get('max_abs_index')}, mismatch {_g(m.get('mismatch_frac'))}, worst token "
                      f"{m.get('worst_token')}, first divergent token {m.get('first_divergent_token')}, "
                      f"nan {m.get('nan')}, inf {m.get('inf')}")
+    hyps = hypothesis_lines(r, 3)
+    if hyps:
+        lines += ["", "fault hypotheses (re-run through the reference, best first):"] + [f"  {h}" for h in hyps]
     if r.get("filled_ops"):
         lines += ["", f"filled from the reference: {', '.join(r['filled_ops'])}"]
     lines += ["", f"repro: {r.get('repro', '')}", ""]

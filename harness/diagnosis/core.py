@@ -155,3 +155,15 @@ def sentence(hyps: List[dict]) -> Optional[str]:
         return s
     return (f"closest hypothesis [{top['label']}] reproduces {top['fixed']}/{top['failing']} failing outputs "
             f"(rel_rms {top['base_rel_rms']} -> {top['rel_rms']}): {top['words']}")
+
+
+def describe(h: dict) -> str:
+    """One line per hypothesis record, for reports: verdict, class, words, error before -> after."""
+    verdict = "matches" if h.get("matched") else f"reproduces {h.get('fixed')}/{h.get('failing')} failing outputs"
+    return (f"[{h.get('label') or h.get('class')}] {h.get('hypothesis')} {verdict} "
+            f"(rel_rms {h.get('base_rel_rms')} -> {h.get('rel_rms')}): {h.get('words')}")
+
+
+def hypothesis_lines(rec: dict, n: int = 3) -> List[str]:
+    """The record's first `n` hypotheses as `describe` lines ([] when it has none)."""
+    return [describe(h) for h in (rec.get("hypotheses") or [])[:n]]

@@ -204,9 +204,6 @@ HYPOTHESES = [
       lambda c: dict(ops=V.norm_variant("gemma"))),
     H("norm_before_gate_flipped", "gated_norm", "matches when RMSNormGated's norm_before_gate is flipped",
       lambda c: dict(ops=V.norm_variant("flipped"))),
-    H("pad_slot_wraps", "pad_slots",
-      "matches when PAD_SLOT_ID (-1) indexes the pool's last slot: PAD rows read / write a slot another "
-      "sequence may own", lambda c: dict(ops=V.pad_wraps()), _has("pad")),
     H("chunk_tail_repeat", "chunk_boundary",
       "matches when a prefill's last partial 64-token chunk is padded with its last token (unmasked tail load)",
       lambda c: dict(ops=prefill_only(V.chunk_variant("tail_repeat"))), _has("prefill")),
