@@ -4,7 +4,9 @@ and the bases show no false positive over 20 seeds of a small smoke subset.
 On a machine without a GPU the Triton kernels (the faults' mutants included) run under
 TRITON_INTERPRET=1, which must be set before triton is imported.
 """
+import json
 import os
+from pathlib import Path
 
 import torch
 
@@ -13,9 +15,10 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+from harness.cli import main as cli_main  # noqa: E402
 from harness.faults.catalogue import FAULTS, class_name  # noqa: E402
 from harness.faults.mutate import MutationError, apply_replacements, kernel_module, mutate  # noqa: E402
-from harness.faults.zoo import run_zoo, write_kill_matrix  # noqa: E402
+from harness.faults.zoo import run_zoo  # noqa: E402
 from harness.optimized.registry import load_backend  # noqa: E402
 from harness.suite import load_suite  # noqa: E402
 
@@ -30,8 +33,11 @@ REQUIRED = ["ba_view_from_qkvz", "interleaved_core_on_flat", "chunk_zero_initial
 
 
 def _run_zoo(out_dir):
-    res = run_zoo("smoke", base="triton", device="cpu", jobs=JOBS, stop_at_first=True)
-    res["_paths"] = {k: str(v) for k, v in write_kill_matrix(out_dir, res).items()}
+    """The smoke zoo through the command line CI uses: `gdn-harness zoo --suite smoke`."""
+    rc = cli_main(["zoo", "--suite", "smoke", "--base", "triton", "--jobs", str(JOBS), "--report-dir", str(out_dir)])
+    res = json.loads((Path(out_dir) / "kill_matrix.json").read_text())
+    res["_rc"] = rc
+    res["_paths"] = {"md": str(Path(out_dir) / "kill_matrix.md"), "json": str(Path(out_dir) / "kill_matrix.json")}
     return res
 
 
@@ -41,8 +47,6 @@ def zoo(tmp_path_factory):
     workers share it through a file (pytest-xdist's documented once-per-session pattern)."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return _run_zoo(tmp_path_factory.mktemp("zoo"))
-    import json
-
     from filelock import FileLock
     root = tmp_path_factory.getbasetemp().parent
     cached = root / "gdn_zoo_kill_matrix.json"
@@ -107,14 +111,52 @@ def test_fault_is_killed_by_smoke(zoo, name):
 
 
 def test_kill_score_and_report(zoo):
+    assert zoo["_rc"] == 0                                            # gdn-harness zoo: 100 % and the bases pass
     assert zoo["kill_score"] == 1.0 and not zoo["survivors"]
-    from pathlib import Path
     md = Path(zoo["_paths"]["md"]).read_text()
     assert "Kill score: %d/%d" % (len(FAULTS), len(FAULTS)) in md
     assert all(f"`{n}`" in md for n in FAULTS)
-    import json
     js = json.loads(Path(zoo["_paths"]["json"]).read_text())
-    assert js["killed"] == len(FAULTS) and js["base_passed"]
+    assert js["killed"] == len(FAULTS) and js["base_passed"] and js["command"].startswith("gdn-harness zoo")
+    # the matrix: columns are check groups, each fault's row marks the group that caught it
+    for e in js["faults"].values():
+        assert e["first_diagnosis"], e["name"]                        # what the first detection said
+        assert any(g in js["groups"] and v == "killed" for g, v in e["groups"].items()), e["name"]
+    assert md.count("first detection said:") == len(FAULTS)
+
+
+TINY = """name = "tiny"
+[[group]]
+level = "op"
+ops = ["fused_recurrent_gated_delta_rule"]
+dims = ["qwen3.5-27b:shrunk:H=2,K=12,V=20"]
+dtype = ["float32"]
+state_dtype = ["float32"]
+"""
+
+
+def test_zoo_command_exit_codes(tmp_path, capsys):
+    """1 when a fault survives or the unmutated base fails, 2 on usage errors (a one-op suite)."""
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY)
+    out = tmp_path / "z"
+    # gemma_norm_weight lives in the norm kernel: a recurrent-op-only suite cannot see it
+    assert cli_main(["zoo", "--suite", str(suite), "--fault", "qk_head_mod_h,gemma_norm_weight", "-q",
+                     "--report-dir", str(out)]) == 1
+    js = json.loads((out / "kill_matrix.json").read_text())
+    assert js["survivors"] == ["gemma_norm_weight"] and js["faults"]["qk_head_mod_h"]["killed"] and js["base_passed"]
+    assert "Kill score: 1/2 (50 %)" in (out / "kill_matrix.md").read_text()
+    printed = capsys.readouterr().out
+    assert "SURVIVED gemma_norm_weight" in printed and "kill score 1/2 (50 %)" in printed
+    strict = tmp_path / "strict.toml"
+    strict.write_text('version = 1\n[[entry]]\nop = "op.fused_recurrent_gated_delta_rule"\nkind = "exact"\n'
+                      'reason = "deliberately impossible: the kernel and the fp64 oracle round differently"\n')
+    assert cli_main(["zoo", "--suite", str(suite), "--fault", "qk_head_mod_h", "--policy", str(strict), "-q",
+                     "--report-dir", str(out)]) == 1
+    assert not json.loads((out / "kill_matrix.json").read_text())["base_passed"]
+    for bad in (["--fault", "no_such_fault"], ["--suite", "no-such-suite"], ["--suite", "self"], ["--jobs", "0"],
+                ["--base", "vllm"]):
+        assert cli_main(["zoo", *bad, "--report-dir", str(out)]) == 2, bad
 
 
 # ---------------------------------------------------------------- false positives
