@@ -17,6 +17,7 @@ from .bisect import add_parser as add_bisect_parser
 from .config import PRESET_LAYOUT, PRESETS
 from .diagnosis.cli import add_diagnosis_arguments, apply_diagnosis_arguments, print_hypotheses
 from .errors import HarnessError
+from .bench import add_parser as add_bench_parser
 from .evals.gsm8k import add_parser as add_gsm8k_parser
 from .faults.zoo import add_parser as add_zoo_parser
 from .shrink import add_parser as add_shrink_parser, after_repro, repro_options
@@ -260,22 +261,6 @@ def cmd_list(args) -> int:
     return EXIT_OK
 
 
-def cmd_bench(args) -> int:
-    import json
-
-    from .bench import bench_oracle
-    from .report import atomic_write
-    from .suite import parse_dims
-
-    rows = bench_oracle(parse_dims(args.dims), args.tokens, args.device, args.repeat, args.recurrent, args.seed)
-    for r in rows:
-        print(f"{r['bench']}/{r['form']:9} {r['dims']['name']} T={r['tokens']} {r['device_name']}: "
-              f"median {r['median_s']:.3f}s (first {r['first_s']:.3f}s, {len(r['times_s'])} runs)")
-    if args.report_dir:
-        atomic_write(Path(args.report_dir) / "bench.json", json.dumps(rows, indent=1))
-    return EXIT_OK
-
-
 def _has_cuda() -> bool:
     import torch
     return torch.cuda.is_available()
@@ -325,15 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("--baseline", action="store_true", help="fail only on new failures")
     df.add_argument("--factor", type=float, default=2.0, help="a rel_rms grown past this factor is a regression")
     df.set_defaults(fn=cmd_diff)
-    b = sub.add_parser("bench", help="time the harness itself (the fp64 oracle on a long prefill)")
-    b.add_argument("--dims", default="qwen3-next-80b-a3b", help="preset[:shrunk[:k=v,...]]")
-    b.add_argument("--tokens", type=int, default=32768)
-    b.add_argument("--device", default="cuda" if _has_cuda() else "cpu")
-    b.add_argument("--repeat", type=int, default=3)
-    b.add_argument("--recurrent", action="store_true", help="also time the per-token recurrence")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--report-dir", default=None, help="write bench.json here")
-    b.set_defaults(fn=cmd_bench)
+    add_bench_parser(sub)
     ls = sub.add_parser("list", help="list presets, suites or checks")
     ls.add_argument("what", choices=["backends", "suites", "presets", "ops", "mixes", "checks", "mutants"])
     ls.set_defaults(fn=cmd_list)

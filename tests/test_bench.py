@@ -1,0 +1,53 @@
+"""gdn-harness bench on the CPU: the --quick report (ops, copy bandwidth, oracle) and the
+suite time-to-verdict rows; timings are never asserted, only that they were taken."""
+import json
+
+import torch
+
+from harness.bench import DECODE_OPS, PREFILL_OPS, bytes_moved
+from harness.cli import main
+
+
+def test_quick_bench_report(tmp_path):
+    assert main(["bench", "--quick", "--device", "cpu", "--backend", "reference", "--tp", "1", "--tp", "2",
+                 "--repeat", "1", "--report-dir", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    rows = doc["rows"]
+    copy = [r for r in rows if r["bench"] == "copy"]
+    assert len(copy) == 1 and copy[0]["gbps"] > 0
+    ops = [r for r in rows if r["bench"] == "op"]
+    want = {(op, shape, tp) for tp in (1, 2) for shape, names in (("decode", DECODE_OPS), ("prefill", PREFILL_OPS))
+            for op in names}
+    assert {(r["op"], r["shape"], r["tp"]) for r in ops} == want
+    for r in ops:
+        assert r["median_s"] > 0 and r["bytes"] > 0 and r["frac_of_copy"] > 0, r
+    assert {r["dims"]["HV"] for r in ops if r["tp"] == 2} == {doc["dims"]["HV"] // 2}
+    (oracle,) = [r for r in rows if r["bench"] == "oracle"]
+    assert oracle["tokens"] == 256 and oracle["median_s"] > 0
+    md = (tmp_path / "bench.md").read_text()
+    assert "## decode: 4 sequences x 1 token" in md and "## prefill: 2 sequences x 64 tokens" in md
+    assert "Copy bandwidth" in md and "fp64 oracle" in md
+
+
+def test_bytes_moved_counts_reads_writes_and_inplace_states():
+    x, z, w = torch.ones(6, 4), torch.ones(6, 4), torch.ones(4)
+    y = torch.ones(6, 4)
+    assert bytes_moved(dict(x=x, weight=w, z=z, eps=1e-6), (), y) == (24 + 4 + 24 + 24) * 4
+    pool = torch.ones(3, 2, 2)
+    # a pool updated in place and returned counts once as read and once as written
+    assert bytes_moved(dict(q=x, initial_state=pool), ("initial_state",), (y, pool)) == (24 + 12 + 24 + 12) * 4
+
+
+def test_suite_time_to_verdict_rows(tmp_path):
+    suite = tmp_path / "tiny.toml"
+    suite.write_text('name = "tiny"\n[[group]]\nlevel = "self"\nchecks = ["tp_reduce"]\n'
+                     'dims = ["qwen3-next-80b-a3b:shrunk"]\n')
+    assert main(["bench", "--quick", "--device", "cpu", "--no-ops", "--repeat", "1", "--suite-cost", str(suite),
+                 "--suite-backend", "reference", "--suite-cache", str(tmp_path / "cache"),
+                 "--report-dir", str(tmp_path / "out")]) == 0
+    rows = [r for r in json.loads((tmp_path / "out" / "bench.json").read_text())["rows"] if r["bench"] == "suite"]
+    assert [r["cache"] for r in rows] == ["cold", "warm"]
+    for r in rows:
+        assert r["exit_code"] == 0 and not r["hit_limit"] and r["wall_s"] > 0
+        assert r["counts"]["pass"] == r["counts"]["total"] == r["planned_cases"] == 1
+    assert "on `reference`, --jobs 1, cold Triton cache" in (tmp_path / "out" / "bench.md").read_text()
