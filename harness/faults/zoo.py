@@ -80,26 +80,15 @@ def _caught(rec: dict) -> dict:
     outputs = [m["output"] for m in rec.get("metrics") or [] if not m.get("passed", True)]
     out = dict(case=rec["id"], status=rec["status"], outputs=outputs,
                detail=rec.get("diagnosis") or (rec.get("error") or "")[:300])
-    if rec.get("hypotheses"):       # the diagnosis's named fault hypotheses, when it ran
+    if rec.get("hypotheses"):       # the fault hypotheses the diagnosis re-ran, when it did
         out["hypotheses"] = rec["hypotheses"]
     return out
 
 
-def _sentence(h) -> str:
-    """One hypothesis as words: a string, or a dict's sentence / text / name."""
-    if isinstance(h, dict):
-        return str(h.get("sentence") or h.get("text") or h.get("message") or h.get("name") or h)
-    return str(h)
-
-
 def diagnosis_text(caught: Optional[dict]) -> str:
-    """What the report said about a detection: its hypotheses if any, else its diagnosis."""
-    if not caught:
-        return ""
-    hyp = caught.get("hypotheses")
-    if hyp:
-        return "; ".join(_sentence(h) for h in (hyp if isinstance(hyp, list) else [hyp]))
-    return caught.get("detail") or ""
+    """What the report said about a detection: its diagnosis sentence (with the likely
+    cause, when a fault hypothesis matched), or the error."""
+    return (caught or {}).get("detail") or ""
 
 
 def run_task(task: dict, on_case_start: Optional[Callable[[str], None]] = None) -> dict:
