@@ -31,6 +31,8 @@ class OpContext:
     ssm_layout: str
     seed: int
     actual: Dict[str, torch.Tensor]
+    sample: Optional[dict] = None       # a shrunk case's subset of the variant's sequences
+
 
     @property
     def family(self) -> str:
@@ -43,7 +45,7 @@ class OpContext:
     def build(self):
         info = OP_INFOS[self.op]
         return info.build(self.variant, self.dims, dtype_of(self.dtype), dtype_of(self.state_dtype),
-                          self.ssm_layout, self.seed, "cpu")
+                          self.ssm_layout, self.seed, "cpu", self.sample)
 
 
 def _ops(*names):
@@ -308,7 +310,7 @@ SIGNATURES = [
 
 def context(case, actual, ssm_layout: str) -> OpContext:
     return OpContext(case.check, case.variant, case.dims, case.dtype, case.state_dtype, ssm_layout, case.seed,
-                     actual)
+                     actual, getattr(case, "scenario", None))
 
 
 def fmt(c: OpContext) -> dict:

@@ -43,18 +43,19 @@ CATALOGUE_CLASSES = {
 assert set(CATALOGUE_CLASSES.values()) <= set(CLASSES)
 
 
-def _fault_cases(suite: dict, fault) -> list:
+def _fault_cases(suite: dict, fault, level: Optional[str] = None) -> list:
     from ..faults.zoo import backend_cases, unchanged_ops
     same = set(unchanged_ops(fault))
-    return [c for c in backend_cases(suite, fault.target) if not (c.level == "op" and c.check in same)]
+    return [c for c in backend_cases(suite, fault.target) if not (c.level == "op" and c.check in same)
+            and level in (None, c.level)]
 
 
-def diagnose_fault(fault, suite: dict, policy, backends, per_fault: int = 1) -> dict:
+def diagnose_fault(fault, suite: dict, policy, backends, per_fault: int = 1, level: Optional[str] = None) -> dict:
     """Run `fault`'s cases until `per_fault` have failed; the diagnosis of each against the fault's class."""
     from ..runner import run_case
     want = CATALOGUE_CLASSES.get(fault.diagnosis_class)
     out = dict(fault=fault.name, diagnosis_class=fault.diagnosis_class, expected=want, cases=[])
-    for case in _fault_cases(suite, fault):
+    for case in _fault_cases(suite, fault, level):
         rec = run_case(case, policy, suite["name"], backends, diagnose=True)
         if rec["status"] not in ("fail", "error"):
             continue
@@ -75,9 +76,10 @@ def diagnose_fault(fault, suite: dict, policy, backends, per_fault: int = 1) -> 
 
 
 def measure(suite_name: str = "smoke", faults: Optional[Iterable[str]] = None, per_fault: int = 1,
-            on_fault: Optional[Callable[[dict], None]] = None) -> dict:
+            on_fault: Optional[Callable[[dict], None]] = None, level: Optional[str] = None) -> dict:
     """Per fault: its first detection(s) diagnosed; ``fraction`` = faults whose first
-    detection's top hypothesis names the fault's class."""
+    detection's top hypothesis names the fault's class. `level` ("op" / "layer") keeps
+    only that level's cases (how well each level's hypotheses do on their own)."""
     from ..faults.catalogue import FAULTS
     from ..faults.zoo import _ensure_interpreter
     from ..policy import Policy
@@ -89,13 +91,13 @@ def measure(suite_name: str = "smoke", faults: Optional[Iterable[str]] = None, p
     names = list(faults) if faults else list(FAULTS)
     t0, results = time.perf_counter(), []
     for n in names:
-        r = diagnose_fault(FAULTS[n], suite, policy, backends, per_fault)
+        r = diagnose_fault(FAULTS[n], suite, policy, backends, per_fault, level)
         results.append(r)
         if on_fault:
             on_fault(r)
     correct = [r["fault"] for r in results if r["correct"]]
     cases = [c for r in results for c in r["cases"]]
-    return dict(suite=suite_name, per_fault=per_fault, faults=results, total=len(results), correct=len(correct),
+    return dict(suite=suite_name, per_fault=per_fault, level=level, faults=results, total=len(results), correct=len(correct),
                 fraction=len(correct) / len(results) if results else 0.0,
                 case_fraction=(sum(c["correct"] for c in cases) / len(cases)) if cases else 0.0,
                 missed=[r["fault"] for r in results if not r["correct"]], wall_s=round(time.perf_counter() - t0, 1))
@@ -108,6 +110,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--suite", default="smoke")
     ap.add_argument("--fault", action="append", help="only these faults (repeatable)")
     ap.add_argument("--per-fault", type=int, default=1, help="diagnose the first N failing cases of each fault")
+    ap.add_argument("--level", choices=["op", "layer"], default=None, help="only this level's cases")
     ap.add_argument("--out", default=None, help="write the result as JSON here")
     ap.add_argument("--min-fraction", type=float, default=0.0, help="exit 1 below this fraction")
     args = ap.parse_args(argv)
@@ -119,9 +122,9 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"({sum(c['correct'] for c in r['cases'])}/{len(r['cases'])} cases; "
               f"{first.get('diagnosis_s')} s) {first.get('case', '')[:80]}", flush=True)
 
-    res = measure(args.suite, args.fault, args.per_fault, show)
+    res = measure(args.suite, args.fault, args.per_fault, show, args.level)
     print(f"diagnosis names the fault class for {res['correct']}/{res['total']} faults "
-          f"({100 * res['fraction']:.0f} %) at their first detection; over all diagnosed cases "
+          f"({100 * res['fraction']:.0f} %) at their first {args.level or ''} detection; over all diagnosed cases "
           f"{100 * res['case_fraction']:.0f} %; missed: {', '.join(res['missed']) or '-'}; {res['wall_s']} s")
     if args.out:
         with open(args.out, "w") as f:
