@@ -416,6 +416,22 @@ def cmd_bench(args) -> int:
         env["triton"] = None
     env["device_name"] = _device_name(torch.device(device))
     rows: List[Dict] = []
+    try:
+        _measure(args, rows, env, device, dims, tps, dtype, backends, report_dir)
+    except KeyboardInterrupt:
+        print("interrupted: writing the rows measured so far", file=sys.stderr)
+    doc = dict(schema="gdn-harness-bench/1", command="gdn-harness " + " ".join(map(shlex.quote, args.argv)),
+               environment=env, device=device, dims=dims.to_dict(), dtype=dtype, state_dtype=args.state_dtype,
+               rows=rows)
+    if report_dir:
+        atomic_write(report_dir / "bench.json", json.dumps(doc, indent=1, default=str))
+        atomic_write(report_dir / "bench.md", bench_markdown(doc))
+        bench_plot(doc, report_dir / "bench.png")
+        print(f"bench report in {report_dir}")
+    return 0
+
+
+def _measure(args, rows, env, device, dims, tps, dtype, backends, report_dir) -> None:
     copy = copy_bandwidth(device, (64 << 20) if args.quick or device == "cpu" else (1 << 30))
     rows.append(copy)
     print(f"copy bandwidth {copy['gbps']:.1f} GB/s ({env['device_name']})")
@@ -429,12 +445,3 @@ def cmd_bench(args) -> int:
     if args.suite_cost:
         rows += bench_suite(args.suite_cost, args.suite_backend, device, args.suite_jobs, args.suite_limit,
                             args.suite_cache, report_dir or Path(tempfile.mkdtemp(prefix="gdn-bench-")))
-    doc = dict(schema="gdn-harness-bench/1", command="gdn-harness " + " ".join(map(shlex.quote, args.argv)),
-               environment=env, device=device, dims=dims.to_dict(), dtype=dtype, state_dtype=args.state_dtype,
-               rows=rows)
-    if report_dir:
-        atomic_write(report_dir / "bench.json", json.dumps(doc, indent=1, default=str))
-        atomic_write(report_dir / "bench.md", bench_markdown(doc))
-        bench_plot(doc, report_dir / "bench.png")
-        print(f"bench report in {report_dir}")
-    return 0
