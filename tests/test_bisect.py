@@ -70,6 +70,14 @@ def test_crash_is_bad_and_missing_device_untestable(tmp_path, capsys):
         assert "UNTESTABLE (exit 125)" in capsys.readouterr().out
 
 
+def test_hang_is_bad_and_killed(tmp_path):
+    # a kernel that never returns on a strided input; the timeout covers the child's start too
+    case = _save_case(tmp_path / "case.json", check="fused_gdn_gating", variant="strided")
+    case.backend = "tests.plugin_example:HangingPort"
+    code, why = run_in_child(case, "smoke", None, None, timeout=5)    # returns once the child is killed and reaped
+    assert code == BAD and why.startswith("hung")
+
+
 # ---------------------------------------------------------------- git bisect run on a kernel repository
 GOOD_SRC = '''"""A platform port of the GDN ops (the test's kernel repository)."""
 from harness import reference as ref
