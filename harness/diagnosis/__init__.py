@@ -53,11 +53,11 @@ def diagnose(case, pairs, policy, ssm_layout: str = "vk", budget: float = DEFAUL
         from . import layer
         ctx = layer.context(case, actual)
         fmt = layer.fmt(ctx, case.state_dtype)
-        sig = layer.PAD_ROWS
+        sigs = {id(layer.PAD_ROWS): layer.pad_rows_expected, id(layer.UNTOUCHED): layer.untouched_expected}
 
         def expected(h, c):
-            return layer.pad_rows_expected(pairs, c) if h is sig else layer.expected_of(h, c)
-        hyps = [sig] + layer.HYPOTHESES
+            return sigs[id(h)](pairs, c) if id(h) in sigs else layer.expected_of(h, c)
+        hyps = [layer.PAD_ROWS, layer.UNTOUCHED] + layer.HYPOTHESES
     else:
         return []
     found = run_hypotheses(hyps, ctx, expected, pairs, policy, case.dtype, case.state_dtype, budget, fmt)

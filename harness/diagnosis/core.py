@@ -91,7 +91,15 @@ def judge(pairs, expected: Dict[str, torch.Tensor], policy, dtype: str, state_dt
 def _compare(name, actual, expected, tol, token_dim):
     if expected is None or tuple(actual.shape) != tuple(expected.shape):
         return None
-    return compare(name, actual, expected.to(actual.device), tol, token_dim)
+    expected = expected.to(actual.device)
+    if actual.is_floating_point() and not bool(torch.isfinite(actual).all()):
+        # a hypothesis that blows up where the backend blows up reproduces it: the same
+        # NaN / +-Inf positions count as equal, the finite rest is compared as usual
+        e = expected.to(actual.dtype)
+        same = (torch.isnan(actual) & torch.isnan(e)) | (torch.isinf(actual) & (actual == e))
+        if bool(same.any()):
+            actual, expected = actual.masked_fill(same, 0), expected.masked_fill(same, 0)
+    return compare(name, actual, expected, tol, token_dim)
 
 
 def rank(results: List[dict]) -> List[dict]:

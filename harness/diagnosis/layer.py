@@ -72,6 +72,19 @@ def _plans(c: LayerContext, fn):
     return [[fn(e) for e in step] for step in c.sc.plan()]
 
 
+def routed(plans):
+    """The batch as vLLM's layer routes it: in a step with a non-spec prefill, the decodes
+    ride along in the prefill (chunked) call as 1-token sequences with history. The same
+    math for a correct backend; it tells the oracle's variants which kernel path
+    (prefill: no state pool; decode / spec: the pool) each entry took."""
+    out = []
+    for step in plans:
+        ride = any(e.kind == "prefill" for e in step)
+        out.append([dataclasses.replace(e, kind="prefill", has_initial_state=True)
+                    if ride and e.kind == "decode" else e for e in step])
+    return out
+
+
 def _fresh_one_token_as_decode(e):
     if e.kind == "prefill" and e.tokens == 1 and not e.has_initial_state:
         return dataclasses.replace(e, kind="decode", has_initial_state=True)
@@ -183,6 +196,12 @@ HYPOTHESES = [
     H("state_stored_bf16_truncated", "state_precision",
       "matches when every ssm state written back is truncated to bfloat16 (the pool is {state_dtype})",
       lambda c: dict(ops=V.state_variant("bf16_trunc"))),
+    H("state_stored_bf16_decode", "state_precision",
+      "matches when the decode / spec (recurrent) kernel writes its states rounded to bfloat16 (the pool is "
+      "{state_dtype})", lambda c: dict(ops=V.state_variant("bf16", scope="decode")), _has("decode", "spec")),
+    H("state_stored_bf16_truncated_decode", "state_precision",
+      "matches when the decode / spec (recurrent) kernel writes its states truncated to bfloat16 (the pool is "
+      "{state_dtype})", lambda c: dict(ops=V.state_variant("bf16_trunc", scope="decode")), _has("decode", "spec")),
     H("qk_heads_tiled", "gva_head_mapping",
       "matches when value head hv uses q/k head hv % H (tiled) instead of hv // r (grouped): the GVA head mapping "
       "is wrong", lambda c: dict(ops=V.qk_variant("tiled"))),
@@ -194,8 +213,14 @@ HYPOTHESES = [
       lambda c: dict(ops=V.qk_variant("tiled", scope="decode")), _has("decode", "spec")),
     H("qk_l2norm_skipped", "qk_norm", "matches when the in-kernel q/k L2 norm is skipped",
       lambda c: dict(ops=V.qk_variant("norm_skipped"))),
+    H("qk_l2norm_skipped_decode", "qk_norm",
+      "matches when the decode / spec (recurrent) kernel skips the in-kernel q/k L2 norm",
+      lambda c: dict(ops=V.qk_variant("norm_skipped", scope="decode")), _has("decode", "spec")),
     H("scale_on_k", "qk_scale", "matches when the K^-0.5 scale multiplies k instead of q",
       lambda c: dict(ops=V.qk_variant("scale_on_k"))),
+    H("scale_on_k_decode", "qk_scale",
+      "matches when the decode / spec (recurrent) kernel multiplies k instead of q by the K^-0.5 scale",
+      lambda c: dict(ops=V.qk_variant("scale_on_k", scope="decode")), _has("decode", "spec")),
     H("softplus_linear", "gating_math", "matches when softplus(x) is taken as x (threshold inverted)",
       lambda c: dict(ops=V.gating_variant("linear_softplus"))),
     H("dt_bias_after_softplus", "gating_math", "matches when dt_bias is added after the softplus",
@@ -216,8 +241,9 @@ def expected_of(h: H, c: LayerContext) -> Optional[Dict[str, torch.Tensor]]:
     if spec.get("ab"):
         unpacked = _spec_ab_by_position(c, unpacked)
     sc, inp = c.sc, c.inp
+    plans = routed(spec.get("plans") or sc.plan())
     res = run_oracle(replace(sc, tp=1), inp.weights, inp.hidden, inp.conv_pool, inp.ssm_pool, tp=1,
-                     unpacked=unpacked, device="cpu", ops=spec.get("ops"), plans=spec.get("plans"))
+                     unpacked=unpacked, device="cpu", ops=spec.get("ops"), plans=plans)
     return _named(c, res)
 
 
@@ -255,6 +281,27 @@ def pad_rows_expected(pairs, c: LayerContext) -> Optional[Dict[str, torch.Tensor
         else:
             a = actual.clone()
             a[pad] = refv[pad].to(actual.dtype)
+            exp[name] = (a, refv)
+    return exp or None
+
+
+UNTOUCHED = H("writes_outside_owned_slots", "pad_slots",
+              "matches everywhere but in slots no sequence owns, which changed: a write through a PAD (-1) or "
+              "out-of-batch slot index", lambda c: None, lambda c: c.sc.num_slots > len(
+                  {x for row in c.sc.slots.values() for x in row}))
+
+
+def untouched_expected(pairs, c: LayerContext) -> Optional[Dict[str, torch.Tensor]]:
+    """The outputs with the unowned slots masked out of the pools."""
+    owned = {x for row in c.sc.slots.values() for x in row}
+    spare = [x for x in range(c.sc.num_slots) if x not in owned]
+    exp = {}
+    for name, actual, refv, _, _ in pairs:
+        if name.startswith("untouched."):
+            exp[name] = (refv.to(actual.dtype), refv)
+        elif name in ("conv_state", "ssm_state") and spare:
+            a = actual.clone()
+            a[spare] = refv[spare].to(actual.dtype)
             exp[name] = (a, refv)
     return exp or None
 
