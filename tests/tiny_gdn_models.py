@@ -11,9 +11,9 @@ import torch
 # H = 2 key heads (an interleaved / flat mix-up shows only with >= 2), r = 2, K != V
 GDN = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
            linear_value_head_dim=12, linear_conv_kernel_dim=4)
-COMMON = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+COMMON = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
               intermediate_size=48, max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=False,
-              layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"], **GDN)
+              layer_types=["linear_attention", "full_attention", "linear_attention"], **GDN)
 CHARS = string.digits + string.ascii_letters + " .,:;?!$%+-*/=#<>()'\"\n"
 SPECIAL = ["<pad>", "<eos>", "<unk>"]
 

@@ -85,13 +85,16 @@ def _gold(answer: str) -> str:
 def run_backend(hm, tokenizer, backend: str, cfg: dict, args) -> dict:
     """lm-eval's gsm8k on one backend: per-question samples and our generations."""
     import lm_eval
+    from lm_eval.tasks import TaskManager
+
     from .lm_eval_model import GDNHarnessLM
     hm.set_backend(backend)
     lm = GDNHarnessLM(model=hm, tokenizer=tokenizer, batch_size=args.batch_size, max_gen_toks=args.max_gen_toks)
     t0 = time.time()
     res = lm_eval.simple_evaluate(model=lm, tasks=[cfg], num_fewshot=args.num_fewshot, limit=args.limit,
                                   log_samples=True, fewshot_as_multiturn=False, apply_chat_template=False,
-                                  fewshot_random_seed=args.seed, random_seed=args.seed, bootstrap_iters=0)
+                                  fewshot_random_seed=args.seed, random_seed=args.seed, bootstrap_iters=0,
+                                  task_manager=TaskManager(include_defaults=False))  # no scan of lm-eval's tasks
     seconds = time.time() - t0
     samples: Dict[int, dict] = {}
     for s in res["samples"][cfg["task"]]:
@@ -160,7 +163,8 @@ def summarize(runs: Dict[str, dict], rows: List[dict], baseline: str, args) -> d
             verdict.append(f"error: {s['error']}")
         else:
             a = s["accuracy"][args.metric]["accuracy"]
-            if ref is not None and b != baseline and a < ref - args.tolerance:
+            # exactly `tolerance` below passes (k/n arithmetic must not flip it)
+            if ref is not None and b != baseline and ref - a > args.tolerance + 1e-9:
                 verdict.append(f"{metric} {a:.3f} < baseline {baseline} {ref:.3f} - tolerance {args.tolerance}")
             if args.threshold is not None and a < args.threshold:
                 verdict.append(f"{metric} {a:.3f} < threshold {args.threshold}")

@@ -227,15 +227,19 @@ class HarnessModel:
 
     @torch.no_grad()
     def generate(self, prompts: List[List[int]], max_new_tokens: int,
-                 stop: Optional[Callable[[int, List[int]], bool]] = None) -> List[List[int]]:
+                 stop: Optional[Callable[[int, List[int]], bool]] = None,
+                 scores: Optional[List[torch.Tensor]] = None) -> List[List[int]]:
         """Greedy continuations of `prompts` (one batch): a prefill, then one decode step per
-        token. A row ends when stop(row, its new tokens) is true or at max_new_tokens."""
+        token. A row ends when stop(row, its new tokens) is true or at max_new_tokens.
+        `scores`, if given, receives each step's next-token logits ``[B, vocab]``."""
         ids, mask, pos = self._left_pad(prompts)
         B = len(prompts)
         out = self._forward(ids, mask, pos, StepBatch([len(p) for p in prompts], [True] * B), None, True, 1)
         cache, gen, done = out.past_key_values, [[] for _ in range(B)], [max_new_tokens < 1] * B
         for t in range(max_new_tokens):
             nxt = out.logits[:, -1].argmax(-1)
+            if scores is not None:
+                scores.append(out.logits[:, -1].float())
             for b in range(B):
                 if not done[b]:
                     gen[b].append(int(nxt[b]))

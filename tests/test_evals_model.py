@@ -1,0 +1,94 @@
+"""The model integration: transformers Qwen3.5 / Qwen3-Next checkpoints (tiny, random weights,
+saved with save_pretrained) with their GDN layers routed through harness backends."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.errors import ConfigError, InputError
+from tests.tiny_gdn_models import make_model_dir, use_transformers_torch_paths
+
+pytest.importorskip("transformers")
+from harness.evals.hf_model import HarnessGDN, gdn_modules, load_model  # noqa: E402
+
+ARCHS = ("qwen3_5", "qwen3_next")
+# fp32 logits, ours vs transformers: both chunk the prefill delta rule (different forms:
+# transformers' WY/triangular solve, ours the reference chunk) and sum in different orders.
+# Measured max |diff| / max |logit| <= 2.7e-6 on these models; the bound leaves ~7x margin.
+REL_LOGITS = 2e-5
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_gdn")
+    return {a: make_model_dir(root / a, a, seed=1) for a in ARCHS}
+
+
+def _prompts(vocab: int):
+    g = torch.Generator().manual_seed(3)
+    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in (37, 9, 1)]
+
+
+def _close(ours, theirs, what):
+    err = (ours - theirs).abs().max().item()
+    scale = theirs.abs().max().item()
+    assert err <= REL_LOGITS * scale, f"{what}: max |diff| {err:.3g} > {REL_LOGITS} * max|logit| {scale:.3g}"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_reference_backend_gives_transformers_logits(arch, model_dirs, monkeypatch):
+    """Prefill (a left-padded batch) and every decode step of the reference backend == transformers'
+    own model run statelessly over the whole sequence (fp32)."""
+    use_transformers_torch_paths(monkeypatch, "qwen3_5" if arch == "qwen3_5" else "qwen3_next")
+    torch.manual_seed(0)
+    hm = load_model(model_dirs[arch], backend=None)
+    assert hm.layout == ("flat" if arch == "qwen3_5" else "interleaved")
+    prompts = _prompts(hm.config.vocab_size)
+    steps = 6
+    hm.set_backend("reference")
+    prefill = hm.logits(prompts)
+    scores = []
+    gen = hm.generate(prompts, steps, scores=scores)
+    hm.set_backend(None)
+    for b, p in enumerate(prompts):
+        with torch.no_grad():
+            theirs = hm.hf(input_ids=torch.tensor([p + gen[b]])).logits[0].float()
+        _close(prefill[b], theirs[:len(p)], f"prefill row {b}")
+        ours = torch.stack([s[b] for s in scores])
+        _close(ours, theirs[len(p) - 1:len(p) - 1 + steps], f"decode row {b}")
+        assert gen[b] == theirs[len(p) - 1:len(p) - 1 + steps].argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_weights_come_from_the_checkpoint_layout(arch, model_dirs):
+    """Every GDN layer is swapped, and the packed projection is the checkpoint's in its layout."""
+    hm = load_model(model_dirs[arch], backend="reference")
+    assert not gdn_modules(hm.hf) and len(hm.original) == 2     # no transformers GDN layer left
+    for name, orig in hm.original.items():
+        m = hm.hf.get_submodule(name)
+        assert isinstance(m, HarnessGDN)
+        p = m.ranks[0]
+        if arch == "qwen3_next":
+            assert torch.equal(p.w_qkvz, orig.in_proj_qkvz.weight) and torch.equal(p.w_ba, orig.in_proj_ba.weight)
+        else:
+            assert torch.equal(p.w_qkvz, torch.cat([orig.in_proj_qkv.weight, orig.in_proj_z.weight]))
+            assert torch.equal(p.w_ba, torch.cat([orig.in_proj_b.weight, orig.in_proj_a.weight]))
+
+
+def test_tp2_shards_sum_to_tp1(model_dirs):
+    """Each GDN layer as 2 TP shards (partial out_proj outputs summed) gives the TP-1 logits."""
+    one = load_model(model_dirs["qwen3_5"], backend="reference")
+    two = load_model(model_dirs["qwen3_5"], backend="reference", tp=2)
+    prompts = _prompts(one.config.vocab_size)
+    for a, b in zip(one.logits(prompts), two.logits(prompts)):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-5 * a.abs().max().item())
+
+
+def test_bad_inputs_are_named(model_dirs, tmp_path):
+    with pytest.raises(ConfigError, match="--model"):
+        load_model(tmp_path)
+    hm = load_model(model_dirs["qwen3_5"], backend="reference")
+    with pytest.raises(InputError, match="token ids"):
+        hm.logits([[5, 6], []])
+    with pytest.raises(ConfigError, match="decode_path"):
+        load_model(model_dirs["qwen3_5"], backend="harness.faults.catalogue:QkHeadModH", decode_path="nope")
