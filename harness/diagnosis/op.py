@@ -254,7 +254,8 @@ def pad_row_masks(c: OpContext) -> Dict[str, torch.Tensor]:
         acc = kw.get("num_accepted_tokens")
         m = torch.zeros(kw["v"].shape[:2], dtype=torch.bool)
         for n in range(idx.shape[0]):
-            slot = int(idx[n, int(acc[n]) - 1]) if idx.dim() == 2 and acc is not None else int(idx.reshape(idx.shape[0], -1)[n, 0])
+            row = idx.reshape(idx.shape[0], -1)[n]
+            slot = int(row[int(acc[n]) - 1]) if acc is not None else int(row[0])
             if slot < 0:
                 m[:, int(cu[n]):int(cu[n + 1])] = True
         masks["o"] = m[..., None, None]

@@ -97,7 +97,8 @@ def measure(suite_name: str = "smoke", faults: Optional[Iterable[str]] = None, p
             on_fault(r)
     correct = [r["fault"] for r in results if r["correct"]]
     cases = [c for r in results for c in r["cases"]]
-    return dict(suite=suite_name, per_fault=per_fault, level=level, faults=results, total=len(results), correct=len(correct),
+    return dict(suite=suite_name, per_fault=per_fault, level=level, faults=results, total=len(results),
+                correct=len(correct),
                 fraction=len(correct) / len(results) if results else 0.0,
                 case_fraction=(sum(c["correct"] for c in cases) / len(cases)) if cases else 0.0,
                 missed=[r["fault"] for r in results if not r["correct"]], wall_s=round(time.perf_counter() - t0, 1))
