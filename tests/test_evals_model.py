@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from harness.errors import ConfigError, InputError
-from tests.tiny_gdn_models import make_model_dir, use_transformers_torch_paths
+from tests.tiny_gdn_models import make_model_dir
 
 pytest.importorskip("transformers")
+from harness.evals.canary_train import hf_torch_gdn  # noqa: E402
 from harness.evals.hf_model import HarnessGDN, gdn_modules, load_model  # noqa: E402
 
 ARCHS = ("qwen3_5", "qwen3_next")
@@ -24,6 +25,13 @@ def model_dirs(tmp_path_factory):
     return {a: make_model_dir(root / a, a, seed=1) for a in ARCHS}
 
 
+@pytest.fixture
+def hf_torch():
+    """transformers' own torch GDN functions (not fla's kernels, bound when fla is installed)."""
+    with hf_torch_gdn():
+        yield
+
+
 def _prompts(vocab: int):
     g = torch.Generator().manual_seed(3)
     return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in (37, 9, 1)]
@@ -36,10 +44,9 @@ def _close(ours, theirs, what):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_reference_backend_gives_transformers_logits(arch, model_dirs, monkeypatch):
+def test_reference_backend_gives_transformers_logits(arch, model_dirs, hf_torch):
     """Prefill (a left-padded batch) and every decode step of the reference backend == transformers'
     own model run statelessly over the whole sequence (fp32)."""
-    use_transformers_torch_paths(monkeypatch, "qwen3_5" if arch == "qwen3_5" else "qwen3_next")
     torch.manual_seed(0)
     hm = load_model(model_dirs[arch], backend=None)
     assert hm.layout == ("flat" if arch == "qwen3_5" else "interleaved")
@@ -92,3 +99,34 @@ def test_bad_inputs_are_named(model_dirs, tmp_path):
         hm.logits([[5, 6], []])
     with pytest.raises(ConfigError, match="decode_path"):
         load_model(model_dirs["qwen3_5"], backend="harness.faults.catalogue:QkHeadModH", decode_path="nope")
+
+
+def test_lm_eval_loglikelihood_and_generate_until(model_dirs, hf_torch):
+    """The lm-eval class: loglikelihood from our logits == from transformers' own; generate_until
+    cuts at the stop string and records the generated tokens."""
+    pytest.importorskip("lm_eval")
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from harness.evals.lm_eval_model import GDNHarnessLM
+    d = model_dirs["qwen3_5"]
+    tok = AutoTokenizer.from_pretrained(d)
+    hm = load_model(d, backend=None)
+    lm = GDNHarnessLM(model=hm, tokenizer=tok, batch_size=2)
+    reqs = [SimpleNamespace(args=("Question: 2+2?\nAnswer:", " 4")),
+            SimpleNamespace(args=("Q: 7*6 ", "= 42"))]
+    want = []
+    for ctx, cont in (r.args for r in reqs):
+        ids = tok.encode(ctx + cont)
+        n = len(tok.encode(cont if not ctx.endswith(" ") else " " + cont))
+        with torch.no_grad():
+            logp = torch.log_softmax(hm.hf(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
+        want.append(float(logp[-n:].gather(-1, torch.tensor(ids[-n:])[:, None]).sum()))
+    hm.set_backend("reference")
+    got = lm.loglikelihood(reqs)
+    assert [g for g, _ in got] == pytest.approx(want, rel=1e-5)
+    ctx = "Question: 1+1?\nAnswer:"
+    text = lm.generate_until([SimpleNamespace(args=(ctx, {"until": ["Question:"], "max_gen_toks": 5}))])[0]
+    toks = lm.generations[ctx]["tokens"]
+    assert 1 <= len(toks) <= 5 and text == tok.decode(toks, skip_special_tokens=True).split("Question:")[0]

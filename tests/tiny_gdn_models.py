@@ -2,11 +2,11 @@
 with save_pretrained) and a character-level tokenizer, for the model-level tests."""
 from __future__ import annotations
 
-import inspect
-import string
 from pathlib import Path
 
 import torch
+
+from harness.evals.canary_train import build_tokenizer, save_tokenizer
 
 # H = 2 key heads (an interleaved / flat mix-up shows only with >= 2), r = 2, K != V
 GDN = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
@@ -14,19 +14,14 @@ GDN = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim
 COMMON = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
               intermediate_size=48, max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=False,
               layer_types=["linear_attention", "full_attention", "linear_attention"], **GDN)
-CHARS = string.digits + string.ascii_letters + " .,:;?!$%+-*/=#<>()'\"\n"
-SPECIAL = ["<pad>", "<eos>", "<unk>"]
+# every character a test prompt or answer uses (the canary's char-level tokenizer is built from these)
+TEXTS = [{"question": "Tom has 6 bags of 7 apples; how many apples? What is 3 plus 4, 12 minus 5?",
+          "answer": "6*7=42 (3+4=7, 12-5=7)\n#### 42"}]
 
 
 def char_tokenizer():
     """A character-level fast tokenizer (one id per character), built locally."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    vocab = {t: i for i, t in enumerate(SPECIAL + list(CHARS))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    return build_tokenizer(TEXTS)
 
 
 def _config(arch: str, vocab: int, eos: int, pad: int):
@@ -67,19 +62,5 @@ def make_model_dir(path: Path, arch: str, seed: int = 0) -> Path:
     _spread_gdn_params(model, gen)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
-    tok.save_pretrained(path)
+    save_tokenizer(tok, path)
     return path
-
-
-def use_transformers_torch_paths(monkeypatch, model_type: str) -> None:
-    """transformers binds its delta-rule functions to fla's Triton kernels when fla is
-    installed; put back its own torch implementations (the model we compare with)."""
-    import importlib
-    mod = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
-    for name in ("torch_chunk_gated_delta_rule", "torch_recurrent_gated_delta_rule",
-                 "causal_conv1d_fn", "causal_conv1d_update", "torch_causal_conv1d_update"):
-        fn = getattr(mod, name, None)
-        if fn is not None:
-            own = inspect.unwrap(fn)
-            assert own.__code__.co_filename == mod.__file__, (name, own)
-            monkeypatch.setattr(mod, name, own)
