@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Validate the `vllm` backend on vLLM 0.33.0's own sources on a GPU (device tool run).
+# Needs (git-excluded, carried): .vllm_pack/vllm_src.tgz (vLLM's .py / .json files plus
+# the documented _C_stable_libtorch shim) and .whl_vllm/ (vLLM's pure-Python deps the
+# GPU image lacks). Runs the ci suite on `vllm` and, concurrently, on each mutant of
+# harness/faults/vllm_mutants.py (bf16, TP 1-2); reports under $OUT.
+#   usage: scripts/vllm_validate.sh [base_limit_s] [mutant_limit_s] [mutant filters...]
+set -o pipefail
+BASE_S=${1:-420}; MUT_S=${2:-420}; shift 2 2>/dev/null
+MUT_ARGS=${*:-"--dtype bfloat16 --tp 1,2"}
+OUT=${OUT:-/tmp/vllm_out}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl_vllm/*.whl || exit 3
+mkdir -p /tmp/vsrc && tar xzf .vllm_pack/vllm_src.tgz -C /tmp/vsrc || exit 3
+export PYTHONPATH=/tmp/vsrc:/tmp/site:$PWD PYTHONUNBUFFERED=1 GDN_DIAGNOSE_BUDGET_S=${GDN_DIAGNOSE_BUDGET_S:-6}
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+python3 -c "
+from harness.optimized.vllm_backend import VllmBackend
+b = VllmBackend(); print('unavailable:', b.unavailable('cuda')); print(b.describe())" 2>&1 | tail -5
+run() {  # name limit args...
+  local name=$1 lim=$2; shift 2
+  timeout -s INT "$lim" python3 -m harness.cli run --suite ci --device cuda --report-dir "$OUT/$name" -q "$@" \
+    > "$OUT/$name.log" 2>&1; echo "$name rc=$?" >> "$OUT/rc.txt"
+}
+run vllm "$BASE_S" --backend vllm &
+for m in $(python3 -c "from harness.faults.vllm_mutants import MUTANTS; print(' '.join(m.__name__ for m in MUTANTS))"); do
+  run "$m" "$MUT_S" --backend "harness.faults.vllm_mutants:$m" $MUT_ARGS &
+done
+wait
+cat "$OUT/rc.txt"; tail -n 4 "$OUT"/*.log
