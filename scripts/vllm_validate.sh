@@ -16,6 +16,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 python3 -c "
 from harness.optimized.vllm_backend import VllmBackend
 b = VllmBackend(); print('unavailable:', b.unavailable('cuda')); print(b.describe())" 2>&1 | tail -5
+python3 scripts/vllm_h0_bos_repro.py > "$OUT/h0_bos_repro.txt" 2>&1; tail -n 5 "$OUT/h0_bos_repro.txt"
 run() {  # name limit args...
   local name=$1 lim=$2; shift 2
   timeout -s INT "$lim" python3 -m harness.cli run --suite ci --device cuda --report-dir "$OUT/$name" -q "$@" \
