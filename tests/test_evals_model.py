@@ -130,3 +130,28 @@ def test_lm_eval_loglikelihood_and_generate_until(model_dirs, hf_torch):
     text = lm.generate_until([SimpleNamespace(args=(ctx, {"until": ["Question:"], "max_gen_toks": 5}))])[0]
     toks = lm.generations[ctx]["tokens"]
     assert 1 <= len(toks) <= 5 and text == tok.decode(toks, skip_special_tokens=True).split("Question:")[0]
+
+
+def test_qwen35_vision_language_checkpoint(tmp_path, hf_torch):
+    """Qwen3.5 releases are vision-language checkpoints (model_type qwen3_5, weights under
+    model.language_model.*): they load as the causal LM, and the reference backend gives the
+    logits of the full VL model on text."""
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    from harness.evals.canary_train import save_tokenizer
+    from tests.tiny_gdn_models import COMMON, char_tokenizer
+    tok = char_tokenizer()
+    cfg = Qwen3_5Config(text_config=dict(vocab_size=len(tok), eos_token_id=tok.eos_token_id, **COMMON),
+                        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2,
+                                           out_hidden_size=32, patch_size=4, temporal_patch_size=2,
+                                           spatial_merge_size=2))
+    torch.manual_seed(0)
+    vl = Qwen3_5ForConditionalGeneration(cfg).eval()
+    vl.save_pretrained(tmp_path)
+    save_tokenizer(tok, tmp_path)
+    hm = load_model(tmp_path, backend="reference")
+    assert hm.layout == "flat" and len(hm.original) == 2
+    ids = _prompts(len(tok))[0]
+    with torch.no_grad():
+        theirs = vl(input_ids=torch.tensor([ids])).logits[0]
+    _close(hm.logits([ids])[0], theirs, "VL checkpoint")

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "gsm8k"
 CANARY_LIMIT = 40          # keeps `--canary` (reference + triton, CPU) under 2 minutes; see README
 CANARY_THRESHOLD = 0.9
+CANARY_MAX_GEN = 24        # its answers are <= 17 tokens + EOS; a broken model stops here
 METRICS = {"strict": "strict-match", "flexible": "flexible-extract"}
 Z95 = 1.959964
 
@@ -242,7 +243,8 @@ def add_parser(sub) -> None:
                    help="fail a backend more than this below the baseline's accuracy (default 0.08)")
     g.add_argument("--metric", choices=sorted(METRICS), default="strict", help="filter the gate uses")
     g.add_argument("--batch-size", type=int, default=16, help="questions generated together")
-    g.add_argument("--max-gen-toks", type=int, default=256)
+    g.add_argument("--max-gen-toks", type=int, default=None,
+                   help=f"tokens generated at most per question (default 256; canary {CANARY_MAX_GEN})")
     g.add_argument("--tp", type=int, default=1, help="run each GDN layer as this many TP shards (summed)")
     g.add_argument("--decode-path", default="recurrent", choices=["recurrent", "sigmoid_gating", "packed"])
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (canary default 1)")
@@ -261,6 +263,7 @@ def _canary_defaults(args) -> None:
     args.num_fewshot = 0 if args.num_fewshot is None else args.num_fewshot
     args.threshold = CANARY_THRESHOLD if args.threshold is None else args.threshold
     args.threads = 1 if args.threads is None else args.threads
+    args.max_gen_toks = CANARY_MAX_GEN if args.max_gen_toks is None else args.max_gen_toks
     args.batch_size = max(args.batch_size, args.limit or 0)   # one batch: decode steps dominate on CPU
 
 
@@ -279,6 +282,7 @@ def cmd_gsm8k(args) -> int:
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     args.num_fewshot = 5 if args.num_fewshot is None else args.num_fewshot
+    args.max_gen_toks = 256 if args.max_gen_toks is None else args.max_gen_toks
     if args.threads:
         torch.set_num_threads(args.threads)
     backends = [b for b in args.backends.split(",") if b]
