@@ -1,4 +1,4 @@
-"""The fla and vllm backend adapters (harness.optimized.fla_backend / vllm_backend).
+"""The fla backend adapter (harness.optimized.fla_backend).
 
 fla: every implemented op against the reference op, through the harness's own op cases
 (opcheck.run_op_case, judged by suites/tolerances.toml, as `gdn-harness run` judges them)
@@ -8,14 +8,9 @@ the norm dispatch. Without a GPU fla's kernels run under TRITON_INTERPRET=1 (num
 shapes stay tiny and bf16 is left to a GPU; fla's chunked kernels do not run under the
 interpreter at all, so chunk_gated_delta_rule is only checked on a GPU.
 
-vllm: without vLLM the backend must load and say why it cannot run; with a stand-in vLLM
-(fake modules that follow the conventions read in vLLM's sources) the adapters' plumbing
-is checked: g / beta squeezed from [1, T, HV], per-sequence states through vLLM's pool
-interface, varlen conv arguments.
+vllm: tests/test_vllm_backend.py (validated against vLLM 0.33.0's own kernels, docs/findings.md).
 """
 import os
-import sys
-import types
 
 import torch
 
@@ -27,7 +22,6 @@ import pytest  # noqa: E402
 from harness.config import GDNDims  # noqa: E402
 from harness.compare import compare  # noqa: E402
 from harness.opcheck import OP_INFOS, run_op_case  # noqa: E402
-from harness.optimized import fla_backend, vllm_backend  # noqa: E402
 from harness.optimized.registry import load_backend  # noqa: E402
 from harness.policy import Policy  # noqa: E402
 from harness.reference import conv as ref_conv  # noqa: E402
@@ -289,160 +283,3 @@ def test_fla_chunk_final_state_dtype(dtype):
     assert final.dtype == torch.bfloat16 and o.dtype == dtype
     _close(o, o_ref, rtol=3e-2, atol=3e-2)
     _close(final, f_ref, rtol=3e-2, atol=3e-2)
-
-
-# ---------------------------------------------------------------- vllm
-def _has_vllm():
-    try:
-        import vllm  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-@pytest.mark.skipif(_has_vllm(), reason="vLLM is installed here")
-def test_vllm_loads_and_says_why_without_vllm(monkeypatch):
-    monkeypatch.setattr(vllm_backend, "_CACHE", {})
-    monkeypatch.setattr(vllm_backend, "_ERROR", [])
-    be = load_backend("vllm")
-    assert be.name == "vllm" and "vllm" not in sys.modules
-    for device in ("cuda", "cpu"):
-        why = be.unavailable(device)
-        assert why and why.startswith("vLLM is not importable: ") and "vllm" in why
-    d = be.describe()
-    assert d["ssm_state_layout"] == "vk" and set(d["decode_paths"]) == {"recurrent", "sigmoid_gating", "packed"}
-    assert be.conv_state_layouts == ("token_first",)
-
-
-def _fake_vllm_recurrent(q, k, v, g, beta=None, scale=None, initial_state=None, inplace_final_state=True,
-                         cu_seqlens=None, ssm_state_indices=None, num_accepted_tokens=None,
-                         use_qk_l2norm_in_kernel=False):
-    """vLLM's fused_recurrent_gated_delta_rule as its kernel reads (newest copy): states
-    [.., HV, V, K]; slot <= 0 skipped (zero output); inplace: token t's state to
-    indices[n * stride + t]; not inplace: to a new buffer row bos + t; without indices the
-    initial state is row bos of h0."""
-    B, T, H, K = q.shape
-    HV, V = v.shape[2:]
-    scale = K ** -0.5 if scale is None else scale
-    cu = cu_seqlens.tolist() if cu_seqlens is not None else [n * T for n in range(B + 1)]
-    o = torch.full((B * T, HV, V), float("nan"), dtype=q.dtype, device=q.device)
-    final = initial_state if inplace_final_state else torch.full((T, HV, V, K), float("nan"),
-                                                                 dtype=initial_state.dtype, device=q.device)
-    idx = None if ssm_state_indices is None else ssm_state_indices.reshape(-1).tolist()
-    stride = None if ssm_state_indices is None else ssm_state_indices.stride(0)
-    qf, kf, vf = q.reshape(-1, H, K).double(), k.reshape(-1, H, K).double(), v.reshape(-1, HV, V).double()
-    gf, bf = g.reshape(-1, HV).double(), beta.reshape(-1, HV).double()
-    for n in range(len(cu) - 1):
-        bos, eos = cu[n], cu[n + 1]
-        if eos == bos:
-            continue
-        if idx is not None:
-            i_t = int(num_accepted_tokens[n]) - 1 if num_accepted_tokens is not None else 0
-            slot = idx[n * stride + i_t]
-            if slot <= 0:
-                o[bos:eos] = 0
-                continue
-            h = initial_state[slot].double()
-        else:
-            h = initial_state.reshape(-1, HV, V, K)[bos].double()
-        for t in range(eos - bos):
-            i = bos + t
-            qi, ki = qf[i].repeat_interleave(HV // H, 0), kf[i].repeat_interleave(HV // H, 0)
-            if use_qk_l2norm_in_kernel:
-                qi = qi / torch.sqrt((qi * qi).sum(-1, keepdim=True) + 1e-6)
-                ki = ki / torch.sqrt((ki * ki).sum(-1, keepdim=True) + 1e-6)
-            h, o[i] = ref_dr._step(h, qi * scale, ki, vf[i], gf[i], bf[i])
-            if inplace_final_state:
-                s = idx[n * stride + t]
-                if s > 0:
-                    final[s] = h.to(final.dtype)
-            else:
-                final[i] = h.to(final.dtype)
-    return o.reshape(B, T, HV, V), final
-
-
-def _fake_vllm_gating(A_log, a, b, dt_bias, beta=1.0, threshold=20.0):
-    batch, num_heads = a.shape
-    g, bt = ref_gating.fused_gdn_gating(A_log, a, b, dt_bias, beta, threshold)
-    return g.reshape(1, batch, num_heads), bt.to(b.dtype).reshape(1, batch, num_heads)
-
-
-@pytest.fixture
-def fake_vllm(monkeypatch):
-    """A stand-in vLLM package in sys.modules with the newest layout's module paths."""
-    calls = {}
-
-    def conv_update(x, conv_state, weight, bias=None, activation=None, conv_state_indices=None,
-                    num_accepted_tokens=None, query_start_loc=None, max_query_len=-1, pad_slot_id=-1, **kw):
-        calls["conv_update"] = dict(conv_state_indices=conv_state_indices, max_query_len=max_query_len)
-        return x.clone()       # mainline vLLM returns x in PAD rows; here every row: plumbing only
-
-    mods = {
-        "vllm": dict(__version__="0.33.0-fake"),
-        "vllm.model_executor": {}, "vllm.model_executor.layers": {}, "vllm.model_executor.layers.mamba": {},
-        "vllm.model_executor.layers.mamba.ops": {},
-        "vllm.model_executor.layers.mamba.ops.causal_conv1d": dict(causal_conv1d_fn=lambda *a, **k: None,
-                                                                   causal_conv1d_update=conv_update),
-        "vllm.model_executor.layers.mamba.gdn": {},
-        "vllm.model_executor.layers.mamba.gdn.qwen_gdn_linear_attn": dict(fused_gdn_gating=_fake_vllm_gating),
-        "vllm.third_party": {}, "vllm.third_party.flash_linear_attention": {},
-        "vllm.third_party.flash_linear_attention.ops": dict(
-            fused_recurrent_gated_delta_rule=_fake_vllm_recurrent, chunk_gated_delta_rule=None),
-    }
-    for name, attrs in mods.items():
-        m = types.ModuleType(name)
-        for a, val in attrs.items():
-            setattr(m, a, val)
-        monkeypatch.setitem(sys.modules, name, m)
-    monkeypatch.setattr(vllm_backend, "_CACHE", {})
-    monkeypatch.setattr(vllm_backend, "_ERROR", [])
-    return calls
-
-
-def test_vllm_adapter_plumbing_with_a_stand_in(fake_vllm):
-    be = vllm_backend.VllmBackend()
-    assert be.unavailable("cuda") in (None, "no CUDA device")
-    # What the stand-in lacks is dropped, with the decode paths that need it.
-    assert not be.implements("chunk_gated_delta_rule") and be.implements("causal_conv1d_fn")
-    assert not be.implements("rms_norm_gated")
-    assert be.decode_paths == ("recurrent",)
-    assert be.describe()["vllm_version"] == "0.33.0-fake"
-
-    # gating: [1, T, HV] squeezed; beta stays in b.dtype as vLLM returns it
-    a, b = torch.randn(5, 4), torch.randn(5, 4).half()
-    A_log, dt_bias = torch.rand(4), torch.rand(4)
-    g, beta = be.fused_gdn_gating(A_log, a, b, dt_bias)
-    assert g.shape == (5, 4) and beta.shape == (5, 4) and beta.dtype == torch.float16
-
-    # per-sequence states through the pool interface (zero slot + indices 1..N, final at eos-1)
-    q, k, v, gg, bb, cu = (t.cpu() if t is not None else None for t in _delta([2, 0, 3], seed=20))
-    h0 = _pool(3, seed=21).cpu()
-    o, final = be.fused_recurrent_gated_delta_rule(q, k, v, gg, bb, initial_state=h0, cu_seqlens=cu,
-                                                   use_qk_l2norm_in_kernel=True)
-    o_ref, f_ref = _ref(ref_dr.recurrent_gated_delta_rule, q, k, v, gg, bb, initial_state=h0, cu_seqlens=cu,
-                        use_qk_l2norm_in_kernel=True)
-    _close(o, o_ref)
-    _close(final, f_ref)
-    # equal-length batch without cu_seqlens goes through as one varlen batch
-    q, k, v, gg, bb, _ = (t.cpu() if t is not None else None for t in _delta([2, 2], batched=True, seed=22))
-    o, final = be.fused_recurrent_gated_delta_rule(q, k, v, gg, bb, initial_state=h0[:2])
-    o_ref, f_ref = _ref(ref_dr.recurrent_gated_delta_rule, q, k, v, gg, bb, initial_state=h0[:2])
-    _close(o, o_ref)
-    _close(final, f_ref)
-
-    # pool path, not inplace: vLLM's inplace update on a copy; slot 0 is vLLM's NULL block
-    q, k, v, gg, bb, cu = (t.cpu() if t is not None else None for t in _delta([1, 1, 1], seed=23))
-    pool = _pool(6, seed=24).cpu()
-    before = pool.clone()
-    idx = torch.tensor([4, 0, 2], dtype=torch.int32)
-    o, got = be.fused_recurrent_gated_delta_rule(q, k, v, gg, bb, initial_state=pool, cu_seqlens=cu,
-                                                 ssm_state_indices=idx, inplace_final_state=False)
-    assert torch.equal(pool, before) and got is not pool
-    assert torch.count_nonzero(o[0, 1]) == 0 and torch.equal(got[0], pool[0])   # NULL_BLOCK_ID 0: skipped
-
-    # varlen conv update: conv_state_indices filled in (vLLM requires it), max_query_len from the lengths
-    x = torch.randn(6, 8)
-    be.causal_conv1d_update(x, torch.zeros(3, 8, 5), torch.randn(8, 4), query_start_loc=torch.tensor([0, 4, 6]),
-                            num_accepted_tokens=torch.tensor([1, 2]))
-    assert fake_vllm["conv_update"]["max_query_len"] == 4
-    assert fake_vllm["conv_update"]["conv_state_indices"].tolist() == [0, 1]
