@@ -80,9 +80,16 @@ def _run_group(cases: List[Case], suite: str, policy: Optional[str], oracle_devi
 def run_isolated(cases: List[Case], suite: str, policy: Optional[str], oracle_device: Optional[str],
                  on_done: Callable[[dict], None], jobs: int = 1, timeout: float = 600.0,
                  group_size: int = 16, gpus: int = 0) -> None:
-    """Run cases in `jobs` concurrent workers, `group_size` cases per worker process.
-    With `gpus` > 1 each job slot is pinned to one GPU (CUDA_VISIBLE_DEVICES)."""
-    groups = [cases[i:i + group_size] for i in range(0, len(cases), group_size)]
+    """Run cases in `jobs` concurrent workers. One worker: `group_size` cases per worker
+    process. Several: one long-lived worker per job slot over every `jobs`-th case (a
+    fresh one only after a crash or hang), because a worker's start - CUDA context,
+    kernel loads from the Triton cache - cost 10-25 s per process on an H200, more than
+    the ci suite's cases themselves. With `gpus` > 1 each job slot is pinned to one GPU
+    (CUDA_VISIBLE_DEVICES)."""
+    if jobs > 1:
+        groups = [g for g in (cases[i::jobs] for i in range(jobs)) if g]
+    else:
+        groups = [cases[i:i + group_size] for i in range(0, len(cases), group_size)]
     stop = threading.Event()
     lock = threading.Lock()
     slots = list(range(max(1, jobs)))
