@@ -10,7 +10,6 @@ backends: answers, agreement, first divergent generated token.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -207,15 +206,16 @@ def markdown(meta: dict, summary: dict, rows: List[dict], max_rows: int = 100) -
     lines += ["", f"## Questions where the backends differ: {len(diff)} of {len(rows)}", ""]
     if diff:
         others = [b for b in summary["backends"] if b != b0]
-        lines += ["| doc | gold | " + " | ".join(f"{b} strict / flexible" for b in summary["backends"]) +
+        lines += ["| doc | question | gold | " + " | ".join(f"{b} strict / flexible" for b in summary["backends"]) +
                   " | first divergent token (index: " + b0 + " -> backend) |",
-                  "|---|---|" + "---|" * len(summary["backends"]) + "---|"]
+                  "|---|---|---|" + "---|" * len(summary["backends"]) + "---|"]
         for r in diff[:max_rows]:
             ans = " | ".join(f"{_cell(a['strict'])} / {_cell(a['flexible'])}" for a in r["answers"].values())
             div = "; ".join(f"{b} @{d['index']}: {_cell(d['baseline_token'] and d['baseline_token'][1])!r} -> "
                             f"{_cell(d['token'] and d['token'][1])!r}" for b, d in r["divergence"].items()
                             if b in others)
-            lines.append(f"| {r['doc_id']} | {_cell(r['target'])} | {ans} | {div} |")
+            q = r["question"] if len(r["question"]) <= 60 else r["question"][:57] + "..."
+            lines.append(f"| {r['doc_id']} | {_cell(q)} | {_cell(r['target'])} | {ans} | {div} |")
         if len(diff) > max_rows:
             lines.append(f"\n... {len(diff) - max_rows} more in gsm8k.json")
     lines += ["", "Every question (answers, tokens, divergence) is in gsm8k.json."]
