@@ -33,6 +33,12 @@ def _config(arch: str, vocab: int, eos: int, pad: int):
         return Qwen3NextConfig(vocab_size=vocab, eos_token_id=eos, pad_token_id=pad, num_experts=4,
                                num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16,
                                decoder_sparse_step=1, mlp_only_layers=[], **COMMON)
+    if arch == "qwen3_5_moe":
+        from transformers import Qwen3_5MoeTextConfig
+        dense = {k: v for k, v in COMMON.items() if k != "intermediate_size"}
+        return Qwen3_5MoeTextConfig(vocab_size=vocab, eos_token_id=eos, pad_token_id=pad, num_experts=4,
+                                    num_experts_per_tok=2, moe_intermediate_size=16,
+                                    shared_expert_intermediate_size=16, **dense)
     raise ValueError(arch)
 
 
@@ -48,7 +54,7 @@ def _spread_gdn_params(model, gen):
 
 
 def make_model_dir(path: Path, arch: str, seed: int = 0) -> Path:
-    """Save a random-weight `arch` model (qwen3_5 | qwen3_next) and the char tokenizer in `path`."""
+    """Save a random-weight `arch` model (qwen3_5 | qwen3_next | qwen3_5_moe) and the char tokenizer in `path`."""
     from transformers import AutoModelForCausalLM
     tok = char_tokenizer()
     config = _config(arch, len(tok), tok.eos_token_id, tok.pad_token_id)
