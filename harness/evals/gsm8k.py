@@ -245,6 +245,8 @@ def add_parser(sub) -> None:
     g.add_argument("--batch-size", type=int, default=16, help="questions generated together")
     g.add_argument("--max-gen-toks", type=int, default=None,
                    help=f"tokens generated at most per question (default 256; canary {CANARY_MAX_GEN})")
+    g.add_argument("--state-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the recurrent (ssm) state pool")
     g.add_argument("--tp", type=int, default=1, help="run each GDN layer as this many TP shards (summed)")
     g.add_argument("--decode-path", default="recurrent", choices=["recurrent", "sigmoid_gating", "packed"])
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (canary default 1)")
@@ -298,7 +300,7 @@ def cmd_gsm8k(args) -> int:
     from transformers import AutoTokenizer
 
     from .hf_model import load_model
-    hm = load_model(args.model, None, args.device, args.dtype, args.tp, args.decode_path)
+    hm = load_model(args.model, None, args.device, args.dtype, args.tp, args.decode_path, args.state_dtype)
     tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
     report_dir = _report_dir(args.report_dir)
     cfg = task_config(files)
@@ -324,6 +326,7 @@ def cmd_gsm8k(args) -> int:
     meta = dict(model=str(args.model), model_type=hm.config.model_type, layout=hm.layout, dims=hm.dims.to_dict(),
                 device=args.device, dtype=args.dtype, data=files, num_fewshot=args.num_fewshot, limit=args.limit,
                 tolerance=args.tolerance, threshold=args.threshold, tp=args.tp, decode_path=args.decode_path,
+                state_dtype=args.state_dtype,
                 backends=backends, argv=getattr(args, "argv", None))
     write_report(report_dir, meta, summary, rows)
     _point_latest(report_dir)
