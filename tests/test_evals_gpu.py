@@ -10,7 +10,6 @@ import torch
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-from tests.test_evals_gsm8k import QUESTIONS  # noqa: E402
 from tests.test_evals_model import ARCHS, REL_LOGITS, _prompts, hf_torch  # noqa: E402,F401
 from tests.tiny_gdn_models import make_model_dir  # noqa: E402
 
@@ -49,18 +48,31 @@ def test_reference_logits_equal_transformers_on_cuda(arch, model_dirs, hf_torch,
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_gsm8k_reference_vs_triton_on_cuda(arch, dtype, model_dirs, tmp_path, no_tf32):
-    """fp32: triton's tokens == the reference's on every question; bf16: the run completes and
-    reports (agreement is measured, not required)."""
+def test_triton_generates_reference_tokens_on_cuda(arch, dtype, model_dirs, no_tf32):
+    """fp32: the same greedy tokens on every prompt (a batch with left padding); bf16: runs
+    and stays finite (token agreement is not required there)."""
+    from harness.evals.hf_model import load_model
+    hm = load_model(model_dirs[arch], backend="reference", device="cuda", dtype=dtype)
+    prompts = _prompts(hm.config.vocab_size)
+    ref_scores, tri_scores = [], []
+    ref = hm.generate(prompts, 8, scores=ref_scores)
+    hm.set_backend("triton")
+    tri = hm.generate(prompts, 8, scores=tri_scores)
+    assert all(torch.isfinite(s).all() for s in tri_scores)
+    if dtype == "float32":
+        assert tri == ref
+
+
+def test_gsm8k_command_on_cuda(model_dirs, tmp_path, no_tf32):
+    pytest.importorskip("lm_eval")
     from harness.cli import main
     data = tmp_path / "data"
     data.mkdir()
-    (data / "test.jsonl").write_text("".join(json.dumps(dict(question=q, answer=a)) + "\n" for q, a in QUESTIONS))
-    code = main(["gsm8k", "--model", str(model_dirs[arch]), "--data", str(data), "--backends", "reference,triton",
-                 "--num-fewshot", "0", "--max-gen-toks", "8", "--device", "cuda", "--dtype", dtype,
-                 "--report-dir", str(tmp_path / "rep")])
+    rows = [("What is 3 plus 4?", "3+4=7\n#### 7"), ("What is 12 minus 5?", "12-5=7\n#### 7")]
+    (data / "test.jsonl").write_text("".join(json.dumps(dict(question=q, answer=a)) + "\n" for q, a in rows))
+    code = main(["gsm8k", "--model", str(model_dirs["qwen3_5"]), "--data", str(data), "--backends",
+                 "reference,triton", "--num-fewshot", "0", "--max-gen-toks", "8", "--device", "cuda",
+                 "--dtype", "float32", "--report-dir", str(tmp_path / "rep")])
     rep = json.loads((tmp_path / "rep" / "gsm8k.json").read_text())
-    assert len(rep["questions"]) == len(QUESTIONS) and code in (0, 1)
-    if dtype == "float32":
-        assert code == 0
-        assert all(r["tokens_agree"] for r in rep["questions"]), [r["divergence"] for r in rep["questions"]]
+    assert code == 0 and len(rep["questions"]) == 2
+    assert all(r["tokens_agree"] for r in rep["questions"]), [r["divergence"] for r in rep["questions"]]
