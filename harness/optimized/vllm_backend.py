@@ -68,7 +68,7 @@ def _vllm() -> Dict[str, object]:
         raise ImportError(_ERROR[0])
     try:
         import vllm
-        found = {key: importlib.import_module(path) for key, path in MODULES.items() if key != "ops"}
+        found = {key: importlib.import_module(path) for key, path in MODULES.items()}
     except Exception as e:   # ImportError, or vLLM failing at import on this machine
         _ERROR.append(f"{type(e).__name__}: {e}")
         raise ImportError(_ERROR[0]) from e
