@@ -7,5 +7,5 @@ smoke:  ## set up, then the main job: the smoke suite on reference and triton (i
 	$(PY)/gdn-harness run --suite smoke --backend reference --backend triton
 
 test:   ## set up with the test extras, then run the harness's own tests
-	scripts/setup.sh dev,fla,triton
+	scripts/setup.sh dev,fla,triton,eval
 	$(PY)/python -m pytest -n auto
