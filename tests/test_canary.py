@@ -11,11 +11,21 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 from harness.evals import canary_train as ct  # noqa: E402
+from harness.evals.hf_model import gdn_dims  # noqa: E402
 from harness.layouts.weights import convert_checkpoint  # noqa: E402
 
 # Held-out problems answered in the accuracy tests: enough for >= 0.9 to mean something,
 # few enough for seconds on one CPU thread.
 N_SAMPLE = 48
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # a 0.2M-parameter model: extra threads only contend (10x slower on a busy 2-core box)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +96,7 @@ def test_twin_holds_the_same_weights_interleaved(models):
     assert all(type(layer.mlp).__name__ == "Qwen3NextMLP" for layer in twin.model.layers)
     sd35, sdn = m35.state_dict(), twin.state_dict()
     assert not any("in_proj_qkv." in k for k in sdn) and any("in_proj_qkvz." in k for k in sdn)
-    dims = ct.gdn_dims(m35.config)
+    dims = gdn_dims(m35.config)
     for i, kind in enumerate(m35.config.layer_types):
         if kind != "linear_attention":
             continue

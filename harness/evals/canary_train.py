@@ -124,9 +124,12 @@ def save_tokenizer(tok, out: Path) -> None:
 # ----------------------------------------------------------------------------- model
 
 def qwen35_config(tok, dims: Optional[dict] = None):
+    """dims: overrides of MODEL_DIMS, and optionally "layer_types"."""
     from transformers import Qwen3_5TextConfig
+    dims = dict(dims or {})
+    layers = list(dims.pop("layer_types", LAYER_TYPES))
     return Qwen3_5TextConfig(
-        vocab_size=len(tok), num_hidden_layers=len(LAYER_TYPES), layer_types=list(LAYER_TYPES),
+        vocab_size=len(tok), num_hidden_layers=len(layers), layer_types=layers,
         max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                          "partial_rotary_factor": 0.25},
@@ -148,16 +151,10 @@ def qwen3next_config(cfg35):
                            **keep)
 
 
-def gdn_dims(cfg):
-    from ..config import GDNDims
-    return GDNDims(hidden=cfg.hidden_size, H=cfg.linear_num_key_heads,
-                   HV=cfg.linear_num_value_heads, K=cfg.linear_key_head_dim,
-                   V=cfg.linear_value_head_dim, W=cfg.linear_conv_kernel_dim, name="canary")
-
-
 def to_qwen3next_state_dict(sd35: Dict[str, torch.Tensor], cfg35) -> Dict[str, torch.Tensor]:
     """Qwen3.5 (flat) state dict -> Qwen3-Next (interleaved): only the GDN in_proj rows move."""
     from ..layouts.weights import convert_checkpoint
+    from .hf_model import gdn_dims
     dims = gdn_dims(cfg35)
     out = {k: v for k, v in sd35.items() if ".linear_attn." not in k}
     for i, kind in enumerate(cfg35.layer_types):
@@ -349,14 +346,17 @@ def _rebuild(weights: Path, record: Path, out: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=20000)
-    ap.add_argument("--time-budget", type=float, default=0.0, help="seconds of training (0: none)")
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--time-budget", type=float, default=225.0, help="seconds of training (0: none)")
+    ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--hidden", type=int, default=MODEL_DIMS["hidden_size"])
     ap.add_argument("--intermediate", type=int, default=MODEL_DIMS["intermediate_size"])
+    ap.add_argument("--value-head-dim", type=int, default=MODEL_DIMS["linear_value_head_dim"])
+    ap.add_argument("--layers", default="".join(t[0] for t in LAYER_TYPES),
+                    help="layer types, one letter each: l = linear_attention (GDN), f = full")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=SEED)
-    ap.add_argument("--target", type=float, default=0.98,
+    ap.add_argument("--target", type=float, default=1.0,
                     help="stop once validation accuracy (200 train-split problems) reaches this")
     ap.add_argument("--out", type=Path, default=QWEN35_DIR)
     ap.add_argument("--twin-out", type=Path, default=QWEN3NEXT_DIR)
@@ -374,7 +374,10 @@ def _main(args) -> int:
     if args.from_weights:
         _rebuild(args.from_weights, args.from_weights.parent / RECORD_FILE, args.out)
     elif not args.twin_only:
-        dims = dict(hidden_size=args.hidden, intermediate_size=args.intermediate)
+        kinds = {"l": "linear_attention", "f": "full_attention"}
+        dims = dict(hidden_size=args.hidden, intermediate_size=args.intermediate,
+                    linear_value_head_dim=args.value_head_dim,
+                    layer_types=[kinds[c] for c in args.layers])
         model, tok, heldout, rec = train(args.steps, args.batch_size, args.lr, args.device,
                                          args.seed, time_budget=args.time_budget,
                                          target=args.target, dims=dims,
