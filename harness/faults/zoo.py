@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -180,14 +181,23 @@ def _tasks(suite: dict, base_names: Sequence[str], faults: list, device: str, st
     return slow + layer_chunks + rest
 
 
-def _merge_base(name: str, parts: List[dict]) -> dict:
+def _unfinished_base(name: str) -> dict:
+    return dict(name=name, target=BASE_TARGETS.get(name, name), passed=False, broken=None, statuses={},
+                cases_run=0, failures=[], cpu_s=0.0, groups=[], incomplete=True)
+
+
+def _merge_base(name: str, parts: List[dict], expected_chunks: int = 0) -> dict:
+    """One base's chunks merged; a base with chunks missing (an interrupted run) has not
+    passed: it is marked incomplete."""
     parts = sorted(parts, key=lambda p: p["chunk"])
+    incomplete = len(parts) < expected_chunks
     counts: Counter = Counter()
     for p in parts:
         counts.update(p["statuses"])
     failures = [c for p in parts for c in p["caught_by"]]
     broken = next((p["broken"] for p in parts if p["broken"]), None)
-    return dict(name=name, target=parts[0]["target"], passed=not failures and not broken, broken=broken,
+    return dict(name=name, target=parts[0]["target"], passed=not failures and not broken and not incomplete,
+                broken=broken, incomplete=incomplete,
                 statuses=dict(counts), cases_run=sum(p["cases_run"] for p in parts), failures=failures,
                 cpu_s=round(sum(p["wall_s"] for p in parts), 3),
                 groups=sorted({r["group"] for p in parts for r in p["records"]}))
@@ -258,13 +268,18 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
         if on_progress:
             on_progress({k: v for k, v in r.items() if k != "records"})
 
-    if jobs == 1:
-        for t in tasks:
-            done(run_task(t))
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        _run_pool(tasks, jobs, threads, done)
+    stop = threading.Event()
+    try:
+        if jobs == 1:
+            for t in tasks:
+                done(run_task(t))
+        else:
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            _run_pool(tasks, jobs, threads, done, stop)
+    except KeyboardInterrupt:       # Ctrl-C / timeout -s INT: report what finished
+        stop.set()
     wall = time.perf_counter() - t0
+    results = list(results)
 
     by_base: Dict[str, List[dict]] = {}
     fault_results: Dict[str, dict] = {}
@@ -273,18 +288,23 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
             by_base.setdefault(r["name"], []).append(r)
         else:
             fault_results[r["name"]] = r
-    base_out = {b: _merge_base(b, by_base[b]) for b in base_names}
+    chunks = Counter(t["name"] for t in tasks if t["kind"] == "base")
+    base_out = {b: _merge_base(b, by_base[b], chunks[b]) if b in by_base else _unfinished_base(b)
+                for b in base_names}
     n_cases = {t["name"]: (len(t["cases"]), t["planned"]) for t in tasks if t["kind"] == "fault"}
-    fault_out = {f.name: _fault_entry(f, fault_results[f.name], *n_cases[f.name]) for f in flist}
+    fault_out = {f.name: _fault_entry(f, fault_results[f.name], *n_cases[f.name]) for f in flist
+                 if f.name in fault_results}
+    not_run = [f.name for f in flist if f.name not in fault_results]
     killed = sum(e["killed"] for e in fault_out.values())
     # the matrix's columns: check groups (op first), rows are each fault's `groups`
     groups = sorted({g for e in fault_out.values() for g in e["groups"]}, key=lambda g: (not g.startswith("op."), g))
     return dict(
         suite=suite["name"], device=device, base=base, stop_at_first=stop_at_first, jobs=jobs,
         seeds=seeds, base_passed=all(b["passed"] for b in base_out.values()), bases=base_out,
-        faults=fault_out, groups=groups, killed=killed, total=len(fault_out),
-        kill_score=(killed / len(fault_out)) if fault_out else math.nan,
+        faults=fault_out, groups=groups, killed=killed, total=len(flist),
+        kill_score=(killed / len(flist)) if flist else math.nan,
         survivors=[n for n, e in fault_out.items() if not e["killed"]],
+        interrupted=stop.is_set(), not_run=not_run,
         wall_s=round(wall, 3), cpu_s=round(sum(r["wall_s"] for r in results), 3))
 
 
@@ -296,6 +316,7 @@ def _worker_main() -> int:
     """``python -m harness.faults.zoo --worker``: one task (JSON) per stdin line, one tagged
     result line per task on stdout."""
     _worker_init(int(os.environ.get("GDN_ZOO_THREADS", "0")) or None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)    # the parent decides what an interrupt means
 
     def announce(case_id: str):
         sys.stdout.write(CASE_TAG + case_id + "\n")
@@ -323,7 +344,8 @@ def _died(task: dict, started: List[str], why: str, wall: float) -> dict:
                 time_to_first_kill_s=round(wall, 3), records=[], wall_s=round(wall, 3))
 
 
-def _run_pool(tasks: List[dict], jobs: int, threads: int, done: Callable[[dict], None]) -> None:
+def _run_pool(tasks: List[dict], jobs: int, threads: int, done: Callable[[dict], None],
+              stop: Optional[threading.Event] = None) -> None:
     """Run tasks on `jobs` worker subprocesses (no multiprocessing: a caller's unguarded
     __main__ is never re-imported); results go to `done` in the calling thread's lock."""
     todo = list(tasks)
@@ -345,7 +367,7 @@ def _run_pool(tasks: List[dict], jobs: int, threads: int, done: Callable[[dict],
         try:
             while True:
                 with lock:
-                    if not todo:
+                    if not todo or (stop is not None and stop.is_set()):
                         return
                     task = todo.pop(0)
                 if proc is None or proc.poll() is not None:
@@ -363,13 +385,16 @@ def _run_pool(tasks: List[dict], jobs: int, threads: int, done: Callable[[dict],
                             break
                 except (BrokenPipeError, OSError):
                     pass
+                if res is None and stop is not None and stop.is_set():
+                    return          # interrupted: the worker's death is not a detection
                 if res is None:
                     proc.wait()
                     res = _died(task, started, f"exit code {proc.returncode}; stderr tail: {''.join(err)[-1500:]}",
                                 time.perf_counter() - t0)
                     proc = None
                 with lock:
-                    done(res)
+                    if stop is None or not stop.is_set():
+                        done(res)
         finally:
             if proc is not None and proc.poll() is None:
                 proc.stdin.close()
@@ -381,8 +406,9 @@ def _run_pool(tasks: List[dict], jobs: int, threads: int, done: Callable[[dict],
     workers = [threading.Thread(target=work, daemon=True) for _ in range(min(jobs, len(tasks)))]
     for w in workers:
         w.start()
-    for w in workers:
-        w.join()
+    for w in workers:       # join with a timeout, so that Ctrl-C reaches this thread
+        while w.is_alive():
+            w.join(0.5)
 
 
 # ---------------------------------------------------------------- reports
@@ -407,6 +433,9 @@ def kill_matrix_markdown(result: dict) -> str:
     lines += [f"- {mode}; wall {result['wall_s']:.1f} s, {result['jobs']} job(s)", ""]
     if result["survivors"]:
         lines += ["**Survivors:** " + ", ".join(f"`{s}`" for s in result["survivors"]), ""]
+    if result.get("not_run"):
+        lines += ["**Interrupted; not run (counted as not killed):** "
+                  + ", ".join(f"`{s}`" for s in result["not_run"]), ""]
 
     lines += ["## Faults", "",
               "| fault | base | lives in | incident class | killed | first caught by | failing outputs | "
@@ -501,13 +530,15 @@ def summary_lines(res: dict) -> List[str]:
             lines.append(f"SURVIVED {e['name']:36} {why}")
     for name, b in res["bases"].items():
         st = ", ".join(f"{v} {k}" for k, v in sorted(b["statuses"].items()))
-        lines.append(f"base {name}: {'passes' if b['passed'] else 'FAILS'} ({st})")
+        verdict = "INCOMPLETE" if b.get("incomplete") else ("passes" if b["passed"] else "FAILS")
+        lines.append(f"base {name}: {verdict} ({st})")
         for c in b["failures"][:5]:
             lines.append(f"  {c['status']}: {c['case']} {c['detail'][:160]}")
     score = f"{100 * res['kill_score']:.0f} %" if res["total"] else "n/a"
     lines.append(f"kill score {res['killed']}/{res['total']} ({score}) on the {res['suite']} suite; "
                  f"bases pass: {res['base_passed']}; wall {res['wall_s']:.1f}s"
-                 + (f"; survivors: {', '.join(res['survivors'])}" if res["survivors"] else ""))
+                 + (f"; survivors: {', '.join(res['survivors'])}" if res["survivors"] else "")
+                 + (f"; INTERRUPTED, not run: {', '.join(res['not_run'])}" if res.get("not_run") else ""))
     return lines
 
 
@@ -537,7 +568,7 @@ def cmd_zoo(args) -> int:
     paths = write_kill_matrix(args.report_dir, res)
     print("\n".join(summary_lines(res)))
     print(f"kill matrix: {paths['md']} and {paths['json'].name}")
-    return 0 if res["base_passed"] and not res["survivors"] else 1
+    return 0 if res["base_passed"] and not res["survivors"] and not res.get("not_run") else 1
 
 
 def main(argv: Optional[List[str]] = None) -> int:
