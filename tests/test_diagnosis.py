@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 from harness import diagnosis  # noqa: E402
 from harness.cases import Case  # noqa: E402
 from harness.diagnosis.zoo import CATALOGUE_CLASSES  # noqa: E402
+from harness.faults import catalogue  # noqa: E402
 from harness.faults.catalogue import FAULTS  # noqa: E402
 from harness.policy import Policy  # noqa: E402
 from harness.report import summary_markdown  # noqa: E402
@@ -110,3 +111,77 @@ def test_reports_show_hypotheses(backends):
     item = schema["$defs"]["case"]["properties"]["hypotheses"]
     jsonschema.Draft202012Validator(dict(item, **{"$defs": schema["$defs"]})).validate(
         json.loads(json.dumps(rec["hypotheses"], default=str)))
+
+
+# ------------------------------------------------------------------ composed faults (test-local)
+class QkHeadModHPadGarbage(catalogue.QkHeadModH):
+    """Two faults at once, as vLLM's kernels with a planted head-mapping bug look: q / k head
+    hv % H, and PAD rows left as torch.empty garbage (NaN)."""
+    name = "qk_head_mod_h_pad_garbage"
+    mutations = catalogue.QkHeadModH.mutations + catalogue.PadRowsUninitialised.mutations
+    append = catalogue.PadRowsUninitialised.append
+
+
+class SpecStateOffsetOffByOne(catalogue.SpecConvOffsetOffByOne):
+    """The ssm side of the accepted-token offset: the spec recurrent reads its state from slot
+    [num_accepted] (clamped to the row) instead of [num_accepted - 1]."""
+    name = "spec_state_offset_off_by_one"
+    module = "recurrent"
+    mutations = (("i_read = tl.load(num_acc + i_n).to(tl.int64) - 1",
+                  "i_read = tl.minimum(tl.load(num_acc + i_n).to(tl.int64), L - 1)"),)
+
+
+def _local_case(cls, op, variant):
+    spec = FAULTS[cls.name].target if cls.name in FAULTS else f"{__name__}:{cls.__name__}"
+    return Case(level="op", check=op, dims=DIMS, backend=spec, dtype="float32", state_dtype="float32", variant=variant)
+
+
+def test_fault_named_beside_pad_garbage(backends):
+    """PAD rows of NaN do not hide a second fault: both are named."""
+    rec = run_case(_local_case(QkHeadModHPadGarbage, "fused_recurrent_gated_delta_rule", "decode"), POLICY, "test",
+                   backends, diagnose=True)
+    assert rec["status"] == "fail"
+    top = rec["hypotheses"][0]
+    assert top["matched"] and top["pad_rows"] and top["class"] == "gva_head_mapping", rec["hypotheses"]
+    assert top["hypothesis"] == "pad_rows_garbage+qk_heads_tiled"
+    assert "likely cause [PAD rows] + [GVA head mapping]" in rec["diagnosis"]
+    assert "[PAD rows] + [GVA head mapping]" in failure_body(rec)
+
+
+def test_layer_fault_named_beside_pad_garbage(backends):
+    """The same at layer level (a decode mix with PAD rows, oracle re-runs)."""
+    case = Case(level="layer", check="decode_only", dims=parse_dims("qwen3-next-80b-a3b:shrunk"), layout="flat",
+                backend=f"{__name__}:QkHeadModHPadGarbage", dtype="float32", state_dtype="float32",
+                variant="recurrent.dim_first.sharded")
+    rec = run_case(case, POLICY, "test", backends, diagnose=True)
+    top = rec["hypotheses"][0]
+    assert rec["status"] == "fail" and top["matched"] and top["pad_rows"], rec["hypotheses"]
+    assert top["class"] == "gva_head_mapping" and "[PAD rows] + [GVA head mapping]" in rec["diagnosis"]
+
+
+@pytest.mark.parametrize("cls,op,variant,name", [
+    (catalogue.SpecConvOffsetOffByOne, "causal_conv1d_update", "spec-token_first", "conv_accepted_plus_one"),
+    (SpecStateOffsetOffByOne, "fused_recurrent_gated_delta_rule", "spec", "ssm_accepted_plus_one"),
+], ids=["conv", "ssm"])
+def test_spec_accepted_offset_named(cls, op, variant, name, backends):
+    rec = run_case(_local_case(cls, op, variant), POLICY, "test", backends, diagnose=True)
+    assert rec["status"] == "fail"
+    top = rec["hypotheses"][0]
+    assert top["matched"] and top["class"] == "spec_accepted_offset" and top["hypothesis"] == name, rec["hypotheses"]
+
+
+class SoftplusInvertedInRecurrent(catalogue.SoftplusThresholdInverted):
+    """softplus_threshold_inverted in the recurrent kernel's own gating (the packed decode's, as
+    in vLLM's fused_recurrent): g = -exp(A_log) * x for ordinary x, positive for x < 0."""
+    name = "softplus_inverted_in_recurrent"
+    module = "recurrent"
+    mutations = (("big = bx > thr", "big = bx < thr"),)
+
+
+def test_overflow_reproduced_by_hypothesis(backends):
+    """Inf / NaN outputs match a hypothesis whose re-run (in the kernels' fp32) overflows at the same places."""
+    rec = run_case(_local_case(SoftplusInvertedInRecurrent, "fused_recurrent_gated_delta_rule_packed_decode", "decode"),
+                   POLICY, "test", backends, diagnose=True)
+    assert rec["status"] == "fail" and "inf" in rec["diagnosis"]
+    top = rec["hypotheses"][0]
+    assert top["matched"] and top["hypothesis"] == "softplus_linear", rec["hypotheses"]

@@ -93,19 +93,20 @@ def _compare(name, actual, expected, tol, token_dim):
         return None
     expected = expected.to(actual.device)
     if actual.is_floating_point() and not bool(torch.isfinite(actual).all()):
-        # a hypothesis that blows up where the backend blows up reproduces it: the same
-        # NaN / +-Inf positions count as equal, the finite rest is compared as usual
-        e = expected.to(actual.dtype)
-        same = (torch.isnan(actual) & torch.isnan(e)) | (torch.isinf(actual) & (actual == e))
-        if bool(same.any()):
-            actual, expected = actual.masked_fill(same, 0), expected.masked_fill(same, 0)
+        # a hypothesis that blows up where the backend blows up reproduces it: equal finite
+        # masks (the hypothesis rounded to the backend's dtype, so fp64 values past its range
+        # count as overflowed), the finite rest compared as usual
+        bad = ~torch.isfinite(actual)
+        if torch.equal(bad, ~torch.isfinite(expected.to(actual.dtype))):
+            actual, expected = actual.masked_fill(bad, 0), expected.masked_fill(bad, 0)
     return compare(name, actual, expected, tol, token_dim)
 
 
 def rank(results: List[dict]) -> List[dict]:
     """Matched first, then the most outputs reproduced, then the smallest remaining error."""
     def key(r):
-        return (not r["matched"], -r["fixed"], r["rel_rms"] if math.isfinite(r["rel_rms"]) else math.inf)
+        rel = r["rel_rms"] if math.isfinite(r["rel_rms"]) else math.inf
+        return (not r["matched"], bool(r.get("pad_rows")), -r["fixed"], rel)
     return sorted(results, key=key)
 
 
@@ -127,11 +128,22 @@ def _finite(x: float):
     return float(f"{x:.4g}") if math.isfinite(x) else str(x)
 
 
+def with_pad_rows(h: Hypothesis, v: Verdict, fmt: dict) -> dict:
+    """A hypothesis that matches the real rows of a backend whose PAD rows hold garbage: both named."""
+    r = record(h, v, fmt)
+    r.update(hypothesis=f"pad_rows_garbage+{h.name}", label=f"{CLASSES['pad_rows']} + {CLASSES[h.cls]}",
+             words=f"{r['words']}; and the PAD rows hold garbage / NaN (never zeroed)", pad_rows=True)
+    return r
+
+
 def run_hypotheses(hyps: List[Hypothesis], ctx, expected_of: Callable, pairs, policy, dtype: str,
-                   state_dtype: str, budget_s: float, fmt: dict) -> List[dict]:
+                   state_dtype: str, budget_s: float, fmt: dict, unpad: Optional[Callable] = None) -> List[dict]:
     """Each applicable hypothesis re-run (`expected_of(h, ctx)` -> expected outputs by name),
     judged against the backend's outputs, within `budget_s` seconds; ranked results worth
-    reporting. A hypothesis that crashes is skipped (it cannot describe this case)."""
+    reporting. A hypothesis that crashes is skipped (it cannot describe this case).
+    `unpad(expected)`, given when the backend's PAD rows differ: the hypothesis' outputs as
+    signatures with the PAD rows masked out; one that then matches is recorded as
+    "[PAD rows] + [its class]" (unless a hypothesis matches on its own)."""
     t0, out = time.perf_counter(), []
     for h in hyps:
         if time.perf_counter() - t0 > budget_s:
@@ -143,10 +155,18 @@ def run_hypotheses(hyps: List[Hypothesis], ctx, expected_of: Callable, pairs, po
             if exp is None:
                 continue
             v = judge(pairs, exp, policy, dtype, state_dtype)
+            if not v.matched and unpad is not None and h.cls != "pad_rows":
+                masked = unpad(exp)
+                vm = judge(pairs, {**exp, **masked}, policy, dtype, state_dtype) if masked else None
+                if vm is not None and vm.matched:
+                    out.append(with_pad_rows(h, vm, fmt))
+                    continue
         except Exception:   # noqa: BLE001 - a hypothesis that does not fit this case's shapes
             continue
         if worth_reporting(v):
             out.append(record(h, v, fmt))
+    if any(r["matched"] and not r.get("pad_rows") for r in out):    # explained without PAD garbage
+        out = [r for r in out if not r.get("pad_rows")]
     return rank(out)
 
 
@@ -156,7 +176,7 @@ def sentence(hyps: List[dict]) -> Optional[str]:
         return None
     top = hyps[0]
     if top["matched"]:
-        s = f"likely cause [{top['label']}]: {top['words']}"
+        s = f"likely cause {tag(top)}: {top['words']}"
         also = [h["hypothesis"] for h in hyps[1:] if h["matched"]]
         if also:
             s += f" (also consistent: {', '.join(also[:3])})"
@@ -165,10 +185,17 @@ def sentence(hyps: List[dict]) -> Optional[str]:
             f"(rel_rms {top['base_rel_rms']} -> {top['rel_rms']}): {top['words']}")
 
 
+def tag(h: dict) -> str:
+    """"[class label]", or "[PAD rows] + [class label]" for a match once PAD rows are masked."""
+    if h.get("pad_rows"):
+        return f"[{CLASSES['pad_rows']}] + [{CLASSES.get(h.get('class'), h.get('class'))}]"
+    return f"[{h.get('label') or h.get('class')}]"
+
+
 def describe(h: dict) -> str:
     """One line per hypothesis record, for reports: verdict, class, words, error before -> after."""
     verdict = "matches" if h.get("matched") else f"reproduces {h.get('fixed')}/{h.get('failing')} failing outputs"
-    return (f"[{h.get('label') or h.get('class')}] {h.get('hypothesis')} {verdict} "
+    return (f"{tag(h)} {h.get('hypothesis')} {verdict} "
             f"(rel_rms {h.get('base_rel_rms')} -> {h.get('rel_rms')}): {h.get('words')}")
 
 

@@ -265,23 +265,24 @@ PAD_ROWS = H("pad_rows_garbage", "pad_rows",
              "and PAD rows are never zeroed", lambda c: None, _has("pad"))
 
 
-def pad_rows_expected(pairs, c: LayerContext) -> Optional[Dict[str, torch.Tensor]]:
-    """The outputs with the PAD tokens' rows masked out (set to the oracle's)."""
+def pad_rows_expected(pairs, c: LayerContext, hyp: Optional[dict] = None) -> Optional[Dict[str, torch.Tensor]]:
+    """The outputs with the PAD tokens' rows masked out (set to the oracle's, or to hypothesis `hyp`'s)."""
     plans = c.sc.plan()
     exp = {}
     for name, actual, refv, _, _ in pairs:
-        if not name.startswith("step"):
+        e = (hyp or {}).get(name, refv)
+        if not name.startswith("step") or isinstance(e, tuple):
             continue
         s = int(name[4:].split(".")[0])
-        pad = [t for e in plans[s] if e.kind == "pad" for t in range(e.bos, e.eos)]
+        pad = [t for e_ in plans[s] if e_.kind == "pad" for t in range(e_.bos, e_.eos)]
         if not pad:
             continue
         if name.endswith(".pad_rows"):
-            exp[name] = (refv.to(actual.dtype), refv)
+            exp[name] = (e.to(actual), e)
         else:
             a = actual.clone()
-            a[pad] = refv[pad].to(actual.dtype)
-            exp[name] = (a, refv)
+            a[pad] = e[pad].to(actual)
+            exp[name] = (a, e)
     return exp or None
 
 
