@@ -124,9 +124,12 @@ def _diagnose(rec: dict, case: Case, pairs, policy: Policy, backends: BackendCac
     t0 = time.perf_counter()
     try:
         layout = getattr(backends.get(case.backend), "ssm_state_layout", "vk")
-        hyps = diagnosis.diagnose(case, pairs, policy, layout, diagnosis.budget_s())
+        coverage: dict = {}
+        hyps = diagnosis.diagnose(case, pairs, policy, layout, diagnosis.budget_s(), coverage)
         rec["hypotheses"] = hyps
-        words = diagnosis.sentence(hyps)
+        if coverage:
+            rec["diagnosis_coverage"] = coverage
+        words = diagnosis.sentence(hyps) or diagnosis.coverage_note(coverage)
         if words:
             rec["diagnosis"] = f"{rec['diagnosis']}; {words}" if rec.get("diagnosis") else words
     except Exception as e:  # noqa: BLE001

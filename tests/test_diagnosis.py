@@ -99,6 +99,19 @@ def test_no_diagnose_and_crash_keep_the_verdict(backends, monkeypatch):
     assert rec["hypotheses"] == [] and "hypothesis exploded" in rec["diagnosis_error"]
 
 
+def test_budget_cut_short_is_said_not_taken_for_a_finding(backends, monkeypatch):
+    case = _op_case("gemma_norm_weight", "rms_norm_gated", "before-silu-whole")
+    full = run_case(case, POLICY, "test", backends, diagnose=True)
+    assert full["diagnosis_coverage"]["cut_short"] is False
+    assert full["diagnosis_coverage"]["tried"] == full["diagnosis_coverage"]["total"]
+    monkeypatch.setenv("GDN_DIAGNOSE_BUDGET_S", "-1")      # spent before the first hypothesis
+    rec = run_case(case, POLICY, "test", backends, diagnose=True)
+    assert rec["status"] == "fail" and rec["metrics"] == full["metrics"]
+    assert rec["hypotheses"] == [] and rec["diagnosis_coverage"]["cut_short"] is True
+    assert rec["diagnosis_coverage"]["tried"] == 0
+    assert "diagnosis incomplete" in rec["diagnosis"] and "--diagnose-budget" in rec["diagnosis"]
+
+
 def test_reports_show_hypotheses(backends):
     rec = run_case(_op_case("dt_bias_after_softplus", "fused_gdn_gating", "contiguous"), POLICY, "test", backends,
                    diagnose=True)

@@ -14,15 +14,15 @@ Imports reference, layouts, compare, opcheck; never a backend, never harness.fau
 from __future__ import annotations
 
 import os
-from typing import List
+from typing import List, Optional
 
 import torch
 
-from .core import CLASSES, run_hypotheses, sentence
+from .core import CLASSES, coverage_note, run_hypotheses, sentence
 
 DEFAULT_BUDGET_S = 60.0
 
-__all__ = ["CLASSES", "diagnose", "enabled", "budget_s", "sentence"]
+__all__ = ["CLASSES", "diagnose", "enabled", "budget_s", "sentence", "coverage_note"]
 
 
 def enabled() -> bool:
@@ -37,10 +37,12 @@ def budget_s() -> float:
         return DEFAULT_BUDGET_S
 
 
-def diagnose(case, pairs, policy, ssm_layout: str = "vk", budget: float = DEFAULT_BUDGET_S) -> List[dict]:
+def diagnose(case, pairs, policy, ssm_layout: str = "vk", budget: float = DEFAULT_BUDGET_S,
+             coverage: Optional[dict] = None) -> List[dict]:
     """Ranked hypotheses for a failing case (``class, label, hypothesis, words, matched,
     fixed, failing, rel_rms, base_rel_rms``); [] when none reproduces anything.
-    `pairs` are the case's (name, actual, expected, token_dim, policy key)."""
+    `pairs` are the case's (name, actual, expected, token_dim, policy key); `coverage`
+    receives how many hypotheses the budget allowed (`core.run_hypotheses`)."""
     actual = {p[0]: p[1] for p in pairs}
     if case.level == "op":
         from . import op
@@ -65,7 +67,8 @@ def diagnose(case, pairs, policy, ssm_layout: str = "vk", budget: float = DEFAUL
             if layer.PAD_ROWS.when(ctx) else None
     else:
         return []
-    found = run_hypotheses(hyps, ctx, expected, pairs, policy, case.dtype, case.state_dtype, budget, fmt, unpad)
+    found = run_hypotheses(hyps, ctx, expected, pairs, policy, case.dtype, case.state_dtype, budget, fmt, unpad,
+                           coverage)
     return found[:6]
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from .core import hypothesis_lines
+from .core import coverage_note, hypothesis_lines
 
 
 def add_diagnosis_arguments(parser) -> None:
@@ -28,4 +28,5 @@ def print_hypotheses(rec: dict, n: int = 5) -> None:
         for line in lines:
             print(f"  {line}")
     elif rec.get("status") in ("fail", "error") and "hypotheses" in rec:
-        print("fault hypotheses: none of the known ones reproduces this failure")
+        note = coverage_note(rec.get("diagnosis_coverage"))
+        print(f"fault hypotheses: {note or 'none of the known ones reproduces this failure'}")

@@ -137,17 +137,21 @@ def with_pad_rows(h: Hypothesis, v: Verdict, fmt: dict) -> dict:
 
 
 def run_hypotheses(hyps: List[Hypothesis], ctx, expected_of: Callable, pairs, policy, dtype: str,
-                   state_dtype: str, budget_s: float, fmt: dict, unpad: Optional[Callable] = None) -> List[dict]:
+                   state_dtype: str, budget_s: float, fmt: dict, unpad: Optional[Callable] = None,
+                   coverage: Optional[dict] = None) -> List[dict]:
     """Each applicable hypothesis re-run (`expected_of(h, ctx)` -> expected outputs by name),
     judged against the backend's outputs, within `budget_s` seconds; ranked results worth
     reporting. A hypothesis that crashes is skipped (it cannot describe this case).
     `unpad(expected)`, given when the backend's PAD rows differ: the hypothesis' outputs as
     signatures with the PAD rows masked out; one that then matches is recorded as
-    "[PAD rows] + [its class]" (unless a hypothesis matches on its own)."""
-    t0, out = time.perf_counter(), []
+    "[PAD rows] + [its class]" (unless a hypothesis matches on its own).
+    `coverage`, when given, receives how many hypotheses were tried out of how many, and
+    whether the budget cut the run short (then "none reproduces it" is not a finding)."""
+    t0, out, tried = time.perf_counter(), [], 0
     for h in hyps:
         if time.perf_counter() - t0 > budget_s:
             break
+        tried += 1
         try:
             if not h.when(ctx):
                 continue
@@ -167,7 +171,17 @@ def run_hypotheses(hyps: List[Hypothesis], ctx, expected_of: Callable, pairs, po
             out.append(record(h, v, fmt))
     if any(r["matched"] and not r.get("pad_rows") for r in out):    # explained without PAD garbage
         out = [r for r in out if not r.get("pad_rows")]
+    if coverage is not None:
+        coverage.update(tried=tried, total=len(hyps), budget_s=budget_s, cut_short=tried < len(hyps))
     return rank(out)
+
+
+def coverage_note(coverage: Optional[dict]) -> Optional[str]:
+    """Words for a diagnosis cut short by its time budget, else None."""
+    if not coverage or not coverage.get("cut_short"):
+        return None
+    return (f"diagnosis incomplete: its {coverage['budget_s']:g} s budget ran out after {coverage['tried']} of "
+            f"{coverage['total']} hypotheses (raise --diagnose-budget)")
 
 
 def sentence(hyps: List[dict]) -> Optional[str]:
