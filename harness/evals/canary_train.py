@@ -134,7 +134,7 @@ def qwen35_config(tok, dims: Optional[dict] = None):
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                          "partial_rotary_factor": 0.25},
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        bos_token_id=None, **dict(MODEL_DIMS, **(dims or {})))
+        bos_token_id=None, **dict(MODEL_DIMS, **dims))
 
 
 def qwen3next_config(cfg35):
@@ -186,6 +186,7 @@ def build_twin(src: Path = QWEN35_DIR, dst: Path = QWEN3NEXT_DIR):
 # ----------------------------------------------------------------------------- train / eval
 
 _HF_GDN_MODULES = ("transformers.models.qwen3_5.modeling_qwen3_5",
+                   "transformers.models.qwen3_5_moe.modeling_qwen3_5_moe",
                    "transformers.models.qwen3_next.modeling_qwen3_next")
 _HF_GDN_FUNCS = ("torch_chunk_gated_delta_rule", "torch_recurrent_gated_delta_rule",
                  "causal_conv1d_fn", "causal_conv1d_update", "torch_causal_conv1d_update")
@@ -211,7 +212,6 @@ def hf_torch_gdn():
     finally:
         for mod, fn, f in saved:
             setattr(mod, fn, f)
-
 
 
 def _encode(tok, p) -> Tuple[List[int], int]:
@@ -267,7 +267,7 @@ def train(steps: int, batch_size: int, lr: float, device: str, seed: int = SEED,
     torch.manual_seed(seed)
     train_set, heldout = make_splits(seed)
     val, train_set = train_set[:n_val], train_set[n_val:]
-    tok = build_tokenizer(train_set + val + heldout)
+    tok = build_tokenizer(all_problems())
     model = Qwen3_5ForCausalLM(qwen35_config(tok, dims)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     rng = random.Random(seed + 1)
@@ -336,8 +336,8 @@ def _rebuild(weights: Path, record: Path, out: Path) -> None:
     from safetensors.torch import load_file
     from transformers import Qwen3_5ForCausalLM
     rec = json.loads(record.read_text())
-    train_set, heldout = make_splits(rec.get("seed", SEED))
-    tok = build_tokenizer(train_set + heldout)
+    _, heldout = make_splits(rec.get("seed", SEED))
+    tok = build_tokenizer(all_problems())
     model = Qwen3_5ForCausalLM(qwen35_config(tok, rec.get("dims")))
     model.load_state_dict(load_file(weights), strict=True)
     save_canary(model.eval(), tok, heldout, rec, out)

@@ -157,7 +157,6 @@ class HarnessModel:
         self.weights = {n: layer_weights(n, m, self.dims, self.layout) for n, m in self.original.items()}
         self.shared = _Shared()
         self.backend_name: Optional[str] = None
-        self.filled_ops: List[str] = []
         if backend is not None:
             self.set_backend(backend)
 

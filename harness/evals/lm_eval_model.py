@@ -21,7 +21,7 @@ from lm_eval.api.registry import register_model  # noqa: E402
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
-from .hf_model import HarnessModel, load_model  # noqa: E402
+from .hf_model import HarnessModel, load_model, text_config  # noqa: E402
 
 
 @register_model("gdn-harness", "gdn_harness")
@@ -44,8 +44,7 @@ class GDNHarnessLM(TemplateLM):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size_per_gpu = int(batch_size) if str(batch_size).isdigit() else 8
         self.max_gen_toks = int(max_gen_toks)
-        cfg = getattr(model.config, "get_text_config", lambda: model.config)()
-        self._max_length = int(max_length or getattr(cfg, "max_position_embeddings", 2048))
+        self._max_length = int(max_length or getattr(text_config(model.config), "max_position_embeddings", 2048))
         self.generations: Dict[str, dict] = {}
 
     # ---- tokenization
