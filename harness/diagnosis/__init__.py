@@ -53,7 +53,7 @@ def diagnose(case, pairs, policy, ssm_layout: str = "vk", budget: float = DEFAUL
         def expected(h, c):
             return sigs[h.build(c)]() if h in op.SIGNATURES else op.expected_of(h, c)
         hyps = op.SIGNATURES + op.HYPOTHESES
-        unpad = _unpad(pairs, lambda hyp=None: op.pad_rows_expected(pairs, ctx, hyp))
+        unpad = _unpad(actual, lambda hyp=None: op.pad_rows_expected(pairs, ctx, hyp))
     elif case.level == "layer" and case.check != "spec_one_accepted":
         from . import layer
         ctx = layer.context(case, actual)
@@ -63,7 +63,7 @@ def diagnose(case, pairs, policy, ssm_layout: str = "vk", budget: float = DEFAUL
         def expected(h, c):
             return sigs[id(h)](pairs, c) if id(h) in sigs else layer.expected_of(h, c)
         hyps = [layer.PAD_ROWS, layer.UNTOUCHED] + layer.HYPOTHESES
-        unpad = _unpad(pairs, lambda hyp=None: layer.pad_rows_expected(pairs, ctx, hyp)) \
+        unpad = _unpad(actual, lambda hyp=None: layer.pad_rows_expected(pairs, ctx, hyp)) \
             if layer.PAD_ROWS.when(ctx) else None
     else:
         return []
@@ -72,11 +72,9 @@ def diagnose(case, pairs, policy, ssm_layout: str = "vk", budget: float = DEFAUL
     return found[:6]
 
 
-def _unpad(pairs, masked):
+def _unpad(actual, masked):
     """`masked` (hypothesis outputs -> PAD-row-masked signatures) when the backend's PAD rows
-    differ from the reference's (garbage / NaN), else None."""
-    actual = {p[0]: p[1] for p in pairs}
-
+    (`actual`: its outputs by name) differ from the reference's (garbage / NaN), else None."""
     def same(x, y):
         return torch.equal(x.isnan(), y.isnan()) and torch.equal(x.nan_to_num(), y.nan_to_num())
     return masked if any(not same(a, actual[n]) for n, (a, _) in (masked() or {}).items()) else None

@@ -111,13 +111,6 @@ def prefill_only(ops: V.Ops) -> V.Ops:
     return {V.RECURRENT: rec}
 
 
-def _merge(*dicts):
-    out = {}
-    for d in dicts:
-        out.update(d)
-    return out
-
-
 def _has(*kinds):
     return lambda c: bool(set(kinds) & c.kinds())
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Dict, Optional
 
 import torch
@@ -46,6 +47,11 @@ class OpContext:
     def layout(self) -> str:        # the projection layout of an unpack sample
         return self.variant.split("-")[0]
 
+    @cached_property
+    def pad_masks(self) -> Dict[str, torch.Tensor]:
+        """`pad_row_masks`, built once per diagnosis (every hypothesis' PAD-masked re-judge uses it)."""
+        return pad_row_masks(self)
+
     def build(self):
         info = OP_INFOS[self.op]
         return info.build(self.variant, self.dims, dtype_of(self.dtype), dtype_of(self.state_dtype),
@@ -66,8 +72,13 @@ def _strided(c):
                if n not in s.states) or c.op == "fused_recurrent_gated_delta_rule_packed_decode"
 
 
-def _lay(c):
-    return c.layout
+def _accepted_offsets(part: str, plus: str, minus: str, **only):
+    """The spec ``{part}_accepted_plus_one`` / ``_minus_one`` pair: num_accepted_tokens off by
+    +1 / -1 in `part` alone (`only`: the other part's accepted_shift flag, False)."""
+    return [H(f"{part}_accepted_{name}", "spec_accepted_offset",
+              f"matches when {what}: accepted-token offset off by one",
+              lambda c, d=d: V.accepted_shift(d, **only), _spec)
+            for name, what, d in (("plus_one", plus, +1), ("minus_one", minus, -1))]
 
 
 # Ordered: cheap and specific first; the runner stops when its time budget is spent.
@@ -120,12 +131,8 @@ HYPOTHESES = [
     H("conv_history_always_read", "state_init_fresh",
       "matches when the prefill conv reads its slot's history also for fresh sequences (stale window)",
       lambda c: V.conv_history("stale"), _ops("causal_conv1d_fn")),
-    H("conv_accepted_plus_one", "spec_accepted_offset",
-      "matches when the spec conv window starts at num_accepted instead of num_accepted - 1: accepted-token "
-      "offset off by one", lambda c: V.accepted_shift(+1, ssm=False), _spec),
-    H("conv_accepted_minus_one", "spec_accepted_offset",
-      "matches when the spec conv window starts at num_accepted - 2: accepted-token offset off by one",
-      lambda c: V.accepted_shift(-1, ssm=False), _spec),
+    *_accepted_offsets("conv", "the spec conv window starts at num_accepted instead of num_accepted - 1",
+                       "the spec conv window starts at num_accepted - 2", ssm=False),
     # delta rule: state
     H("state_transposed", "ssm_state_layout",
       "matches when the ssm state is read and written as the transposed tile ({tile_wrong} inside the "
@@ -147,12 +154,8 @@ HYPOTHESES = [
       "matches when the initial state is ignored (zeros): a chunked prefill / prefill with history forgets "
       "everything before the chunk", lambda c: V.state_variant("zero_init", op=c.family),
       _ops("chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule")),
-    H("ssm_accepted_plus_one", "spec_accepted_offset",
-      "matches when the ssm state is read from slot [num_accepted] instead of [num_accepted - 1]: "
-      "accepted-token offset off by one", lambda c: V.accepted_shift(+1, conv=False), _spec),
-    H("ssm_accepted_minus_one", "spec_accepted_offset",
-      "matches when the ssm state is read from slot [num_accepted - 2]: accepted-token offset off by one",
-      lambda c: V.accepted_shift(-1, conv=False), _spec),
+    *_accepted_offsets("ssm", "the ssm state is read from slot [num_accepted] instead of [num_accepted - 1]",
+                       "the ssm state is read from slot [num_accepted - 2]", conv=False),
     # delta rule: q / k
     H("qk_heads_tiled", "gva_head_mapping",
       "matches when value head hv uses q/k head hv % H (tiled) instead of hv // r (grouped, repeat_interleave): "
@@ -243,7 +246,8 @@ def expected_of(h: H, c: OpContext) -> Optional[Dict[str, torch.Tensor]]:
     exp = {name: t.detach().cpu() for name, t in zip(s.outputs, outs) if name is not None}
     for name in s.states:
         exp[name] = kw[name].detach().cpu()
-        spare = [x for x in range(exp[name].shape[0]) if x not in set((s.touched or {}).get(name, []))]
+        touched = set((s.touched or {}).get(name, []))
+        spare = [x for x in range(exp[name].shape[0]) if x not in touched]
         if spare:
             exp[f"{name}.untouched"] = exp[name][spare]
     return exp
@@ -291,7 +295,7 @@ def pad_row_masks(c: OpContext) -> Dict[str, torch.Tensor]:
 def pad_rows_expected(pairs, c: OpContext, hyp: Optional[dict] = None) -> Optional[Dict[str, torch.Tensor]]:
     """The outputs with their PAD rows masked out (set to the reference's, or to hypothesis
     `hyp`'s outputs): everything else must match."""
-    masks = pad_row_masks(c)
+    masks = c.pad_masks
     exp = {}
     for name, actual, refv, _, _ in pairs:
         e = (hyp or {}).get(name, refv)
