@@ -8,7 +8,7 @@ import tempfile
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 import torch
 
@@ -61,6 +61,15 @@ def backend_level_table(records: List[dict], code: bool = False) -> List[str]:
                for b, lv in groups] + [""])
 
 
+def filled_ops_by_backend(records: List[dict]) -> Dict[str, List[str]]:
+    """Backend -> the ops filled from the reference at layer level in any of its cases (both sorted)."""
+    filled: Dict[str, set] = {}
+    for r in records:
+        for op in r.get("filled_ops") or []:
+            filled.setdefault(r["backend"], set()).add(op)
+    return {b: sorted(ops) for b, ops in sorted(filled.items())}
+
+
 def summary_markdown(records: List[dict], meta: dict) -> str:
     c = counts(records)
     lines = [f"# gdn-harness: suite `{meta.get('suite')}`", "",
@@ -68,12 +77,9 @@ def summary_markdown(records: List[dict], meta: dict) -> str:
              f"of {c['total']} cases · wall {meta.get('wall_s', 0):.1f} s · policy v{meta.get('policy_version')}",
              "", f"Command: `{meta.get('command', '')}`", ""]
     lines += backend_level_table(records)
-    filled = {}
-    for r in records:
-        for op in r.get("filled_ops") or []:
-            filled.setdefault(r["backend"], set()).add(op)
-    for backend, ops in sorted(filled.items()):
-        lines.append(f"Filled from the reference at layer level for `{backend}`: {', '.join(sorted(ops))}.")
+    filled = filled_ops_by_backend(records)
+    for backend, ops in filled.items():
+        lines.append(f"Filled from the reference at layer level for `{backend}`: {', '.join(ops)}.")
     if filled:
         lines.append("")
     bad = [r for r in records if r["status"] in ("fail", "error")]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .diagnosis.core import hypothesis_lines
-from .report import STATUSES, atomic_write, counts, environment
+from .report import STATUSES, atomic_write, counts, environment, filled_ops_by_backend
 
 HEATMAP_FAILURES = 200           # failures (in record order) that get heatmaps
 MAPS_PER_FAILURE = 8             # heatmaps per failure (failing token-major outputs)
@@ -94,12 +94,8 @@ def _header(records, meta, env, c) -> str:
             ("created", meta.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds")),
             ("wall", f"{_num(meta.get('wall_s', 0))} s")]
     env_rows = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in env.items())
-    filled: Dict[str, set] = {}
-    for r in records:
-        for op in r.get("filled_ops") or []:
-            filled.setdefault(r["backend"], set()).add(op)
     notes = "".join(f"<p class='muted'>Filled from the reference at layer level for <code>{esc(b)}</code>: "
-                    f"{esc(', '.join(sorted(ops)))}.</p>" for b, ops in sorted(filled.items()))
+                    f"{esc(', '.join(ops))}.</p>" for b, ops in filled_ops_by_backend(records).items())
     planned = meta.get("planned_cases")
     if meta.get("interrupted") or (isinstance(planned, int) and planned > c["total"]):
         notes = (f'<p class="warn">Incomplete run{" (interrupted)" if meta.get("interrupted") else ""}: '

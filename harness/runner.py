@@ -81,10 +81,9 @@ def _pairs(case: Case, backends: BackendCache, rec: dict, oracle_device=None):
     if case.check == SPEC_EQUIVALENCE:
         pairs = run_spec_equivalence(backend, ops, case.dims, case.layout, case.dtype, case.state_dtype, case.seed,
                                      case.device, path, conv)
-        rec["filled_ops"] = list(ops.filled)
-        return pairs
-    pairs = run_layer_case(backend, ops, case.dims, case.check, case.layout, case.tp, case.dtype,
-                           case.state_dtype, case.seed, case.device, path, conv, ba, oracle_device, case.scenario)
+    else:
+        pairs = run_layer_case(backend, ops, case.dims, case.check, case.layout, case.tp, case.dtype,
+                               case.state_dtype, case.seed, case.device, path, conv, ba, oracle_device, case.scenario)
     rec["filled_ops"] = list(ops.filled)
     return pairs
 
