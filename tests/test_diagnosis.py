@@ -198,3 +198,11 @@ def test_overflow_reproduced_by_hypothesis(backends):
     assert rec["status"] == "fail" and "inf" in rec["diagnosis"]
     top = rec["hypotheses"][0]
     assert top["matched"] and top["hypothesis"] == "softplus_linear", rec["hypotheses"]
+
+
+def test_rank_takes_non_finite_errors():
+    """record() writes an infinite / NaN error as a string; ranking must still order it last."""
+    from harness.diagnosis.core import rank
+    recs = [dict(matched=False, fixed=1, rel_rms="inf"), dict(matched=False, fixed=1, rel_rms=0.5),
+            dict(matched=True, fixed=2, rel_rms="nan")]
+    assert [r["rel_rms"] for r in rank(recs)] == ["nan", 0.5, "inf"]

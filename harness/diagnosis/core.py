@@ -105,7 +105,8 @@ def _compare(name, actual, expected, tol, token_dim):
 def rank(results: List[dict]) -> List[dict]:
     """Matched first, then the most outputs reproduced, then the smallest remaining error."""
     def key(r):
-        rel = r["rel_rms"] if math.isfinite(r["rel_rms"]) else math.inf
+        rel = r["rel_rms"]      # record() stores a non-finite error as a string ("inf", "nan")
+        rel = rel if isinstance(rel, (int, float)) and math.isfinite(rel) else math.inf
         return (not r["matched"], bool(r.get("pad_rows")), -r["fixed"], rel)
     return sorted(results, key=key)
 
