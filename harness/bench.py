@@ -159,7 +159,7 @@ def _nbytes(t: torch.Tensor) -> int:
 def bytes_moved(kwargs: dict, inplace, result) -> int:
     """Each tensor argument read once, each returned tensor written once (a pool returned
     as the result counts once), each in-place argument written once."""
-    args = [t for t in _tensors(list(kwargs.values()))]
+    args = _tensors(list(kwargs.values()))
     seen = {t.data_ptr() for t in args}
     written = [t for t in _tensors(result) if t.data_ptr() not in seen]
     return sum(map(_nbytes, args)) + sum(map(_nbytes, written)) + sum(_nbytes(kwargs[n]) for n in inplace)

@@ -48,11 +48,10 @@ def _filter(cases, args):
     """-k / --dtype / --layout / --tp / --mix narrow the suite's cases."""
     def want(values, value):
         return not values or str(value) in {v for arg in values for v in arg.split(",")}
-    out = [c for c in cases
-           if (not args.k or any(k in c.id for k in args.k)) and want(args.dtype, c.dtype)
-           and want(args.layout, c.layout) and want(args.tp, c.tp)
-           and (not args.mix or (c.level == "layer" and want(args.mix, c.check)))]
-    return out
+    return [c for c in cases
+            if (not args.k or any(k in c.id for k in args.k)) and want(args.dtype, c.dtype)
+            and want(args.layout, c.layout) and want(args.tp, c.tp)
+            and (not args.mix or (c.level == "layer" and want(args.mix, c.check)))]
 
 
 def _progress(total: int, quiet: bool):

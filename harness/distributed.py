@@ -79,10 +79,9 @@ def _free_port() -> int:
 # ----------------------------------------------------------------------------- records
 
 def _record(case: Case, suite: str, world: int, pg: str) -> dict:
-    from .isolate import _error_record    # one record skeleton for every runner
-    rec = _error_record(case, suite, None, "")
-    del rec["stderr_tail"]
-    rec.update(status="pass", repro=rec["repro"] + f" --tp {world} --distributed",
+    from .isolate import case_record    # one record skeleton for every runner
+    rec = case_record(case, suite)
+    rec.update(repro=rec["repro"] + f" --tp {world} --distributed",
                distributed=dict(world_size=world, process_group=pg))
     return rec
 
@@ -133,7 +132,6 @@ def _run_world(cases, suite, policy, oracle_device, on_done, world, timeout, ini
     if pg == "gloo":
         base.setdefault("OMP_NUM_THREADS", "1")     # `world` processes share the CPU
     ranks: List[_Rank] = []
-    lines: List[str] = []
     try:
         for r in range(world):
             env = dict(base, RANK=str(r), LOCAL_RANK=str(r))
@@ -148,7 +146,7 @@ def _run_world(cases, suite, policy, oracle_device, on_done, world, timeout, ini
             reader = threading.Thread(target=lambda f=stream, e=err: e.extend(f), daemon=True)
             reader.start()
             ranks.append(_Rank(proc, err, reader))
-        return _watch(ranks, lines, cases, suite, on_done, world, timeout, init_timeout, pg)
+        return _watch(ranks, cases, suite, on_done, world, timeout, init_timeout, pg)
     finally:
         for k in ranks:
             if k.proc.poll() is None:
@@ -156,7 +154,8 @@ def _run_world(cases, suite, policy, oracle_device, on_done, world, timeout, ini
             k.proc.wait()
 
 
-def _watch(ranks, lines, cases, suite, on_done, world, timeout, init_timeout, pg) -> int:
+def _watch(ranks, cases, suite, on_done, world, timeout, init_timeout, pg) -> int:
+    lines: List[str] = []
     out_reader = threading.Thread(target=lambda: lines.extend(ln for ln in ranks[0].proc.stdout
                                                              if ln.startswith(RECORD_PREFIX)), daemon=True)
     out_reader.start()
@@ -272,7 +271,7 @@ def distributed_pairs(case: Case, backend, ops, device: str, oracle_device: Opti
     steps_out, unpacked, checks = [], [], []
     for s, entries in enumerate(sc.plan()):
         h = inp.hidden[s] if rank == 0 else None
-        h = _step_hidden(sc, s, h, device)
+        h = _step_hidden(sc, entries[-1].eos, h, device)
         ref_in, got = _agree(lambda: rank_step(backend, ops, p, h, entries, conv, ssm, sc, conv_layout, path))
         out = got["out"].float()             # partials summed in fp32 (the policy's assumption)
         _coll(dist.all_reduce, out)
@@ -297,12 +296,11 @@ def distributed_pairs(case: Case, backend, ops, device: str, oracle_device: Opti
     return pairs + checks
 
 
-def _step_hidden(sc, s: int, h: Optional[torch.Tensor], device: str) -> torch.Tensor:
-    """Step `s`'s hidden states on every rank: rank 0's tensor broadcast (as a serving
+def _step_hidden(sc, T: int, h: Optional[torch.Tensor], device: str) -> torch.Tensor:
+    """A step's `T` hidden states on every rank: rank 0's tensor broadcast (as a serving
     engine hands every TP rank the same activations)."""
     import torch.distributed as dist
     from .inputs import dtype_of
-    T = sc.plan()[s][-1].eos
     buf = h.to(device) if h is not None else torch.empty(T, sc.dims.hidden, dtype=dtype_of(sc.dtype), device=device)
     _coll(dist.broadcast, buf, src=0)
     return buf

@@ -76,14 +76,13 @@ def case_size(case: Case, sample: Optional[dict] = None) -> int:
 
 
 def _scenario(case: Case):
-    path, conv, ba = case.variant.split(".")
-    kw = dict(layout=case.layout, seed=case.seed, dtype=case.dtype, state_dtype=case.state_dtype,
-              conv_state_layout=conv)
+    _, conv, ba = case.variant.split(".")
     if case.check == SPEC_EQUIVALENCE:
         from .layercheck import spec_equivalence_scenario
         return spec_equivalence_scenario(case.dims, case.layout, case.dtype, case.state_dtype, case.seed, conv)
     from .scenario import mix_scenario
-    return mix_scenario(case.check, case.dims, case.scenario, tp=case.tp, ba=ba, **kw)
+    return mix_scenario(case.check, case.dims, case.scenario, layout=case.layout, tp=case.tp, seed=case.seed,
+                        dtype=case.dtype, state_dtype=case.state_dtype, conv_state_layout=conv, ba=ba)
 
 
 def size_parts(case: Case) -> dict:
@@ -181,8 +180,7 @@ def _scenario_moves(case: Case) -> Iterator[Tuple[str, Case]]:
                 new[i][j] = {**e, **kw}
                 return _with_steps(case, new, ns)
             if e["kind"] == "pad" and len(st) > 1:
-                yield f"drop pad {i}.{j}", _with_steps(case, [x for x in steps[:i]] + [st[:j] + st[j + 1:]]
-                                                       + [x for x in steps[i + 1:]], ns)
+                yield f"drop pad {i}.{j}", _with_steps(case, steps[:i] + [st[:j] + st[j + 1:]] + steps[i + 1:], ns)
             n = int(e.get("tokens", 1))
             if e["kind"] == "prefill":
                 for t in _smaller(n):
@@ -295,7 +293,8 @@ def shrink_case(case: Case, budget_s: float = 120.0, max_evals: int = 400, contr
                            f"(status {rec['status']}{why}); only a failing case can be shrunk")
     sig = failure_signature(rec)
     control = default_control(case.backend) if control == "auto" else (None if control == "none" else control)
-    res = ShrinkResult(case, case, case_size(case), case_size(case), sig, rec, control=control)
+    size = case_size(case)
+    res = ShrinkResult(case, case, size, size, sig, rec, control=control)
     if control:
         crec = run_case(replace(case, backend=control), policy, SUITE, backends, oracle_device,
                         diagnose=False)
