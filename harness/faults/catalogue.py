@@ -99,9 +99,13 @@ class _TritonCore(TritonBackend):
         return _core(ops, p, qkv_to_mixed(q, k, v), a, b, entries, conv_state, ssm_state,
                      self.ssm_state_layout, "recurrent", T, dev)
 
+    def _layout(self, p) -> str:
+        """The projection layout the core unpacks with."""
+        return p.layout
+
     def gdn_core(self, mixed_qkvz, mixed_ba, p, entries, conv_state, ssm_state, norm):
         ops = self._ops()
-        q, k, v, z, b, a = ops.unpack_qkvz_ba(mixed_qkvz, mixed_ba, p.local, p.layout)
+        q, k, v, z, b, a = ops.unpack_qkvz_ba(mixed_qkvz, mixed_ba, p.local, self._layout(p))
         return self._run_core(ops, p, q, k, v, a, b, entries, conv_state, ssm_state, mixed_qkvz.shape[0],
                               mixed_qkvz.device)
 
@@ -157,11 +161,8 @@ class InterleavedCoreOnFlat(_TritonCore):
     (H_local = 1: both layouts are then [q k v z]); real models have H_local >= 2 at TP <= 8."""
     name = "interleaved_core_on_flat"
 
-    def gdn_core(self, mixed_qkvz, mixed_ba, p, entries, conv_state, ssm_state, norm):
-        ops = self._ops()
-        q, k, v, z, b, a = ops.unpack_qkvz_ba(mixed_qkvz, mixed_ba, p.local, "interleaved")
-        return self._run_core(ops, p, q, k, v, a, b, entries, conv_state, ssm_state, mixed_qkvz.shape[0],
-                              mixed_qkvz.device)
+    def _layout(self, p) -> str:
+        return "interleaved"        # the bug: the model's own layout is never consulted
 
 
 # ------------------------------------------------------------------ recurrent kernel: state, heads, strides

@@ -228,6 +228,11 @@ def _fault_entry(f, r: dict, n_cases: int, planned: int) -> dict:
         groups=groups)
 
 
+def _matrix_groups(fault_out: Dict[str, dict]) -> List[str]:
+    """The kill matrix's columns: the check groups of the faults' `groups`, op groups first."""
+    return sorted({g for e in fault_out.values() for g in e["groups"]}, key=lambda g: (not g.startswith("op."), g))
+
+
 def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu", jobs: int = 1,
             on_progress: Optional[Callable[[dict], None]] = None, stop_at_first: bool = False,
             faults: Optional[Iterable] = None, bases: Optional[Sequence[str]] = None,
@@ -296,8 +301,7 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
                  if f.name in fault_results}
     not_run = [f.name for f in flist if f.name not in fault_results]
     killed = sum(e["killed"] for e in fault_out.values())
-    # the matrix's columns: check groups (op first), rows are each fault's `groups`
-    groups = sorted({g for e in fault_out.values() for g in e["groups"]}, key=lambda g: (not g.startswith("op."), g))
+    groups = _matrix_groups(fault_out)
     return dict(
         suite=suite["name"], device=device, base=base, stop_at_first=stop_at_first, jobs=jobs,
         seeds=seeds, base_passed=all(b["passed"] for b in base_out.values()), bases=base_out,
@@ -448,8 +452,7 @@ def kill_matrix_markdown(result: dict) -> str:
                      f"`{e['first_case'] or '-'}` | {', '.join(e['first_outputs']) or (e['caught_by'][0]['status'] if e['caught_by'] else '-')} | "
                      f"{e['cases_to_first_kill'] or '-'}/{e['cases_planned']} | {t} |")
 
-    groups = result.get("groups") or sorted({g for e in faults.values() for g in e["groups"]},
-                                            key=lambda g: (not g.startswith("op."), g))
+    groups = result.get("groups") or _matrix_groups(faults)
     if groups:
         lines += ["", "## Caught by (fault x check group)", "",
                   "`X` caught, `.` ran and passed, blank: not run (skipped, or after the first detection).", "",

@@ -10,7 +10,7 @@ projections, batch metadata and caches, as fused ROCm / XPU paths do.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -108,3 +108,20 @@ class FilledOps:
         if op not in self.filled:
             self.filled.append(op)
         return getattr(self.reference, op)
+
+
+def import_once(cache: Dict[str, object], errors: List[str], load: Callable[[], Dict[str, object]]) -> Dict[str, object]:
+    """An adapter's lazy imports: `load()`'s entries, kept in `cache` after the first call.
+    A failure (ImportError, or a kernel package failing at import) is kept in `errors` and
+    raised as ImportError("<type>: <message>") on this and every later call."""
+    if cache:
+        return cache
+    if errors:
+        raise ImportError(errors[0])
+    try:
+        found = load()
+    except Exception as e:
+        errors.append(f"{type(e).__name__}: {e}")
+        raise ImportError(errors[0]) from e
+    cache.update(found)
+    return cache

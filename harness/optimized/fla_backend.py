@@ -51,8 +51,10 @@ import torch
 
 from ..errors import INDEX_DTYPES, InputError, check_tensor
 from ..layouts.state import check_ssm_layout
+from ..reference.conv import check_conv_args, check_conv_fn_args
+from ..reference.delta_rule import check_pool_args
 from ..reference.norm import check_norm_args
-from .api import Backend
+from .api import Backend, import_once
 
 if not torch.cuda.is_available():
     # Must be set before triton.jit wraps fla's kernels (i.e. before fla is imported).
@@ -65,28 +67,23 @@ _FLA_ERROR: List[str] = []
 
 def _fla() -> Dict[str, object]:
     """fla's entry points, imported once (raises ImportError with the reason)."""
-    if _FLA:
-        return _FLA
-    if _FLA_ERROR:
-        raise ImportError(_FLA_ERROR[0])
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # "Triton is not supported on current platform" on CPU
-            import fla
-            from fla.modules.causal_conv1d import causal_conv1d, causal_conv1d_update
-            from fla.modules.norm.fused_norm_gate import layer_norm_gated_fwd
-            from fla.modules.norm.layernorm_gated import layer_norm_fwd
-            from fla.ops.common.gate import fused_beta_sigmoid
-            from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
-            from fla.ops.gated_delta_rule.gate import fused_gdn_gate
-    except Exception as e:   # ImportError, or a kernel module failing at import
-        _FLA_ERROR.append(f"{type(e).__name__}: {e}")
-        raise ImportError(_FLA_ERROR[0]) from e
-    _FLA.update(version=getattr(fla, "__version__", "?"), chunk=chunk_gated_delta_rule,
+    return import_once(_FLA, _FLA_ERROR, _load_fla)
+
+
+def _load_fla() -> Dict[str, object]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # "Triton is not supported on current platform" on CPU
+        import fla
+        from fla.modules.causal_conv1d import causal_conv1d, causal_conv1d_update
+        from fla.modules.norm.fused_norm_gate import layer_norm_gated_fwd
+        from fla.modules.norm.layernorm_gated import layer_norm_fwd
+        from fla.ops.common.gate import fused_beta_sigmoid
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+        from fla.ops.gated_delta_rule.gate import fused_gdn_gate
+    return dict(version=getattr(fla, "__version__", "?"), chunk=chunk_gated_delta_rule,
                 recurrent=fused_recurrent_gated_delta_rule, conv=causal_conv1d, conv_update=causal_conv1d_update,
                 norm_group=layer_norm_fwd, norm_gated=layer_norm_gated_fwd, gate=fused_gdn_gate,
                 beta_sigmoid=fused_beta_sigmoid)
-    return _FLA
 
 
 def _interpreted(device: torch.device) -> bool:
@@ -140,12 +137,13 @@ def _long(values: List[int], device) -> torch.Tensor:
 
 
 def _pooled(run, per_token: Dict[str, torch.Tensor], B: int, T: int, HV: int, V: int, out_dtype,
-            spans, pool: torch.Tensor, indices: torch.Tensor, num_accepted: Optional[torch.Tensor],
+            spans, pool: torch.Tensor, idx: torch.Tensor, num_accepted: Optional[torch.Tensor],
             inplace: bool, pad_slot_id: int):
     """The state-pool semantics of harness.reference.recurrent_gated_delta_rule around
     `run(sub, h0, cu) -> (o [1, n, HV, V], final fp32 [m, HV, ...])`, which is one call of
     fla's fused recurrent kernel on the token tensors `sub` (name -> ``[1, n, ...]``), the
-    fp32 initial states `h0` and the offsets `cu` of m sequences.
+    fp32 initial states `h0` and the offsets `cu` of m sequences. `idx`: the checked
+    indices as ``[N, S]`` (`check_pool_args`).
 
     1-D indices ``[N]``: sequence n reads and writes slot ``idx[n]``; one fla call for all.
     2-D indices ``[N, S]``: it reads ``idx[n, num_accepted[n]-1]`` (column 0 without
@@ -154,12 +152,7 @@ def _pooled(run, per_token: Dict[str, torch.Tensor], B: int, T: int, HV: int, V:
     position at a time, carrying the fp32 states from call to call. A PAD read slot skips
     the sequence: zero output rows, no state touched.
     """
-    N = len(spans)
     dev = pool.device
-    idx = indices if indices.dim() == 2 else indices[:, None]
-    check_tensor("ssm_state_indices", idx, shape=(N, None), dtype=INDEX_DTYPES)
-    if num_accepted is not None:
-        check_tensor("num_accepted_tokens", num_accepted, shape=(N,), dtype=INDEX_DTYPES)
     rows = idx.tolist()
     S = idx.shape[1]
     pool_out = pool if inplace else pool.clone()
@@ -284,15 +277,13 @@ class FlaBackend(Backend):
             if final is not None and initial_state is not None:
                 final = final.to(initial_state.dtype)
             return o, final if output_final_state else None
-        if initial_state is None:
-            raise InputError("initial_state", "the state pool with ssm_state_indices", "a tensor", None)
         state_shape = (HV, V, K) if state_layout == "vk" else (HV, K, V)
-        check_tensor("initial_state", initial_state, shape=(None, *state_shape))
         spans = _spans(B, T, cu_seqlens)
+        idx = check_pool_args(initial_state, state_shape, ssm_state_indices, num_accepted_tokens, len(spans))
         per_token = dict(q=q.reshape(B * T, H, K), k=k.reshape(B * T, H, K), v=v.reshape(B * T, HV, V),
                          **{n: t.reshape(B * T, *t.shape[2:]) for n, t in per_token_extra.items()})
         return _pooled(lambda x, h0, cu: call(x, h0, cu, True), per_token, B, T, HV, V, v.dtype, spans,
-                       initial_state, ssm_state_indices, num_accepted_tokens, inplace_final_state, pad_slot_id)
+                       initial_state, idx, num_accepted_tokens, inplace_final_state, pad_slot_id)
 
     def fused_recurrent_gated_delta_rule(self, q, k, v, g, beta, scale=None, initial_state=None,
                                          output_final_state=True, cu_seqlens=None, ssm_state_indices=None,
@@ -345,19 +336,8 @@ class FlaBackend(Backend):
     def causal_conv1d_fn(self, x, weight, bias, conv_states, query_start_loc, cache_indices=None,
                          has_initial_state=None, activation="silu", pad_slot_id: int = PAD_SLOT_ID):
         f = _fla()
-        check_tensor("x", x, shape=(None, None))
-        dim, total = x.shape
-        check_tensor("weight", weight, shape=(dim, None))
-        check_tensor("conv_states", conv_states, shape=(None, dim, None))
-        W = weight.shape[1]
-        if conv_states.shape[2] < W - 1:
-            raise InputError("conv_states", "state length >= W-1", W - 1, conv_states.shape[2])
-        check_tensor("query_start_loc", query_start_loc, shape=(None,), dtype=INDEX_DTYPES)
-        qsl = [int(c) for c in query_start_loc.tolist()]
-        N = len(qsl) - 1
-        if N < 0 or qsl[0] != 0 or qsl[-1] != total or any(b < a for a, b in zip(qsl, qsl[1:])):
-            raise InputError("query_start_loc", "non-decreasing offsets from 0 to total_tokens",
-                             f"[0, ..., {total}]", qsl)
+        dim, total, W, qsl, N = check_conv_fn_args(x, weight, bias, conv_states, query_start_loc, cache_indices,
+                                                   has_initial_state)
         slots = [int(s) for s in cache_indices.tolist()] if cache_indices is not None else list(range(N))
         init_flags = ([bool(h) for h in has_initial_state.tolist()] if has_initial_state is not None
                       else [False] * N)
@@ -406,11 +386,8 @@ class FlaBackend(Backend):
             spans = [None] * x.shape[0]
             tokens = lambda i: xs[i].T                               # noqa: E731  [L, dim]
         Bn = len(spans)
-        check_tensor("weight", weight, shape=(dim, None))
-        check_tensor("conv_state", conv_state, shape=(None, dim, None))
-        W, L_state = weight.shape[1], conv_state.shape[2]
-        if L_state < W - 1:
-            raise InputError("conv_state", "state length >= W-1", W - 1, L_state)
+        W = check_conv_args(dim, weight, bias, conv_state, "conv_state")
+        L_state = conv_state.shape[2]
         if conv_state_indices is not None:
             check_tensor("conv_state_indices", conv_state_indices, shape=(Bn,), dtype=INDEX_DTYPES)
         if num_accepted_tokens is not None:

@@ -35,12 +35,13 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+from types import SimpleNamespace
 from typing import Dict, List, Optional
 
 import torch
 
 from ..errors import InputError
-from .api import DECODE_PATHS, Backend
+from .api import DECODE_PATHS, Backend, import_once
 
 PAD_SLOT_ID = -1
 NULL_BLOCK_ID = 0            # vLLM's reserved slot
@@ -62,19 +63,13 @@ _ERROR: List[str] = []
 
 def _vllm() -> Dict[str, object]:
     """vLLM's version and kernel modules (None where this vLLM lacks one); raises ImportError."""
-    if _CACHE:
-        return _CACHE
-    if _ERROR:
-        raise ImportError(_ERROR[0])
-    try:
-        import vllm
-        found = {key: importlib.import_module(path) for key, path in MODULES.items()}
-    except Exception as e:   # ImportError, or vLLM failing at import on this machine
-        _ERROR.append(f"{type(e).__name__}: {e}")
-        raise ImportError(_ERROR[0]) from e
-    found.update(version=getattr(vllm, "__version__", "?"), layer_source=_layer_source())
-    _CACHE.update(found)
-    return _CACHE
+    return import_once(_CACHE, _ERROR, _load_vllm)
+
+
+def _load_vllm() -> Dict[str, object]:
+    import vllm
+    found = {key: importlib.import_module(path) for key, path in MODULES.items()}
+    return dict(found, version=getattr(vllm, "__version__", "?"), layer_source=_layer_source())
 
 
 def _layer_source() -> Optional[str]:
@@ -172,7 +167,6 @@ class VllmBackend(Backend):
     # ------------------------------------------------------------------ projections
     def unpack_qkvz_ba(self, mixed_qkvz, mixed_ba, dims, layout):
         # `dims` are the rank's own: vLLM's tp_size divisions are done already (tp_size=1).
-        from types import SimpleNamespace
         me = SimpleNamespace(num_k_heads=dims.H, num_v_heads=dims.HV, head_k_dim=dims.K, head_v_dim=dims.V,
                              tp_size=1, key_dim=dims.H * dims.K, value_dim=dims.HV * dims.V,
                              gqa_interleaved_layout=layout == "interleaved")
@@ -225,8 +219,11 @@ class VllmBackend(Backend):
         """One initial / final state per sequence: vLLM's recurrent kernels read h0 at row
         ``bos`` without indices (wrong for T > 1, docs/findings.md) and have no per-sequence
         final state, so each sequence gets its own pool slot, read through 1-D indices, and
-        its final state is the per-token state buffer's row eos-1 (inplace=False)."""
+        its final state is the per-token state buffer's row eos-1 (inplace=False).
+        `call(flat, pool, inplace, cu_seqlens, indices)` runs the kernel on its token tensors
+        passed through `flat` (a ``[B, T, ...]`` batch becomes one ``[1, B*T, ...]`` varlen run)."""
         B, T = q.shape[:2]
+        flat = (lambda t: t.reshape(1, B * T, *t.shape[2:])) if cu_seqlens is None and B > 1 else (lambda t: t)
         if cu_seqlens is None:
             cu_seqlens = torch.arange(0, B * T + 1, T, dtype=torch.int32, device=q.device)
         offs = [int(c) for c in cu_seqlens.tolist()]
@@ -235,11 +232,11 @@ class VllmBackend(Backend):
         pool = torch.zeros(N + 1, v.shape[2], v.shape[3], q.shape[3], dtype=dtype, device=q.device)
         if initial_state is not None:
             pool[1:] = initial_state
-        o, per_token = call(pool, False, cu_seqlens, _ids(list(range(1, N + 1)), q.device))
+        o, per_token = call(flat, pool, False, cu_seqlens, _ids(list(range(1, N + 1)), q.device))
         if not output_final_state:
-            return o, None
+            return o.reshape(v.shape), None
         final = torch.stack([per_token[offs[n + 1] - 1] if offs[n + 1] > offs[n] else pool[n + 1] for n in range(N)])
-        return o, final
+        return o.reshape(v.shape), final
 
     def fused_recurrent_gated_delta_rule(self, q, k, v, g, beta, scale=None, initial_state=None,
                                          output_final_state=True, cu_seqlens=None, ssm_state_indices=None,
@@ -254,12 +251,8 @@ class VllmBackend(Backend):
                       cu_seqlens=cu, ssm_state_indices=idx, num_accepted_tokens=num_accepted_tokens,
                       use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel)
         if ssm_state_indices is None:
-            B, T = q.shape[:2]
-            flat = (lambda t: t.reshape(1, B * T, *t.shape[2:])) if cu_seqlens is None and B > 1 else (lambda t: t)
-            o, final = self._per_sequence(
-                lambda h0, inplace, cu, idx: run(flat(q), flat(k), flat(v), flat(g), flat(beta), h0, inplace, cu, idx),
-                q, v, initial_state, output_final_state, cu_seqlens)
-            return o.reshape(v.shape), final
+            return self._per_sequence(lambda f, *args: run(f(q), f(k), f(v), f(g), f(beta), *args),
+                                      q, v, initial_state, output_final_state, cu_seqlens)
         return self._pool_call(lambda pool, idx: run(q, k, v, g, beta, pool, True, cu_seqlens, idx),
                                initial_state, inplace_final_state, ssm_state_indices, pad_slot_id)
 
@@ -279,12 +272,8 @@ class VllmBackend(Backend):
                       cu_seqlens=cu, ssm_state_indices=idx, num_accepted_tokens=num_accepted_tokens,
                       use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel)
         if ssm_state_indices is None:
-            B, T = q.shape[:2]
-            flat = (lambda t: t.reshape(1, B * T, *t.shape[2:])) if cu_seqlens is None and B > 1 else (lambda t: t)
-            o, final = self._per_sequence(lambda h0, inplace, cu, idx: run(h0, inplace, cu, idx, flat(q), flat(k),
-                                                                           flat(v)),
-                                          q, v, initial_state, True, cu_seqlens)
-            return o.reshape(v.shape), final
+            return self._per_sequence(lambda f, *args: run(*args, f(q), f(k), f(v)), q, v, initial_state, True,
+                                      cu_seqlens)
         return self._pool_call(lambda pool, idx: run(pool, True, cu_seqlens, idx),
                                initial_state, inplace_final_state, ssm_state_indices, pad_slot_id)
 
