@@ -79,7 +79,7 @@ def _free_port() -> int:
 # ----------------------------------------------------------------------------- records
 
 def _record(case: Case, suite: str, world: int, pg: str) -> dict:
-    from .isolate import case_record    # one record skeleton for every runner
+    from .runner import case_record    # one record skeleton for every runner
     rec = case_record(case, suite)
     rec.update(repro=rec["repro"] + f" --tp {world} --distributed",
                distributed=dict(world_size=world, process_group=pg))

@@ -16,18 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional
 
 from .cases import Case
-from .runner import repro_command
+from .runner import case_record
 
 STDERR_TAIL = 4000
-
-
-def case_record(case: Case, suite: str) -> dict:
-    """A case's record skeleton (no verdict yet): what every runner outside run_case starts from."""
-    return dict(id=case.id, suite=suite, level=case.level, op=case.check, backend=case.backend, layout=case.layout,
-                tp=case.tp, mix=case.check if case.level == "layer" else None, variant=case.variant,
-                dtype=case.dtype, state_dtype=case.state_dtype, dims=case.dims.to_dict(), seed=case.seed,
-                device=case.device, status="pass", metrics=[], tolerance=None, margin=None, diagnosis=None,
-                error=None, filled_ops=[], repro=repro_command(case, suite), case=case.to_dict())
 
 
 def _error_record(case: Case, suite: str, error: str, stderr: str) -> dict:

@@ -88,17 +88,22 @@ def _pairs(case: Case, backends: BackendCache, rec: dict, oracle_device=None):
     return pairs
 
 
+def case_record(case: Case, suite: str) -> dict:
+    """A case's record skeleton (no verdict yet): run_case, the isolated and the distributed runners start from it."""
+    return dict(id=case.id, suite=suite, level=case.level, op=case.check, backend=case.backend, layout=case.layout,
+                tp=case.tp, mix=case.check if case.level == "layer" else None, variant=case.variant,
+                dtype=case.dtype, state_dtype=case.state_dtype, dims=case.dims.to_dict(), seed=case.seed,
+                device=case.device, status="pass", metrics=[], tolerance=None, margin=None, diagnosis=None,
+                error=None, filled_ops=[], repro=repro_command(case, suite), case=case.to_dict())
+
+
 def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendCache] = None,
              oracle_device: Optional[str] = None, diagnose: Optional[bool] = None) -> dict:
     """One case -> its record. A failing (or, with its outputs in hand, erroring) op / layer
     case is diagnosed (`harness.diagnosis`) unless `diagnose` is False (default: on unless
     GDN_DIAGNOSE=0); a diagnosis never changes the verdict."""
     backends = backends or BackendCache()
-    rec = dict(id=case.id, suite=suite, level=case.level, op=case.check, backend=case.backend,
-               layout=case.layout, tp=case.tp, mix=case.check if case.level == "layer" else None,
-               variant=case.variant, dtype=case.dtype, state_dtype=case.state_dtype, dims=case.dims.to_dict(),
-               seed=case.seed, device=case.device, status="pass", metrics=[], tolerance=None, margin=None,
-               diagnosis=None, error=None, filled_ops=[], repro=repro_command(case, suite), case=case.to_dict())
+    rec = case_record(case, suite)
     t0 = time.perf_counter()
     pairs = None
     try:
