@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 from harness.cli import main as cli_main  # noqa: E402
 from harness.faults.catalogue import FAULTS, class_name  # noqa: E402
 from harness.faults.mutate import MutationError, apply_replacements, kernel_module, mutate  # noqa: E402
+from harness.faults import zoo as zoo_module  # noqa: E402
 from harness.faults.zoo import run_zoo  # noqa: E402
 from harness.optimized.registry import load_backend  # noqa: E402
 from harness.suite import load_suite  # noqa: E402
@@ -157,6 +158,30 @@ def test_zoo_command_exit_codes(tmp_path, capsys):
     for bad in (["--fault", "no_such_fault"], ["--suite", "no-such-suite"], ["--suite", "self"], ["--jobs", "0"],
                 ["--base", "vllm"]):
         assert cli_main(["zoo", *bad, "--report-dir", str(out)]) == 2, bad
+
+
+def test_interrupted_zoo_still_writes_the_matrix(tmp_path, monkeypatch):
+    """Ctrl-C (or `timeout -s INT`) mid-run: finished faults keep their verdict, the rest are
+    listed as not run, the bases as incomplete, exit 1, and the matrix is written."""
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY)
+    real, calls = zoo_module.run_task, []
+
+    def interrupted_after_one(task, *a, **k):
+        calls.append(task["name"])
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(task, *a, **k)
+    monkeypatch.setattr(zoo_module, "run_task", interrupted_after_one)
+    out = tmp_path / "z"
+    assert cli_main(["zoo", "--suite", str(suite), "--fault", "qk_head_mod_h,gemma_norm_weight", "-q",
+                     "--report-dir", str(out)]) == 1
+    js = json.loads((out / "kill_matrix.json").read_text())
+    # one-chunk base first (zoo._tasks order), then the interrupt: both faults not run
+    assert calls[0] == "triton" and js["interrupted"] and js["bases"]["triton"]["passed"]
+    assert js["total"] == 2 and js["killed"] == 0 and js["faults"] == {}
+    assert sorted(js["not_run"]) == ["gemma_norm_weight", "qk_head_mod_h"]
+    assert "Interrupted; not run" in (out / "kill_matrix.md").read_text()
 
 
 # ---------------------------------------------------------------- false positives

@@ -283,9 +283,10 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
             _run_pool(tasks, jobs, threads, done, stop)
     except KeyboardInterrupt:       # Ctrl-C / timeout -s INT: report what finished
         stop.set()
+    # `timeout -s INT` signals the process and then its group: a second interrupt must not
+    # cut the report short
+    prev = signal.signal(signal.SIGINT, signal.SIG_IGN) if stop.is_set() else None
     wall = time.perf_counter() - t0
-    results = list(results)
-
     by_base: Dict[str, List[dict]] = {}
     fault_results: Dict[str, dict] = {}
     for r in results:
@@ -302,7 +303,7 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
     not_run = [f.name for f in flist if f.name not in fault_results]
     killed = sum(e["killed"] for e in fault_out.values())
     groups = _matrix_groups(fault_out)
-    return dict(
+    res = dict(
         suite=suite["name"], device=device, base=base, stop_at_first=stop_at_first, jobs=jobs,
         seeds=seeds, base_passed=all(b["passed"] for b in base_out.values()), bases=base_out,
         faults=fault_out, groups=groups, killed=killed, total=len(flist),
@@ -310,6 +311,9 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
         survivors=[n for n, e in fault_out.items() if not e["killed"]],
         interrupted=stop.is_set(), not_run=not_run,
         wall_s=round(wall, 3), cpu_s=round(sum(r["wall_s"] for r in results), 3))
+    if prev is not None:
+        signal.signal(signal.SIGINT, prev)
+    return res
 
 
 RESULT_TAG = "@@gdn-zoo@@ "
@@ -568,6 +572,8 @@ def cmd_zoo(args) -> int:
                   skip_unchanged=not args.all_cases, oracle_device=args.oracle_device)
     res["command"] = "gdn-harness zoo " + " ".join(getattr(args, "argv", None) or [])
     res["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if res["interrupted"]:          # the group's second interrupt: still write the report
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     paths = write_kill_matrix(args.report_dir, res)
     print("\n".join(summary_lines(res)))
     print(f"kill matrix: {paths['md']} and {paths['json'].name}")
