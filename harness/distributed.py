@@ -320,7 +320,7 @@ def rank_main(job: dict, emit: Optional[Callable[[dict], None]] = None) -> List[
 
     from .optimized.api import FilledOps
     from .policy import Policy
-    from .runner import BackendCache, _judge, _skip_reason
+    from .runner import BackendCache, _judge, _skip_reason, declared_pad_rows
     cases = [Case.from_dict(d) for d in job["cases"]]
     policy = Policy(job["policy"]) if job.get("policy") else Policy()
     pg = "nccl" if cases and cases[0].device.startswith("cuda") else "gloo"
@@ -350,7 +350,7 @@ def rank_main(job: dict, emit: Optional[Callable[[dict], None]] = None) -> List[
                 pairs = distributed_pairs(case, backend, ops, device, job.get("oracle_device"), sharder)
                 rec["filled_ops"] = list(ops.filled)
                 if rank == 0:
-                    _judge(rec, pairs, policy, case)
+                    _judge(rec, declared_pad_rows(case, backend, pairs, rec), policy, case)
         except CollectiveError as e:
             if spawned:        # the parent turns the dead world into this case's error record
                 print(f"rank {rank}: {e}", file=sys.stderr, flush=True)

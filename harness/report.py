@@ -70,6 +70,23 @@ def filled_ops_by_backend(records: List[dict]) -> Dict[str, List[str]]:
     return {b: sorted(ops) for b, ops in sorted(filled.items())}
 
 
+def pad_rows_not_compared(records: List[dict]) -> Dict[str, dict]:
+    """Backend -> {reason, cases, outputs}: where its declared-unspecified PAD-row outputs were left out."""
+    found: Dict[str, dict] = {}
+    for r in records:
+        d = r.get("pad_rows_not_compared")
+        if d:
+            e = found.setdefault(r["backend"], dict(reason=d.get("reason", ""), cases=0, outputs=set()))
+            e["cases"] += 1
+            e["outputs"].update(d.get("outputs", []))
+    return {b: dict(e, outputs=sorted(e["outputs"])) for b, e in sorted(found.items())}
+
+
+def pad_rows_sentence(backend: str, e: dict) -> str:
+    return (f"`{backend}` declares PAD-row outputs unspecified: PAD rows were not compared in {e['cases']} "
+            f"cases (outputs {', '.join(e['outputs'])}); states and real rows were. Reason: {e['reason']}")
+
+
 def summary_markdown(records: List[dict], meta: dict) -> str:
     c = counts(records)
     lines = [f"# gdn-harness: suite `{meta.get('suite')}`", "",
@@ -82,6 +99,8 @@ def summary_markdown(records: List[dict], meta: dict) -> str:
         lines.append(f"Filled from the reference at layer level for `{backend}`: {', '.join(ops)}.")
     if filled:
         lines.append("")
+    for backend, e in pad_rows_not_compared(records).items():
+        lines += [pad_rows_sentence(backend, e) + ".", ""]
     bad = [r for r in records if r["status"] in ("fail", "error")]
     if bad:
         lines += ["## Failures", "", "| case | status | diagnosis / error | repro |", "|---|---|---|---|"]

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .diagnosis.core import hypothesis_lines
-from .report import STATUSES, atomic_write, counts, environment, filled_ops_by_backend
+from .report import (STATUSES, atomic_write, counts, environment, filled_ops_by_backend, pad_rows_not_compared,
+                     pad_rows_sentence)
 
 HEATMAP_FAILURES = 200           # failures (in record order) that get heatmaps
 MAPS_PER_FAILURE = 8             # heatmaps per failure (failing token-major outputs)
@@ -96,6 +97,8 @@ def _header(records, meta, env, c) -> str:
     env_rows = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in env.items())
     notes = "".join(f"<p class='muted'>Filled from the reference at layer level for <code>{esc(b)}</code>: "
                     f"{esc(', '.join(ops))}.</p>" for b, ops in filled_ops_by_backend(records).items())
+    notes += "".join(f"<p class='warn'>{esc(pad_rows_sentence(b, e))}.</p>"
+                     for b, e in pad_rows_not_compared(records).items())
     planned = meta.get("planned_cases")
     if meta.get("interrupted") or (isinstance(planned, int) and planned > c["total"]):
         notes = (f'<p class="warn">Incomplete run{" (interrupted)" if meta.get("interrupted") else ""}: '
@@ -278,6 +281,8 @@ def _failure(i: int, r: dict, maps: "_Heatmaps", policies: dict, with_maps: bool
              f"seed {r.get('seed')}", r.get("device"), f"{_num(r.get('duration_s'))} s"]
     if r.get("filled_ops"):
         facts.append("filled: " + ", ".join(r["filled_ops"]))
+    if r.get("pad_rows_not_compared"):
+        facts.append("PAD rows not compared: " + ", ".join(r["pad_rows_not_compared"]["outputs"]))
     body = [f'<p class="muted">{esc(" · ".join(str(f) for f in facts if f not in (None, "")))}</p>']
     if st == "error":
         body.append(f'<pre class="err">{esc(_clean(_clip(r.get("error") or "", 2000)))}</pre>')

@@ -72,8 +72,9 @@ def _pairs(case: Case, backends: BackendCache, rec: dict, oracle_device=None):
         return None
     if case.level == "op":
         from .opcheck import run_op_case
-        return run_op_case(backend, case.check, case.variant, case.dims, case.dtype, case.state_dtype,
-                           case.seed, case.device, oracle_device, case.scenario)
+        pairs = run_op_case(backend, case.check, case.variant, case.dims, case.dtype, case.state_dtype,
+                            case.seed, case.device, oracle_device, case.scenario)
+        return declared_pad_rows(case, backend, pairs, rec)
     from .layercheck import run_layer_case, run_spec_equivalence
     from .optimized.api import FilledOps
     path, conv, ba = case.variant.split(".")
@@ -84,7 +85,20 @@ def _pairs(case: Case, backends: BackendCache, rec: dict, oracle_device=None):
     else:
         pairs = run_layer_case(backend, ops, case.dims, case.check, case.layout, case.tp, case.dtype,
                                case.state_dtype, case.seed, case.device, path, conv, ba, oracle_device, case.scenario)
+        pairs = declared_pad_rows(case, backend, pairs, rec)
     rec["filled_ops"] = list(ops.filled)
+    return pairs
+
+
+def declared_pad_rows(case: Case, backend, pairs, rec: dict):
+    """A backend declaring PAD-row outputs unspecified: its PAD rows are not compared; the
+    record says which outputs were masked and why (`pad_rows_not_compared`)."""
+    if getattr(backend, "pad_row_outputs", "zeros") != "unspecified":
+        return pairs
+    from .diagnosis import mask_pad_rows
+    pairs, masked = mask_pad_rows(case, pairs, backend.ssm_state_layout)
+    if masked:
+        rec["pad_rows_not_compared"] = dict(outputs=masked, reason=backend.pad_row_outputs_reason)
     return pairs
 
 

@@ -22,7 +22,7 @@ from .core import CLASSES, coverage_note, run_hypotheses, sentence
 
 DEFAULT_BUDGET_S = 60.0
 
-__all__ = ["CLASSES", "diagnose", "enabled", "budget_s", "sentence", "coverage_note"]
+__all__ = ["CLASSES", "diagnose", "enabled", "budget_s", "sentence", "coverage_note", "mask_pad_rows"]
 
 
 def enabled() -> bool:
@@ -70,6 +70,23 @@ def diagnose(case, pairs, policy, ssm_layout: str = "vk", budget: float = DEFAUL
     found = run_hypotheses(hyps, ctx, expected, pairs, policy, case.dtype, case.state_dtype, budget, fmt, unpad,
                            coverage)
     return found[:6]
+
+
+def mask_pad_rows(case, pairs, ssm_layout: str = "vk"):
+    """For a backend that declares PAD-row outputs unspecified: `pairs` with every output's
+    PAD rows set to the expected values and the layer's `.pad_rows` checks dropped, and the
+    names of the outputs so masked. States and real rows are compared as before."""
+    if case.level == "op":
+        from . import op
+        masked = op.pad_rows_expected(pairs, op.context(case, {}, ssm_layout)) or {}
+    elif case.level == "layer":
+        from types import SimpleNamespace
+        from . import layer
+        masked = layer.pad_rows_expected(pairs, SimpleNamespace(sc=layer.scenario_of(case))) or {}
+    else:
+        return pairs, []
+    out = [(n, masked[n][0] if n in masked else a, r, t, k) for n, a, r, t, k in pairs if not n.endswith(".pad_rows")]
+    return out, sorted(masked)
 
 
 def _unpad(actual, masked):

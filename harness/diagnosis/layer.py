@@ -37,12 +37,16 @@ class LayerContext:
         return {e.kind for step in self.sc.plan() for e in step}
 
 
-def context(case, actual) -> LayerContext:
+def scenario_of(case) -> Scenario:
     path, conv, ba = case.variant.split(".")
-    sc = mix_scenario(case.check, case.dims, getattr(case, "scenario", None), layout=case.layout, tp=case.tp,
-                      seed=case.seed, dtype=case.dtype, state_dtype=case.state_dtype, conv_state_layout=conv, ba=ba)
+    return mix_scenario(case.check, case.dims, getattr(case, "scenario", None), layout=case.layout, tp=case.tp,
+                        seed=case.seed, dtype=case.dtype, state_dtype=case.state_dtype, conv_state_layout=conv, ba=ba)
+
+
+def context(case, actual) -> LayerContext:
+    sc = scenario_of(case)
     inp = make_inputs(sc)
-    ranks = all_ranks(inp.weights, case.dims, case.layout, case.tp, ba)
+    ranks = all_ranks(inp.weights, case.dims, case.layout, case.tp, sc.ba)
     proj = [[(h @ p.w_qkvz.T, local_mixed_ba(p, h @ p.w_ba.T)) for p in ranks] for h in inp.hidden]
     return LayerContext(sc, inp, ranks, proj, actual)
 
@@ -258,8 +262,9 @@ PAD_ROWS = H("pad_rows_garbage", "pad_rows",
              "and PAD rows are never zeroed", lambda c: None, _has("pad"))
 
 
-def pad_rows_expected(pairs, c: LayerContext, hyp: Optional[dict] = None) -> Optional[Dict[str, torch.Tensor]]:
-    """The outputs with the PAD tokens' rows masked out (set to the oracle's, or to hypothesis `hyp`'s)."""
+def pad_rows_expected(pairs, c, hyp: Optional[dict] = None) -> Optional[Dict[str, torch.Tensor]]:
+    """The outputs with the PAD tokens' rows masked out (set to the oracle's, or to hypothesis `hyp`'s);
+    `c` needs only its scenario `sc`."""
     plans = c.sc.plan()
     exp = {}
     for name, actual, refv, _, _ in pairs:

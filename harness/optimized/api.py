@@ -56,6 +56,11 @@ class Backend:
     ssm_state_layout: str = "vk"            # "vk" [N, HV, V, K] or "kv" [N, HV, K, V]
     conv_state_layouts: Tuple[str, ...] = ("dim_first", "token_first")
     decode_paths: Tuple[str, ...] = ("recurrent",)
+    # What a PAD row's output holds: "zeros" (DESIGN's contract), or "unspecified" for a
+    # backend whose kernels never write them (its reason in pad_row_outputs_reason). Then only
+    # real rows are compared, and the report says so; states are checked as ever.
+    pad_row_outputs: str = "zeros"
+    pad_row_outputs_reason: str = ""
 
     # Ops: None means "not implemented". Subclasses override with the reference's signature.
     unpack_qkvz_ba = None
@@ -90,7 +95,8 @@ class Backend:
         return dict(name=self.name, description=self.description, devices=list(self.devices),
                     dtypes=list(self.dtypes), state_dtypes=list(self.state_dtypes),
                     ssm_state_layout=self.ssm_state_layout, decode_paths=list(self.decode_paths),
-                    ops=self.implemented_ops(), gdn_core=self.gdn_core is not None)
+                    ops=self.implemented_ops(), gdn_core=self.gdn_core is not None,
+                    pad_row_outputs=self.pad_row_outputs)
 
 
 @dataclass

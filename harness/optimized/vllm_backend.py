@@ -129,6 +129,11 @@ class VllmBackend(Backend):
     ssm_state_layout = "vk"
     conv_state_layouts = ("dim_first", "token_first")
     decode_paths = ("recurrent", "sigmoid_gating", "packed")
+    pad_row_outputs = "unspecified"
+    pad_row_outputs_reason = (
+        "vLLM 0.33's causal_conv1d kernels and fused_recurrent_gated_delta_rule_fwd_kernel return before "
+        "storing a row whose slot is the null block / PAD_SLOT_ID, so those rows of their torch.empty outputs "
+        "hold whatever was there; vLLM drops padded tokens' outputs (CUDA-graph padding)")
 
     def __init__(self, modules: Optional[Dict[str, object]] = None, layer_source: Optional[str] = None):
         """`modules` / `layer_source` replace vLLM's kernel modules (keys of MODULES) or the
