@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -237,21 +237,23 @@ def _device_name(dev: torch.device) -> str:
 
 # ----------------------------------------------------------------------------- suite cost
 
-def bench_suite(suite: str, backend: str, device: str, jobs: int, limit_s: float, cache_dir: Optional[str],
+def bench_suite(suite: str, backend: str, device: str, jobs: Sequence[int], limit_s: float, cache_dir: Optional[str],
                 report_dir: Path, log: Callable[[str], None] = print) -> List[Dict]:
     """Time-to-verdict of `gdn-harness run --suite` in a fresh process: cold (empty
-    TRITON_CACHE_DIR) then warm (the same cache). A run past `limit_s` gets SIGINT, so it
-    still writes the report of its finished cases (the row says how many)."""
+    TRITON_CACHE_DIR) with `jobs[0]` workers, then warm (the same cache) with each of `jobs`
+    (on a GPU host, one worker per GPU: the wall time on 1, 2, 4 GPUs). A run past `limit_s`
+    gets SIGINT, so it still writes the report of its finished cases (the row says how many)."""
     cache = Path(cache_dir or tempfile.mkdtemp(prefix="gdn-bench-triton-"))
     if cache.exists() and any(cache.iterdir()):
         raise ValueError(f"--suite-cache {cache}: must be empty for the cold run")
     cache.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TRITON_CACHE_DIR=str(cache), TRITON_CACHE_AUTOTUNING="1", PYTHONUNBUFFERED="1")
     rows = []
-    for label in ("cold", "warm"):
-        out = report_dir / f"suite-{label}"
+    gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
+    for label, n in [("cold", jobs[0])] + [("warm", j) for j in jobs]:
+        out = report_dir / f"suite-{label}-jobs{n}"
         cmd = [sys.executable, "-m", "harness.cli", "run", "--suite", suite, "--backend", backend, "--device", device,
-               "-q", "--report-dir", str(out)] + (["--jobs", str(jobs)] if jobs > 1 else [])
+               "-q", "--report-dir", str(out)] + (["--jobs", str(n)] if n > 1 else [])
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
@@ -266,7 +268,8 @@ def bench_suite(suite: str, backend: str, device: str, jobs: int, limit_s: float
                 tail, _ = proc.communicate()
             hit_limit = True
         wall = time.perf_counter() - t0
-        row = dict(bench="suite", suite=suite, backend=backend, device=device, jobs=jobs, cache=label,
+        row = dict(bench="suite", suite=suite, backend=backend, device=device, jobs=n, cache=label,
+                   gpus=min(n, gpus) if gpus else None,
                    wall_s=round(wall, 2), exit_code=proc.returncode, limit_s=limit_s, hit_limit=hit_limit,
                    output_tail=(tail or "")[-1500:])
         res = out / "results.json"
@@ -274,7 +277,7 @@ def bench_suite(suite: str, backend: str, device: str, jobs: int, limit_s: float
             doc = json.loads(res.read_text())
             row.update(counts=doc["counts"], planned_cases=doc.get("planned_cases"), run_wall_s=doc.get("wall_s"))
         rows.append(row)
-        log(f"suite {suite} {backend} jobs={jobs} {label}: {wall:.1f} s, "
+        log(f"suite {suite} {backend} jobs={n} {label}: {wall:.1f} s, "
             f"{row.get('counts', {}).get('total', '?')}/{row.get('planned_cases', '?')} cases"
             + (" (limit hit)" if hit_limit else ""))
     return rows
@@ -323,7 +326,8 @@ def bench_markdown(doc: dict) -> str:
         c = r.get("counts") or {}
         done = f"{c.get('total', '?')}/{r.get('planned_cases', '?')} cases"
         verdict = f"{c.get('pass', 0)} pass, {c.get('fail', 0)} fail, {c.get('error', 0)} error, {c.get('skip', 0)} skip"
-        lines.append(f"- suite `{r['suite']}` on `{r['backend']}`, --jobs {r['jobs']}, {r['cache']} Triton cache: "
+        on = f" ({r['gpus']} GPU{'s' if r['gpus'] > 1 else ''})" if r.get("gpus") else ""
+        lines.append(f"- suite `{r['suite']}` on `{r['backend']}`, --jobs {r['jobs']}{on}, {r['cache']} Triton cache: "
                      f"**{r['wall_s']:.1f} s** to verdict ({done}; {verdict})"
                      + (f" - stopped at the {r['limit_s']:g} s limit" if r["hit_limit"] else ""))
     lines.append("")
@@ -378,7 +382,9 @@ def add_parser(sub) -> None:
     b.add_argument("--suite-cost", default=None, metavar="SUITE",
                    help="also time this suite's time-to-verdict, cold and warm Triton cache")
     b.add_argument("--suite-backend", default="triton")
-    b.add_argument("--suite-jobs", type=int, default=1)
+    b.add_argument("--suite-jobs", type=int, action="append",
+                   help="workers (one per GPU); repeatable: the cold run uses the first, a warm run follows "
+                        "for each (default 1)")
     b.add_argument("--suite-limit", type=float, default=900.0, help="seconds per suite run (then SIGINT)")
     b.add_argument("--suite-cache", default=None, help="the Triton cache dir to fill (must be empty; default a temp dir)")
     b.add_argument("--quick", action="store_true",
@@ -443,5 +449,5 @@ def _measure(args, rows, env, device, dims, tps, dtype, backends, report_dir) ->
         print(f"oracle/{r['form']:9} {r['dims']['name']} T={r['tokens']} {r['device_name']}: "
               f"median {r['median_s']:.3f}s (first {r['first_s']:.3f}s, {len(r['times_s'])} runs)")
     if args.suite_cost:
-        rows += bench_suite(args.suite_cost, args.suite_backend, device, args.suite_jobs, args.suite_limit,
+        rows += bench_suite(args.suite_cost, args.suite_backend, device, args.suite_jobs or [1], args.suite_limit,
                             args.suite_cache, report_dir or Path(tempfile.mkdtemp(prefix="gdn-bench-")))

@@ -2,7 +2,8 @@
 
 A segfault, an illegal memory access, an out-of-memory kill or a hang inside a case
 kills only its worker: the case becomes an ``error`` record carrying the stderr tail,
-the cases after it in the same group go to a fresh worker, and the run goes on.
+the cases after it in the same group go to a fresh worker, and the run goes on. A CUDA
+error raised inside a case (it poisons the context) ends its worker the same way.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Callable, Dict, List, Optional
 
 from .cases import Case
 from .runner import case_record
+from .worker import EXIT_RESTART
 
 STDERR_TAIL = 4000
 
@@ -66,6 +68,8 @@ def _run_group(cases: List[Case], suite: str, policy: Optional[str], oracle_devi
         todo = todo[done:]
         if not todo or stop.is_set():
             return
+        if not hung and proc.returncode == EXIT_RESTART:    # its last case left the CUDA context broken
+            continue
         stderr = "".join(err_chunks)
         why = (f"timed out after {timeout:g} s" if hung else
                f"worker died with exit code {proc.returncode}"

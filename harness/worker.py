@@ -13,6 +13,16 @@ from .cases import Case
 from .policy import Policy
 from .runner import BackendCache, run_case
 
+# A CUDA error that leaves the context unusable: every later case in this process would
+# fail with it, so the worker hands its remaining cases to a fresh one (`EXIT_RESTART`).
+STICKY_CUDA_ERRORS = ("illegal memory access", "device-side assert", "unspecified launch failure",
+                      "misaligned address", "illegal instruction", "CUDA error: an illegal")
+EXIT_RESTART = 75
+
+
+def sticky_cuda_error(rec: dict) -> bool:
+    return rec.get("status") == "error" and any(s in (rec.get("error") or "") for s in STICKY_CUDA_ERRORS)
+
 
 def main() -> int:
     job = json.loads(sys.stdin.read())
@@ -22,6 +32,8 @@ def main() -> int:
         rec = run_case(Case.from_dict(d), policy, job["suite"], backends, job.get("oracle_device"))
         sys.stdout.write(json.dumps(rec, default=str) + "\n")
         sys.stdout.flush()
+        if sticky_cuda_error(rec):
+            return EXIT_RESTART
     return 0
 
 

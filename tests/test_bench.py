@@ -44,10 +44,12 @@ def test_suite_time_to_verdict_rows(tmp_path):
                      'dims = ["qwen3-next-80b-a3b:shrunk"]\n')
     assert main(["bench", "--quick", "--device", "cpu", "--no-ops", "--repeat", "1", "--suite-cost", str(suite),
                  "--suite-backend", "reference", "--suite-cache", str(tmp_path / "cache"),
-                 "--report-dir", str(tmp_path / "out")]) == 0
+                 "--suite-jobs", "1", "--suite-jobs", "2", "--report-dir", str(tmp_path / "out")]) == 0
     rows = [r for r in json.loads((tmp_path / "out" / "bench.json").read_text())["rows"] if r["bench"] == "suite"]
-    assert [r["cache"] for r in rows] == ["cold", "warm"]
+    assert [(r["cache"], r["jobs"]) for r in rows] == [("cold", 1), ("warm", 1), ("warm", 2)]
     for r in rows:
         assert r["exit_code"] == 0 and not r["hit_limit"] and r["wall_s"] > 0
         assert r["counts"]["pass"] == r["counts"]["total"] == r["planned_cases"] == 1
-    assert "on `reference`, --jobs 1, cold Triton cache" in (tmp_path / "out" / "bench.md").read_text()
+    md = (tmp_path / "out" / "bench.md").read_text()
+    assert "on `reference`, --jobs 1, cold Triton cache" in md and "--jobs 2, warm Triton cache" in md
+    assert (tmp_path / "out" / "suite-warm-jobs2" / "results.json").exists()

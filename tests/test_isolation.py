@@ -29,6 +29,19 @@ def test_aborting_backend_costs_one_case(tmp_path):
     assert (tmp_path / "summary.md").exists()
 
 
+def test_broken_cuda_context_costs_one_case(tmp_path):
+    """A sticky CUDA error (illegal memory access) ends its worker: the cases after it run in a fresh one."""
+    rc = main(["run", "-q", "--suite", "smoke", "--backend", "tests.plugin_example:PoisoningPort", "--isolate",
+               "--timeout", "120", "--report-dir", str(tmp_path), "-k", "op.fused_recurrent_gated_delta_rule[",
+               "--dtype", "float32"])
+    assert rc == 1
+    cases = _cases(tmp_path)
+    errors = [c for c in cases if c["status"] == "error"]
+    assert len(errors) == 1 and "spec" in errors[0]["id"] and "illegal memory access" in errors[0]["error"]
+    after = cases[[c["id"] for c in cases].index(errors[0]["id"]) + 1:]
+    assert after and all(c["status"] == "pass" for c in after), [(c["id"], c["status"]) for c in after]
+
+
 def test_hanging_backend_times_out(tmp_path):
     rc = main(["run", "-q", "--suite", "smoke", "--backend", "tests.plugin_example:HangingPort", "--isolate",
                "--timeout", "8", "--report-dir", str(tmp_path), *SUBSET])

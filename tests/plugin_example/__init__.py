@@ -71,3 +71,21 @@ class HangingPort(ExamplePortBackend):
             import time
             time.sleep(3600)
         return ExamplePortBackend.fused_gdn_gating(A_log, a, b, dt_bias, beta, threshold)
+
+
+_POISONED = []
+
+
+class PoisoningPort(ExamplePortBackend):
+    """Leaves its process's "CUDA context" broken after a spec decode, as an out-of-bounds
+    read does: that call and every later one in the process raise the sticky CUDA error."""
+    name = "example-port-poisoning"
+
+    @staticmethod
+    def fused_recurrent_gated_delta_rule(q, k, v, g, beta, ssm_state_indices=None, **kwargs):
+        if ssm_state_indices is not None and ssm_state_indices.dim() == 2:
+            _POISONED.append(True)
+        if _POISONED:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return ExamplePortBackend.fused_recurrent_gated_delta_rule(q, k, v, g, beta,
+                                                                   ssm_state_indices=ssm_state_indices, **kwargs)
