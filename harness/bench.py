@@ -238,17 +238,18 @@ def _device_name(dev: torch.device) -> str:
 # ----------------------------------------------------------------------------- suite cost
 
 def bench_suite(suite: str, backend: str, device: str, jobs: Sequence[int], limit_s: float, cache_dir: Optional[str],
-                report_dir: Path, log: Callable[[str], None] = print) -> List[Dict]:
+                report_dir: Path, log: Callable[[str], None] = print, rows: Optional[List[Dict]] = None) -> List[Dict]:
     """Time-to-verdict of `gdn-harness run --suite` in a fresh process: cold (empty
     TRITON_CACHE_DIR) with `jobs[0]` workers, then warm (the same cache) with each of `jobs`
     (on a GPU host, one worker per GPU: the wall time on 1, 2, 4 GPUs). A run past `limit_s`
-    gets SIGINT, so it still writes the report of its finished cases (the row says how many)."""
+    gets SIGINT, so it still writes the report of its finished cases (the row says how many).
+    Rows are appended to `rows` as each run ends, so an interrupted bench keeps them."""
     cache = Path(cache_dir or tempfile.mkdtemp(prefix="gdn-bench-triton-"))
     if cache.exists() and any(cache.iterdir()):
         raise ValueError(f"--suite-cache {cache}: must be empty for the cold run")
     cache.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TRITON_CACHE_DIR=str(cache), TRITON_CACHE_AUTOTUNING="1", PYTHONUNBUFFERED="1")
-    rows = []
+    rows = [] if rows is None else rows
     gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
     for label, n in [("cold", jobs[0])] + [("warm", j) for j in jobs]:
         out = report_dir / f"suite-{label}-jobs{n}"
@@ -449,5 +450,5 @@ def _measure(args, rows, env, device, dims, tps, dtype, backends, report_dir) ->
         print(f"oracle/{r['form']:9} {r['dims']['name']} T={r['tokens']} {r['device_name']}: "
               f"median {r['median_s']:.3f}s (first {r['first_s']:.3f}s, {len(r['times_s'])} runs)")
     if args.suite_cost:
-        rows += bench_suite(args.suite_cost, args.suite_backend, device, args.suite_jobs or [1], args.suite_limit,
-                            args.suite_cache, report_dir or Path(tempfile.mkdtemp(prefix="gdn-bench-")))
+        bench_suite(args.suite_cost, args.suite_backend, device, args.suite_jobs or [1], args.suite_limit,
+                    args.suite_cache, report_dir or Path(tempfile.mkdtemp(prefix="gdn-bench-")), rows=rows)

@@ -36,6 +36,7 @@ import torch
 
 from .cases import Case
 from .errors import HarnessError
+from .isolate import share_cpus
 
 RECORD_PREFIX = "GDNREC "            # rank 0's record lines on stdout (other output is ignored)
 STDERR_TAIL = 4000
@@ -134,7 +135,7 @@ def _run_world(cases, suite, policy, oracle_device, on_done, world, timeout, ini
     ranks: List[_Rank] = []
     try:
         for r in range(world):
-            env = dict(base, RANK=str(r), LOCAL_RANK=str(r))
+            env = share_cpus(dict(base, RANK=str(r), LOCAL_RANK=str(r)), world)
             # rank 0's stdout carries the records; other ranks' stdout joins their stderr
             proc = subprocess.Popen([sys.executable, "-m", "harness.distributed"], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE if r == 0 else subprocess.STDOUT,

@@ -10,11 +10,14 @@ from harness.config import get_preset
 
 
 def test_one_pinned_worker_per_job_slot(monkeypatch):
-    started = []
+    started, threads = [], []
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(isolate.os, "cpu_count", lambda: 64)
     real = subprocess.Popen
 
     def spy(*args, **kwargs):
         started.append(kwargs["env"].get("CUDA_VISIBLE_DEVICES"))
+        threads.append(kwargs["env"].get("OMP_NUM_THREADS"))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(isolate.subprocess, "Popen", spy)
@@ -27,6 +30,15 @@ def test_one_pinned_worker_per_job_slot(monkeypatch):
     assert all(r["status"] == "pass" for r in recs)
     # one process per slot for all its 4 cases (not one per group), slots on GPUs 0 and 1
     assert sorted(started) == ["0", "1"]
+    assert threads == ["32", "32"]            # the host's CPUs shared, not 64 spinning threads each
+
+
+def test_cpu_share_keeps_the_users_setting(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert isolate.share_cpus({}, 8)["OMP_NUM_THREADS"] == "3"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(isolate.os, "cpu_count", lambda: 6)
+    assert isolate.share_cpus({}, 4) == dict(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 
 def test_xdist_worker_takes_its_gpu(monkeypatch):
