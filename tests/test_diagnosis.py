@@ -5,6 +5,7 @@ Faults of the zoo serve as test subjects (their code is never used by the diagno
 the cases are cheap op samples and one reference-derived layer case.
 """
 import json
+import re
 import os
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from harness.cases import Case  # noqa: E402
 from harness.diagnosis.zoo import CATALOGUE_CLASSES  # noqa: E402
 from harness.faults import catalogue  # noqa: E402
 from harness.faults.catalogue import FAULTS  # noqa: E402
+from harness.optimized.reference_backend import ReferenceBackend  # noqa: E402
 from harness.policy import Policy  # noqa: E402
 from harness.report import summary_markdown  # noqa: E402
 from harness.report_junit import failure_body, failure_message  # noqa: E402
@@ -97,6 +99,24 @@ def test_no_diagnose_and_crash_keep_the_verdict(backends, monkeypatch):
     rec = run_case(case, POLICY, "test", backends)
     assert rec["status"] == "fail" and rec["metrics"] == off["metrics"]
     assert rec["hypotheses"] == [] and "hypothesis exploded" in rec["diagnosis_error"]
+
+
+class NormOnePercentHigh(ReferenceBackend):
+    """A fault outside every known class: RMSNormGated's output 1 % too large."""
+    name = "norm-one-percent-high"
+
+    @staticmethod
+    def rms_norm_gated(*args, **kwargs):
+        return ReferenceBackend.rms_norm_gated(*args, **kwargs) * 1.01
+
+
+def test_unknown_fault_said_so_after_a_complete_diagnosis(backends):
+    case = Case(level="op", check="rms_norm_gated", dims=DIMS, backend=f"{__name__}:NormOnePercentHigh",
+                dtype="float32", state_dtype="float32", variant="before-silu-whole")
+    rec = run_case(case, POLICY, "test", backends, diagnose=True)
+    assert rec["status"] == "fail" and rec["hypotheses"] == []
+    assert rec["diagnosis_coverage"]["cut_short"] is False
+    assert re.search(r"no known fault: none of the \d+ fault hypotheses reproduces it", rec["diagnosis"])
 
 
 def test_budget_cut_short_is_said_not_taken_for_a_finding(backends, monkeypatch):

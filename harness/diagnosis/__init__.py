@@ -86,7 +86,7 @@ def mask_pad_rows(case, pairs, ssm_layout: str = "vk"):
     else:
         return pairs, []
     out = [(n, masked[n][0] if n in masked else a, r, t, k) for n, a, r, t, k in pairs if not n.endswith(".pad_rows")]
-    return out, sorted(masked)
+    return out, sorted(n for n in masked if not n.endswith(".pad_rows"))
 
 
 def _unpad(actual, masked):

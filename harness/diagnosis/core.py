@@ -178,9 +178,13 @@ def run_hypotheses(hyps: List[Hypothesis], ctx, expected_of: Callable, pairs, po
 
 
 def coverage_note(coverage: Optional[dict]) -> Optional[str]:
-    """Words for a diagnosis cut short by its time budget, else None."""
-    if not coverage or not coverage.get("cut_short"):
+    """Words for a diagnosis that found nothing: cut short by its time budget, or complete
+    (then the fault is none of the known classes)."""
+    if not coverage or not coverage.get("total"):
         return None
+    if not coverage.get("cut_short"):
+        return (f"no known fault: none of the {coverage['total']} fault hypotheses reproduces it (a precision "
+                "or nondeterminism problem, or a fault class the diagnosis does not know)")
     return (f"diagnosis incomplete: its {coverage['budget_s']:g} s budget ran out after {coverage['tried']} of "
             f"{coverage['total']} hypotheses (raise --diagnose-budget)")
 
