@@ -7,6 +7,7 @@ record a crash or hang did not reach.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from .cases import Case
@@ -33,7 +34,9 @@ def main() -> int:
         sys.stdout.write(json.dumps(rec, default=str) + "\n")
         sys.stdout.flush()
         if sticky_cuda_error(rec):
-            return EXIT_RESTART
+            # skip interpreter teardown: freeing a broken CUDA context can hang, which the parent
+            # would pin on the next case (seen on an H200: "timed out" on a case never started)
+            os._exit(EXIT_RESTART)
     return 0
 
 
