@@ -269,6 +269,8 @@ def bench_suite(suite: str, backend: str, device: str, jobs: Sequence[int], limi
                 tail, _ = proc.communicate()
             hit_limit = True
         wall = time.perf_counter() - t0
+        if label == "warm" and rows and any(r.get("cache") == "cold" and r["hit_limit"] for r in rows):
+            label = "partly warm"     # the cold run stopped early: this run still compiles the rest
         row = dict(bench="suite", suite=suite, backend=backend, device=device, jobs=n, cache=label,
                    gpus=min(n, gpus) if gpus else None,
                    wall_s=round(wall, 2), exit_code=proc.returncode, limit_s=limit_s, hit_limit=hit_limit,

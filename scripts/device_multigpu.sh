@@ -4,7 +4,8 @@
 #          cache) on 4 GPUs, then warm on 4, 2 and 1 GPU (--jobs N: one worker per GPU)
 #   nccl   NCCL distributed TP at world 4 and 2: every ci layer case at that TP
 # Each run is stopped by SIGINT at its limit, so a cut run still writes its report.
-# Needs .whl/ (fla-core) carried. Reports -> $OUT/multigpu.tgz, log -> $OUT/multigpu.log.
+# NCCL_ARGS: extra run filters (e.g. "-k qwen3-next-80b-a3b-" for the full-dims cases,
+# which the ci order puts last). Needs .whl/ (fla-core) carried. Reports -> $OUT/multigpu.tgz, log -> $OUT/multigpu.log.
 #   usage: scripts/device_multigpu.sh suite nccl
 set -o pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
@@ -24,7 +25,7 @@ for phase in "$@"; do
       for w in 4 2; do
         t0=$(date +%s)
         timeout -s INT ${NCCL_LIMIT:-150} python3 -m harness.cli run --suite ci --backend triton --device cuda -q \
-            --tp $w --distributed --timeout 90 --report-dir $R/nccl-tp$w > $R/nccl-tp$w.log 2>&1
+            --tp $w --distributed --timeout 90 --report-dir $R/nccl-tp$w $NCCL_ARGS > $R/nccl-tp$w.log 2>&1
         echo "nccl-tp$w rc=$? wall_s=$(( $(date +%s) - t0 )) :: $(tail -1 $R/nccl-tp$w.log)" | tee -a $LOG
       done ;;
   esac
