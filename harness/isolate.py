@@ -78,7 +78,7 @@ def _run_group(cases: List[Case], suite: str, policy: Optional[str], oracle_devi
         todo = todo[done:]
         if not todo or stop.is_set():
             return
-        if not hung and proc.returncode == EXIT_RESTART:    # its last case left the CUDA context broken
+        if not hung and proc.returncode == EXIT_RESTART and done:   # its last case broke the CUDA context
             continue
         stderr = "".join(err_chunks)
         why = (f"timed out after {timeout:g} s" if hung else
