@@ -251,6 +251,7 @@ def bench_suite(suite: str, backend: str, device: str, jobs: Sequence[int], limi
     env = dict(os.environ, TRITON_CACHE_DIR=str(cache), TRITON_CACHE_AUTOTUNING="1", PYTHONUNBUFFERED="1")
     rows = [] if rows is None else rows
     gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
+    cold_cut = False
     for label, n in [("cold", jobs[0])] + [("warm", j) for j in jobs]:
         out = report_dir / f"suite-{label}-jobs{n}"
         cmd = [sys.executable, "-m", "harness.cli", "run", "--suite", suite, "--backend", backend, "--device", device,
@@ -269,7 +270,9 @@ def bench_suite(suite: str, backend: str, device: str, jobs: Sequence[int], limi
                 tail, _ = proc.communicate()
             hit_limit = True
         wall = time.perf_counter() - t0
-        if label == "warm" and rows and any(r.get("cache") == "cold" and r["hit_limit"] for r in rows):
+        if label == "cold":
+            cold_cut = hit_limit
+        elif cold_cut:
             label = "partly warm"     # the cold run stopped early: this run still compiles the rest
         row = dict(bench="suite", suite=suite, backend=backend, device=device, jobs=n, cache=label,
                    gpus=min(n, gpus) if gpus else None,

@@ -29,7 +29,8 @@ def share_cpus(env: Dict[str, str], procs: int) -> Dict[str, str]:
     workers ran the ci suite's cases up to 100x slower (4 workers on a 64-core H200 host)."""
     n = str(max(1, (os.cpu_count() or 1) // max(1, procs)))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env.setdefault(var, os.environ.get(var) or n)
+        if not env.get(var):
+            env[var] = n
     return env
 
 

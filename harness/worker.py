@@ -17,7 +17,7 @@ from .runner import BackendCache, run_case
 # A CUDA error that leaves the context unusable: every later case in this process would
 # fail with it, so the worker hands its remaining cases to a fresh one (`EXIT_RESTART`).
 STICKY_CUDA_ERRORS = ("illegal memory access", "device-side assert", "unspecified launch failure",
-                      "misaligned address", "illegal instruction", "CUDA error: an illegal")
+                      "misaligned address", "illegal instruction")
 EXIT_RESTART = 75
 
 

@@ -53,3 +53,14 @@ def test_suite_time_to_verdict_rows(tmp_path):
     md = (tmp_path / "out" / "bench.md").read_text()
     assert "on `reference`, --jobs 1, cold Triton cache" in md and "--jobs 2, warm Triton cache" in md
     assert (tmp_path / "out" / "suite-warm-jobs2" / "results.json").exists()
+
+
+def test_warm_after_a_cut_cold_run_is_partly_warm(tmp_path):
+    suite = tmp_path / "tiny.toml"
+    suite.write_text('name = "tiny"\n[[group]]\nlevel = "self"\nchecks = ["tp_reduce"]\n'
+                     'dims = ["qwen3-next-80b-a3b:shrunk"]\n')
+    assert main(["bench", "--quick", "--device", "cpu", "--no-ops", "--repeat", "1", "--suite-cost", str(suite),
+                 "--suite-backend", "reference", "--suite-cache", str(tmp_path / "cache"), "--suite-limit", "0.01",
+                 "--report-dir", str(tmp_path / "out")]) == 0
+    rows = [r for r in json.loads((tmp_path / "out" / "bench.json").read_text())["rows"] if r["bench"] == "suite"]
+    assert [(r["cache"], r["hit_limit"]) for r in rows] == [("cold", True), ("partly warm", True)]

@@ -1,5 +1,6 @@
 """Multi-GPU runs without GPUs: --jobs N keeps one worker process per job slot, each
 pinned to its own GPU, and pytest-xdist workers map to GPUs."""
+import os
 import subprocess
 
 import torch
@@ -35,7 +36,7 @@ def test_one_pinned_worker_per_job_slot(monkeypatch):
 
 def test_cpu_share_keeps_the_users_setting(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert isolate.share_cpus({}, 8)["OMP_NUM_THREADS"] == "3"
+    assert isolate.share_cpus(dict(os.environ), 8)["OMP_NUM_THREADS"] == "3"
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr(isolate.os, "cpu_count", lambda: 6)
     assert isolate.share_cpus({}, 4) == dict(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
