@@ -80,9 +80,8 @@ def mask_pad_rows(case, pairs, ssm_layout: str = "vk"):
         from . import op
         masked = op.pad_rows_expected(pairs, op.context(case, {}, ssm_layout)) or {}
     elif case.level == "layer":
-        from types import SimpleNamespace
         from . import layer
-        masked = layer.pad_rows_expected(pairs, SimpleNamespace(sc=layer.scenario_of(case))) or {}
+        masked = layer.pad_rows_masked(pairs, layer.scenario_of(case)) or {}
     else:
         return pairs, []
     out = [(n, masked[n][0] if n in masked else a, r, t, k) for n, a, r, t, k in pairs if not n.endswith(".pad_rows")]

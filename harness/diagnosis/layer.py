@@ -262,10 +262,14 @@ PAD_ROWS = H("pad_rows_garbage", "pad_rows",
              "and PAD rows are never zeroed", lambda c: None, _has("pad"))
 
 
-def pad_rows_expected(pairs, c, hyp: Optional[dict] = None) -> Optional[Dict[str, torch.Tensor]]:
-    """The outputs with the PAD tokens' rows masked out (set to the oracle's, or to hypothesis `hyp`'s);
-    `c` needs only its scenario `sc`."""
-    plans = c.sc.plan()
+def pad_rows_expected(pairs, c: LayerContext, hyp: Optional[dict] = None) -> Optional[Dict[str, torch.Tensor]]:
+    """The outputs with the PAD tokens' rows masked out (set to the oracle's, or to hypothesis `hyp`'s)."""
+    return pad_rows_masked(pairs, c.sc, hyp)
+
+
+def pad_rows_masked(pairs, sc: Scenario, hyp: Optional[dict] = None) -> Optional[Dict[str, torch.Tensor]]:
+    """`pad_rows_expected` given the case's scenario alone."""
+    plans = sc.plan()
     exp = {}
     for name, actual, refv, _, _ in pairs:
         e = (hyp or {}).get(name, refv)
