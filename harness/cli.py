@@ -20,6 +20,7 @@ from .errors import HarnessError
 from .bench import add_parser as add_bench_parser
 from .evals.gsm8k import add_parser as add_gsm8k_parser
 from .faults.zoo import add_parser as add_zoo_parser
+from .optimized.interpret import interpret_triton
 from .shrink import add_parser as add_shrink_parser, after_repro, repro_options
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -328,6 +329,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:        # argparse: usage errors exit 2, --help exits 0
         return int(e.code or 0)
     args.argv = argv
+    interpret_triton(getattr(args, "device", None))    # a CPU run on a machine with a GPU too
     try:
         return args.fn(args)
     except HarnessError as e:

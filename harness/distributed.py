@@ -37,6 +37,7 @@ import torch
 from .cases import Case
 from .errors import HarnessError
 from .isolate import share_cpus
+from .optimized.interpret import interpret_triton
 
 RECORD_PREFIX = "GDNREC "            # rank 0's record lines on stdout (other output is ignored)
 STDERR_TAIL = 4000
@@ -128,8 +129,8 @@ def _run_world(cases, suite, policy, oracle_device, on_done, world, timeout, ini
     """One world of `world` processes over `cases`; returns how many cases got a record."""
     job = json.dumps(dict(cases=[c.to_dict() for c in cases], suite=suite, policy=policy, oracle_device=oracle_device,
                           timeout=timeout, init_timeout=init_timeout, sharder=sharder, launcher="spawn"))
-    base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world),
-                PYTHONUNBUFFERED="1", **SAFE_ENV)
+    base = interpret_triton(cases[0].device, dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+                                                  WORLD_SIZE=str(world), PYTHONUNBUFFERED="1", **SAFE_ENV))
     if pg == "gloo":
         base.setdefault("OMP_NUM_THREADS", "1")     # `world` processes share the CPU
     ranks: List[_Rank] = []

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional
 
 from .cases import Case
+from .optimized.interpret import interpret_triton
 from .runner import case_record
 from .worker import EXIT_RESTART
 
@@ -114,7 +115,7 @@ def run_isolated(cases: List[Case], suite: str, policy: Optional[str], oracle_de
     def work(group):
         with lock:
             slot = free.pop()
-        env = share_cpus(dict(os.environ), len(slots))
+        env = share_cpus(interpret_triton(group[0].device, dict(os.environ)), len(slots))
         if gpus > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
         try:

@@ -1,11 +1,7 @@
 """A deliberately broken Triton kernel - the recurrent state stored [K, V] in a [V, K]
 pool (the NPU incident) - fails, and the report names the output and the location."""
-import os
 
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from tests.triton_device import DEVICE  # noqa: E402  (before triton's first import)
 
 from harness.cases import Case  # noqa: E402
 from harness.config import get_preset  # noqa: E402
@@ -27,7 +23,7 @@ def test_transposed_state_kernel_fails_with_output_and_location(monkeypatch):
     monkeypatch.setattr(recurrent, "_vk_strides", state_stored_kv)
     policy = Policy()
     op = run_case(Case("op", "fused_recurrent_gated_delta_rule", DIMS, backend="triton", dtype="float32",
-                       state_dtype="float32", variant="decode"), policy, "test")
+                       state_dtype="float32", variant="decode", device=DEVICE), policy, "test")
     assert op["status"] == "fail", op.get("error")
     bad = {m["output"]: m for m in op["metrics"] if not m["passed"]}
     assert {"o", "initial_state"} <= set(bad)                  # the output and the state pool are named
@@ -36,7 +32,7 @@ def test_transposed_state_kernel_fails_with_output_and_location(monkeypatch):
     assert len(bad["initial_state"]["max_abs_index"]) == 4     # [slot, head, v, k]
 
     layer = run_case(Case("layer", "decode_only", DIMS, "flat", 1, backend="triton", dtype="float32",
-                          state_dtype="float32", variant="recurrent.dim_first.sharded"), policy, "test")
+                          state_dtype="float32", variant="recurrent.dim_first.sharded", device=DEVICE), policy, "test")
     assert layer["status"] == "fail"
     bad = {m["output"]: m for m in layer["metrics"] if not m["passed"]}
     assert {"step0.core", "step0.out", "ssm_state"} <= set(bad)
@@ -47,5 +43,5 @@ def test_transposed_state_kernel_fails_with_output_and_location(monkeypatch):
 def test_unbroken_kernel_passes_the_same_cases():
     policy = Policy()
     rec = run_case(Case("op", "fused_recurrent_gated_delta_rule", DIMS, backend="triton", dtype="float32",
-                        state_dtype="float32", variant="decode"), policy, "test")
+                        state_dtype="float32", variant="decode", device=DEVICE), policy, "test")
     assert rec["status"] == "pass", rec.get("diagnosis") or rec.get("error")

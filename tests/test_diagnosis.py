@@ -6,13 +6,9 @@ the cases are cheap op samples and one reference-derived layer case.
 """
 import json
 import re
-import os
 from pathlib import Path
 
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from tests.triton_device import DEVICE  # noqa: E402  (before triton's first import)
 
 import pytest  # noqa: E402
 
@@ -39,7 +35,7 @@ def backends():
 
 def _op_case(fault, op, variant, dtype="float32"):
     return Case(level="op", check=op, dims=DIMS, backend=FAULTS[fault].target, dtype=dtype, state_dtype="float32",
-                variant=variant)
+                variant=variant, device=DEVICE)
 
 
 # (fault, op, variant): cheap samples, one per kind of hypothesis (projection, gating, norm,
@@ -71,7 +67,7 @@ def test_layer_fault_named(backends):
     """A continued prefill starting from zeros, seen at layer level (oracle re-runs)."""
     case = Case(level="layer", check="chunked_prefill", dims=parse_dims("qwen3-next-80b-a3b:shrunk"),
                 layout="flat", backend=FAULTS["chunk_zero_initial_state"].target, dtype="float32",
-                state_dtype="float32", variant="recurrent.dim_first.sharded")
+                state_dtype="float32", variant="recurrent.dim_first.sharded", device=DEVICE)
     rec = run_case(case, POLICY, "test", backends, diagnose=True)
     assert rec["status"] == "fail"
     assert rec["hypotheses"][0]["class"] == "state_init_chunked", rec["hypotheses"]
@@ -80,7 +76,7 @@ def test_layer_fault_named(backends):
 
 def test_passing_case_has_no_diagnosis(backends):
     rec = run_case(Case(level="op", check="fused_gdn_gating", dims=DIMS, backend="triton", dtype="float32",
-                        state_dtype="float32", variant="contiguous"), POLICY, "test", backends, diagnose=True)
+                        state_dtype="float32", variant="contiguous", device=DEVICE), POLICY, "test", backends, diagnose=True)
     assert rec["status"] == "pass"
     assert rec["diagnosis"] is None and "hypotheses" not in rec
 
@@ -112,7 +108,7 @@ class NormOnePercentHigh(ReferenceBackend):
 
 def test_unknown_fault_said_so_after_a_complete_diagnosis(backends):
     case = Case(level="op", check="rms_norm_gated", dims=DIMS, backend=f"{__name__}:NormOnePercentHigh",
-                dtype="float32", state_dtype="float32", variant="before-silu-whole")
+                dtype="float32", state_dtype="float32", variant="before-silu-whole", device=DEVICE)
     rec = run_case(case, POLICY, "test", backends, diagnose=True)
     assert rec["status"] == "fail" and rec["hypotheses"] == []
     assert rec["diagnosis_coverage"]["cut_short"] is False
@@ -166,7 +162,7 @@ class SpecStateOffsetOffByOne(catalogue.SpecConvOffsetOffByOne):
 
 def _local_case(cls, op, variant):
     spec = FAULTS[cls.name].target if cls.name in FAULTS else f"{__name__}:{cls.__name__}"
-    return Case(level="op", check=op, dims=DIMS, backend=spec, dtype="float32", state_dtype="float32", variant=variant)
+    return Case(level="op", check=op, dims=DIMS, backend=spec, dtype="float32", state_dtype="float32", variant=variant, device=DEVICE)
 
 
 def test_fault_named_beside_pad_garbage(backends):
@@ -185,7 +181,7 @@ def test_layer_fault_named_beside_pad_garbage(backends):
     """The same at layer level (a decode mix with PAD rows, oracle re-runs)."""
     case = Case(level="layer", check="decode_only", dims=parse_dims("qwen3-next-80b-a3b:shrunk"), layout="flat",
                 backend=f"{__name__}:QkHeadModHPadGarbage", dtype="float32", state_dtype="float32",
-                variant="recurrent.dim_first.sharded")
+                variant="recurrent.dim_first.sharded", device=DEVICE)
     rec = run_case(case, POLICY, "test", backends, diagnose=True)
     top = rec["hypotheses"][0]
     assert rec["status"] == "fail" and top["matched"] and top["pad_rows"], rec["hypotheses"]

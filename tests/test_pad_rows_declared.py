@@ -1,12 +1,8 @@
 """A backend may declare its PAD-row outputs unspecified (vLLM's kernels never write them):
 then only real rows are compared, the record and the report say so, and any other fault
 still fails and is named."""
-import os
 
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from tests.triton_device import DEVICE  # noqa: E402  (before triton's first import)
 
 import pytest  # noqa: E402
 
@@ -44,12 +40,12 @@ def _spec(cls):
 
 def _op(cls):
     return Case(level="op", check="fused_recurrent_gated_delta_rule", dims=DIMS, backend=_spec(cls),
-                dtype="float32", state_dtype="float32", variant="decode")
+                dtype="float32", state_dtype="float32", variant="decode", device=DEVICE)
 
 
 def _layer(cls):
     return Case(level="layer", check="decode_only", dims=parse_dims("qwen3-next-80b-a3b:shrunk"), layout="flat",
-                backend=_spec(cls), dtype="float32", state_dtype="float32", variant="recurrent.dim_first.sharded")
+                backend=_spec(cls), dtype="float32", state_dtype="float32", variant="recurrent.dim_first.sharded", device=DEVICE)
 
 
 def test_undeclared_pad_garbage_fails(backends):

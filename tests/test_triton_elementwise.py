@@ -2,12 +2,9 @@
 
 Without a GPU the kernels run under the Triton interpreter (numpy), so shapes stay small.
 """
-import os
-
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")   # before anything imports triton
+from tests.triton_device import CUDA, DEVICE  # noqa: E402  (before triton's first import)
 
 import pytest  # noqa: E402
 
@@ -24,8 +21,7 @@ from harness.reference import conv as ref_conv  # noqa: E402
 from harness.reference import gating as ref_gating  # noqa: E402
 from harness.reference import norm as ref_norm  # noqa: E402
 
-CUDA = torch.cuda.is_available()
-DEV = torch.device("cuda" if CUDA else "cpu")
+DEV = torch.device(DEVICE)
 
 # bf16 goes through numpy's float32 emulation under the interpreter: only checked on a GPU
 DTYPES = [torch.float32, torch.float16,

@@ -12,12 +12,9 @@ Tolerances, all against the reference fed the very same inputs:
   stays fp32 in both, so nothing compounds.)
 - fp64: both compute in fp64: 1e-12.
 """
-import os
-
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from tests.triton_device import DEVICE as DEV  # noqa: E402  (before triton's first import)
 
 import pytest  # noqa: E402
 
@@ -25,7 +22,6 @@ from harness.errors import InputError  # noqa: E402
 from harness.reference import delta_rule as ref  # noqa: E402
 from harness.optimized.triton_kernels import recurrent as tri  # noqa: E402
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
 IN_DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEV == "cuda" else [])
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2 ** -10, atol=1e-5),
        torch.bfloat16: dict(rtol=2 ** -7, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}

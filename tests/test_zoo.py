@@ -1,17 +1,14 @@
 """The fault zoo: every named fault is killed by the smoke suite, the unmutated bases pass,
 and the bases show no false positive over 20 seeds of a small smoke subset.
 
-On a machine without a GPU the Triton kernels (the faults' mutants included) run under
-TRITON_INTERPRET=1, which must be set before triton is imported.
+The Triton kernels (the faults' mutants included) run on the GPU when there is one, else
+under TRITON_INTERPRET=1 (tests/triton_device.py).
 """
 import json
 import os
 from pathlib import Path
 
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from tests.triton_device import DEVICE  # noqa: E402  (before triton's first import)
 
 import pytest  # noqa: E402
 
@@ -35,7 +32,7 @@ REQUIRED = ["ba_view_from_qkvz", "interleaved_core_on_flat", "chunk_zero_initial
 
 def _run_zoo(out_dir):
     """The smoke zoo through the command line CI uses: `gdn-harness zoo --suite smoke`."""
-    rc = cli_main(["zoo", "--suite", "smoke", "--base", "triton", "--jobs", str(JOBS), "--report-dir", str(out_dir)])
+    rc = cli_main(["zoo", "--device", DEVICE, "--suite", "smoke", "--base", "triton", "--jobs", str(JOBS), "--report-dir", str(out_dir)])
     res = json.loads((Path(out_dir) / "kill_matrix.json").read_text())
     res["_rc"] = rc
     res["_paths"] = {"md": str(Path(out_dir) / "kill_matrix.md"), "json": str(Path(out_dir) / "kill_matrix.json")}
@@ -142,7 +139,7 @@ def test_zoo_command_exit_codes(tmp_path, capsys):
     suite.write_text(TINY)
     out = tmp_path / "z"
     # gemma_norm_weight lives in the norm kernel: a recurrent-op-only suite cannot see it
-    assert cli_main(["zoo", "--suite", str(suite), "--fault", "qk_head_mod_h,gemma_norm_weight", "-q",
+    assert cli_main(["zoo", "--device", DEVICE, "--suite", str(suite), "--fault", "qk_head_mod_h,gemma_norm_weight", "-q",
                      "--report-dir", str(out)]) == 1
     js = json.loads((out / "kill_matrix.json").read_text())
     assert js["survivors"] == ["gemma_norm_weight"] and js["faults"]["qk_head_mod_h"]["killed"] and js["base_passed"]
@@ -152,12 +149,12 @@ def test_zoo_command_exit_codes(tmp_path, capsys):
     strict = tmp_path / "strict.toml"
     strict.write_text('version = 1\n[[entry]]\nop = "op.fused_recurrent_gated_delta_rule"\nkind = "exact"\n'
                       'reason = "deliberately impossible: the kernel and the fp64 oracle round differently"\n')
-    assert cli_main(["zoo", "--suite", str(suite), "--fault", "qk_head_mod_h", "--policy", str(strict), "-q",
+    assert cli_main(["zoo", "--device", DEVICE, "--suite", str(suite), "--fault", "qk_head_mod_h", "--policy", str(strict), "-q",
                      "--report-dir", str(out)]) == 1
     assert not json.loads((out / "kill_matrix.json").read_text())["base_passed"]
     for bad in (["--fault", "no_such_fault"], ["--suite", "no-such-suite"], ["--suite", "self"], ["--jobs", "0"],
                 ["--base", "vllm"]):
-        assert cli_main(["zoo", *bad, "--report-dir", str(out)]) == 2, bad
+        assert cli_main(["zoo", "--device", DEVICE, *bad, "--report-dir", str(out)]) == 2, bad
 
 
 def test_interrupted_zoo_still_writes_the_matrix(tmp_path, monkeypatch):
@@ -174,7 +171,7 @@ def test_interrupted_zoo_still_writes_the_matrix(tmp_path, monkeypatch):
         return real(task, *a, **k)
     monkeypatch.setattr(zoo_module, "run_task", interrupted_after_one)
     out = tmp_path / "z"
-    assert cli_main(["zoo", "--suite", str(suite), "--fault", "qk_head_mod_h,gemma_norm_weight", "-q",
+    assert cli_main(["zoo", "--device", DEVICE, "--suite", str(suite), "--fault", "qk_head_mod_h,gemma_norm_weight", "-q",
                      "--report-dir", str(out)]) == 1
     js = json.loads((out / "kill_matrix.json").read_text())
     # one-chunk base first (zoo._tasks order), then the interrupt: both faults not run
@@ -203,7 +200,7 @@ def _fp_subset():
 
 def test_bases_have_no_false_positives_over_20_seeds():
     seeds = list(range(1, 21))
-    res = run_zoo(_fp_subset(), base="triton", faults=[], bases=["reference", "triton"], seeds=seeds, jobs=JOBS)
+    res = run_zoo(_fp_subset(), base="triton", device=DEVICE, faults=[], bases=["reference", "triton"], seeds=seeds, jobs=JOBS)
     for name, b in res["bases"].items():
         assert b["cases_run"] >= 20 * 8, (name, b["cases_run"])
         assert b["passed"] and not b["failures"], (name, b["failures"][:3])

@@ -81,11 +81,11 @@ def measure(suite_name: str = "smoke", faults: Optional[Iterable[str]] = None, p
     detection's top hypothesis names the fault's class. `level` ("op" / "layer") keeps
     only that level's cases (how well each level's hypotheses do on their own)."""
     from ..faults.catalogue import FAULTS
-    from ..faults.zoo import _ensure_interpreter
+    from ..optimized.interpret import interpret_triton
     from ..policy import Policy
     from ..runner import BackendCache
     from ..suite import load_suite
-    _ensure_interpreter()
+    interpret_triton("cpu")     # the suite's cases run on the CPU
     suite = load_suite(suite_name)
     policy, backends = Policy(), BackendCache()
     names = list(faults) if faults else list(FAULTS)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+from ..optimized.interpret import interpret_triton
+
 # Nothing here may touch the network: set before datasets / transformers / lm-eval import.
 OFFLINE_ENV = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_EVALUATE_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1",
@@ -15,12 +17,5 @@ def set_offline() -> None:
     os.environ.update(OFFLINE_ENV)
 
 
-def set_triton_interpret() -> None:
-    """No GPU: Triton runs interpreted, chosen before anything (transformers -> fla) imports it."""
-    import torch
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
 set_offline()
-set_triton_interpret()
+interpret_triton()      # no GPU: before anything (transformers -> fla) imports triton

@@ -270,9 +270,10 @@ def _canary_defaults(args) -> None:
 
 
 def cmd_gsm8k(args) -> int:
-    from . import set_offline, set_triton_interpret
+    from . import set_offline
+    from ..optimized.interpret import interpret_triton
     set_offline()
-    set_triton_interpret()
+    interpret_triton(args.device)
     import torch
 
     from ..cli import _point_latest, _report_dir

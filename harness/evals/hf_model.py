@@ -171,15 +171,15 @@ class HarnessModel:
         from ..optimized.reference_backend import ReferenceBackend
         from ..optimized.registry import load_backend
         backend = load_backend(name)
-        why = backend.unavailable(str(self.device))
-        if why:
-            raise HarnessError(f"backend {name!r}: {why}")
         dtype_name = {v: k for k, v in DTYPES.items()}[self.dtype]
         if dtype_name not in backend.dtypes:
             raise ConfigError("dtype", f"backend {name!r} runs {list(backend.dtypes)}, not {dtype_name}")
         if self.decode_path not in backend.decode_paths:
             raise ConfigError("decode_path", f"backend {name!r} implements {list(backend.decode_paths)}, "
                               f"not {self.decode_path!r}")
+        why = backend.unavailable(str(self.device))     # after the caller's own mistakes
+        if why:
+            raise HarnessError(f"backend {name!r}: {why}")
         ops = FilledOps(backend, ReferenceBackend())
         self._swap({n: HarnessGDN(n, w, self.dims, self.layout, backend, ops, self.norm, self.shared, self.tp,
                                   self.decode_path, self.dtype, self.state_dtype, self.device)

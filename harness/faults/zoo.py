@@ -31,22 +31,11 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from ..cases import Case
 from ..errors import HarnessError
+from ..optimized.interpret import interpret_triton
 from ..suite import expand, load_suite
 
 BASE_TARGETS = {"triton": "triton", "reference": "reference"}
 BASE_CHUNK = 6          # base cases per task when spread over workers
-
-
-def _ensure_interpreter() -> None:
-    """Triton on a machine without a GPU runs under the interpreter, which must be chosen
-    before triton is imported (the triton backend does the same)."""
-    try:
-        import torch
-        if torch.cuda.is_available():
-            return
-    except Exception:
-        pass
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def backend_cases(suite: dict, target: str, device: str = "cpu", seeds: Optional[List[int]] = None) -> List[Case]:
@@ -60,7 +49,7 @@ _STATE: Dict[str, object] = {}
 
 
 def _worker_init(threads: Optional[int] = None) -> None:
-    _ensure_interpreter()
+    interpret_triton()      # a worker of a CPU zoo has it on already (_run_pool's env)
     if threads:
         import torch
         torch.set_num_threads(threads)
@@ -254,7 +243,7 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
     straight to the cases that can see its bug; layer cases always run. The count is
     reported as ``cases_skipped_unchanged``. `oracle_device`: where the fp64 oracle runs
     (default: `device`), as ``gdn-harness run --oracle-device``."""
-    _ensure_interpreter()
+    interpret_triton(device)
     suite = dict(suite_name) if isinstance(suite_name, dict) else load_suite(suite_name)
     suite.setdefault("name", "custom")
     if not any(g["level"] != "self" for g in suite["group"]):
@@ -280,7 +269,7 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
                 done(run_task(t))
         else:
             threads = max(1, (os.cpu_count() or 1) // jobs)
-            _run_pool(tasks, jobs, threads, done, stop)
+            _run_pool(tasks, jobs, threads, done, stop, device)
     except KeyboardInterrupt:       # Ctrl-C / timeout -s INT: report what finished
         stop.set()
     # `timeout -s INT` signals the process and then its group: a second interrupt must not
@@ -353,12 +342,12 @@ def _died(task: dict, started: List[str], why: str, wall: float) -> dict:
 
 
 def _run_pool(tasks: List[dict], jobs: int, threads: int, done: Callable[[dict], None],
-              stop: Optional[threading.Event] = None) -> None:
+              stop: Optional[threading.Event] = None, device: str = "cpu") -> None:
     """Run tasks on `jobs` worker subprocesses (no multiprocessing: a caller's unguarded
     __main__ is never re-imported); results go to `done` in the calling thread's lock."""
     todo = list(tasks)
     lock = threading.Lock()
-    env = dict(os.environ, GDN_ZOO_THREADS=str(threads))
+    env = interpret_triton(device, dict(os.environ, GDN_ZOO_THREADS=str(threads)))
     cwd = str(Path(__file__).resolve().parents[2])
 
     def start():

@@ -1,0 +1,27 @@
+"""Triton runs CPU tensors only in its interpreter, and triton.jit reads TRITON_INTERPRET
+when it wraps a kernel: the mode is chosen once per process, before triton's first import."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import MutableMapping, Optional
+
+
+def interpret_triton(device: Optional[str] = None,
+                     env: Optional[MutableMapping[str, str]] = None) -> Optional[MutableMapping[str, str]]:
+    """Set TRITON_INTERPRET=1 (unless the user set it) where the Triton work runs on the CPU:
+    `device` "cpu", or, with no device named, a machine without a GPU. `env`: a child
+    process's environment; default this process's, left alone once triton is imported
+    (its kernels keep the mode they were wrapped in)."""
+    if env is None:
+        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+            return None
+        env = os.environ
+    if device is None:
+        import torch
+        on_cpu = not torch.cuda.is_available()
+    else:
+        on_cpu = device.split(":")[0] == "cpu"
+    if on_cpu:
+        env.setdefault("TRITON_INTERPRET", "1")
+    return env
