@@ -1,0 +1,54 @@
+"""The Triton interpreter is chosen by where the work runs: on for CPU cases (also on a
+machine with a GPU: `--device cpu`, --jobs workers, distributed ranks), off for GPU cases,
+never over the user's own setting, and never switched in a process that already imported
+triton."""
+import os
+import subprocess
+import sys
+
+from harness import isolate
+from harness.cases import Case
+from harness.config import get_preset
+from harness.optimized.interpret import interpret_triton
+
+
+def test_child_env_follows_the_device():
+    assert interpret_triton("cpu", {}) == {"TRITON_INTERPRET": "1"}
+    assert interpret_triton("cuda:1", {}) == {}
+    assert interpret_triton("cpu", {"TRITON_INTERPRET": "0"}) == {"TRITON_INTERPRET": "0"}    # the user's choice
+
+
+def test_this_process_keeps_its_mode_once_triton_is_imported(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setitem(sys.modules, "triton", sys.modules.get("triton", object()))
+    assert interpret_triton("cpu") is None and "TRITON_INTERPRET" not in os.environ
+
+
+def test_cli_turns_it_on_for_a_cpu_run_before_triton_is_imported(tmp_path):
+    # a fresh process that "has a GPU" (is_available patched) and runs `--device cpu`
+    code = ("import sys, torch; torch.cuda.is_available = lambda: True\n"
+            "from harness.cli import main\n"
+            "main(['list', 'presets'])\n"
+            "import os; print('before', os.environ.get('TRITON_INTERPRET'))\n"
+            "main(['run', '--suite', 'no-such-suite', '--device', 'cpu'])\n"
+            "print('after', os.environ.get('TRITON_INTERPRET'), 'triton' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
+    assert "before None" in out and "after 1 False" in out, out
+
+
+def test_jobs_workers_of_cpu_cases_interpret(monkeypatch):
+    seen = []
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    real = subprocess.Popen
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["env"].get("TRITON_INTERPRET"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(isolate.subprocess, "Popen", spy)
+    dims = get_preset("qwen3-next-80b-a3b").shrink()
+    cases = [Case("self", "tp_reduce", dims, "flat", 2, seed) for seed in (0, 1)]
+    recs = []
+    isolate.run_isolated(cases, "x", None, None, recs.append, jobs=2, timeout=120)
+    assert seen == ["1", "1"] and all(r["status"] == "pass" for r in recs)
