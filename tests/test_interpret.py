@@ -1,10 +1,12 @@
 """The Triton interpreter is chosen by where the work runs: on for CPU cases (also on a
 machine with a GPU: `--device cpu`, --jobs workers, distributed ranks), off for GPU cases,
-never over the user's own setting, and never switched in a process that already imported
-triton."""
+never over the user's own setting, and never switched in a process whose kernels are
+already wrapped."""
 import os
 import subprocess
 import sys
+
+import pytest
 
 from harness import isolate
 from harness.cases import Case
@@ -18,10 +20,14 @@ def test_child_env_follows_the_device():
     assert interpret_triton("cpu", {"TRITON_INTERPRET": "0"}) == {"TRITON_INTERPRET": "0"}    # the user's choice
 
 
-def test_this_process_keeps_its_mode_once_triton_is_imported(monkeypatch):
+def test_this_process_keeps_its_mode_once_kernels_are_wrapped(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setitem(sys.modules, "triton", sys.modules.get("triton", object()))
+    name = "harness.optimized.triton_kernels"
+    monkeypatch.setitem(sys.modules, name, sys.modules.get(name, object()))
     assert interpret_triton("cpu") is None and "TRITON_INTERPRET" not in os.environ
+    monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "triton", sys.modules.get("triton", object()))   # torch imported it: no kernel
+    assert interpret_triton("cpu") is os.environ and os.environ["TRITON_INTERPRET"] == "1"
 
 
 def test_cli_turns_it_on_for_a_cpu_run_before_triton_is_imported(tmp_path):
@@ -31,11 +37,11 @@ def test_cli_turns_it_on_for_a_cpu_run_before_triton_is_imported(tmp_path):
             "main(['list', 'presets'])\n"
             "import os; print('before', os.environ.get('TRITON_INTERPRET'))\n"
             "main(['run', '--suite', 'no-such-suite', '--device', 'cpu'])\n"
-            "print('after', os.environ.get('TRITON_INTERPRET'), 'triton' in sys.modules)\n")
+            "print('after', os.environ.get('TRITON_INTERPRET'))\n")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
-    assert "before None" in out and "after 1 False" in out, out
+    assert "before None" in out and "after 1" in out, out
 
 
 def test_jobs_workers_of_cpu_cases_interpret(monkeypatch):
@@ -52,3 +58,12 @@ def test_jobs_workers_of_cpu_cases_interpret(monkeypatch):
     recs = []
     isolate.run_isolated(cases, "x", None, None, recs.append, jobs=2, timeout=120)
     assert seen == ["1", "1"] and all(r["status"] == "pass" for r in recs)
+
+
+def test_an_interpreter_too_old_for_the_varlen_kernels_is_a_named_skip(monkeypatch):
+    triton = pytest.importorskip("triton")
+    from harness.optimized.triton_backend import interpreter_too_old
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    assert "triton 3.6.0's interpreter" in interpreter_too_old() and ">= 3.7" in interpreter_too_old()
+    monkeypatch.setattr(triton, "__version__", "3.7.0+git1234")
+    assert interpreter_too_old() is None

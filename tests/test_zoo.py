@@ -31,8 +31,11 @@ REQUIRED = ["ba_view_from_qkvz", "interleaved_core_on_flat", "chunk_zero_initial
 
 
 def _run_zoo(out_dir):
-    """The smoke zoo through the command line CI uses: `gdn-harness zoo --suite smoke`."""
-    rc = cli_main(["zoo", "--device", DEVICE, "--suite", "smoke", "--base", "triton", "--jobs", str(JOBS), "--report-dir", str(out_dir)])
+    """The smoke zoo through the command line CI uses: `gdn-harness zoo --suite smoke`, on the
+    CPU also where there is a GPU (the smoke policy's fp32 layer bounds are IEEE fp32; a GPU's
+    chunked prefill runs TF32), in worker processes, which turn the interpreter on."""
+    rc = cli_main(["zoo", "--suite", "smoke", "--base", "triton", "--jobs", str(max(2, JOBS)),
+                   "--report-dir", str(out_dir)])
     res = json.loads((Path(out_dir) / "kill_matrix.json").read_text())
     res["_rc"] = rc
     res["_paths"] = {"md": str(Path(out_dir) / "kill_matrix.md"), "json": str(Path(out_dir) / "kill_matrix.json")}

@@ -1,20 +1,24 @@
 """Triton runs CPU tensors only in its interpreter, and triton.jit reads TRITON_INTERPRET
-when it wraps a kernel: the mode is chosen once per process, before triton's first import."""
+when it wraps a kernel: the mode is chosen once per process, before the kernels' modules are
+imported (torch may import triton itself earlier; that wraps none of them)."""
 from __future__ import annotations
 
 import os
 import sys
 from typing import MutableMapping, Optional
 
+# modules whose import wraps Triton kernels in the mode of that moment
+KERNEL_MODULES = ("harness.optimized.triton_kernels", "fla", "vllm")
+
 
 def interpret_triton(device: Optional[str] = None,
                      env: Optional[MutableMapping[str, str]] = None) -> Optional[MutableMapping[str, str]]:
     """Set TRITON_INTERPRET=1 (unless the user set it) where the Triton work runs on the CPU:
     `device` "cpu", or, with no device named, a machine without a GPU. `env`: a child
-    process's environment; default this process's, left alone once triton is imported
-    (its kernels keep the mode they were wrapped in)."""
+    process's environment; default this process's, left alone once kernels are wrapped
+    (they keep the mode they were wrapped in)."""
     if env is None:
-        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        if os.environ.get("TRITON_INTERPRET") != "1" and any(m in sys.modules for m in KERNEL_MODULES):
             return None
         env = os.environ
     if device is None:

@@ -66,6 +66,22 @@ class TritonBackend(Backend):
         why = super().unavailable(device)
         if why:
             return why
-        if torch.device(device).type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            return "Triton on CPU needs TRITON_INTERPRET=1 set before triton is imported"
-        return None
+        if torch.device(device).type != "cpu":
+            return None
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            return "Triton on CPU needs TRITON_INTERPRET=1 set before the kernels are imported"
+        return interpreter_too_old()
+
+
+# Seen: triton 3.6's interpreter fails `for t in range(0, L)` with L loaded from memory (the
+# varlen kernels) with "only 0-dimensional arrays can be converted to Python scalars"; 3.7 runs it.
+INTERPRETER_MIN = (3, 7)
+
+
+def interpreter_too_old() -> Optional[str]:
+    import triton
+    version = tuple(int(p) for p in triton.__version__.split(".")[:2] if p.isdigit())
+    if version < INTERPRETER_MIN:
+        return (f"triton {triton.__version__}'s interpreter cannot loop over a bound loaded from memory "
+                f"(the varlen kernels); CPU runs need triton >= {'.'.join(map(str, INTERPRETER_MIN))}")
+    return None
