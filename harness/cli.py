@@ -322,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
@@ -329,7 +330,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:        # argparse: usage errors exit 2, --help exits 0
         return int(e.code or 0)
     args.argv = argv
-    interpret_triton(getattr(args, "device", None))    # a CPU run on a machine with a GPU too
+    if program:     # a CPU run on a machine with a GPU too; an in-process call keeps its caller's mode
+        interpret_triton(getattr(args, "device", None))
     try:
         return args.fn(args)
     except HarnessError as e:

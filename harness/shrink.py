@@ -481,7 +481,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.zoo:
         ap.error("nothing to do: pass --zoo (or use `gdn-harness shrink <case>`)")
     from .optimized.interpret import interpret_triton
-    interpret_triton("cpu")     # the zoo's cases run on the CPU
+    interpret_triton()
     res = shrink_zoo(args.suite, args.fault, args.budget_s, args.max_evals, str(Path(args.report_dir) / "cases"))
     d = Path(args.report_dir)
     d.mkdir(parents=True, exist_ok=True)

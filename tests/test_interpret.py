@@ -11,7 +11,7 @@ import pytest
 from harness import isolate
 from harness.cases import Case
 from harness.config import get_preset
-from harness.optimized.interpret import interpret_triton
+from harness.optimized.interpret import KERNEL_MODULES, interpret_triton
 
 
 def test_child_env_follows_the_device():
@@ -25,18 +25,20 @@ def test_this_process_keeps_its_mode_once_kernels_are_wrapped(monkeypatch):
     name = "harness.optimized.triton_kernels"
     monkeypatch.setitem(sys.modules, name, sys.modules.get(name, object()))
     assert interpret_triton("cpu") is None and "TRITON_INTERPRET" not in os.environ
-    monkeypatch.delitem(sys.modules, name)
+    for m in KERNEL_MODULES:
+        monkeypatch.delitem(sys.modules, m, raising=False)
     monkeypatch.setitem(sys.modules, "triton", sys.modules.get("triton", object()))   # torch imported it: no kernel
     assert interpret_triton("cpu") is os.environ and os.environ["TRITON_INTERPRET"] == "1"
 
 
-def test_cli_turns_it_on_for_a_cpu_run_before_triton_is_imported(tmp_path):
+def test_the_program_turns_it_on_for_a_cpu_run(tmp_path):
     # a fresh process that "has a GPU" (is_available patched) and runs `--device cpu`
     code = ("import sys, torch; torch.cuda.is_available = lambda: True\n"
             "from harness.cli import main\n"
-            "main(['list', 'presets'])\n"
+            "main(['run', '--suite', 'no-such-suite', '--device', 'cpu'])\n"   # in process: left alone
             "import os; print('before', os.environ.get('TRITON_INTERPRET'))\n"
-            "main(['run', '--suite', 'no-such-suite', '--device', 'cpu'])\n"
+            "sys.argv = ['gdn-harness', 'run', '--suite', 'no-such-suite', '--device', 'cpu']\n"
+            "main()\n"
             "print('after', os.environ.get('TRITON_INTERPRET'))\n")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,

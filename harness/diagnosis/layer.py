@@ -47,7 +47,11 @@ def context(case, actual) -> LayerContext:
     sc = scenario_of(case)
     inp = make_inputs(sc)
     ranks = all_ranks(inp.weights, case.dims, case.layout, case.tp, sc.ba)
-    proj = [[(h @ p.w_qkvz.T, local_mixed_ba(p, h @ p.w_ba.T)) for p in ranks] for h in inp.hidden]
+    # the layer check's GEMMs on its device (a GPU's differ from the CPU's in the last bit,
+    # and the conv caches holding their rows are compared exactly)
+    on_dev = [p.to(case.device) for p in ranks]
+    proj = [[((hd @ d.w_qkvz.T).cpu(), local_mixed_ba(p, (hd @ d.w_ba.T).cpu())) for p, d in zip(ranks, on_dev)]
+            for hd in (h.to(case.device) for h in inp.hidden)]
     return LayerContext(sc, inp, ranks, proj, actual)
 
 

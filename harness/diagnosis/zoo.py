@@ -85,7 +85,7 @@ def measure(suite_name: str = "smoke", faults: Optional[Iterable[str]] = None, p
     from ..policy import Policy
     from ..runner import BackendCache
     from ..suite import load_suite
-    interpret_triton("cpu")     # the suite's cases run on the CPU
+    interpret_triton()
     suite = load_suite(suite_name)
     policy, backends = Policy(), BackendCache()
     names = list(faults) if faults else list(FAULTS)

@@ -273,7 +273,7 @@ def cmd_gsm8k(args) -> int:
     from . import set_offline
     from ..optimized.interpret import interpret_triton
     set_offline()
-    interpret_triton(args.device)
+    interpret_triton()
     import torch
 
     from ..cli import _point_latest, _report_dir

@@ -243,7 +243,7 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
     straight to the cases that can see its bug; layer cases always run. The count is
     reported as ``cases_skipped_unchanged``. `oracle_device`: where the fp64 oracle runs
     (default: `device`), as ``gdn-harness run --oracle-device``."""
-    interpret_triton(device)
+    interpret_triton()      # no GPU; the CPU zoo's workers get it in their env (_run_pool)
     suite = dict(suite_name) if isinstance(suite_name, dict) else load_suite(suite_name)
     suite.setdefault("name", "custom")
     if not any(g["level"] != "self" for g in suite["group"]):
