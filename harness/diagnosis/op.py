@@ -300,7 +300,7 @@ def pad_rows_expected(pairs, c: OpContext, hyp: Optional[dict] = None) -> Option
     for name, actual, refv, _, _ in pairs:
         e = (hyp or {}).get(name, refv)
         if name in masks and not isinstance(e, tuple) and tuple(actual.shape) == tuple(e.shape):
-            m = masks[name].expand(actual.shape)
+            m = masks[name].to(actual.device).expand(actual.shape)     # masks come from the CPU-built sample
             if bool(m.any()):
                 exp[name] = (torch.where(m, e.to(actual), actual), e)
     return exp or None
