@@ -315,3 +315,11 @@ def mix_scenario(mix: str, dims: GDNDims, explicit: Optional[dict] = None, **kw)
     else:
         raise ConfigError("mix", f"unknown mix {mix!r}; known: {sorted(MIXES)} or history_<tokens>")
     return Scenario(dims=dims, steps=steps, num_spec=num_spec, name=mix, **kw).validate()
+
+
+def case_scenario(case) -> Scenario:
+    """A layer case's scenario (its mix, or its shrunk `scenario`, with its layout, TP, seed,
+    dtypes and the conv-state layout and ba sharding named in its variant)."""
+    _, conv, ba = case.variant.split(".")
+    return mix_scenario(case.check, case.dims, getattr(case, "scenario", None), layout=case.layout, tp=case.tp,
+                        seed=case.seed, dtype=case.dtype, state_dtype=case.state_dtype, conv_state_layout=conv, ba=ba)

@@ -76,13 +76,12 @@ def case_size(case: Case, sample: Optional[dict] = None) -> int:
 
 
 def _scenario(case: Case):
-    _, conv, ba = case.variant.split(".")
     if case.check == SPEC_EQUIVALENCE:
         from .layercheck import spec_equivalence_scenario
+        conv = case.variant.split(".")[1]
         return spec_equivalence_scenario(case.dims, case.layout, case.dtype, case.state_dtype, case.seed, conv)
-    from .scenario import mix_scenario
-    return mix_scenario(case.check, case.dims, case.scenario, layout=case.layout, tp=case.tp, seed=case.seed,
-                        dtype=case.dtype, state_dtype=case.state_dtype, conv_state_layout=conv, ba=ba)
+    from .scenario import case_scenario
+    return case_scenario(case)
 
 
 def size_parts(case: Case) -> dict:

@@ -47,8 +47,9 @@ def zoo(tmp_path_factory):
     """The kill matrix, computed once per test session - also under pytest-xdist, whose
     workers share it through a file (pytest-xdist's documented once-per-session pattern)."""
     from harness.optimized.triton_backend import interpreter_too_old
-    if interpreter_too_old():       # a GPU machine's triton, too old for the CPU interpreter
-        pytest.skip(f"the smoke zoo runs on the CPU: {interpreter_too_old()}")
+    too_old = interpreter_too_old()     # a GPU machine's triton, too old for the CPU interpreter
+    if too_old:
+        pytest.skip(f"the smoke zoo runs on the CPU: {too_old}")
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return _run_zoo(tmp_path_factory.mktemp("zoo"))
     from filelock import FileLock

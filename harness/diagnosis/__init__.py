@@ -81,7 +81,8 @@ def mask_pad_rows(case, pairs, ssm_layout: str = "vk"):
         masked = op.pad_rows_expected(pairs, op.context(case, {}, ssm_layout)) or {}
     elif case.level == "layer":
         from . import layer
-        masked = layer.pad_rows_masked(pairs, layer.scenario_of(case)) or {}
+        from ..scenario import case_scenario
+        masked = layer.pad_rows_masked(pairs, case_scenario(case)) or {}
     else:
         return pairs, []
     out = [(n, masked[n][0] if n in masked else a, r, t, k) for n, a, r, t, k in pairs if not n.endswith(".pad_rows")]

@@ -16,7 +16,7 @@ from ..inputs import make_inputs
 from ..layouts.projection import unpack_qkvz_ba
 from ..layouts.tp import all_ranks, gather_heads, local_mixed_ba
 from ..reference.layer import run_oracle
-from ..scenario import Scenario, mix_scenario
+from ..scenario import Scenario, case_scenario
 from . import variants as V
 from .core import Hypothesis as H
 
@@ -37,14 +37,8 @@ class LayerContext:
         return {e.kind for step in self.sc.plan() for e in step}
 
 
-def scenario_of(case) -> Scenario:
-    path, conv, ba = case.variant.split(".")
-    return mix_scenario(case.check, case.dims, getattr(case, "scenario", None), layout=case.layout, tp=case.tp,
-                        seed=case.seed, dtype=case.dtype, state_dtype=case.state_dtype, conv_state_layout=conv, ba=ba)
-
-
 def context(case, actual) -> LayerContext:
-    sc = scenario_of(case)
+    sc = case_scenario(case)
     inp = make_inputs(sc)
     ranks = all_ranks(inp.weights, case.dims, case.layout, case.tp, sc.ba)
     # the layer check's GEMMs on its device (a GPU's differ from the CPU's in the last bit,

@@ -55,7 +55,7 @@ from ..reference.conv import check_conv_args, check_conv_fn_args
 from ..reference.delta_rule import check_pool_args
 from ..reference.norm import check_norm_args
 from .api import Backend, import_once
-from .interpret import interpret_triton
+from .interpret import gpu_kernels, interpret_triton
 
 interpret_triton()      # before triton.jit wraps fla's kernels (i.e. before fla is imported)
 
@@ -217,7 +217,7 @@ class FlaBackend(Backend):
 
     def __init__(self):
         # fla's chunked kernels cannot run under the Triton interpreter (module docstring).
-        if not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+        if not gpu_kernels():
             self.chunk_gated_delta_rule = None
 
     def unavailable(self, device: str) -> Optional[str]:

@@ -11,6 +11,12 @@ from typing import MutableMapping, Optional
 KERNEL_MODULES = ("harness.optimized.triton_kernels", "fla", "vllm")
 
 
+def gpu_kernels() -> bool:
+    """This process wraps Triton kernels for the GPU (a GPU, and no interpreter)."""
+    import torch
+    return torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+
+
 def interpret_triton(device: Optional[str] = None,
                      env: Optional[MutableMapping[str, str]] = None) -> Optional[MutableMapping[str, str]]:
     """Set TRITON_INTERPRET=1 (unless the user set it) where the Triton work runs on the CPU:

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from .api import Backend
-from .interpret import interpret_triton
+from .interpret import gpu_kernels, interpret_triton
 
 interpret_triton()      # before triton.jit wraps the kernels below
 
@@ -24,7 +24,7 @@ from .triton_kernels import conv, gating, norm, recurrent, unpack  # noqa: E402
 
 def _fla_chunk():
     """fla's chunk kernel as a function of the reference's signature, or None."""
-    if not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+    if not gpu_kernels():
         return None     # fla's chunk kernel is for the GPU; on the CPU the layer fills it from the reference
     try:
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk
