@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 import time
 from datetime import datetime
@@ -330,8 +331,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:        # argparse: usage errors exit 2, --help exits 0
         return int(e.code or 0)
     args.argv = argv
-    if program:     # a CPU run on a machine with a GPU too; an in-process call keeps its caller's mode
-        interpret_triton(getattr(args, "device", None))
+    if program:     # an in-process call keeps its caller's process as it is
+        interpret_triton(getattr(args, "device", None))      # a CPU run on a machine with a GPU too
+        # SIGINT (Ctrl-C, `timeout -s INT`, bench's limit) stops a run and writes its report, also
+        # when started as a background job, which inherits SIGINT ignored (and Python keeps that)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return args.fn(args)
     except HarnessError as e:

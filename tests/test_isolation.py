@@ -55,8 +55,10 @@ def test_hanging_backend_times_out(tmp_path):
 def test_ctrl_c_writes_the_finished_cases(tmp_path):
     cmd = [sys.executable, "-m", "harness.cli", "run", "-q", "--suite", "smoke", "--backend",
            "tests.plugin_example:HangingPort", "--report-dir", str(tmp_path), *SUBSET]
+    # started as a background job is: SIGINT ignored, which Python keeps unless told otherwise
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=os.path.dirname(os.path.dirname(__file__)))
+                            cwd=os.path.dirname(os.path.dirname(__file__)),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     time.sleep(12)                        # the hanging case blocks the run
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
