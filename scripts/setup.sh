@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Set up gdn-harness in the active virtualenv, or in .venv (created if missing).
 #   scripts/setup.sh [EXTRAS]     e.g. scripts/setup.sh dev,fla,triton
-# torch: an installed torch (CUDA / ROCm / CPU build) is left alone. With none, a
-# machine without a GPU gets the CPU build torch==2.13.0 (plain `torch` would pull GBs
-# of CUDA wheels); a machine with an NVIDIA or AMD GPU gets the registry's default
-# build. GDN_TORCH_SPEC overrides what is installed.
+# Versions: constraints.txt pins what the README commands were green with. GDN_LATEST=1
+# (the drift lane, scripts/drift.py) instead takes the newest versions pyproject.toml allows.
+# torch: an installed torch (CUDA / ROCm / CPU build) is left alone, and so are the lines
+# of constraints.txt that a torch build pins itself (`# torch build`: torch, its triton).
+# With none, a machine without a GPU gets the CPU build of the pinned torch (plain `torch`
+# would pull GBs of CUDA wheels); a machine with an NVIDIA or AMD GPU gets the registry's
+# build of that version. GDN_TORCH_SPEC overrides what is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
+lock=constraints.txt
 
 if [ -n "${VIRTUAL_ENV:-}" ]; then
   py="$VIRTUAL_ENV/bin/python"
@@ -16,18 +20,34 @@ else
   py=.venv/bin/python
 fi
 pip=("$py" -m pip install --quiet --disable-pip-version-check)
+pinned_torch=$(grep -E '^torch==' "$lock" | cut -d' ' -f1)
 
+keep_torch_build=1   # apply the `# torch build` pins: only where setup installs the CPU torch
 if "$py" -c "import torch" >/dev/null 2>&1; then
   echo "setup: keeping installed torch $("$py" -c 'import torch; print(torch.__version__)')"
+  keep_torch_build=0
 else
-  if [ -n "${GDN_TORCH_SPEC:-}" ]; then spec="$GDN_TORCH_SPEC"
-  elif command -v nvidia-smi >/dev/null 2>&1 || [ -e /dev/kfd ]; then spec="torch"
-  else spec="torch==2.13.0"; fi
+  if [ -n "${GDN_TORCH_SPEC:-}" ]; then spec="$GDN_TORCH_SPEC"; keep_torch_build=0
+  elif command -v nvidia-smi >/dev/null 2>&1 || [ -e /dev/kfd ]; then spec="$pinned_torch"; keep_torch_build=0
+  else spec="$pinned_torch"; fi
   echo "setup: installing $spec"
   "${pip[@]}" "$spec"
+fi
+
+constraints=$(mktemp)
+trap 'rm -f "$constraints"' EXIT
+if [ "${GDN_LATEST:-0}" = 1 ]; then
+  # newest allowed versions of everything but torch (which would otherwise become a CUDA build)
+  "$py" -c 'import torch; print("torch==" + torch.__version__.split("+")[0])' > "$constraints"
+  upgrade=(--upgrade --upgrade-strategy eager)
+  echo "setup: newest versions pyproject.toml allows (drift lane), torch held"
+else
+  if [ "$keep_torch_build" = 1 ]; then cp "$lock" "$constraints"; else grep -v '# torch build' "$lock" > "$constraints"; fi
+  upgrade=()
+  echo "setup: versions pinned by $lock"
 fi
 
 target="."
 [ -n "$extras" ] && target=".[$extras]"
 echo "setup: installing gdn-harness $target into $("$py" -c 'import sys; print(sys.prefix)')"
-"${pip[@]}" -e "$target"
+"${pip[@]}" "${upgrade[@]}" -c "$constraints" -e "$target"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# README command 2: set up with the test extras (versions pinned by constraints.txt), then
+# the harness's own tests. pytest's exit code passes through (0 passed, 1 tests failed, ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh dev,fla,triton,eval
+py="${VIRTUAL_ENV:-$PWD/.venv}/bin"
+exec "$py/python" -m pytest -n auto "$@"
