@@ -9,7 +9,7 @@ runs the tests. When tests fail, each upgraded package is put back to its pinned
 alone (`pip install NAME==PINNED --no-deps`) and the failing tests re-run: a package whose
 downgrade makes tests pass again is named as the upgrade that broke them. Packages whose
 files appear in the failures' tracebacks are tried first. The report goes to the console and
-to REPORT_DIR/drift.md and drift.json. Exit 0: green; 1: tests fail on the newest versions;
+to REPORT_DIR/drift.md and drift.json (pytest's own output: junit.log). Exit 0: green; 1: tests fail on the newest versions;
 2: the lane itself could not run (setup failed). `--write-lock` rewrites constraints.txt from
 the scratch environment, only when it is green.
 """
@@ -80,7 +80,8 @@ def node_id(classname: str, name: str) -> str:
 def run_pytest(py: Path, args, xml: Path):
     """Run pytest; return ({node id: failure text} of failed / errored tests, counts, rc)."""
     cmd = [str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *args]
-    rc = subprocess.run(cmd, cwd=ROOT).returncode
+    with open(xml.with_suffix(".log"), "w") as log:  # the console keeps only the lane's own summary
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
     failed, counts = {}, dict(tests=0, failures=0, errors=0, skipped=0)
     if xml.exists():
         for suite in ET.parse(xml).getroot().iter("testsuite"):
