@@ -15,6 +15,7 @@ from .backend_layer import backend_step
 from .config import GDNDims
 from .inputs import make_inputs
 from .layouts.projection import unpack_qkvz_ba
+from .optimized.poison import uninitialized_memory_poisoned
 from .layouts.state import conv_dim_first_view, ssm_convert
 from .layouts.tp import all_ranks, gather_conv_channels, gather_heads, local_mixed_ba
 from .reference.layer import run_oracle
@@ -60,9 +61,10 @@ def rank_step(backend, ops, p, h, entries, conv, ssm, sc: Scenario, conv_layout:
     caches (`conv` stored in `conv_layout`, `ssm` in the backend's layout) change in place."""
     mq, mb = h @ p.w_qkvz.T, h @ p.w_ba.T
     ref_in = unpack_qkvz_ba(mq, local_mixed_ba(p, mb), p.local, p.layout)
-    return ref_in, backend_step(ops, p, mq, mb, entries, conv_dim_first_view(conv, conv_layout), ssm, sc.norm,
-                                backend.ssm_state_layout, decode_path, getattr(backend, "gdn_core", None),
-                                sc.num_spec)
+    with uninitialized_memory_poisoned():
+        out = backend_step(ops, p, mq, mb, entries, conv_dim_first_view(conv, conv_layout), ssm, sc.norm,
+                           backend.ssm_state_layout, decode_path, getattr(backend, "gdn_core", None), sc.num_spec)
+    return ref_in, out
 
 
 def oracle_pairs(sc: Scenario, inp, steps_out, unpacked, pools, conv_layout: str, ssm_layout: str,

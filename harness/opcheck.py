@@ -23,6 +23,7 @@ from .config import GDNDims
 from .errors import ConfigError
 from .inputs import dtype_of, make_delta_inputs, make_small_params
 from .layouts.projection import unpack_qkvz_ba
+from .optimized.poison import uninitialized_memory_poisoned
 
 F64 = torch.float64
 
@@ -282,7 +283,8 @@ def run_op_case(backend, op: str, variant: str, dims: GDNDims, dtype: str, state
     want = info.build(variant, dims, dt, st, layout, seed, oracle_device or device, sample)
     stale = {name: want.kwargs[name].detach().to(F64).cpu().clone() for name in got.states}
     want_kw = {k: _upcast(v) for k, v in want.kwargs.items()}
-    out_b = _as_tuple(getattr(backend, op)(**got.kwargs))
+    with uninitialized_memory_poisoned():
+        out_b = _as_tuple(getattr(backend, op)(**got.kwargs))
     out_r = _as_tuple(info.reference(**want_kw))
     pairs = []
     for name, a, b in zip(got.outputs, out_b, out_r):
