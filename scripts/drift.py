@@ -109,7 +109,8 @@ def required_by(py: Path, name: str) -> str:
 def attribute(py: Path, upgrades: list, failed: dict, xml: Path, budget_s: float, max_tries: int):
     """Put each upgraded package back to its pin alone (a package the lock does not have:
     uninstalled) and re-run the failing tests: the ones that pass again are charged to that
-    upgrade. Returns (blame rows, still unexplained)."""
+    upgrade if they fail again once it is back. Returns (blame rows, still unexplained, flaky:
+    passed on a re-run with the upgrade in place)."""
     text = "\n".join(failed.values())
     dirs = top_level_dirs(py, [u["name"] for u in upgrades])
 
@@ -117,7 +118,7 @@ def attribute(py: Path, upgrades: list, failed: dict, xml: Path, budget_s: float
         return any(re.search(rf"site-packages/{re.escape(d)}[/.]", text) for d in dirs.get(u["name"], []))
 
     order = sorted(upgrades, key=lambda u: not in_traceback(u))
-    unexplained, blame, start = dict(failed), [], time.monotonic()
+    unexplained, blame, flakes, start = dict(failed), [], [], time.monotonic()
     for tries, u in enumerate(order):
         if not unexplained or tries >= max_tries or time.monotonic() - start > budget_s:
             break
@@ -125,13 +126,20 @@ def attribute(py: Path, upgrades: list, failed: dict, xml: Path, budget_s: float
             blame.append(dict(u, fixed=[], note=f"could not put back {u['name']} {u['pinned']}"))
             continue
         still, _, _ = run_pytest(py, list(unexplained), xml)
-        fixed = sorted(set(unexplained) - set(still))
+        passed = set(unexplained) - set(still)
+        pip_one(py, u["name"], u["newest"])
+        if not passed:
+            continue
+        # charged only if they fail again with the upgrade back: a test that passes both
+        # ways is flaky, not broken by this package
+        again, _, _ = run_pytest(py, sorted(passed), xml)
+        fixed, flaky = sorted(passed & set(again)), sorted(passed - set(again))
         if fixed:
             blame.append(dict(u, fixed=fixed, in_traceback=in_traceback(u)))
-            for t in fixed:
-                unexplained.pop(t)
-        pip_one(py, u["name"], u["newest"])
-    return blame, unexplained
+        for t in passed:
+            unexplained.pop(t)
+        flakes.extend(flaky)
+    return blame, unexplained, flakes
 
 
 def write_lock(py: Path) -> None:
@@ -146,7 +154,7 @@ def write_lock(py: Path) -> None:
     LOCK.write_text("\n".join(header + body) + "\n")
 
 
-def report(upgrades, counts, failed, blame, unexplained, setup_s, test_s) -> str:
+def report(upgrades, counts, failed, blame, unexplained, setup_s, test_s, flaky=()) -> str:
     lines = []
     if not failed:
         lines.append(f"drift lane: GREEN - {counts['tests']} tests, 0 failed on the newest allowed versions "
@@ -166,6 +174,9 @@ def report(upgrades, counts, failed, blame, unexplained, setup_s, test_s) -> str
                 lines += [f"      {t}" for t in b["fixed"][:5]]
                 if len(b["fixed"]) > 5:
                     lines.append(f"      ... and {len(b['fixed']) - 5} more")
+        if flaky:
+            lines.append(f"  flaky, passed on a re-run with the newest versions ({len(flaky)}):")
+            lines += [f"      {t}" for t in flaky[:10]]
         if unexplained:
             lines.append(f"  not explained by any single upgrade ({len(unexplained)}):")
             lines += [f"      {t}" for t in list(unexplained)[:10]]
@@ -208,12 +219,12 @@ def main(argv=None) -> int:
     if rc not in (0, 1) and not failed:
         print(f"drift lane: COULD NOT RUN - pytest exited {rc}")
         return 2
-    blame, unexplained = attribute(py, upgrades, failed, out / "attribution.xml", args.budget,
-                                   args.max_tries) if failed else ([], {})
-    text = report(upgrades, counts, failed, blame, unexplained, setup_s, test_s)
+    blame, unexplained, flaky = attribute(py, upgrades, failed, out / "attribution.xml", args.budget,
+                                          args.max_tries) if failed else ([], {}, [])
+    text = report(upgrades, counts, failed, blame, unexplained, setup_s, test_s, flaky)
     (out / "drift.json").write_text(json.dumps(dict(
         green=not failed, counts=counts, upgrades=upgrades, failed=sorted(failed),
-        blame=blame, unexplained=sorted(unexplained)), indent=1))
+        blame=blame, flaky=flaky, unexplained=sorted(unexplained)), indent=1))
     (out / "drift.md").write_text("```\n" + text + "\n```\n")
     print("\n" + text)
     if args.write_lock:
