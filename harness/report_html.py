@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .diagnosis.core import hypothesis_lines
-from .report import (STATUSES, atomic_write, counts, environment, filled_ops_by_backend, pad_rows_not_compared,
-                     pad_rows_sentence)
+from .report import (STATUSES, atomic_write, counts, environment, filled_ops_by_backend, incomplete_headline,
+                     pad_rows_not_compared, pad_rows_sentence)
 
 HEATMAP_FAILURES = 200           # failures (in record order) that get heatmaps
 MAPS_PER_FAILURE = 8             # heatmaps per failure (failing token-major outputs)
@@ -62,7 +62,9 @@ def render_html(records: List[dict], meta: dict) -> str:
     failures_html, detailed = _failures(records, maps)
     nonpassing_html, listed = _nonpassing(records, detailed)
     data, matrix_html = _matrices(records, detailed, listed)
-    parts = [_HEAD.replace("%TITLE%", esc(f"gdn-harness: {meta.get('suite', '')} - "
+    cut = incomplete_headline(records, meta)
+    parts = [_HEAD.replace("%TITLE%", esc((cut.split(":")[0] + " - " if cut else "")
+                                          + f"gdn-harness: {meta.get('suite', '')} - "
                                           f"{c['fail']} failed, {c['error']} errors")),
              _header(records, meta, env, c),
              _nav(c),
@@ -85,7 +87,7 @@ def render_html(records: List[dict], meta: dict) -> str:
 
 
 def _header(records, meta, env, c) -> str:
-    verdict = "fail" if c["fail"] or c["error"] else ("pass" if c["pass"] else "skip")
+    verdict = "fail" if c["fail"] or c["error"] or incomplete_headline(records, meta) else ("pass" if c["pass"] else "skip")
     badges = " ".join(f'<span class="big {s}">{c[s]} {lbl}</span>' for s, lbl in
                       (("pass", "passed"), ("fail", "failed"), ("error", "errors"), ("skip", "skipped")))
     rows = [("suite", f"{meta.get('suite', '')} ({meta.get('suite_file', '')})"),
@@ -99,12 +101,16 @@ def _header(records, meta, env, c) -> str:
                     f"{esc(', '.join(ops))}.</p>" for b, ops in filled_ops_by_backend(records).items())
     notes += "".join(f"<p class='warn'>{esc(pad_rows_sentence(b, e))}.</p>"
                      for b, e in pad_rows_not_compared(records).items())
-    planned = meta.get("planned_cases")
-    if meta.get("interrupted") or (isinstance(planned, int) and planned > c["total"]):
-        notes = (f'<p class="warn">Incomplete run{" (interrupted)" if meta.get("interrupted") else ""}: '
-                 f'{c["total"]} of {planned if isinstance(planned, int) else "?"} planned cases have a '
-                 'record.</p>') + notes
-    return (f'<header class="{verdict}"><h1>gdn-harness &middot; suite <code>{esc(str(meta.get("suite", "")))}</code>'
+    cut = incomplete_headline(records, meta)
+    banner = ""
+    if cut:
+        running = [u for u in meta.get("unfinished_cases") or [] if u.get("state") == "running"]
+        banner = (f'<div id="incomplete" class="banner">{esc(cut.split("; running:")[0])}.'
+                  + "".join(f'<br>Running when it stopped ({_num(u.get("seconds"))} s in): <code>{esc(u["id"])}</code>'
+                            for u in running[:10])
+                  + ("<br>The cases not run are listed in results.json (<code>unfinished_cases</code>) and in "
+                     "junit.xml." if meta.get("unfinished_cases") else "") + "</div>")
+    return (f'{banner}<header class="{verdict}"><h1>gdn-harness &middot; suite <code>{esc(str(meta.get("suite", "")))}</code>'
             f'</h1><div class="counts">{badges} <span class="muted">of {c["total"]} cases</span></div>'
             f'<p>Command: <code class="cmd">{esc(str(meta.get("command", "")))}</code></p>'
             '<div class="cols"><table class="kv">'
@@ -552,7 +558,8 @@ header.fail{border-bottom-color:var(--failb)}header.skip{border-bottom-color:var
 .big.pass,.b.pass{background:var(--pass);color:var(--passb)}.big.fail,.b.fail{background:var(--fail);color:var(--failb)}
 .big.error,.b.error{background:var(--error);color:var(--errorb)}.big.skip,.b.skip{background:var(--skip);color:var(--skipb)}
 .b{display:inline-block;padding:0 6px;border-radius:8px;font-size:12px;font-weight:600;white-space:nowrap}
-.muted{color:var(--muted)}.warn{background:#fff8c5;border:1px solid #d4a72c;padding:4px 8px;border-radius:4px}
+.muted{color:var(--muted)}.banner{background:#ffebe9;border:2px solid var(--failb);color:#82071e;font-weight:600;
+padding:8px 14px;margin:10px -20px 0;font-size:15px}.warn{background:#fff8c5;border:1px solid #d4a72c;padding:4px 8px;border-radius:4px}
 .cols{display:flex;gap:24px;flex-wrap:wrap;align-items:flex-start}
 table{border-collapse:collapse}
 .kv th{text-align:left;padding:1px 10px 1px 0;color:var(--muted);font-weight:500;vertical-align:top}

@@ -47,17 +47,17 @@ def _skip_reason(case: Case, backend) -> Optional[str]:
     if why:
         return why
     if case.dtype not in backend.dtypes:
-        return f"backend {backend.name} does not take dtype {case.dtype}"
+        return f"backend {case.backend} does not take dtype {case.dtype}"
     if case.state_dtype not in backend.state_dtypes:
-        return f"backend {backend.name} does not take state dtype {case.state_dtype}"
+        return f"backend {case.backend} does not take state dtype {case.state_dtype}"
     if case.level == "op" and not backend.implements(case.check):
-        return f"backend {backend.name} does not implement {case.check}"
+        return f"backend {case.backend} does not implement {case.check}"
     if case.level == "layer":
         path, conv, _ = case.variant.split(".")
         if path not in backend.decode_paths:
-            return f"backend {backend.name} has no {path} decode path (has {list(backend.decode_paths)})"
+            return f"backend {case.backend} has no {path} decode path (has {list(backend.decode_paths)})"
         if conv not in backend.conv_state_layouts:
-            return f"backend {backend.name} does not take a {conv} conv state"
+            return f"backend {case.backend} does not take a {conv} conv state"
     return None
 
 
@@ -184,11 +184,18 @@ def _fmt(x: float):
 
 
 def run_cases(cases: Iterable[Case], policy: Policy, suite: str,
-              on_done: Optional[Callable[[dict], None]] = None, oracle_device: Optional[str] = None) -> List[dict]:
+              on_done: Optional[Callable[[dict], None]] = None, oracle_device: Optional[str] = None,
+              on_start: Optional[Callable[[Case], None]] = None) -> List[dict]:
+    from . import interrupt
     backends = BackendCache()
     records = []
     for case in cases:
+        if on_start:
+            on_start(case)
         rec = run_case(case, policy, suite, backends, oracle_device)
+        # a signal whose KeyboardInterrupt a library swallowed (or turned into an error of
+        # this case) stops the run here; the case counts as interrupted, not as its record
+        interrupt.check()
         records.append(rec)
         if on_done:
             on_done(rec)

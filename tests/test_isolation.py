@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from harness.cli import main
 
 SUBSET = ["-k", "op.fused_recurrent_gated_delta_rule[", "-k", "op.fused_gdn_gating[", "--dtype", "float32"]
@@ -54,7 +56,7 @@ def test_hanging_backend_times_out(tmp_path):
 
 def test_ctrl_c_writes_the_finished_cases(tmp_path):
     cmd = [sys.executable, "-m", "harness.cli", "run", "-q", "--suite", "smoke", "--backend",
-           "tests.plugin_example:HangingPort", "--report-dir", str(tmp_path), *SUBSET]
+           "tests.plugin_example:HangingPort", "--no-isolate", "--report-dir", str(tmp_path), *SUBSET]
     # started as a background job is: SIGINT ignored, which Python keeps unless told otherwise
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=os.path.dirname(os.path.dirname(__file__)),
@@ -62,8 +64,74 @@ def test_ctrl_c_writes_the_finished_cases(tmp_path):
     time.sleep(12)                        # the hanging case blocks the run
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1, err
+    assert proc.returncode == 130, err             # 128 + SIGINT: interrupted, not a verdict
     assert "interrupted" in err
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["interrupted"] is True and 0 < len(doc["cases"]) < doc["planned_cases"]
     assert all(c["status"] == "pass" for c in doc["cases"])
+
+
+def _wait_for(pred, seconds=90.0):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.3)
+    raise AssertionError("timed out waiting")
+
+
+def _finished(report):
+    try:
+        return len(json.loads((report / "results.json").read_text())["cases"])
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.mark.parametrize("mode,sig", [("--no-isolate", signal.SIGINT), ("--isolate", signal.SIGTERM),
+                                      ("--isolate", signal.SIGINT)])
+def test_interrupt_inside_a_native_call_leaves_the_report(tmp_path, mode, sig):
+    """A case stuck in native code (no signal ends it, as a hung kernel or a compiler
+    deadlock): SIGINT / SIGTERM still leave every report file, marked interrupted, naming
+    the running case; the cases never started are junit skips; the exit code is 128 + signal."""
+    report = tmp_path / "r"
+    cmd = [sys.executable, "-m", "harness.cli", "run", "--suite", "smoke", "--backend", "tests.plugin_example:StuckPort",
+           mode, "--report-dir", str(report), "-k", "op.fused_gdn_gating["]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(__file__)),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    _wait_for(lambda: _finished(report) >= 1)        # the contiguous case passed; the strided one is stuck
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 128 + sig, err
+    doc = json.loads((report / "results.json").read_text())
+    assert doc["interrupted"] is True and doc["run_state"] == "interrupted"
+    assert doc["interrupt_signal"] == signal.Signals(sig).name and doc["planned_cases"] == 4
+    assert [c["status"] for c in doc["cases"]] == ["pass"]
+    running = [u for u in doc["unfinished_cases"] if u["state"] == "running"]
+    assert len(running) == 1 and "strided" in running[0]["id"]
+    assert sum(u["state"] == "not started" for u in doc["unfinished_cases"]) == 2
+    assert running[0]["id"] in err and "interrupted" in err           # the console names the running case
+    assert (report / "summary.md").read_text().startswith(f"# INTERRUPTED ({signal.Signals(sig).name})")
+    junit = (report / "junit.xml").read_text()
+    assert junit.count('type="Interrupted"') == 1 and junit.count("<skipped") == 2 and "not run: interrupted" in junit
+    html = (report / "report.html").read_text()
+    assert 'id="incomplete"' in html and running[0]["id"] in html
+
+
+def test_a_run_killed_hard_leaves_the_finished_cases(tmp_path):
+    """SIGKILL (the OOM killer's signal) cannot be handled: the report written as cases
+    finish still has them, and says the run did not complete."""
+    report = tmp_path / "r"
+    cmd = [sys.executable, "-m", "harness.cli", "run", "-q", "--suite", "smoke", "--backend",
+           "tests.plugin_example:StuckPort", "--report-dir", str(report), "-k", "op.fused_gdn_gating["]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(__file__)), start_new_session=True)
+    _wait_for(lambda: _finished(report) >= 1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    doc = json.loads((report / "results.json").read_text())
+    assert doc["run_state"] == "running" and doc["interrupted"] is False and len(doc["cases"]) == 1
+    assert (report / "summary.md").read_text().startswith("# INCOMPLETE")
+    assert "<skipped" in (report / "junit.xml").read_text()

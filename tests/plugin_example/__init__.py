@@ -89,3 +89,25 @@ class PoisoningPort(ExamplePortBackend):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return ExamplePortBackend.fused_recurrent_gated_delta_rule(q, k, v, g, beta,
                                                                    ssm_state_indices=ssm_state_indices, **kwargs)
+
+
+def stuck_in_native_code():
+    """Block forever inside a C call that no signal ends (as a hung kernel or a compiler
+    deadlock does): a default pthread mutex locked twice by its owner. ctypes releases
+    the GIL, so the process's other threads still run."""
+    import ctypes
+    libc = ctypes.CDLL(None)
+    mutex = ctypes.create_string_buffer(64)     # all zeros: PTHREAD_MUTEX_INITIALIZER (glibc)
+    libc.pthread_mutex_lock(mutex)
+    libc.pthread_mutex_lock(mutex)
+
+
+class StuckPort(ExamplePortBackend):
+    """Never returns from native code in the gating kernel on a strided input."""
+    name = "example-port-stuck"
+
+    @staticmethod
+    def fused_gdn_gating(A_log, a, b, dt_bias, beta=1.0, threshold=20.0):
+        if not a.is_contiguous():
+            stuck_in_native_code()
+        return ExamplePortBackend.fused_gdn_gating(A_log, a, b, dt_bias, beta, threshold)
