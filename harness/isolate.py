@@ -207,9 +207,9 @@ def shared_pool() -> WorkerPool:
     return _SHARED
 
 
-def _error_record(case: Case, suite: str, error: str, stderr: str, seconds: Optional[float]) -> dict:
+def _error_record(case: Case, suite: str, error: str, stderr: str, seconds: Optional[float], kind: str) -> dict:
     rec = case_record(case, suite)
-    rec.update(status="error", error=error, stderr_tail=stderr[-STDERR_TAIL:],
+    rec.update(status="error", structural=kind, error=error, stderr_tail=stderr[-STDERR_TAIL:],
                duration_s=None if seconds is None else round(seconds, 3))
     return rec
 
@@ -254,13 +254,13 @@ def run_isolated(cases: List[Case], suite: str, policy: Optional[str], oracle_de
                     worker.served += 1
                 elif what == "timeout":
                     rec = _error_record(case, suite, f"timed out after {timeout:g} s (its worker was killed)",
-                                        worker.stderr_tail(), got)
+                                        worker.stderr_tail(), got, "timeout")
                 elif got == EXIT_RESTART and worker.served:
                     with lock:           # it ended after an earlier case's CUDA error: a fresh one runs this
                         todo.appendleft(case)
                     continue
                 else:
-                    rec = _error_record(case, suite, f"worker died: {death_reason(got)}", worker.stderr_tail(), None)
+                    rec = _error_record(case, suite, f"worker died: {death_reason(got)}", worker.stderr_tail(), None, "crash")
                 with lock:
                     if not stop.is_set():
                         on_done(rec)

@@ -119,6 +119,12 @@ def unfinished_lines(meta: dict) -> List[str]:
     return lines + [""]
 
 
+def problem_text(r: dict) -> str:
+    """What went wrong with a case, in words: the error of an error, the diagnosis of a failure."""
+    first = ("error", "diagnosis") if r.get("status") in ("error", "skip") else ("diagnosis", "error")
+    return next((r[k] for k in first if r.get(k)), "")
+
+
 def summary_markdown(records: List[dict], meta: dict) -> str:
     c = counts(records)
     cut = incomplete_headline(records, meta)
@@ -142,7 +148,7 @@ def summary_markdown(records: List[dict], meta: dict) -> str:
     if bad:
         lines += ["## Failures", "", "| case | status | diagnosis / error | repro |", "|---|---|---|---|"]
         for r in bad:
-            what = (r.get("diagnosis") or r.get("error") or "").replace("|", "\\|").replace("\n", " ")
+            what = (problem_text(r) or "").replace("|", "\\|").replace("\n", " ")
             lines.append(f"| `{r['id']}` | {r['status']} | {what[:300]} | `{r['repro']}` |")
         lines.append("")
     lines += diagnosis_section(bad)

@@ -51,6 +51,8 @@ def test_hanging_backend_times_out(tmp_path):
     cases = _cases(tmp_path)
     hung = [c for c in cases if c["status"] == "error"]
     assert len(hung) == 1 and "strided" in hung[0]["id"] and "timed out after 8 s" in hung[0]["error"]
+    assert hung[0]["structural"] == "timeout" and hung[0]["duration_s"] >= 8      # not "0.00 s"
+    assert "crashed" not in (tmp_path / "summary.md").read_text()
     assert sum(c["status"] == "pass" for c in cases) >= 3
 
 
