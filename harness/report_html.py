@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .diagnosis.core import hypothesis_lines
 from .report import (STATUSES, atomic_write, counts, environment, filled_ops_by_backend, incomplete_headline,
-                     pad_rows_not_compared, pad_rows_sentence)
+                     pad_rows_not_compared, pad_rows_sentence, problem_text)
 
 HEATMAP_FAILURES = 200           # failures (in record order) that get heatmaps
 MAPS_PER_FAILURE = 8             # heatmaps per failure (failing token-major outputs)
@@ -68,6 +68,7 @@ def render_html(records: List[dict], meta: dict) -> str:
                                           f"{c['fail']} failed, {c['error']} errors")),
              _header(records, meta, env, c),
              _nav(c),
+             _what_failed(records, detailed),
              '<section id="matrix"><h2>Verdict matrix</h2>'
              '<p class="muted">Rows: check / op / batch mix; columns: layout &times; TP. A cell aggregates '
              'its cases (dims, dtypes, variants, seeds) and takes the colour of its worst verdict: '
@@ -119,9 +120,61 @@ def _header(records, meta, env, c) -> str:
 
 
 def _nav(c) -> str:
-    return ('<nav><a href="#matrix">Matrix</a> <a href="#nonpassing">Non-passing '
+    return ('<nav><a href="#whatfailed">What failed</a> <a href="#matrix">Matrix</a> <a href="#nonpassing">Non-passing '
             f'({c["fail"] + c["error"] + c["skip"]})</a> <a href="#failures">Failures ({c["fail"] + c["error"]})</a>'
             f' <a href="#all">All cases ({c["total"]})</a></nav>')
+
+
+# ----------------------------------------------------------------------------- what failed
+
+
+def failure_key(r: dict) -> tuple:
+    """What makes two failures "the same" across layout / TP / dtype / seed variants: backend,
+    check, status and the reason - the known fault a diagnosis matched, the kind of a
+    structural error, else the failing outputs."""
+    top = (r.get("hypotheses") or [None])[0]
+    if top and top.get("matched"):
+        why = ("fault", str(top.get("hypothesis")))
+    elif r.get("structural"):
+        err = str(r.get("error") or "")
+        why = ("structural", str(r["structural"]), err.split(":", 1)[0] if r["structural"] == "exception" else "")
+    else:
+        why = ("outputs", tuple(sorted({re.sub(r"^step\d+\.", "", str(m.get("output")))
+                                       for m in r.get("metrics") or [] if not m.get("passed", True)})))
+    return (r.get("backend"), r.get("level"), r.get("op"), r.get("status"), why)
+
+
+def _what_failed(records: List[dict], detailed: set) -> str:
+    """The first thing on the page: failing checks x backends, each with its diagnosis or error;
+    failures identical but for their layout / TP / dtype / seed shown once with the count."""
+    groups: Dict[tuple, List[int]] = {}
+    for i, r in enumerate(records):
+        if r["status"] in ("fail", "error"):
+            groups.setdefault(failure_key(r), []).append(i)
+    if not groups:
+        return ('<section id="whatfailed"><h2>What failed</h2><p class="okline">Nothing: no case failed or '
+                'errored.</p></section>')
+    order = sorted(groups.items(), key=lambda kv: (kv[0][0] == "reference", kv[0][3] != "error", -len(kv[1]),
+                                                     str(kv[0][0]), LEVEL_ORDER.get(kv[0][1], 9), str(kv[0][2])))
+    rows = []
+    for (backend, level, op, st, _), idx in order:
+        first = records[idx[0]]
+        spread = []
+        for key, fmt in (("layout", str), ("tp", lambda v: f"tp{v}"), ("dtype", str)):
+            vals = sorted({str(records[i].get(key)) for i in idx if records[i].get(key) is not None})
+            if vals:
+                spread.append(", ".join(fmt(v) for v in vals))
+        link = f'<a href="#f{idx[0]}">{esc(first["id"])}</a>' if idx[0] in detailed else esc(first["id"])
+        rows.append(f'<tr data-s="{st}"><td><span class="b {st}">{st}</span></td><td><code>{esc(str(backend))}</code>'
+                    f'</td><td><span class="lvl">{esc(str(level))}</span> {esc(str(op))}</td><td class="cnt">{len(idx)}'
+                    f'</td><td class="muted">{esc(" · ".join(spread))}</td><td class="what">'
+                    f'{esc(_clip(_clean(problem_text(first)), 360))}<br><small class="muted">e.g. {link}</small>'
+                    '</td></tr>')
+    n = sum(len(v) for v in groups.values())
+    return (f'<section id="whatfailed"><h2>What failed: {n} case(s) in {len(groups)} distinct failure(s)</h2>'
+            '<div class="scroll"><table class="wf"><thead><tr><th>status</th><th>backend</th><th>check</th>'
+            '<th>cases</th><th>variants</th><th>diagnosis / error (first case)</th></tr></thead><tbody>'
+            + "".join(rows) + "</tbody></table></div></section>")
 
 
 # ----------------------------------------------------------------------------- matrix
@@ -133,7 +186,10 @@ def _row_key(r: dict) -> Tuple[int, str, str]:
 
 def _col_key(r: dict) -> Tuple[str, int]:
     tp = r.get("tp")
-    return (str(r.get("layout") or "-"), tp if isinstance(tp, int) else -1)
+    layout = str(r.get("layout") or "-")
+    if r.get("level") == "op" and not str(r.get("variant") or "").startswith(layout):
+        layout = "any layout"            # the op does not depend on the projection layout
+    return (layout, tp if isinstance(tp, int) else -1)
 
 
 def _matrices(records: List[dict], detailed: set, listed: set) -> Tuple[dict, str]:
@@ -148,7 +204,7 @@ def _matrices(records: List[dict], detailed: set, listed: set) -> Tuple[dict, st
     for i, r in enumerate(records):
         by_backend[r["backend"]][_row_key(r)].setdefault(_col_key(r), []).append(i)
     out = []
-    for backend in sorted(by_backend, key=lambda b: (b != "reference", b)):
+    for backend in sorted(by_backend, key=lambda b: (b == "reference", b)):
         rows = by_backend[backend]
         cols = sorted({ck for row in rows.values() for ck in row})
         layouts = []
@@ -174,7 +230,8 @@ def _matrices(records: List[dict], detailed: set, listed: set) -> Tuple[dict, st
                 tds.append(f'<td class="c {worst}" data-c="{len(cells)}">{text}</td>')
                 cells.append(idx)
             body.append(f'<tr><th><span class="lvl">{esc(rk[1])}</span> {esc(rk[2])}</th>{"".join(tds)}</tr>')
-        out.append(f'<h3><code>{esc(backend)}</code> <small>{summary}</small></h3>'
+        title = "reference (the oracle's self checks)" if backend == "reference" else backend
+        out.append(f'<h3><code>{esc(title)}</code> <small>{summary}</small></h3>'
                    f'<div class="scroll"><table class="matrix"><thead><tr><th rowspan="2">level / check</th>{head1}'
                    f'</tr><tr>{head2}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
     data = dict(ids=ids, st=status, m=margin, a={str(k): v for k, v in anchors.items()}, cells=cells)
@@ -193,7 +250,7 @@ def _nonpassing(records: List[dict], detailed: set) -> Tuple[str, set]:
         st = r["status"]
         if size > NONPASSING_BUDGET:
             continue
-        what = _clean(r.get("diagnosis") or r.get("error") or "")
+        what = _clean(problem_text(r))
         link = f'<a href="#f{i}">{esc(r["id"])}</a>' if i in detailed else esc(r["id"])
         listed.add(i)
         rows.append(f'<tr id="n{i}" data-s="{st}"><td><span class="b {st}">{st}</span></td><td class="id">{link}'
@@ -578,6 +635,8 @@ td.c.error{background:var(--error);color:var(--errorb)}td.c.skip{background:var(
 td.n{background:repeating-linear-gradient(45deg,#fff,#fff 4px,#f3f4f6 4px,#f3f4f6 8px)}
 .filter{margin:6px 0 8px}.filter label{margin-right:8px}
 .np{width:100%}.np th,.np td{border-bottom:1px solid var(--line);padding:3px 6px;text-align:left;vertical-align:top}
+.wf{width:100%}.wf th,.wf td{border-bottom:1px solid var(--line);padding:3px 6px;text-align:left;vertical-align:top}
+.wf td.cnt{text-align:right;font-weight:600}.okline{color:var(--passb);font-weight:600}
 .np{table-layout:fixed}.np th:nth-child(1){width:64px}.np th:nth-child(2){width:34%}.np th:nth-child(4){width:30%}
 .np td.id{font:12px ui-monospace,monospace;word-break:break-all}.np code.cmd{word-break:break-all;font-size:11px;color:#444}
 details.case{border:1px solid var(--line);border-left:4px solid var(--failb);border-radius:4px;margin:8px 0;
