@@ -1,6 +1,8 @@
-"""The ``gdn-harness`` command line.
+"""gdn-harness: Gated DeltaNet kernels checked against an fp64 reference, op by op and layer by layer.
 
-Exit codes: 0 all passed; 1 a correctness failure (or a case error); 2 usage / config error.
+Exit codes: 0 all passed; 1 a correctness failure (or a case error); 2 usage / config error;
+128 + N a run stopped by signal N (130 Ctrl-C / SIGINT, 143 SIGTERM), its report written
+and marked interrupted; 125 (bisect-check only) could not test.
 """
 from __future__ import annotations
 
@@ -282,10 +284,32 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+RUN_EPILOG = """\
+cases run in worker processes for any backend but the reference (a crash or hang costs
+one case); the report folder is written from the start and kept current as cases finish.
+
+exit codes:
+  0    every case passed (or was skipped)
+  1    a correctness failure, or a case error (crash, timeout, wrong shape, NaN)
+  2    usage or configuration error (unknown backend, filter value the suite lacks, ...)
+  130  interrupted by Ctrl-C / SIGINT, 143 by SIGTERM: the report of the finished cases is
+       written and says so (summary.md's first line, results.json "interrupted")
+
+examples:
+  gdn-harness run --suite smoke
+  gdn-harness run --suite ci --backend triton --device cuda --jobs 4
+  gdn-harness run --suite ci --backend my_port.gdn:MyPortBackend -k "decode and not spec" --dtype bf16
+  gdn-harness run --suite ci --backend fla --layout interleaved --tp 2 --report-dir out
+  gdn-harness run --suite smoke --backend triton --no-isolate   # in process, for a debugger
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gdn-harness", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run a suite and write results.json + summary.md")
+    r = sub.add_parser("run", help="run a suite and write its report (results.json, summary.md, report.html, "
+                       "junit.xml)", description="Run a suite's cases against backends and write the report.",
+                       epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--suite", default="self", help="suite name (suites/<name>.toml) or path")
     r.add_argument("--backend", action="append", help="backend under test: a registered name or "
                    "package.module:attr (repeatable, or comma-separated; default reference)")
@@ -338,12 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     df.set_defaults(fn=cmd_diff)
     add_bench_parser(sub)
     ls = sub.add_parser("list", help="list presets, suites or checks")
-    ls.add_argument("what", choices=["backends", "suites", "presets", "ops", "mixes", "checks", "mutants"])
+    ls.add_argument("what", choices=["backends", "suites", "presets", "ops", "mixes", "checks", "mutants"],
+                    help="what to list")
     ls.set_defaults(fn=cmd_list)
     add_zoo_parser(sub)
     add_shrink_parser(sub)
     add_bisect_parser(sub)
     add_gsm8k_parser(sub)
+    p.subcommands = sub.choices
     return p
 
 
@@ -352,7 +378,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:                  # the subcommand's usage, not the top-level one
+            parser.subcommands[args.cmd].error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:        # argparse: usage errors exit 2, --help exits 0
         return int(e.code or 0)
     args.argv = argv

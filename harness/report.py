@@ -121,8 +121,9 @@ def unfinished_lines(meta: dict) -> List[str]:
 
 def problem_text(r: dict) -> str:
     """What went wrong with a case, in words: the error of an error, the diagnosis of a failure."""
-    first = ("error", "diagnosis") if r.get("status") in ("error", "skip") else ("diagnosis", "error")
-    return next((r[k] for k in first if r.get(k)), "")
+    if r.get("status") in ("error", "skip"):
+        return "; ".join(str(r[k]) for k in ("error", "diagnosis") if r.get(k))
+    return r.get("diagnosis") or r.get("error") or ""
 
 
 def summary_markdown(records: List[dict], meta: dict) -> str:

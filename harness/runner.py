@@ -116,9 +116,9 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
     """One case -> its record. Structural problems - an exception, an output of the wrong
     shape or kind - make an ``error`` record saying so (``structural``), never diagnosed as
     numerics. A numerical failure of an op / layer case is diagnosed (`harness.diagnosis`)
-    unless `diagnose` is False (default: on unless GDN_DIAGNOSE=0); with NaN / Inf in its
-    outputs the record says so first, and keeps a diagnosis only when a known fault
-    reproduces it. A diagnosis never changes the verdict; ``duration_s`` includes it
+    unless `diagnose` is False (default: on unless GDN_DIAGNOSE=0). A wrong-shaped output,
+    or NaN / Inf (said first, in words), keeps a diagnosis only when a known fault
+    reproduces it (a squeezed batch of one, garbage in PAD rows). A diagnosis never changes the verdict; ``duration_s`` includes it
     (``diagnosis_s``)."""
     backends = backends or BackendCache()
     rec = case_record(case, suite)
@@ -138,12 +138,15 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
     except Exception as e:  # a crash costs one case, never the run
         rec.update(status="error", structural="exception", error=f"{type(e).__name__}: {e}",
                    traceback=traceback.format_exc()[-4000:])
-    if pairs and rec["status"] == "fail" and case.level in ("op", "layer"):
+    if pairs and (rec["status"] == "fail" or rec.get("structural") in WELL_FORMED_NOT) and case.level in ("op", "layer"):
         from . import diagnosis
         if diagnosis.enabled() if diagnose is None else diagnose:
             _diagnose(rec, case, pairs, policy, backends, diagnosis)
     rec["duration_s"] = round(time.perf_counter() - t0, 4)
     return rec
+
+
+WELL_FORMED_NOT = ("shape", "output type")      # structural errors with outputs in hand: a known fault may name them
 
 
 def structural_problems(pairs) -> Dict[str, str]:
@@ -172,7 +175,7 @@ def _diagnose(rec: dict, case: Case, pairs, policy: Policy, backends: BackendCac
         rec["hypotheses"] = hyps
         if coverage:
             rec["diagnosis_coverage"] = coverage
-        if rec.get("structural") == "nan/inf":   # "no known fault: a precision problem" would mislead
+        if rec.get("structural"):   # only a known fault that reproduces it: "a precision problem" would mislead
             words = diagnosis.sentence(hyps) if hyps and hyps[0].get("matched") else None
         else:
             words = diagnosis.sentence(hyps) or diagnosis.coverage_note(coverage)

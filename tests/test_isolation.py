@@ -20,7 +20,7 @@ def _cases(report):
 
 
 def test_aborting_backend_costs_one_case(tmp_path):
-    rc = main(["run", "-q", "--suite", "smoke", "--backend", "tests.plugin_example:AbortingPort", "--isolate",
+    rc = main(["run", "-q", "--suite", "smoke", "--backend", "tests.plugin_example:AbortingPort",
                "--timeout", "120", "--report-dir", str(tmp_path), *SUBSET])
     assert rc == 1
     cases = {c["id"]: c for c in _cases(tmp_path)}
@@ -45,7 +45,7 @@ def test_broken_cuda_context_costs_one_case(tmp_path):
 
 
 def test_hanging_backend_times_out(tmp_path):
-    rc = main(["run", "-q", "--suite", "smoke", "--backend", "tests.plugin_example:HangingPort", "--isolate",
+    rc = main(["run", "-q", "--suite", "smoke", "--backend", "tests.plugin_example:HangingPort",
                "--timeout", "8", "--report-dir", str(tmp_path), *SUBSET])
     assert rc == 1
     cases = _cases(tmp_path)
