@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -120,6 +121,9 @@ def test_interrupt_inside_a_native_call_leaves_the_report(tmp_path, mode, sig):
     assert junit.count('type="Interrupted"') == 1 and junit.count("<skipped") == 2 and "not run: interrupted" in junit
     html = (report / "report.html").read_text()
     assert 'id="incomplete"' in html and running[0]["id"] in html
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((Path(__file__).parents[1] / "harness" / "results.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(doc)
 
 
 def test_a_run_killed_hard_leaves_the_finished_cases(tmp_path):
