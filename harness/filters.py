@@ -39,19 +39,18 @@ def parse_k(expr: str) -> Callable[[str], bool]:
         pos += 1
         return tokens[pos - 1]
 
-    def or_():
-        left = and_()
-        while peek() == "or":
+    def chain(word, operand, combine):
+        left = operand()
+        while peek() == word:
             eat()
-            left = (lambda a, b: lambda s: a(s) or b(s))(left, and_())
+            left = (lambda a, b: lambda s: combine(a(s), b(s)))(left, operand())
         return left
 
+    def or_():
+        return chain("or", and_, lambda x, y: x or y)
+
     def and_():
-        left = not_()
-        while peek() == "and":
-            eat()
-            left = (lambda a, b: lambda s: a(s) and b(s))(left, not_())
-        return left
+        return chain("and", not_, lambda x, y: x and y)
 
     def not_():
         if peek() == "not":

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .report import counts, write_results, write_summary
+from .report import write_results, write_summary
 
 PARTIAL_EVERY_S = 2.0            # at least this long between two partial writes
 PARTIAL_COST = 10                # ... and at least this many times what the last one took
@@ -128,7 +128,3 @@ def _hms(s: float) -> str:
     s = int(round(s))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
-
-def counts_line(records: List[dict], meta: dict) -> str:
-    c = counts(records)
-    return f"{c['pass']} passed, {c['fail']} failed, {c['error']} errors, {c['skip']} skipped"

@@ -118,8 +118,8 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
     numerics. A numerical failure of an op / layer case is diagnosed (`harness.diagnosis`)
     unless `diagnose` is False (default: on unless GDN_DIAGNOSE=0). A wrong-shaped output,
     or NaN / Inf (said first, in words), keeps a diagnosis only when a known fault
-    reproduces it (a squeezed batch of one, garbage in PAD rows). A diagnosis never changes the verdict; ``duration_s`` includes it
-    (``diagnosis_s``)."""
+    reproduces it (a squeezed batch of one, garbage in PAD rows). A diagnosis never
+    changes the verdict; ``duration_s`` includes it (``diagnosis_s``)."""
     backends = backends or BackendCache()
     rec = case_record(case, suite)
     t0 = time.perf_counter()
@@ -138,7 +138,8 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
     except Exception as e:  # a crash costs one case, never the run
         rec.update(status="error", structural="exception", error=f"{type(e).__name__}: {e}",
                    traceback=traceback.format_exc()[-4000:])
-    if pairs and (rec["status"] == "fail" or rec.get("structural") in WELL_FORMED_NOT) and case.level in ("op", "layer"):
+    diagnosable = rec["status"] == "fail" or rec.get("structural") in DIAGNOSABLE_STRUCTURAL
+    if pairs and diagnosable and case.level in ("op", "layer"):
         from . import diagnosis
         if diagnosis.enabled() if diagnose is None else diagnose:
             _diagnose(rec, case, pairs, policy, backends, diagnosis)
@@ -146,7 +147,8 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
     return rec
 
 
-WELL_FORMED_NOT = ("shape", "output type")      # structural errors with outputs in hand: a known fault may name them
+# structural errors with the outputs in hand: a known fault (a squeezed batch of one) may name them
+DIAGNOSABLE_STRUCTURAL = ("shape", "output type")
 
 
 def structural_problems(pairs) -> Dict[str, str]:
