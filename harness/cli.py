@@ -145,7 +145,7 @@ def cmd_run(args) -> int:
         os._exit(128 + signum)
 
     signum = None
-    with interrupt.interruptible(stuck):
+    with interrupt.interruptible(stuck, exiting=getattr(args, "program", False)):
         try:
             if mode == "distributed":
                 from .distributed import run_distributed
@@ -384,6 +384,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:        # argparse: usage errors exit 2, --help exits 0
         return int(e.code or 0)
     args.argv = argv
+    args.program = program
     if program:     # an in-process call keeps its caller's process as it is
         interpret_triton(getattr(args, "device", None))      # a CPU run on a machine with a GPU too
         # SIGINT (Ctrl-C, `timeout -s INT`, bench's limit) stops a run and writes its report, also

@@ -73,9 +73,11 @@ def _handler(signum, frame):
 
 
 @contextmanager
-def interruptible(on_stuck: Callable[[int], None], grace_s: float = 5.0):
+def interruptible(on_stuck: Callable[[int], None], grace_s: float = 5.0, exiting: bool = False):
     """SIGINT / SIGTERM -> Interrupted; `on_stuck(signum)` from a watcher thread if the main
-    thread has not called `take()` within `grace_s` of the signal. A no-op off the main thread."""
+    thread has not called `take()` within `grace_s` of the signal. A no-op off the main thread.
+    `exiting`: the process ends after this run, so once interrupted it ignores later signals
+    (a second SIGINT would only print a traceback from the interpreter's shutdown)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -110,7 +112,7 @@ def interruptible(on_stuck: Callable[[int], None], grace_s: float = 5.0):
     finally:
         done.set()
         for s, h in old.items():
-            signal.signal(s, h)
+            signal.signal(s, signal.SIG_IGN if exiting and _state.signum is not None else h)
         signal.set_wakeup_fd(old_fd)
         watcher.join(1.0)
         os.close(r)

@@ -141,3 +141,19 @@ def test_a_run_killed_hard_leaves_the_finished_cases(tmp_path):
     assert doc["run_state"] == "running" and doc["interrupted"] is False and len(doc["cases"]) == 1
     assert (report / "summary.md").read_text().startswith("# INCOMPLETE")
     assert "<skipped" in (report / "junit.xml").read_text()
+
+
+def test_a_second_signal_does_not_cut_the_report_short(tmp_path):
+    """`timeout -s INT` signals the run, then its process group (the run again): the second
+    SIGINT landed in the report writing, which left no report.html / junit.xml."""
+    report = tmp_path / "r"
+    cmd = [sys.executable, "-m", "harness.cli", "run", "-q", "--no-isolate", "--suite", "smoke", "--backend",
+           "tests.plugin_example:TwiceInterruptedPort", "--report-dir", str(report), "-k", "op.fused_gdn_gating["]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 130, proc.stderr
+    doc = json.loads((report / "results.json").read_text())
+    assert doc["run_state"] == "interrupted" and [c["status"] for c in doc["cases"]] == ["pass"]
+    assert (report / "summary.md").read_text().startswith("# INTERRUPTED (SIGINT)")
+    assert 'id="incomplete"' in (report / "report.html").read_text()       # before: the 2nd signal killed these
+    assert 'type="Interrupted"' in (report / "junit.xml").read_text()
+    assert "Traceback" not in proc.stderr

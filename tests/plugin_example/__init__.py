@@ -111,3 +111,26 @@ class StuckPort(ExamplePortBackend):
         if not a.is_contiguous():
             stuck_in_native_code()
         return ExamplePortBackend.fused_gdn_gating(A_log, a, b, dt_bias, beta, threshold)
+
+
+class TwiceInterruptedPort(ExamplePortBackend):
+    """Waits in its gating kernel on a strided input while SIGINT comes twice, 50 ms apart, as
+    `timeout -s INT` sends it (to the process, then to its process group): the second
+    arrives while the first one's report is being written."""
+    name = "example-port-twice-interrupted"
+
+    @staticmethod
+    def fused_gdn_gating(A_log, a, b, dt_bias, beta=1.0, threshold=20.0):
+        if not a.is_contiguous():
+            import os
+            import signal
+            import threading
+            import time
+
+            def twice():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                os.kill(os.getpid(), signal.SIGINT)
+            threading.Thread(target=twice).start()
+            time.sleep(3600)
+        return ExamplePortBackend.fused_gdn_gating(A_log, a, b, dt_bias, beta, threshold)
