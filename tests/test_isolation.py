@@ -157,3 +157,10 @@ def test_a_second_signal_does_not_cut_the_report_short(tmp_path):
     assert 'id="incomplete"' in (report / "report.html").read_text()       # before: the 2nd signal killed these
     assert 'type="Interrupted"' in (report / "junit.xml").read_text()
     assert "Traceback" not in proc.stderr
+
+
+def test_a_killed_worker_is_named_by_its_signal():
+    from harness.isolate import death_reason
+    assert death_reason(-6) == "killed by signal 6 (SIGABRT)"
+    assert "out-of-memory" in death_reason(-9) and "SIGKILL" in death_reason(-9)
+    assert death_reason(3) == "exited with code 3"
