@@ -377,9 +377,9 @@ def add_parser(sub) -> None:
     b.add_argument("--backend", action="append", help="backends to time (repeatable; default reference, triton, fla)")
     b.add_argument("--tp", action="append", type=int, help="TP degrees whose shard is timed (default 1 and 8)")
     b.add_argument("--dtype", default=None, help="activation dtype (default bfloat16 on GPU, float32 on CPU)")
-    b.add_argument("--state-dtype", default="float32")
+    b.add_argument("--state-dtype", default="float32", help="ssm state dtype (default float32)")
     b.add_argument("--decode-seqs", type=int, default=256, help="decode shape: sequences of 1 token")
-    b.add_argument("--prefill-seqs", type=int, default=4)
+    b.add_argument("--prefill-seqs", type=int, default=4, help="sequences per prefill batch (default 4)")
     b.add_argument("--prefill-tokens", type=int, default=4096, help="tokens per prefill sequence")
     b.add_argument("--tokens", type=int, default=32768, help="the fp64 oracle's prefill length")
     b.add_argument("--repeat", type=int, default=3, help="oracle runs")
@@ -387,7 +387,7 @@ def add_parser(sub) -> None:
     b.add_argument("--no-ops", action="store_true", help="skip the op benchmarks")
     b.add_argument("--suite-cost", default=None, metavar="SUITE",
                    help="also time this suite's time-to-verdict, cold and warm Triton cache")
-    b.add_argument("--suite-backend", default="triton")
+    b.add_argument("--suite-backend", default="triton", help="backend of the --suite-cost run (default triton)")
     b.add_argument("--suite-jobs", type=int, action="append",
                    help="workers (one per GPU); repeatable: the cold run uses the first, a warm run follows "
                         "for each (default 1)")
@@ -395,7 +395,7 @@ def add_parser(sub) -> None:
     b.add_argument("--suite-cache", default=None, help="the Triton cache dir to fill (must be empty; default a temp dir)")
     b.add_argument("--quick", action="store_true",
                    help="tiny: shrunk dims, 4 decodes, 2 x 64-token prefills, a 256-token oracle (CPU smoke)")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
     b.add_argument("--report-dir", default=None, help="write bench.json, bench.md, bench.png here")
     b.set_defaults(fn=cmd_bench)
 

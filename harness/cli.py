@@ -1,6 +1,8 @@
-"""The ``gdn-harness`` command line.
+"""gdn-harness: Gated DeltaNet kernels checked against an fp64 reference, op by op and layer by layer.
 
-Exit codes: 0 all passed; 1 a correctness failure (or a case error); 2 usage / config error.
+Exit codes: 0 all passed; 1 a correctness failure (or a case error); 2 usage / config error;
+128 + N a run stopped by signal N (130 Ctrl-C / SIGINT, 143 SIGTERM), its report written
+and marked interrupted; 125 (bisect-check only) could not test.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from .optimized.interpret import interpret_triton
 from .shrink import add_parser as add_shrink_parser, after_repro, repro_options
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+DEFAULT_TIMEOUT = 600.0
 DEFAULT_REPORTS = Path("reports")
 
 
@@ -46,39 +49,6 @@ def _point_latest(report_dir: Path) -> None:
     os.replace(tmp, latest)
 
 
-def _filter(cases, args):
-    """-k / --dtype / --layout / --tp / --mix narrow the suite's cases."""
-    def want(values, value):
-        return not values or str(value) in {v for arg in values for v in arg.split(",")}
-    return [c for c in cases
-            if (not args.k or any(k in c.id for k in args.k)) and want(args.dtype, c.dtype)
-            and want(args.layout, c.layout) and want(args.tp, c.tp)
-            and (not args.mix or (c.level == "layer" and want(args.mix, c.check)))]
-
-
-def _progress(total: int, quiet: bool):
-    """A progress bar with ETA on a terminal, one line per case otherwise (CI logs)."""
-    if quiet:
-        return lambda rec: None, lambda: None
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-        bar = tqdm(total=total, unit="case", dynamic_ncols=True)
-        fails = [0]
-
-        def update(rec):
-            fails[0] += rec["status"] in ("fail", "error")
-            bar.set_postfix_str(f"{fails[0]} failing", refresh=False)
-            bar.update(1)
-        return update, bar.close
-    done = [0]
-
-    def line(rec):
-        done[0] += 1
-        print(f"[{done[0]:>4}/{total}] {rec['status'].upper():5} {rec['id']}  {rec.get('duration_s') or 0:.2f}s",
-              file=sys.stderr)
-    return line, lambda: None
-
-
 def final_table(records: List[dict]) -> str:
     from collections import Counter
     c = Counter((r["backend"], r["level"], r["status"]) for r in records)
@@ -88,13 +58,45 @@ def final_table(records: List[dict]) -> str:
                                                                  ("pass", "fail", "error", "skip")) for b, lv in rows])
 
 
+def _isolation(args, backends: List[str]) -> str:
+    """How the cases run: "workers" (the default for any backend but the reference), "in
+    process" (the reference alone, or --no-isolate) or "distributed"; refuses what cannot work."""
+    if args.distributed:
+        return "distributed"
+    if args.no_isolate:
+        if args.isolate:
+            raise HarnessError("--isolate and --no-isolate contradict each other")
+        if args.jobs > 1:
+            raise HarnessError("--jobs runs cases in worker processes; drop --no-isolate")
+        if args.timeout is not None:
+            raise HarnessError("--timeout needs worker processes (a case stuck in native code cannot be "
+                               "stopped in process); drop --no-isolate")
+        return "in process"
+    if args.isolate or args.jobs > 1 or args.timeout is not None or set(backends) != {"reference"}:
+        return "workers"
+    return "in process"
+
+
+def _interrupted_line(live, signum: int, stuck: bool = False) -> str:
+    import signal as _signal
+    running = live.running_now()
+    what = (" while running " + ", ".join(f"{r['id']} ({r['seconds']:g} s in)" for r in running)) if running else ""
+    return (f"\ninterrupted by {_signal.Signals(signum).name}{what}"
+            + (" - the run was stuck in native code" if stuck else "")
+            + f"; {len(live.records)} of {len(live.planned)} cases finished; report in {live.dir}")
+
+
 def cmd_run(args) -> int:
     import torch
+
+    from . import interrupt
+    from .filters import filter_cases
+    from .live import LiveReport, Progress
 
     apply_diagnosis_arguments(args)
 
     from .policy import Policy
-    from .report import counts, write_results, write_summary
+    from .report import counts
     from .runner import run_cases
     from .suite import expand, load_suite
 
@@ -106,57 +108,72 @@ def cmd_run(args) -> int:
     from .optimized.registry import load_backend
     for name in backends:        # an unknown or unimportable backend is a usage error (exit 2)
         load_backend(name)
-    cases = _filter(expand(suite, backends, device=args.device,
-                           seeds=[args.seed] if args.seed is not None else None), args)
-    if not cases:
-        raise HarnessError(f"no case of suite {suite['name']!r} matches the filters")
+    cases = filter_cases(expand(suite, backends, device=args.device,
+                                seeds=[args.seed] if args.seed is not None else None), args, suite["name"])
     if args.distributed:   # layer cases at TP N on N ranks of torch.distributed (harness/distributed.py)
         from .distributed import select_cases
         cases, world = select_cases(cases, args.tp, args.device)
+    mode = _isolation(args, backends)
+    timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
     report_dir = _report_dir(args.report_dir)
-    print(f"gdn-harness: suite {suite['name']} - {len(cases)} cases - report in {report_dir}", file=sys.stderr)
-    t0 = time.perf_counter()
-    update, close = _progress(len(cases), args.quiet)
-    records: List[dict] = []
-
-    def done(rec):
-        records.append(rec)
-        update(rec)
-
-    interrupted = False
-    try:
-        if args.distributed:
-            from .distributed import run_distributed
-            run_distributed(cases, suite["name"], args.policy, args.oracle_device, done, world, timeout=args.timeout)
-        elif args.isolate or args.jobs > 1:
-            from .isolate import run_isolated
-            gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
-            run_isolated(cases, suite["name"], args.policy, args.oracle_device, done, jobs=args.jobs,
-                         timeout=args.timeout, gpus=gpus)
-        else:
-            run_cases(cases, policy, suite["name"], on_done=done, oracle_device=args.oracle_device)
-    except KeyboardInterrupt:
-        interrupted = True
-        print("\ninterrupted: writing the report of the finished cases", file=sys.stderr)
-    finally:
-        close()
     meta = dict(suite=suite["name"], backends=backends, suite_file=suite["path"], policy_version=policy.version,
                 policy_file=str(policy.path), command="gdn-harness " + " ".join(map(shlex.quote, args.argv)),
-                device=args.device, wall_s=round(time.perf_counter() - t0, 3), interrupted=interrupted,
-                planned_cases=len(cases))
-    write_results(report_dir, records, meta)
-    summary = write_summary(report_dir, records, meta)
-    from .report_html import write_html
-    from .report_junit import write_buildkite, write_junit
-    write_junit(report_dir, records, meta)
-    write_html(report_dir, records, meta)
-    if args.buildkite_annotate:
-        write_buildkite(Path(args.buildkite_annotate), records, meta)
+                device=args.device, isolation=mode, timeout_s=timeout if mode != "in process" else None)
+    live = LiveReport(report_dir, meta, [dict(id=c.id, backend=c.backend, level=c.level) for c in cases],
+                      Path(args.buildkite_annotate) if args.buildkite_annotate else None)
+    live.write("running")            # the folder exists from the start, whatever ends the run
     _point_latest(report_dir)
+    print(f"gdn-harness: suite {suite['name']} - {len(cases)} cases ({mode}) - report in {report_dir}",
+          file=sys.stderr)
+    progress = Progress(len(cases), args.quiet)
+    pool = []
+
+    def start(case):
+        live.start(case.id)
+        progress.start(case.id)
+
+    def done(rec):
+        live.done(rec)
+        progress.done(rec)
+
+    def stuck(signum):               # the watcher thread: the main thread never took the signal up
+        for p in pool:
+            p.kill_busy()
+        line = _interrupted_line(live, signum, stuck=True)
+        live.finish(signum)
+        print(line, file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    signum = None
+    with interrupt.interruptible(stuck, exiting=getattr(args, "program", False)):
+        try:
+            if mode == "distributed":
+                from .distributed import run_distributed
+                run_distributed(cases, suite["name"], args.policy, args.oracle_device, done, world, timeout=timeout)
+            elif mode == "workers":
+                from .isolate import run_isolated, shared_pool
+                pool.append(shared_pool())
+                gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
+                run_isolated(cases, suite["name"], args.policy, args.oracle_device, done, jobs=args.jobs,
+                             timeout=timeout, gpus=gpus, on_start=start)
+            else:
+                run_cases(cases, policy, suite["name"], on_done=done, oracle_device=args.oracle_device,
+                          on_start=start)
+        except KeyboardInterrupt as e:
+            signum = getattr(e, "signum", signal.SIGINT)
+        interrupt.hold()             # later signals only mark the run: the report is written whole
+        progress.close()
+        if signum:
+            print(_interrupted_line(live, signum), file=sys.stderr)
+        summary = live.finish(signum)
+    records = live.records
     c = counts(records)
     print(final_table(records))
     print(f"{c['pass']} passed, {c['fail']} failed, {c['error']} errors, {c['skip']} skipped "
-          f"in {meta['wall_s']:.1f}s - {summary}")
+          f"in {time.perf_counter() - live.t0:.1f}s" + (f" - INTERRUPTED after {c['total']} of {len(cases)} cases"
+                                                        if signum else "") + f" - {summary}")
+    if signum:
+        return 128 + signum
     return EXIT_FAIL if c["fail"] or c["error"] or len(records) < len(cases) else EXIT_OK
 
 
@@ -267,10 +284,32 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+RUN_EPILOG = """\
+cases run in worker processes for any backend but the reference (a crash or hang costs
+one case); the report folder is written from the start and kept current as cases finish.
+
+exit codes:
+  0    every case passed (or was skipped)
+  1    a correctness failure, or a case error (crash, timeout, wrong shape, NaN)
+  2    usage or configuration error (unknown backend, filter value the suite lacks, ...)
+  130  interrupted by Ctrl-C / SIGINT, 143 by SIGTERM: the report of the finished cases is
+       written and says so (summary.md's first line, results.json "interrupted")
+
+examples:
+  gdn-harness run --suite smoke
+  gdn-harness run --suite ci --backend triton --device cuda --jobs 4
+  gdn-harness run --suite ci --backend my_port.gdn:MyPortBackend -k "decode and not spec" --dtype bf16
+  gdn-harness run --suite ci --backend fla --layout interleaved --tp 2 --report-dir out
+  gdn-harness run --suite smoke --backend triton --no-isolate   # in process, for a debugger
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gdn-harness", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run a suite and write results.json + summary.md")
+    r = sub.add_parser("run", help="run a suite and write its report (results.json, summary.md, report.html, "
+                       "junit.xml)", description="Run a suite's cases against backends and write the report.",
+                       epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--suite", default="self", help="suite name (suites/<name>.toml) or path")
     r.add_argument("--backend", action="append", help="backend under test: a registered name or "
                    "package.module:attr (repeatable, or comma-separated; default reference)")
@@ -278,15 +317,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--oracle-device", default=None,
                    help="where the fp64 oracle runs (default: --device; cpu for devices without fp64)")
     r.add_argument("--seed", type=int, default=None, help="replace the suite's seeds with this one")
-    r.add_argument("-k", action="append", help="only cases whose id contains this (repeatable)")
-    r.add_argument("--dtype", action="append", help="only these activation dtypes (comma-separated)")
-    r.add_argument("--layout", action="append", help="only these projection layouts")
-    r.add_argument("--tp", action="append", help="only these TP degrees")
-    r.add_argument("--mix", action="append", help="only layer cases of these batch mixes")
+    r.add_argument("-k", action="append", metavar="EXPR",
+                   help="only cases whose id matches EXPR, pytest-style: words matched in the id (case-insensitive)"
+                   " joined with and / or / not and parentheses (repeatable: the union)")
+    r.add_argument("--dtype", action="append", help="only these activation dtypes, comma-separated (float32 / fp32, "
+                   "bfloat16 / bf16, float16 / fp16 / half, float64 / fp64)")
+    r.add_argument("--layout", action="append", help="only these projection layouts (interleaved, flat)")
+    r.add_argument("--tp", action="append", help="only these TP degrees, comma-separated")
+    r.add_argument("--mix", action="append", help="only layer cases of these batch mixes (gdn-harness list mixes)")
     r.add_argument("--isolate", action="store_true",
-                   help="run cases in worker subprocesses: a crash or hang costs one case (error record)")
-    r.add_argument("--jobs", type=int, default=1, help="concurrent workers (implies --isolate; one GPU each)")
-    r.add_argument("--timeout", type=float, default=600.0, help="per-case timeout in seconds with --isolate")
+                   help="run in worker processes also when only the reference runs (the default for any other "
+                   "backend: a crash or hang then costs one case, an error record)")
+    r.add_argument("--no-isolate", action="store_true",
+                   help="run every case in this process (for a debugger; a crash then ends the run)")
+    r.add_argument("--jobs", type=int, default=1, help="concurrent worker processes (one GPU each on a multi-GPU "
+                   "host; default 1)")
+    r.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help=f"per-case limit in seconds in worker processes (default {DEFAULT_TIMEOUT:g}); a case past "
+                   "it is killed and reads 'timed out after S s'; refused with --no-isolate")
     r.add_argument("--distributed", action="store_true", help="run the layer cases of --tp N on N torch.distributed "
                    "ranks (gloo on CPU, NCCL one GPU per rank; under torchrun: its ranks)")
     r.add_argument("--policy", default=None, help="tolerance policy file (default suites/tolerances.toml)")
@@ -300,8 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("case", help="a case id (or unique part of one) from a results.json, or a case JSON file")
     rp.add_argument("--results", default=None, help="results.json or run folder (default reports/latest)")
     rp.add_argument("--device", default=None, help="override the case's device")
-    rp.add_argument("--oracle-device", default=None)
-    rp.add_argument("--policy", default=None)
+    rp.add_argument("--oracle-device", default=None,
+                    help="where the fp64 oracle runs (default: the case's device)")
+    rp.add_argument("--policy", default=None, help="tolerance policy file (default suites/tolerances.toml)")
     rp.add_argument("--save", default=None, help="write the case as JSON here (for bisect-check)")
     repro_options(rp)
     rp.set_defaults(fn=cmd_repro)
@@ -313,12 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     df.set_defaults(fn=cmd_diff)
     add_bench_parser(sub)
     ls = sub.add_parser("list", help="list presets, suites or checks")
-    ls.add_argument("what", choices=["backends", "suites", "presets", "ops", "mixes", "checks", "mutants"])
+    ls.add_argument("what", choices=["backends", "suites", "presets", "ops", "mixes", "checks", "mutants"],
+                    help="what to list")
     ls.set_defaults(fn=cmd_list)
     add_zoo_parser(sub)
     add_shrink_parser(sub)
     add_bisect_parser(sub)
     add_gsm8k_parser(sub)
+    p.subcommands = sub.choices
     return p
 
 
@@ -327,10 +378,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:                  # the subcommand's usage, not the top-level one
+            parser.subcommands[args.cmd].error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:        # argparse: usage errors exit 2, --help exits 0
         return int(e.code or 0)
     args.argv = argv
+    args.program = program
     if program:     # an in-process call keeps its caller's process as it is
         interpret_triton(getattr(args, "device", None))      # a CPU run on a machine with a GPU too
         # SIGINT (Ctrl-C, `timeout -s INT`, bench's limit) stops a run and writes its report, also

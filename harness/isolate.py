@@ -1,19 +1,28 @@
-"""Running cases in worker subprocesses with a timeout (``--isolate``, ``--jobs``).
+"""Running cases in a pool of persistent worker processes (the default for any backend
+but the reference; ``--jobs``; ``--no-isolate`` runs in process instead).
 
 A segfault, an illegal memory access, an out-of-memory kill or a hang inside a case
-kills only its worker: the case becomes an ``error`` record carrying the stderr tail,
-the cases after it in the same group go to a fresh worker, and the run goes on. A CUDA
-error raised inside a case (it poisons the context) ends its worker the same way.
+kills only its worker: the case becomes an ``error`` record ("timed out after N s",
+"worker died: killed by signal 6 (SIGABRT)") carrying the worker's stderr tail, the next
+case gets a fresh worker, and the run goes on. A CUDA error raised inside a case (it
+poisons the context) ends its worker the same way. Workers are reused across cases (and
+across runs of one process, per environment), because a worker's start - imports, CUDA
+context, kernel loads from the Triton cache - costs seconds (10-25 s on an H200), more
+than most cases. Each worker runs in its own session: a terminal's Ctrl-C or ``timeout
+-s INT`` reaches only the parent, which stops the workers and writes the report.
 """
 from __future__ import annotations
 
+import atexit
+import collections
 import json
 import os
+import queue
+import signal
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional
 
 from .cases import Case
@@ -22,6 +31,7 @@ from .runner import case_record
 from .worker import EXIT_RESTART
 
 STDERR_TAIL = 4000
+STARTUP_S = 300.0          # a worker's imports (and CUDA context) before its first case
 
 
 def share_cpus(env: Dict[str, str], procs: int) -> Dict[str, str]:
@@ -35,102 +45,241 @@ def share_cpus(env: Dict[str, str], procs: int) -> Dict[str, str]:
     return env
 
 
-def _error_record(case: Case, suite: str, error: str, stderr: str) -> dict:
+def death_reason(returncode: int) -> str:
+    """Words for a worker's exit status: the signal's name, and what a SIGKILL usually is."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = "unknown signal"
+    hint = "; the out-of-memory killer sends this" if -returncode == signal.SIGKILL else ""
+    return f"killed by signal {-returncode} ({name}{hint})"
+
+
+class Worker:
+    """One ``python -m harness.worker`` process and the threads draining its pipes."""
+
+    def __init__(self, env: Dict[str, str]):
+        self.key = _env_key(env)
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness.worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                     start_new_session=True, bufsize=1)
+        self.ready = False
+        self.served = 0                     # records handed back
+        self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
+        self._err: collections.deque = collections.deque(maxlen=200)
+        threading.Thread(target=self._read_out, daemon=True).start()
+        threading.Thread(target=self._read_err, daemon=True).start()
+
+    def _read_out(self):
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _read_err(self):
+        for line in self.proc.stderr:
+            self._err.append(line)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stderr_tail(self) -> str:
+        return "".join(self._err)[-STDERR_TAIL:]
+
+    def _next(self, deadline: float, stop: threading.Event):
+        """The next protocol line: a dict, "eof", "timeout" or "stopped"."""
+        while True:
+            if stop.is_set():
+                return "stopped"
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "timeout"
+            try:
+                line = self._lines.get(timeout=min(left, 0.1))
+            except queue.Empty:
+                continue
+            if line is None:
+                return "eof"
+            try:
+                got = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(got, dict):
+                return got
+
+    def run(self, job: dict, timeout: float, stop: threading.Event):
+        """("record", rec) | ("timeout", seconds) | ("died", returncode) | ("stopped", None)."""
+        if not self.ready:
+            got = self._next(time.monotonic() + max(timeout, STARTUP_S), stop)
+            if not isinstance(got, dict):
+                return self._outcome(got, max(timeout, STARTUP_S))
+            self.ready = True
+        self._err.clear()                    # the tail of a crash is this case's
+        try:
+            self.proc.stdin.write(json.dumps(job) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return self._outcome("eof", timeout)
+        t0 = time.monotonic()
+        got = self._next(t0 + timeout, stop)
+        return ("record", got) if isinstance(got, dict) else self._outcome(got, time.monotonic() - t0)
+
+    def _outcome(self, what: str, seconds: float):
+        if what == "eof":
+            self.proc.wait()
+            return "died", self.proc.returncode
+        self.kill()
+        return ("timeout", seconds) if what == "timeout" else ("stopped", None)
+
+    def kill(self) -> None:
+        """Kill the worker and anything it started (its own session)."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.proc.kill()
+        self.proc.wait()
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()          # end of input: the worker exits
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.kill()
+
+
+def _env_key(env: Dict[str, str]):
+    return tuple(sorted(env.items()))
+
+
+class WorkerPool:
+    """Idle workers by environment; a worker goes back after a case unless it died."""
+
+    def __init__(self):
+        self._idle: Dict[tuple, List[Worker]] = {}
+        self._busy: set = set()
+        self._lock = threading.Lock()
+
+    def take(self, env: Dict[str, str]) -> Worker:
+        with self._lock:
+            idle = self._idle.get(_env_key(env), [])
+            while idle:
+                w = idle.pop()
+                if w.alive():
+                    self._busy.add(w)
+                    return w
+        w = Worker(env)
+        with self._lock:
+            self._busy.add(w)
+        return w
+
+    def give(self, w: Worker) -> None:
+        with self._lock:
+            self._busy.discard(w)
+            if w.alive():
+                self._idle.setdefault(w.key, []).append(w)
+
+    def kill_busy(self) -> None:
+        """Stop the workers in the middle of a case (an interrupted run)."""
+        with self._lock:
+            busy, self._busy = list(self._busy), set()
+        for w in busy:
+            w.kill()
+
+    def close(self) -> None:
+        self.kill_busy()
+        with self._lock:
+            idle, self._idle = [w for ws in self._idle.values() for w in ws], {}
+        for w in idle:
+            w.close()
+
+
+_SHARED: Optional[WorkerPool] = None
+
+
+def shared_pool() -> WorkerPool:
+    """The process's pool: later runs in the same process (tests, tools) reuse its workers."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = WorkerPool()
+        atexit.register(_SHARED.close)
+    return _SHARED
+
+
+def _error_record(case: Case, suite: str, error: str, stderr: str, seconds: Optional[float], kind: str) -> dict:
     rec = case_record(case, suite)
-    rec.update(status="error", error=error, stderr_tail=stderr[-STDERR_TAIL:], duration_s=None)
+    rec.update(status="error", structural=kind, error=error, stderr_tail=stderr[-STDERR_TAIL:],
+               duration_s=None if seconds is None else round(seconds, 3))
     return rec
 
 
-def _run_group(cases: List[Case], suite: str, policy: Optional[str], oracle_device: Optional[str],
-               timeout: float, env: Dict[str, str], on_done: Callable[[dict], None],
-               stop: threading.Event) -> None:
-    """Run `cases` in workers until each has a record; `timeout` is per case."""
-    todo = list(cases)
-    while todo and not stop.is_set():
-        job = json.dumps(dict(cases=[c.to_dict() for c in todo], suite=suite, policy=policy,
-                              oracle_device=oracle_device))
-        proc = subprocess.Popen([sys.executable, "-m", "harness.worker"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        proc.stdin.write(job)
-        proc.stdin.close()
-        err_chunks: List[str] = []
-        reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
-        reader.start()
-        lines: List[str] = []
-        line_reader = threading.Thread(target=lambda: [lines.append(ln) for ln in proc.stdout], daemon=True)
-        line_reader.start()
-        done, deadline = 0, time.monotonic() + timeout
-        while True:
-            while done < len(lines):
-                on_done(json.loads(lines[done]))
-                done += 1
-                deadline = time.monotonic() + timeout
-            if not line_reader.is_alive() or time.monotonic() > deadline or stop.is_set():
-                break
-            time.sleep(0.02)
-        line_reader.join(timeout=0.5)
-        while done < len(lines):            # records written just before the end
-            on_done(json.loads(lines[done]))
-            done += 1
-        hung = proc.poll() is None
-        if hung:
-            proc.kill()
-        proc.wait()
-        reader.join(timeout=2)
-        todo = todo[done:]
-        if not todo or stop.is_set():
-            return
-        if not hung and proc.returncode == EXIT_RESTART and done:   # its last case broke the CUDA context
-            continue
-        stderr = "".join(err_chunks)
-        why = (f"timed out after {timeout:g} s" if hung else
-               f"worker died with exit code {proc.returncode}"
-               + (f" (signal {-proc.returncode})" if proc.returncode < 0 else ""))
-        on_done(_error_record(todo[0], suite, f"case crashed the worker: {why}", stderr))
-        todo = todo[1:]
-
-
 def run_isolated(cases: List[Case], suite: str, policy: Optional[str], oracle_device: Optional[str],
-                 on_done: Callable[[dict], None], jobs: int = 1, timeout: float = 600.0,
-                 group_size: int = 16, gpus: int = 0) -> None:
-    """Run cases in `jobs` concurrent workers. One worker: `group_size` cases per worker
-    process. Several: one long-lived worker per job slot over every `jobs`-th case (a
-    fresh one only after a crash or hang), because a worker's start - CUDA context,
-    kernel loads from the Triton cache - cost 10-25 s per process on an H200, more than
-    the ci suite's cases themselves. With `gpus` > 1 each job slot is pinned to one GPU
-    (CUDA_VISIBLE_DEVICES)."""
-    if jobs > 1:
-        groups = [g for g in (cases[i::jobs] for i in range(jobs)) if g]
-    else:
-        groups = [cases[i:i + group_size] for i in range(0, len(cases), group_size)]
+                 on_done: Callable[[dict], None], jobs: int = 1, timeout: float = 600.0, gpus: int = 0,
+                 on_start: Optional[Callable[[Case], None]] = None, pool: Optional[WorkerPool] = None) -> None:
+    """Run cases in `jobs` concurrent workers, each case with a `timeout` in seconds; every
+    case gets a record (through `on_done`, called under a lock) unless the run is
+    interrupted (KeyboardInterrupt in the calling thread: the busy workers are killed and it
+    propagates). With `gpus` > 1 each job slot is pinned to one GPU (CUDA_VISIBLE_DEVICES)."""
+    pool = pool or shared_pool()
+    todo = collections.deque(cases)
     stop = threading.Event()
     lock = threading.Lock()
-    slots = list(range(max(1, jobs)))
-    free = list(slots)
+    nslots = max(1, min(jobs, len(cases)))
+    errors: List[BaseException] = []
 
-    def done(rec):
-        with lock:
-            on_done(rec)
-
-    def work(group):
-        with lock:
-            slot = free.pop()
-        env = share_cpus(interpret_triton(group[0].device, dict(os.environ)), len(slots))
-        if gpus > 1:
-            env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+    def slot(i: int):
         try:
-            _run_group(group, suite, policy, oracle_device, timeout, env, done, stop)
-        finally:
-            with lock:
-                free.append(slot)
+            worker = None
+            while not stop.is_set():
+                with lock:
+                    if not todo:
+                        break
+                    case = todo.popleft()
+                    if on_start:
+                        on_start(case)
+                env = share_cpus(interpret_triton(case.device, dict(os.environ)), nslots)
+                if gpus > 1:
+                    env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+                if worker is None or not worker.alive() or worker.key != _env_key(env):
+                    if worker is not None:
+                        pool.give(worker)
+                    worker = pool.take(env)
+                job = dict(case=case.to_dict(), suite=suite, policy=policy, oracle_device=oracle_device)
+                what, got = worker.run(job, timeout, stop)
+                if what == "stopped":
+                    break
+                if what == "record":
+                    rec = got
+                    worker.served += 1
+                elif what == "timeout":
+                    rec = _error_record(case, suite, f"timed out after {timeout:g} s (its worker was killed)",
+                                        worker.stderr_tail(), got, "timeout")
+                elif got == EXIT_RESTART and worker.served:
+                    with lock:           # it ended after an earlier case's CUDA error: a fresh one runs this
+                        todo.appendleft(case)
+                    continue
+                else:
+                    rec = _error_record(case, suite, f"worker died: {death_reason(got)}", worker.stderr_tail(), None, "crash")
+                with lock:
+                    if not stop.is_set():
+                        on_done(rec)
+            if worker is not None:
+                pool.give(worker)
+        except BaseException as e:  # noqa: BLE001 - handed to the calling thread
+            errors.append(e)
+            stop.set()
 
-    pool = ThreadPoolExecutor(max_workers=len(slots))
-    futures = [pool.submit(work, g) for g in groups]
+    threads = [threading.Thread(target=slot, args=(i,), daemon=True) for i in range(nslots)]
+    for t in threads:
+        t.start()
     try:
-        for f in futures:
-            f.result()
-    except KeyboardInterrupt:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)              # a join with a timeout lets KeyboardInterrupt in
+    except BaseException:
         stop.set()
+        pool.kill_busy()
         raise
-    finally:
-        pool.shutdown(wait=not stop.is_set(), cancel_futures=True)
+    if errors:
+        raise errors[0]

@@ -87,12 +87,56 @@ def pad_rows_sentence(backend: str, e: dict) -> str:
             f"cases (outputs {', '.join(e['outputs'])}); states and real rows were. Reason: {e['reason']}")
 
 
+def incomplete_headline(records: List[dict], meta: dict) -> str:
+    """'' for a complete run; else what cut it short, in words (the first line of every report)."""
+    planned = meta.get("planned_cases")
+    state = meta.get("run_state") or ("interrupted" if meta.get("interrupted") else "complete")
+    if state == "complete" and not (isinstance(planned, int) and planned > len(records)):
+        return ""
+    of = f"{len(records)} of {planned if isinstance(planned, int) else '?'} planned cases finished"
+    if state == "interrupted":
+        head = f"INTERRUPTED ({meta.get('interrupt_signal') or 'signal'}): {of}"
+    elif state == "running":
+        head = f"INCOMPLETE (the run is in progress, or its process was killed): {of}"
+    else:
+        head = f"INCOMPLETE: {of}"
+    running = [u for u in meta.get("unfinished_cases") or [] if u.get("state") == "running"]
+    if running:
+        head += "; running: " + ", ".join(f"{u['id']} ({u.get('seconds', 0):g} s in)" for u in running[:4])
+    return head
+
+
+def unfinished_lines(meta: dict) -> List[str]:
+    """Markdown: the case(s) running when the run stopped and how many never started."""
+    un = meta.get("unfinished_cases") or []
+    if not un:
+        return []
+    running = [u for u in un if u.get("state") == "running"]
+    lines = ["## Unfinished cases", ""]
+    lines += [f"- running when the run stopped ({u.get('seconds', 0):g} s in): `{u['id']}`" for u in running]
+    if len(un) > len(running):
+        lines.append(f"- {len(un) - len(running)} case(s) not started (listed in results.json `unfinished_cases`)")
+    return lines + [""]
+
+
+def problem_text(r: dict) -> str:
+    """What went wrong with a case, in words: the error of an error, the diagnosis of a failure."""
+    if r.get("status") in ("error", "skip"):
+        return "; ".join(str(r[k]) for k in ("error", "diagnosis") if r.get(k))
+    return r.get("diagnosis") or r.get("error") or ""
+
+
 def summary_markdown(records: List[dict], meta: dict) -> str:
     c = counts(records)
-    lines = [f"# gdn-harness: suite `{meta.get('suite')}`", "",
-             f"**{c['pass']} passed, {c['fail']} failed, {c['error']} errors, {c['skip']} skipped** "
-             f"of {c['total']} cases · wall {meta.get('wall_s', 0):.1f} s · policy v{meta.get('policy_version')}",
+    cut = incomplete_headline(records, meta)
+    planned = meta.get("planned_cases")
+    lines = [f"# {cut} - gdn-harness suite `{meta.get('suite')}`" if cut else f"# gdn-harness: suite `{meta.get('suite')}`",
+             "", f"**{c['pass']} passed, {c['fail']} failed, {c['error']} errors, {c['skip']} skipped** "
+             f"of {c['total']} cases" + (f" ({planned} planned)" if isinstance(planned, int) and planned != c["total"]
+                                         else "")
+             + f" · wall {meta.get('wall_s', 0):.1f} s · policy v{meta.get('policy_version')}",
              "", f"Command: `{meta.get('command', '')}`", ""]
+    lines += unfinished_lines(meta)
     lines += backend_level_table(records)
     filled = filled_ops_by_backend(records)
     for backend, ops in filled.items():
@@ -105,7 +149,7 @@ def summary_markdown(records: List[dict], meta: dict) -> str:
     if bad:
         lines += ["## Failures", "", "| case | status | diagnosis / error | repro |", "|---|---|---|---|"]
         for r in bad:
-            what = (r.get("diagnosis") or r.get("error") or "").replace("|", "\\|").replace("\n", " ")
+            what = (problem_text(r) or "").replace("|", "\\|").replace("\n", " ")
             lines.append(f"| `{r['id']}` | {r['status']} | {what[:300]} | `{r['repro']}` |")
         lines.append("")
     lines += diagnosis_section(bad)
@@ -148,12 +192,13 @@ def diagnosis_section(bad: List[dict]) -> List[str]:
     return lines + [""]
 
 
-def write_summary(report_dir: Path, records: List[dict], meta: dict) -> Path:
+def write_summary(report_dir: Path, records: List[dict], meta: dict, step_summary: bool = True) -> Path:
+    """summary.md; also appended to $GITHUB_STEP_SUMMARY with `step_summary` (the final write only)."""
     path = Path(report_dir) / "summary.md"
     text = summary_markdown(records, meta)
     atomic_write(path, text)
     step = os.environ.get("GITHUB_STEP_SUMMARY")
-    if step:
+    if step and step_summary:
         with open(step, "a") as f:
             f.write(text)
     return path

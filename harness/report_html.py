@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .diagnosis.core import hypothesis_lines
-from .report import (STATUSES, atomic_write, counts, environment, filled_ops_by_backend, pad_rows_not_compared,
-                     pad_rows_sentence)
+from .report import (STATUSES, atomic_write, counts, environment, filled_ops_by_backend, incomplete_headline,
+                     pad_rows_not_compared, pad_rows_sentence, problem_text)
 
 HEATMAP_FAILURES = 200           # failures (in record order) that get heatmaps
 MAPS_PER_FAILURE = 8             # heatmaps per failure (failing token-major outputs)
@@ -62,10 +62,13 @@ def render_html(records: List[dict], meta: dict) -> str:
     failures_html, detailed = _failures(records, maps)
     nonpassing_html, listed = _nonpassing(records, detailed)
     data, matrix_html = _matrices(records, detailed, listed)
-    parts = [_HEAD.replace("%TITLE%", esc(f"gdn-harness: {meta.get('suite', '')} - "
+    cut = incomplete_headline(records, meta)
+    parts = [_HEAD.replace("%TITLE%", esc((cut.split(":")[0] + " - " if cut else "")
+                                          + f"gdn-harness: {meta.get('suite', '')} - "
                                           f"{c['fail']} failed, {c['error']} errors")),
              _header(records, meta, env, c),
              _nav(c),
+             _what_failed(records, detailed),
              '<section id="matrix"><h2>Verdict matrix</h2>'
              '<p class="muted">Rows: check / op / batch mix; columns: layout &times; TP. A cell aggregates '
              'its cases (dims, dtypes, variants, seeds) and takes the colour of its worst verdict: '
@@ -85,7 +88,7 @@ def render_html(records: List[dict], meta: dict) -> str:
 
 
 def _header(records, meta, env, c) -> str:
-    verdict = "fail" if c["fail"] or c["error"] else ("pass" if c["pass"] else "skip")
+    verdict = "fail" if c["fail"] or c["error"] or incomplete_headline(records, meta) else ("pass" if c["pass"] else "skip")
     badges = " ".join(f'<span class="big {s}">{c[s]} {lbl}</span>' for s, lbl in
                       (("pass", "passed"), ("fail", "failed"), ("error", "errors"), ("skip", "skipped")))
     rows = [("suite", f"{meta.get('suite', '')} ({meta.get('suite_file', '')})"),
@@ -99,12 +102,16 @@ def _header(records, meta, env, c) -> str:
                     f"{esc(', '.join(ops))}.</p>" for b, ops in filled_ops_by_backend(records).items())
     notes += "".join(f"<p class='warn'>{esc(pad_rows_sentence(b, e))}.</p>"
                      for b, e in pad_rows_not_compared(records).items())
-    planned = meta.get("planned_cases")
-    if meta.get("interrupted") or (isinstance(planned, int) and planned > c["total"]):
-        notes = (f'<p class="warn">Incomplete run{" (interrupted)" if meta.get("interrupted") else ""}: '
-                 f'{c["total"]} of {planned if isinstance(planned, int) else "?"} planned cases have a '
-                 'record.</p>') + notes
-    return (f'<header class="{verdict}"><h1>gdn-harness &middot; suite <code>{esc(str(meta.get("suite", "")))}</code>'
+    cut = incomplete_headline(records, meta)
+    banner = ""
+    if cut:
+        running = [u for u in meta.get("unfinished_cases") or [] if u.get("state") == "running"]
+        banner = (f'<div id="incomplete" class="banner">{esc(cut.split("; running:")[0])}.'
+                  + "".join(f'<br>Running when it stopped ({_num(u.get("seconds"))} s in): <code>{esc(u["id"])}</code>'
+                            for u in running[:10])
+                  + ("<br>The cases not run are listed in results.json (<code>unfinished_cases</code>) and in "
+                     "junit.xml." if meta.get("unfinished_cases") else "") + "</div>")
+    return (f'{banner}<header class="{verdict}"><h1>gdn-harness &middot; suite <code>{esc(str(meta.get("suite", "")))}</code>'
             f'</h1><div class="counts">{badges} <span class="muted">of {c["total"]} cases</span></div>'
             f'<p>Command: <code class="cmd">{esc(str(meta.get("command", "")))}</code></p>'
             '<div class="cols"><table class="kv">'
@@ -113,9 +120,61 @@ def _header(records, meta, env, c) -> str:
 
 
 def _nav(c) -> str:
-    return ('<nav><a href="#matrix">Matrix</a> <a href="#nonpassing">Non-passing '
+    return ('<nav><a href="#whatfailed">What failed</a> <a href="#matrix">Matrix</a> <a href="#nonpassing">Non-passing '
             f'({c["fail"] + c["error"] + c["skip"]})</a> <a href="#failures">Failures ({c["fail"] + c["error"]})</a>'
             f' <a href="#all">All cases ({c["total"]})</a></nav>')
+
+
+# ----------------------------------------------------------------------------- what failed
+
+
+def failure_key(r: dict) -> tuple:
+    """What makes two failures "the same" across layout / TP / dtype / seed variants: backend,
+    check, status and the reason - the known fault a diagnosis matched, the kind of a
+    structural error, else the failing outputs."""
+    top = (r.get("hypotheses") or [None])[0]
+    if top and top.get("matched"):
+        why = ("fault", str(top.get("hypothesis")))
+    elif r.get("structural"):
+        err = str(r.get("error") or "")
+        why = ("structural", str(r["structural"]), err.split(":", 1)[0] if r["structural"] == "exception" else "")
+    else:
+        why = ("outputs", tuple(sorted({re.sub(r"^step\d+\.", "", str(m.get("output")))
+                                       for m in r.get("metrics") or [] if not m.get("passed", True)})))
+    return (r.get("backend"), r.get("level"), r.get("op"), r.get("status"), why)
+
+
+def _what_failed(records: List[dict], detailed: set) -> str:
+    """The first thing on the page: failing checks x backends, each with its diagnosis or error;
+    failures identical but for their layout / TP / dtype / seed shown once with the count."""
+    groups: Dict[tuple, List[int]] = {}
+    for i, r in enumerate(records):
+        if r["status"] in ("fail", "error"):
+            groups.setdefault(failure_key(r), []).append(i)
+    if not groups:
+        return ('<section id="whatfailed"><h2>What failed</h2><p class="okline">Nothing: no case failed or '
+                'errored.</p></section>')
+    order = sorted(groups.items(), key=lambda kv: (kv[0][0] == "reference", kv[0][3] != "error", -len(kv[1]),
+                                                     str(kv[0][0]), LEVEL_ORDER.get(kv[0][1], 9), str(kv[0][2])))
+    rows = []
+    for (backend, level, op, st, _), idx in order:
+        first = records[idx[0]]
+        spread = []
+        for key, fmt in (("layout", str), ("tp", lambda v: f"tp{v}"), ("dtype", str)):
+            vals = sorted({str(records[i].get(key)) for i in idx if records[i].get(key) is not None})
+            if vals:
+                spread.append(", ".join(fmt(v) for v in vals))
+        link = f'<a href="#f{idx[0]}">{esc(first["id"])}</a>' if idx[0] in detailed else esc(first["id"])
+        rows.append(f'<tr data-s="{st}"><td><span class="b {st}">{st}</span></td><td><code>{esc(str(backend))}</code>'
+                    f'</td><td><span class="lvl">{esc(str(level))}</span> {esc(str(op))}</td><td class="cnt">{len(idx)}'
+                    f'</td><td class="muted">{esc(" · ".join(spread))}</td><td class="what">'
+                    f'{esc(_clip(_clean(problem_text(first)), 360))}<br><small class="muted">e.g. {link}</small>'
+                    '</td></tr>')
+    n = sum(len(v) for v in groups.values())
+    return (f'<section id="whatfailed"><h2>What failed: {n} case(s) in {len(groups)} distinct failure(s)</h2>'
+            '<div class="scroll"><table class="wf"><thead><tr><th>status</th><th>backend</th><th>check</th>'
+            '<th>cases</th><th>variants</th><th>diagnosis / error (first case)</th></tr></thead><tbody>'
+            + "".join(rows) + "</tbody></table></div></section>")
 
 
 # ----------------------------------------------------------------------------- matrix
@@ -127,7 +186,10 @@ def _row_key(r: dict) -> Tuple[int, str, str]:
 
 def _col_key(r: dict) -> Tuple[str, int]:
     tp = r.get("tp")
-    return (str(r.get("layout") or "-"), tp if isinstance(tp, int) else -1)
+    layout = str(r.get("layout") or "-")
+    if r.get("level") == "op" and not str(r.get("variant") or "").startswith(layout):
+        layout = "any layout"            # the op does not depend on the projection layout
+    return (layout, tp if isinstance(tp, int) else -1)
 
 
 def _matrices(records: List[dict], detailed: set, listed: set) -> Tuple[dict, str]:
@@ -142,7 +204,7 @@ def _matrices(records: List[dict], detailed: set, listed: set) -> Tuple[dict, st
     for i, r in enumerate(records):
         by_backend[r["backend"]][_row_key(r)].setdefault(_col_key(r), []).append(i)
     out = []
-    for backend in sorted(by_backend, key=lambda b: (b != "reference", b)):
+    for backend in sorted(by_backend, key=lambda b: (b == "reference", b)):
         rows = by_backend[backend]
         cols = sorted({ck for row in rows.values() for ck in row})
         layouts = []
@@ -168,7 +230,8 @@ def _matrices(records: List[dict], detailed: set, listed: set) -> Tuple[dict, st
                 tds.append(f'<td class="c {worst}" data-c="{len(cells)}">{text}</td>')
                 cells.append(idx)
             body.append(f'<tr><th><span class="lvl">{esc(rk[1])}</span> {esc(rk[2])}</th>{"".join(tds)}</tr>')
-        out.append(f'<h3><code>{esc(backend)}</code> <small>{summary}</small></h3>'
+        title = "reference (the oracle's self checks)" if backend == "reference" else backend
+        out.append(f'<h3><code>{esc(title)}</code> <small>{summary}</small></h3>'
                    f'<div class="scroll"><table class="matrix"><thead><tr><th rowspan="2">level / check</th>{head1}'
                    f'</tr><tr>{head2}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
     data = dict(ids=ids, st=status, m=margin, a={str(k): v for k, v in anchors.items()}, cells=cells)
@@ -187,7 +250,7 @@ def _nonpassing(records: List[dict], detailed: set) -> Tuple[str, set]:
         st = r["status"]
         if size > NONPASSING_BUDGET:
             continue
-        what = _clean(r.get("diagnosis") or r.get("error") or "")
+        what = _clean(problem_text(r))
         link = f'<a href="#f{i}">{esc(r["id"])}</a>' if i in detailed else esc(r["id"])
         listed.add(i)
         rows.append(f'<tr id="n{i}" data-s="{st}"><td><span class="b {st}">{st}</span></td><td class="id">{link}'
@@ -552,7 +615,8 @@ header.fail{border-bottom-color:var(--failb)}header.skip{border-bottom-color:var
 .big.pass,.b.pass{background:var(--pass);color:var(--passb)}.big.fail,.b.fail{background:var(--fail);color:var(--failb)}
 .big.error,.b.error{background:var(--error);color:var(--errorb)}.big.skip,.b.skip{background:var(--skip);color:var(--skipb)}
 .b{display:inline-block;padding:0 6px;border-radius:8px;font-size:12px;font-weight:600;white-space:nowrap}
-.muted{color:var(--muted)}.warn{background:#fff8c5;border:1px solid #d4a72c;padding:4px 8px;border-radius:4px}
+.muted{color:var(--muted)}.banner{background:#ffebe9;border:2px solid var(--failb);color:#82071e;font-weight:600;
+padding:8px 14px;margin:10px -20px 0;font-size:15px}.warn{background:#fff8c5;border:1px solid #d4a72c;padding:4px 8px;border-radius:4px}
 .cols{display:flex;gap:24px;flex-wrap:wrap;align-items:flex-start}
 table{border-collapse:collapse}
 .kv th{text-align:left;padding:1px 10px 1px 0;color:var(--muted);font-weight:500;vertical-align:top}
@@ -571,6 +635,8 @@ td.c.error{background:var(--error);color:var(--errorb)}td.c.skip{background:var(
 td.n{background:repeating-linear-gradient(45deg,#fff,#fff 4px,#f3f4f6 4px,#f3f4f6 8px)}
 .filter{margin:6px 0 8px}.filter label{margin-right:8px}
 .np{width:100%}.np th,.np td{border-bottom:1px solid var(--line);padding:3px 6px;text-align:left;vertical-align:top}
+.wf{width:100%}.wf th,.wf td{border-bottom:1px solid var(--line);padding:3px 6px;text-align:left;vertical-align:top}
+.wf td.cnt{text-align:right;font-weight:600}.okline{color:var(--passb);font-weight:600}
 .np{table-layout:fixed}.np th:nth-child(1){width:64px}.np th:nth-child(2){width:34%}.np th:nth-child(4){width:30%}
 .np td.id{font:12px ui-monospace,monospace;word-break:break-all}.np code.cmd{word-break:break-all;font-size:11px;color:#444}
 details.case{border:1px solid var(--line);border-left:4px solid var(--failb);border-radius:4px;margin:8px 0;

@@ -39,6 +39,17 @@ def junit_xml(records: List[dict], meta: dict) -> str:
     suite = str(meta.get("suite") or (records[0].get("suite") if records else "") or "gdn-harness")
     stamp = str(meta.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"))
     groups: dict = {}
+    # an interrupted (or still running) run: the case that was running is an error, the
+    # cases never started are skipped, both saying why
+    unfinished = meta.get("unfinished_cases") or []
+    stop = ("interrupted by " + meta["interrupt_signal"] if meta.get("interrupt_signal") else
+            "the run was interrupted" if meta.get("interrupted") else "the run did not finish (in progress, or killed)")
+    for u in unfinished:
+        running = u.get("state") == "running"
+        records = records + [dict(id=u["id"], backend=u.get("backend"), level=u.get("level"), suite=suite,
+                                  status="error" if running else "skip", unfinished=True,
+                                  error=(f"{stop} while this case was running ({u.get('seconds', 0):g} s in)"
+                                         if running else f"not run: {stop}"))]
     for r in records:                     # first-seen order: the order the cases ran
         groups.setdefault((str(r.get("backend")), str(r.get("level"))), []).append(r)
     c = counts(records)
@@ -48,6 +59,7 @@ def junit_xml(records: List[dict], meta: dict) -> str:
     env = meta.get("environment") or {}
     props = {"suite": suite, "suite_file": meta.get("suite_file"), "policy_version": meta.get("policy_version"),
              "policy_file": meta.get("policy_file"), "command": meta.get("command"), "device": meta.get("device"),
+             "run_state": meta.get("run_state"),
              **{f"env.{k}": v for k, v in env.items()}}
     for (backend, level), recs in groups.items():
         classname = f"{suite}.{backend}.{level}"
@@ -70,6 +82,7 @@ def junit_xml(records: List[dict], meta: dict) -> str:
             elif st == "error":
                 err = str(r.get("error") or "error")
                 kind = err.split(":", 1)[0] if re.match(r"^[A-Za-z_][\w.]*:", err) else "Error"
+                kind = "Interrupted" if r.get("unfinished") else kind
                 el = ET.SubElement(tc, "error", message=_x(_clip(err.splitlines()[0] if err else err, MESSAGE_CHARS)),
                                    type=_x(kind))
                 body = [err]

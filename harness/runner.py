@@ -47,17 +47,17 @@ def _skip_reason(case: Case, backend) -> Optional[str]:
     if why:
         return why
     if case.dtype not in backend.dtypes:
-        return f"backend {backend.name} does not take dtype {case.dtype}"
+        return f"backend {case.backend} does not take dtype {case.dtype}"
     if case.state_dtype not in backend.state_dtypes:
-        return f"backend {backend.name} does not take state dtype {case.state_dtype}"
+        return f"backend {case.backend} does not take state dtype {case.state_dtype}"
     if case.level == "op" and not backend.implements(case.check):
-        return f"backend {backend.name} does not implement {case.check}"
+        return f"backend {case.backend} does not implement {case.check}"
     if case.level == "layer":
         path, conv, _ = case.variant.split(".")
         if path not in backend.decode_paths:
-            return f"backend {backend.name} has no {path} decode path (has {list(backend.decode_paths)})"
+            return f"backend {case.backend} has no {path} decode path (has {list(backend.decode_paths)})"
         if conv not in backend.conv_state_layouts:
-            return f"backend {backend.name} does not take a {conv} conv state"
+            return f"backend {case.backend} does not take a {conv} conv state"
     return None
 
 
@@ -113,9 +113,13 @@ def case_record(case: Case, suite: str) -> dict:
 
 def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendCache] = None,
              oracle_device: Optional[str] = None, diagnose: Optional[bool] = None) -> dict:
-    """One case -> its record. A failing (or, with its outputs in hand, erroring) op / layer
-    case is diagnosed (`harness.diagnosis`) unless `diagnose` is False (default: on unless
-    GDN_DIAGNOSE=0); a diagnosis never changes the verdict."""
+    """One case -> its record. Structural problems - an exception, an output of the wrong
+    shape or kind - make an ``error`` record saying so (``structural``), never diagnosed as
+    numerics. A numerical failure of an op / layer case is diagnosed (`harness.diagnosis`)
+    unless `diagnose` is False (default: on unless GDN_DIAGNOSE=0). A wrong-shaped output,
+    or NaN / Inf (said first, in words), keeps a diagnosis only when a known fault
+    reproduces it (a squeezed batch of one, garbage in PAD rows). A diagnosis never
+    changes the verdict; ``duration_s`` includes it (``diagnosis_s``)."""
     backends = backends or BackendCache()
     rec = case_record(case, suite)
     t0 = time.perf_counter()
@@ -123,17 +127,43 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
     try:
         pairs = _pairs(case, backends, rec, oracle_device)
         if pairs is not None:
-            _judge(rec, pairs, policy, case)
+            broken = structural_problems(pairs)
+            _judge(rec, [p for p in pairs if p[0] not in broken], policy, case)
+            if broken:
+                rec.update(status="error", structural="shape" if any("shape" in b for b in broken.values())
+                           else "output type", diagnosis=None,
+                           error="; ".join(f"output {n}: {b}" for n, b in broken.items()))
     except NotImplementedError as e:   # the backend cannot express this variant
         rec.update(status="skip", error=f"backend {case.backend} does not support this case: {e}")
     except Exception as e:  # a crash costs one case, never the run
-        rec.update(status="error", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
-    rec["duration_s"] = round(time.perf_counter() - t0, 4)
-    if pairs and rec["status"] in ("fail", "error") and case.level in ("op", "layer"):
+        rec.update(status="error", structural="exception", error=f"{type(e).__name__}: {e}",
+                   traceback=traceback.format_exc()[-4000:])
+    diagnosable = rec["status"] == "fail" or rec.get("structural") in DIAGNOSABLE_STRUCTURAL
+    if pairs and diagnosable and case.level in ("op", "layer"):
         from . import diagnosis
         if diagnosis.enabled() if diagnose is None else diagnose:
             _diagnose(rec, case, pairs, policy, backends, diagnosis)
+    rec["duration_s"] = round(time.perf_counter() - t0, 4)
     return rec
+
+
+# structural errors with the outputs in hand: a known fault (a squeezed batch of one) may name them
+DIAGNOSABLE_STRUCTURAL = ("shape", "output type")
+
+
+def structural_problems(pairs) -> Dict[str, str]:
+    """Output name -> what makes it no number to compare: not a tensor, a shape other than
+    the reference's, complex or integer where the reference is real floating point."""
+    import torch
+    found = {}
+    for name, out, ref, _, _ in pairs:
+        if not isinstance(out, torch.Tensor):
+            found[name] = f"expected a tensor, got {type(out).__name__}"
+        elif tuple(out.shape) != tuple(ref.shape):
+            found[name] = f"expected shape {tuple(ref.shape)}, got {tuple(out.shape)}"
+        elif ref.is_floating_point() and not out.is_floating_point():
+            found[name] = f"expected a real floating-point dtype (as {ref.dtype}), got {out.dtype}"
+    return found
 
 
 def _diagnose(rec: dict, case: Case, pairs, policy: Policy, backends: BackendCache, diagnosis) -> None:
@@ -147,7 +177,10 @@ def _diagnose(rec: dict, case: Case, pairs, policy: Policy, backends: BackendCac
         rec["hypotheses"] = hyps
         if coverage:
             rec["diagnosis_coverage"] = coverage
-        words = diagnosis.sentence(hyps) or diagnosis.coverage_note(coverage)
+        if rec.get("structural"):   # only a known fault that reproduces it: "a precision problem" would mislead
+            words = diagnosis.sentence(hyps) if hyps and hyps[0].get("matched") else None
+        else:
+            words = diagnosis.sentence(hyps) or diagnosis.coverage_note(coverage)
         if words:
             rec["diagnosis"] = f"{rec['diagnosis']}; {words}" if rec.get("diagnosis") else words
     except Exception as e:  # noqa: BLE001
@@ -170,6 +203,7 @@ def _judge(rec: dict, pairs, policy: Policy, case: Case) -> None:
     rec["status"] = "fail" if failed else "pass"
     rec["margin"] = _fmt(min((m.margin for m in metrics), default=math.inf))
     if failed:
+        nonfinite = [m for m in failed if m.nan or m.inf]
         worst = min(failed, key=lambda m: m.margin)
         where = f" (worst token {worst.worst_token}, first divergent token {worst.first_divergent_token})" \
             if worst.worst_token is not None else ""
@@ -177,6 +211,11 @@ def _judge(rec: dict, pairs, policy: Policy, case: Case) -> None:
                             f"{', '.join(m.output for m in failed[:6])}; worst {worst.output}: rel_rms "
                             f"{worst.rel_rms:.3g} vs {worst.tolerance}, max |diff| {worst.max_abs:.3g} at "
                             f"{worst.max_abs_index}{where}")
+        if nonfinite:
+            rec["structural"] = "nan/inf"
+            rec["diagnosis"] = ("NaN / Inf in the output: " + ", ".join(
+                f"{m.output} has {m.nan} NaN and {m.inf} Inf of {math.prod(m.shape)} values" for m in nonfinite[:6])
+                + "; " + rec["diagnosis"])
 
 
 def _fmt(x: float):
@@ -184,11 +223,18 @@ def _fmt(x: float):
 
 
 def run_cases(cases: Iterable[Case], policy: Policy, suite: str,
-              on_done: Optional[Callable[[dict], None]] = None, oracle_device: Optional[str] = None) -> List[dict]:
+              on_done: Optional[Callable[[dict], None]] = None, oracle_device: Optional[str] = None,
+              on_start: Optional[Callable[[Case], None]] = None) -> List[dict]:
+    from . import interrupt
     backends = BackendCache()
     records = []
     for case in cases:
+        if on_start:
+            on_start(case)
         rec = run_case(case, policy, suite, backends, oracle_device)
+        # a signal whose KeyboardInterrupt a library swallowed (or turned into an error of
+        # this case) stops the run here; the case counts as interrupted, not as its record
+        interrupt.check()
         records.append(rec)
         if on_done:
             on_done(rec)

@@ -370,8 +370,8 @@ def add_options(p, out_default: Optional[str] = None) -> None:
     if out_default:
         p.add_argument("--out", default=out_default, help="where the minimal case JSON goes (default min.json)")
         p.add_argument("--device", default=None, help="override the case's device")
-        p.add_argument("--oracle-device", default=None)
-        p.add_argument("--policy", default=None)
+        p.add_argument("--oracle-device", default=None, help="where the fp64 oracle runs (default: the case's device)")
+        p.add_argument("--policy", default=None, help="tolerance policy file (default suites/tolerances.toml)")
     p.add_argument("--budget-s", type=float, default=120.0, help="stop shrinking after this many seconds")
     p.add_argument("--max-evals", type=int, default=400, help="stop after this many candidate runs")
     p.add_argument("--control", default="auto", help="a backend that must pass every accepted candidate: "

@@ -136,7 +136,9 @@ def expand(suite: dict, backends: List[str], device: str = "cpu", seeds: Optiona
                     variants = g.get("variants", ["*"])
                     vs = OP_INFOS[op].variants if variants == ["*"] else [v for v in variants if v in OP_INFOS[op].variants]
                     for d, dt, st, seed, var in itertools.product(dims, dts, sts, sd, vs):
-                        add(Case("op", op, d, "flat", 1, seed, device, be, dt, st, var))
+                        # an op whose variant names a projection layout runs in it (unpack_qkvz_ba)
+                        lay = var.split("-")[0] if var.split("-")[0] in LAYOUTS else "flat"
+                        add(Case("op", op, d, lay, 1, seed, device, be, dt, st, var))
             else:
                 for mix, d, lay, tp, dt, st, seed, path, conv, ba in itertools.product(
                         _names(g, "mixes", MIXES), dims, g.get("layout", ["flat"]), g.get("tp", [1]), dts, sts, sd,

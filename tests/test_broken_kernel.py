@@ -26,10 +26,10 @@ def test_transposed_state_kernel_fails_with_output_and_location(monkeypatch):
                        state_dtype="float32", variant="decode", device=DEVICE), policy, "test")
     assert op["status"] == "fail", op.get("error")
     bad = {m["output"]: m for m in op["metrics"] if not m["passed"]}
-    assert {"o", "initial_state"} <= set(bad)                  # the output and the state pool are named
+    assert {"o", "ssm_pool"} <= set(bad)                       # the output and the state pool are named
     assert not any(o.endswith("untouched") for o in bad)       # ... and only the slots it should write
-    assert "initial_state" in op["diagnosis"] and "at [" in op["diagnosis"]
-    assert len(bad["initial_state"]["max_abs_index"]) == 4     # [slot, head, v, k]
+    assert "ssm_pool" in op["diagnosis"] and "at [" in op["diagnosis"]
+    assert len(bad["ssm_pool"]["max_abs_index"]) == 4     # [slot, head, v, k]
 
     layer = run_case(Case("layer", "decode_only", DIMS, "flat", 1, backend="triton", dtype="float32",
                           state_dtype="float32", variant="recurrent.dim_first.sharded", device=DEVICE), policy, "test")

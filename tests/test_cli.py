@@ -56,3 +56,42 @@ def test_list_and_console_script():
     out = subprocess.run([sys.executable, "-m", "harness.cli", "list", "presets"], capture_output=True, text=True)
     assert out.returncode == 0 and "qwen3-next-80b-a3b" in out.stdout and "layout=interleaved" in out.stdout
     assert main(["list", "checks"]) == 0 and main(["list", "suites"]) == 0
+
+
+def test_help_reads_clean(capsys):
+    import argparse
+
+    from harness.cli import build_parser
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and "gdn-harness" in out
+    parser = build_parser()
+    missing = [f"{name} {a.option_strings or a.dest}" for name, sp in parser.subcommands.items()
+               for a in sp._actions if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert not missing, missing
+    assert main(["run", "--help"]) == 0
+    run_help = capsys.readouterr().out
+    assert "exit codes:" in run_help and "130" in run_help and "examples:" in run_help
+    assert "--no-isolate" in run_help and "--timeout" in run_help
+
+
+def test_unknown_option_prints_the_subcommands_usage(capsys):
+    assert main(["run", "--frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert "usage: gdn-harness run" in err and "unrecognized arguments: --frobnicate" in err
+
+
+@pytest.mark.parametrize("args,words", [(["--no-isolate", "--timeout", "5"], "--timeout needs worker processes"),
+                                        (["--no-isolate", "--jobs", "2"], "--jobs runs cases in worker processes")])
+def test_in_process_refuses_what_needs_workers(tmp_path, capsys, args, words):
+    assert run(tmp_path, *FAST, *args) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_isolation_is_the_default_but_for_the_reference(tmp_path):
+    assert run(tmp_path, *FAST) == 0
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["isolation"] == "in process"
+    assert main(["run", "-q", "--report-dir", str(tmp_path / "p"), "--suite", "smoke", "--backend",
+                 "tests.plugin_example:ExamplePortBackend", "-k", "op.fused_gdn_gating[ and contiguous"]) == 0
+    doc = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert doc["isolation"] == "workers" and doc["run_state"] == "complete" and doc["timeout_s"] == 600

@@ -58,7 +58,7 @@ def test_jobs_workers_of_cpu_cases_interpret(monkeypatch):
     dims = get_preset("qwen3-next-80b-a3b").shrink()
     cases = [Case("self", "tp_reduce", dims, "flat", 2, seed) for seed in (0, 1)]
     recs = []
-    isolate.run_isolated(cases, "x", None, None, recs.append, jobs=2, timeout=120)
+    isolate.run_isolated(cases, "x", None, None, recs.append, jobs=2, timeout=120, pool=isolate.WorkerPool())
     assert seen == ["1", "1"] and all(r["status"] == "pass" for r in recs)
 
 

@@ -26,7 +26,7 @@ def test_one_pinned_worker_per_job_slot(monkeypatch):
     cases = [Case("self", "tp_reduce", dims, layout, tp, seed) for layout in ("interleaved", "flat")
              for tp in (1, 2) for seed in (0, 1)]
     recs = []
-    isolate.run_isolated(cases, "x", None, None, recs.append, jobs=2, timeout=120, gpus=2)
+    isolate.run_isolated(cases, "x", None, None, recs.append, jobs=2, timeout=120, gpus=2, pool=isolate.WorkerPool())
     assert sorted(r["id"] for r in recs) == sorted(c.id for c in cases)
     assert all(r["status"] == "pass" for r in recs)
     # one process per slot for all its 4 cases (not one per group), slots on GPUs 0 and 1

@@ -57,7 +57,7 @@ def test_declared_pad_rows_are_left_out_and_said(backends):
     rec = run_case(_op(PadGarbageDeclared), POLICY, "test", backends, diagnose=False)
     assert rec["status"] == "pass", rec.get("diagnosis") or rec["error"]
     assert rec["pad_rows_not_compared"] == dict(outputs=["o"], reason=WHY)
-    assert {m["output"] for m in rec["metrics"]} >= {"o", "initial_state", "initial_state.untouched"}
+    assert {m["output"] for m in rec["metrics"]} >= {"o", "ssm_pool", "ssm_pool.untouched"}
     text = summary_markdown([rec], dict(suite="test"))
     assert "declares PAD-row outputs unspecified: PAD rows were not compared in 1 cases (outputs o)" in text
     assert WHY in text

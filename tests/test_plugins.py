@@ -38,8 +38,7 @@ def test_entry_point_group(tmp_path, monkeypatch):
 
 def _run(tmp_path, backend):
     rc = main(["run", "-q", "--suite", "smoke", "--backend", backend, "--report-dir", str(tmp_path),
-               "-k", "op.fused_recurrent", "-k", "op.causal_conv1d_update[", "-k", "layer.spec_only_2[",
-               "-k", "layer.decode_only[example-port-qwen3-next"])
+               "-k", "op.fused_recurrent", "-k", "op.causal_conv1d_update[", "-k", "layer.spec_only_2["])
     return rc, json.loads((tmp_path / "results.json").read_text())["cases"]
 
 
@@ -61,3 +60,39 @@ def test_transposed_state_port_is_caught_and_located(tmp_path):
         assert "out of tolerance" in c["diagnosis"] and "at [" in c["diagnosis"]
     states = [m for c in failed for m in c["metrics"] if not m["passed"] and "state" in m["output"]]
     assert states, "the ssm state must be named among the failing outputs"
+
+
+EXAMPLE = "docs/examples/my_port.py"
+
+
+def test_the_one_file_example_of_the_docs_runs(tmp_path):
+    """docs/backends.md's one-file backend, loaded by its path as the doc says, passes; its
+    variant without the packed decode skips that op and that decode path, saying why."""
+    rc = main(["run", "-q", "--suite", "smoke", "--report-dir", str(tmp_path), "--backend",
+               f"{EXAMPLE}:MyPortBackend,{EXAMPLE}:MyPortWithoutPackedDecode", "--dtype", "fp32",
+               "-k", "op.fused_gdn_gating[ or op.fused_recurrent_gated_delta_rule_packed_decode[",
+               "-k", "layer.decode_only[ and qwen3-next-80b-a3b:shrunk-flat-tp1"])
+    cases = json.loads((tmp_path / "results.json").read_text())["cases"]
+    assert rc == 0, [(c["id"], c["status"], c.get("error")) for c in cases if c["status"] not in ("pass", "skip")]
+    mine = [c for c in cases if c["op"] == "fused_gdn_gating"]
+    assert len(mine) == 4 and all(c["status"] == "pass" for c in mine)
+    skipped = [c for c in cases if c["status"] == "skip"]
+    assert skipped and all(c["backend"].endswith(":MyPortWithoutPackedDecode") for c in skipped)
+    assert all(c["error"].startswith(f"backend {c['backend']} ") for c in skipped)   # the name as given
+
+
+def test_the_docs_name_each_ops_exact_reference():
+    import re
+    from pathlib import Path
+
+    from harness.opcheck import OP_INFOS
+    doc = (Path(__file__).parents[1] / "docs" / "backends.md").read_text()
+    table = dict(re.findall(r"^\| `(\w+)` \| `([\w.]+)` \|$", doc, re.M))
+    assert table == {op: f"{i.reference.__module__}.{i.reference.__name__}" for op, i in OP_INFOS.items()}
+
+
+def test_a_backend_has_one_name_in_the_report(tmp_path):
+    rc, cases = _run(tmp_path, PLUGIN)
+    assert rc == 0 and {c["backend"] for c in cases} == {PLUGIN}
+    for f in ("summary.md", "report.html", "junit.xml"):
+        assert "example-port" not in (tmp_path / f).read_text(), f        # never its declared name too

@@ -234,12 +234,67 @@ def test_html_5000_cases(run, tmp_path):
     assert len(ET.parse(junit).getroot().findall("./testsuite/testcase")) == 5000
 
 
-def test_html_screenshot(run, tmp_path):
+def _chromium() -> str:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         if os.environ.get("GDN_REQUIRE_CHROMIUM"):   # CI installs it: a skip there would hide the check
             pytest.fail("chromium not installed but GDN_REQUIRE_CHROMIUM is set")
         pytest.skip("chromium not installed")
+    return chromium
+
+
+def test_html_first_screen_shows_what_failed(run, tmp_path):
+    """In headless Chromium at 1400 x 900, the first failure row (a backend under test, with
+    its diagnosis or error) is on the first screen, before any matrix."""
+    chromium = _chromium()
+    out, meta, records = run
+    page = write_html(out, records, meta)
+    probe = tmp_path / "probe.html"
+    probe.write_text(
+        '<!DOCTYPE html><html><body style="margin:0"><iframe id="f" src="' + page.resolve().as_uri() + '" '
+        'style="width:1400px;height:900px;border:0"></iframe><pre id="out">pending</pre><script>'
+        "document.getElementById('f').addEventListener('load',function(){var d=this.contentDocument,"
+        "out=document.getElementById('out'),row=d.querySelector('#whatfailed tbody tr'),"
+        "m=d.querySelector('table.matrix');if(!row){out.textContent='no failure row';return;}"
+        "out.textContent='bottom='+Math.round(row.getBoundingClientRect().bottom)+' matrix='"
+        "+Math.round(m.getBoundingClientRect().top)+' text='+row.textContent;});</script></body></html>")
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          "--allow-file-access-from-files", f"--user-data-dir={tmp_path / 'profile'}",
+                          "--virtual-time-budget=10000", "--window-size=1400,900", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path).stdout
+    m = re.search(r"bottom=(\d+) matrix=(-?\d+) text=([^<]*)", dom)
+    assert m, dom[-2000:]
+    assert int(m.group(1)) <= 900 and int(m.group(1)) < int(m.group(2))
+    assert "reference" not in m.group(3).split("fail")[0] and ("error" in m.group(3) or "fail" in m.group(3))
+
+
+def test_html_groups_identical_failures_and_shows_op_layouts(run):
+    out, meta, records = run
+    bad = next(r for r in records if r["status"] == "fail" and r["level"] == "layer")
+    twins = [dict(copy.deepcopy(bad), id=bad["id"] + f"-v{i}", layout=lay, tp=tp)
+             for i, (lay, tp) in enumerate([("interleaved", 2), ("flat", 4)])]
+    page = write_html(out, records + twins, meta).read_text()
+    section = page[page.index('id="whatfailed"'):page.index('id="matrix"')]
+    row = next(tr for tr in section.split("<tr")[1:] if bad["id"] in tr)
+    from harness.report_html import failure_key
+    same = sum(failure_key(r) == failure_key(bad) for r in records) + 2      # one row for all of them
+    assert same >= 3 and f'<td class="cnt">{same}</td>' in row and "tp1, tp2, tp4" in row and "interleaved" in row
+    assert page.index('id="whatfailed"') < page.index('<table class="matrix">')
+    from harness.report_html import _col_key
+    assert _col_key(dict(level="op", op="unpack_qkvz_ba", layout="interleaved", variant="interleaved-strided", tp=1)) \
+        == ("interleaved", 1)
+    assert _col_key(dict(level="op", op="fused_gdn_gating", layout="flat", variant="strided", tp=1))[0] == "any layout"
+
+
+def test_op_cases_carry_their_real_layout():
+    from harness.suite import expand, load_suite
+    cases = [c for c in expand(load_suite("smoke"), ["reference"]) if c.check == "unpack_qkvz_ba"]
+    assert cases and all(c.layout == c.variant.split("-")[0] for c in cases)
+    assert {c.layout for c in cases} == {"interleaved", "flat"}
+
+
+def test_html_screenshot(run, tmp_path):
+    chromium = _chromium()
     out, meta, records = run
     page = write_html(out, records, meta)
     png = tmp_path / "report.png"

@@ -9,7 +9,7 @@ import torch
 
 from .. import reference as ref
 from ..inputs import dtype_of
-from ..opcheck import OP_INFOS, _as_tuple, _upcast
+from ..opcheck import OP_INFOS, _as_tuple, _upcast, state_output
 from . import variants as V
 from .core import Hypothesis as H
 
@@ -244,9 +244,10 @@ def expected_of(h: H, c: OpContext) -> Optional[Dict[str, torch.Tensor]]:
               for n, t in kw.items()}
     outs = _as_tuple(call_op(c.op, kw, ops))
     exp = {name: t.detach().cpu() for name, t in zip(s.outputs, outs) if name is not None}
-    for name in s.states:
-        exp[name] = kw[name].detach().cpu()
-        touched = set((s.touched or {}).get(name, []))
+    for arg in s.states:
+        name = state_output(arg)        # the name opcheck reports it under
+        exp[name] = kw[arg].detach().cpu()
+        touched = set((s.touched or {}).get(arg, []))
         spare = [x for x in range(exp[name].shape[0]) if x not in touched]
         if spare:
             exp[f"{name}.untouched"] = exp[name][spare]

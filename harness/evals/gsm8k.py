@@ -248,7 +248,8 @@ def add_parser(sub) -> None:
     g.add_argument("--state-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype of the recurrent (ssm) state pool")
     g.add_argument("--tp", type=int, default=1, help="run each GDN layer as this many TP shards (summed)")
-    g.add_argument("--decode-path", default="recurrent", choices=["recurrent", "sigmoid_gating", "packed"])
+    g.add_argument("--decode-path", default="recurrent", choices=["recurrent", "sigmoid_gating", "packed"],
+                   help="the backend's decode path the model runs (default recurrent)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (canary default 1)")
     g.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed")
     g.add_argument("--report-dir", default=None, help="default reports/<timestamp> (+ reports/latest)")

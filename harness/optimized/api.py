@@ -80,7 +80,7 @@ class Backend:
         """Why this backend cannot run on `device` (missing package, no GPU, ...), or None."""
         kind = torch.device(device).type
         if kind not in self.devices:
-            return f"backend {self.name} runs on {list(self.devices)}, not {kind}"
+            return f"the backend runs on {list(self.devices)}, not {kind}"   # the record names the backend
         if kind == "cuda" and not torch.cuda.is_available():
             return "no CUDA device"
         return None

@@ -1,4 +1,4 @@
-"""Finding backends: built-in names, the entry-point group, or ``package.module:attr``."""
+"""Finding backends: built-in names, the entry-point group, ``package.module:attr`` or ``path/to/file.py:attr``."""
 from __future__ import annotations
 
 import importlib
@@ -31,6 +31,25 @@ def backend_names() -> Dict[str, str]:
     return {**BUILTIN, **plugin_names()}
 
 
+def _import_file(path: str):
+    """A one-file backend given as ``path/to/file.py:attr`` (imported once per process)."""
+    import importlib.util
+    full = os.path.abspath(path)
+    if not os.path.isfile(full):
+        raise FileNotFoundError(f"no such file: {path}")
+    name = "gdn_harness_plugin_" + "".join(c if c.isalnum() else "_" for c in full)
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, full)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
+
+
 def _resolve(target: str):
     module, _, attr = target.partition(":")
     if not module or not attr:
@@ -38,7 +57,7 @@ def _resolve(target: str):
     if os.getcwd() not in sys.path:      # like `python -m`: local plugin modules resolve
         sys.path.append(os.getcwd())
     try:
-        obj = importlib.import_module(module)
+        obj = _import_file(module) if module.endswith(".py") else importlib.import_module(module)
     except Exception as e:   # import errors of a kernel package are the backend's, not ours
         raise BackendLoadError(f"backend {target!r}: importing {module} failed: {type(e).__name__}: {e}") from e
     for part in attr.split("."):

@@ -89,3 +89,48 @@ class PoisoningPort(ExamplePortBackend):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return ExamplePortBackend.fused_recurrent_gated_delta_rule(q, k, v, g, beta,
                                                                    ssm_state_indices=ssm_state_indices, **kwargs)
+
+
+def stuck_in_native_code():
+    """Block forever inside a C call that no signal ends (as a hung kernel or a compiler
+    deadlock does): a default pthread mutex locked twice by its owner. ctypes releases
+    the GIL, so the process's other threads still run."""
+    import ctypes
+    libc = ctypes.CDLL(None)
+    mutex = ctypes.create_string_buffer(64)     # all zeros: PTHREAD_MUTEX_INITIALIZER (glibc)
+    libc.pthread_mutex_lock(mutex)
+    libc.pthread_mutex_lock(mutex)
+
+
+class StuckPort(ExamplePortBackend):
+    """Never returns from native code in the gating kernel on a strided input."""
+    name = "example-port-stuck"
+
+    @staticmethod
+    def fused_gdn_gating(A_log, a, b, dt_bias, beta=1.0, threshold=20.0):
+        if not a.is_contiguous():
+            stuck_in_native_code()
+        return ExamplePortBackend.fused_gdn_gating(A_log, a, b, dt_bias, beta, threshold)
+
+
+class TwiceInterruptedPort(ExamplePortBackend):
+    """Waits in its gating kernel on a strided input while SIGINT comes twice, 50 ms apart, as
+    `timeout -s INT` sends it (to the process, then to its process group): the second
+    arrives while the first one's report is being written."""
+    name = "example-port-twice-interrupted"
+
+    @staticmethod
+    def fused_gdn_gating(A_log, a, b, dt_bias, beta=1.0, threshold=20.0):
+        if not a.is_contiguous():
+            import os
+            import signal
+            import threading
+            import time
+
+            def twice():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                os.kill(os.getpid(), signal.SIGINT)
+            threading.Thread(target=twice).start()
+            time.sleep(3600)
+        return ExamplePortBackend.fused_gdn_gating(A_log, a, b, dt_bias, beta, threshold)
