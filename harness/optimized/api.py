@@ -173,7 +173,10 @@ def source_functions(source: str, names, cls: Optional[str] = None, ns: Optional
     tree = ast.parse(source)
     body = tree.body
     if cls is not None:
-        body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls).body
+        found = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls]
+        if not found:
+            raise KeyError(f"{tag} defines no class {cls}")
+        body = found[0].body
     defs = [n for n in body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in names]
     missing = set(names) - {d.name for d in defs}
     if missing:

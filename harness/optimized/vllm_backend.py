@@ -171,7 +171,10 @@ class VllmBackend(Backend):
         self._mods = {k: v for k, v in found.items() if k in MODULES}
         self._mods.update(modules or {})
         src = layer_source if layer_source is not None else found.get("layer_source")
-        self._layer = layer_functions(src) if src else None
+        try:
+            self._layer = layer_functions(src) if src else None
+        except KeyError:        # a layer file without the Qwen class: the unpack is the reference's
+            self._layer = None
         self._source = src
         if self._layer is None:
             self.unpack_qkvz_ba = None
