@@ -412,34 +412,28 @@ def fake_vllm_flashinfer(layer_source: str = VLLM_LAYER_SOURCE, cc: int = 90, va
 
 
 # ------------------------------------------------------------------ planted conversion bugs
+# (harness.faults.fastpath_mutants over the fakes)
 def flashinfer_gate_unconverted():
-    """The adapter declares FlashInfer's chunk gate as log space: g reaches it unconverted."""
-    b = fake_flashinfer()
-    b.gate_domains = dict(b.gate_domains, chunk_gated_delta_rule="log")
-    return b
+    from harness.faults.fastpath_mutants import FiGateLogAsLinear
+    return _on_cpu(FiGateLogAsLinear(modules=flashinfer_modules()))
 
 
 def flashinfer_null_row_unshifted():
-    """The adapter forgets the null row in front of the pool: harness slot s goes to row s."""
-    b = fake_flashinfer()
-    b._row = lambda slot, pad: -1 if slot == pad or slot < 0 else slot
-    return b
+    from harness.faults.fastpath_mutants import FiNullRowUnshifted
+    return _on_cpu(FiNullRowUnshifted(modules=flashinfer_modules()))
+
+
+def flashinfer_chunk_zero_initial_state():
+    from harness.faults.fastpath_mutants import FiChunkZeroInitialState
+    return _on_cpu(FiChunkZeroInitialState(modules=flashinfer_modules()))
 
 
 def sglang_verify_reads_column_0():
-    """The adapter hands SGLang's verify slot column 0, ignoring num_accepted_tokens."""
-    b = fake_sglang()
-    update = b.fused_sigmoid_gating_delta_rule_update
-
-    def wrong(*args, **kw):
-        kw["num_accepted_tokens"] = None
-        return update(*args, **kw)
-    b.fused_sigmoid_gating_delta_rule_update = wrong
-    return b
+    from harness.faults.fastpath_mutants import SglangVerifyReadsColumn0
+    return _on_cpu(SglangVerifyReadsColumn0(variant="triton", modules=sglang_modules()))
 
 
 def vllm_wrapper_gate_not_exp():
-    """vLLM's wrapper with ``g=fi_g``: the log-space gate reaches FlashInfer unconverted."""
-    src = VLLM_LAYER_SOURCE.replace("g=torch.exp(fi_g),", "g=fi_g,")
-    assert src != VLLM_LAYER_SOURCE
-    return fake_vllm_flashinfer(src)
+    from harness.faults.fastpath_mutants import VllmFiWrapperGateNotExp
+    return _on_cpu(VllmFiWrapperGateNotExp(modules=vllm_modules(), layer_source=VLLM_LAYER_SOURCE,
+                                           platform=FakePlatform(90)))

@@ -181,6 +181,7 @@ def test_vllm_forced_flashinfer_skips_where_vllm_falls_back(fake_flashinfer_pack
     ("flashinfer_gate_unconverted", CHUNK, "varlen", SMALL, "float32", {"o", "final_state"}),
     ("flashinfer_null_row_unshifted", SIGMOID, "decode", DECODE, "bfloat16", {"initial_state.untouched"}),
     ("flashinfer_null_row_unshifted", SIGMOID, "spec", DECODE, "float32", {"initial_state"}),
+    ("flashinfer_chunk_zero_initial_state", CHUNK, "varlen", SMALL, "float32", {"o", "final_state"}),
     ("sglang_verify_reads_column_0", SIGMOID, "spec", SMALL, "float32", {"o", "initial_state"}),
 ])
 def test_planted_conversion_bug_fails(backend, op, variant, dims, state_dtype, outputs, backends):
