@@ -106,6 +106,16 @@ class Backend:
     #          norm: NormConfig) -> core [T, HV, V]; caches updated in place.
     gdn_core = None
 
+    variant: Optional[str] = None
+
+    def take_variant(self, variant: Optional[str]) -> None:
+        """Check `variant` against `variants` and name the instance ``<name>@<variant>``."""
+        if variant is not None and variant not in self.variants:
+            raise InputError(f"{self.name} variant", "one of", sorted(self.variants), variant)
+        self.variant = variant
+        if variant:
+            self.name = f"{self.name}@{variant}"
+
     def unavailable(self, device: str) -> Optional[str]:
         """Why this backend cannot run on `device` (missing package, no GPU, ...), or None."""
         kind = torch.device(device).type

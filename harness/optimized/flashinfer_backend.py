@@ -129,11 +129,7 @@ class FlashinferBackend(Backend):
                 "kmajor": "decode through gated_delta_rule_decode, K-major [B, HV, K, V] fp32 state"}
 
     def __init__(self, variant: Optional[str] = None, modules: Optional[Dict[str, object]] = None):
-        if variant is not None and variant not in self.variants:
-            raise InputError("flashinfer variant", "one of", sorted(self.variants), variant)
-        self.variant = variant
-        if variant:
-            self.name = f"flashinfer@{variant}"
+        self.take_variant(variant)
         self._mods = dict(modules or {})
         if variant == "kmajor":
             self.ssm_state_layout = "kv"

@@ -119,11 +119,7 @@ class SglangBackend(Backend):
                 "flashinfer": "FlashInfer for decode and prefill (and verify where supported)"}
 
     def __init__(self, variant: Optional[str] = None, modules: Optional[Dict[str, object]] = None):
-        if variant is not None and variant not in self.variants:
-            raise InputError("sglang variant", "one of", sorted(self.variants), variant)
-        self.variant = variant
-        if variant:
-            self.name = f"sglang@{variant}"
+        self.take_variant(variant)
         self._mods = dict(modules or {})
         self._dispatchers: Dict[tuple, object] = {}
 

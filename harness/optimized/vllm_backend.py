@@ -154,11 +154,7 @@ class VllmBackend(Backend):
         """`modules` / `layer_source` / `platform` replace vLLM's kernel modules (keys of
         MODULES, plus "l2norm" for the wrapper), the layer file's text or
         ``vllm.platforms.current_platform``; without vLLM the declarations stay and every case skips."""
-        if variant is not None and variant not in self.variants:
-            raise InputError("vllm variant", "one of", sorted(self.variants), variant)
-        self.variant = variant
-        if variant:
-            self.name = f"vllm@{variant}"
+        self.take_variant(variant)
         self._mods: Dict[str, object] = {}
         self._layer = None
         self._glue: Dict[str, object] = {}
@@ -265,6 +261,9 @@ class VllmBackend(Backend):
             raise NotImplementedError(f"vLLM 0.33 would run its {chosen!r} GDN prefill here "
                                       f"(gdn_prefill_backend={self.variant or 'auto'})")
         if chosen == "flashinfer":
+            if importlib.util.find_spec("flashinfer") is None:
+                raise NotImplementedError("vLLM 0.33 runs FlashInfer's GDN prefill here and FlashInfer is not "
+                                          "importable (vllm@triton judges the Triton prefill alone)")
             return self._fi_chunk(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens,
                                   use_qk_l2norm_in_kernel)
         o, final = self._m("ops").chunk_gated_delta_rule(
