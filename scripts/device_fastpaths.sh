@@ -6,15 +6,17 @@
 #   put N            copy part N into /tmp/fastpath_parts (carry .whl/fastpath.partN, .whl/fastpath.sha256);
 #                    after the last part the tree is put together, checked and installed
 #   check            versions, each backend's availability / declarations, one op case each
-#   suite B TAG [S]  suites S (default "ci fastpath") against backend B; TAG names the run (cold / warm)
-#   variants         targeted slices of flashinfer@pool / @mtp-buffer / @kmajor, sglang@flashinfer, vllm@triton
-#   kill             the fastpath mutants (harness/faults/fastpath_mutants.py) on the slices they touch
-# Reports: $OUT/<phase>.tgz (summary.md, results.json, logs). Limits: LIMIT_S per harness run (default 240).
+#   suite TAG        the suites $SUITES (default "ci fastpath") against $BACKENDS (default "flashinfer
+#                    sglang vllm"), the backends concurrently on the one GPU, each suite LIMIT_S (default
+#                    270 s); TAG names the run: cold (first, JIT compiles) and warm (again, caches filled)
+#   extra            the variants (flashinfer@pool / @mtp-buffer / @kmajor, sglang@flashinfer, vllm@triton)
+#                    and the kill run of harness/faults/fastpath_mutants.py, on the slices each touches
+# Reports: $OUT/<phase>[-TAG].tgz (summary.md, results.json, logs).
 set -o pipefail
-PHASE=${1:?usage: scripts/device_fastpaths.sh put N | check | suite BACKEND TAG [SUITES] | variants | kill}
+PHASE=${1:?usage: scripts/device_fastpaths.sh put N | check | suite TAG | extra}
 OUT=${OUT:-/tmp/fastpath_out}; mkdir -p "$OUT"
-FP=/tmp/fastpath; PARTS=/tmp/fastpath_parts; R=/tmp/fastpath_r/$PHASE${2:+-$2}${3:+-$3}
-LIMIT_S=${LIMIT_S:-240}
+FP=/tmp/fastpath; PARTS=/tmp/fastpath_parts; R=/tmp/fastpath_r/$PHASE${2:+-$2}
+LIMIT_S=${LIMIT_S:-270}
 mkdir -p "$PARTS" "$R"
 
 assemble() {  # all parts here: put them together, check, install into $FP (once)
@@ -62,22 +64,22 @@ for name in ["flashinfer", "sglang", "vllm", "vllm@flashinfer", "flashinfer@kmaj
     except Exception as e:
         print(name, "LOAD FAILED", type(e).__name__, e)
 PY
-    for b in flashinfer sglang vllm; do
-      run "one-$b" 300 --suite fastpath --backend $b -k 'op.chunk_gated_delta_rule[' -k 'op.fused_sigmoid_gating' \
-          --dtype bfloat16
-    done
-    pack ;;
-  suite)
-    B=${2:?backend}; TAG=${3:?tag}
-    for S in ${4:-ci fastpath}; do run "$S-$B-$TAG" "$LIMIT_S" --suite "$S" --backend "$B" --jobs "${JOBS:-2}"; done
-    pack ;;
-  variants)
-    K="-k op.chunk_gated_delta_rule[ -k op.fused_sigmoid_gating -k layer.mixed -k layer.spec_only"
-    for B in flashinfer@pool flashinfer@mtp-buffer flashinfer@kmajor sglang@flashinfer vllm@triton; do
-      run "$B" "$LIMIT_S" --suite fastpath --backend "$B" $K &
+    for b in flashinfer sglang vllm; do   # one prefill and one decode case each (the JIT compiles)
+      run "one-$b" "$LIMIT_S" --suite fastpath --backend $b -k 'op.chunk_gated_delta_rule[' \
+          -k 'op.fused_sigmoid_gating' --dtype bfloat16 &
     done; wait
     pack ;;
-  kill)
+  suite)
+    TAG=${2:?tag: cold / warm}
+    for B in ${BACKENDS:-flashinfer sglang vllm}; do
+      (for S in ${SUITES:-ci fastpath}; do run "$S-$B-$TAG" "$LIMIT_S" --suite "$S" --backend "$B" --jobs "${JOBS:-1}"; done) &
+    done; wait
+    pack ;;
+  extra)
+    K="-k op.chunk_gated_delta_rule[ -k op.fused_sigmoid_gating -k layer.mixed -k layer.spec_only"
+    for B in flashinfer@pool flashinfer@mtp-buffer flashinfer@kmajor sglang@flashinfer vllm@triton; do
+      run "$B" "$LIMIT_S" --suite fastpath --backend "$B" --dtype bfloat16 $K &
+    done
     M=harness.faults.fastpath_mutants
     declare -A F=(
       [FiGateLogAsLinear]="-k op.chunk_gated_delta_rule[ -k layer.prefill_only"
