@@ -63,6 +63,15 @@ def fi_chunk_gated_delta_rule(q, k, v, g=None, beta=None, scale=None, initial_st
     o, final = ref.chunk_gated_delta_rule(q[None], k[None], v[None], log_g[None], beta[None], scale=scale,
                                           initial_state=None if h0 is None else h0.float(), output_final_state=True,
                                           cu_seqlens=cu_seqlens)
+    if checkpoint_every_n_tokens:
+        cu = [int(c) for c in cu_seqlens.tolist()]
+        for n, (bos, eos) in enumerate(zip(cu, cu[1:])):
+            for c in range((eos - bos) // checkpoint_every_n_tokens):
+                end = bos + (c + 1) * checkpoint_every_n_tokens
+                _, st = ref.chunk_gated_delta_rule(
+                    q[None, bos:end], k[None, bos:end], v[None, bos:end], log_g[None, bos:end], beta[None, bos:end],
+                    scale=scale, initial_state=None if h0 is None else h0[n:n + 1].float(), output_final_state=True)
+                state_checkpoints[int(checkpoint_cu_starts[n]) + c] = st[0].to(state_checkpoints.dtype)
     out = o[0].to(q.dtype)
     if output_state is None:
         output_state = torch.empty(N, HV, D, D, dtype=F32)

@@ -103,6 +103,31 @@ def test_flashinfer_chunk(backend, dtype, state_dtype, variant, backends):
     assert rec["status"] == "pass", (rec.get("error"), _failed(rec))
 
 
+def test_flashinfer_checkpoints():
+    """Checkpoint c of sequence n is its state after (c+1)*64 tokens: the per-token oracle's."""
+    from harness.inputs import make_delta_inputs
+    from harness import reference as ref
+    lens = [130, 64, 5]
+    d = make_delta_inputs(SMALL, lens, seed=3)
+    x = {n: d[n].to(torch.bfloat16) for n in ("q", "k", "v")}
+    x["q"], x["k"] = (ref.l2norm(x[n]).to(torch.bfloat16) for n in ("q", "k"))     # normalised once, both sides
+    g, beta, h0 = d["g"].float(), d["beta"].float(), d["initial_state"].float()
+    cu = d["cu_seqlens"].to(torch.int32)
+    _, final, ckpt, starts = ff.fake_flashinfer().chunk_gated_delta_rule_checkpoints(
+        x["q"], x["k"], x["v"], g, beta, 64, initial_state=h0, cu_seqlens=cu)
+    assert starts.tolist() == [0, 2, 3, 3] and ckpt.shape[0] == 3
+    offs = [0, 130, 194, 199]
+    for n, c, end in [(0, 0, 64), (0, 1, 128), (1, 0, 64)]:
+        sl = slice(offs[n], offs[n] + end)
+        _, want = ref.recurrent_gated_delta_rule(
+            x["q"][:, sl].double(), x["k"][:, sl].double(), x["v"][:, sl].double(), g[:, sl].double(),
+            beta[:, sl].double(), initial_state=h0[n:n + 1].double())
+        got = ckpt[int(starts[n]) + c].double()
+        assert (got - want[0]).norm() <= 1e-4 * want[0].norm()
+    with pytest.raises(HarnessError, match="multiple of FlashInfer's 64"):
+        ff.fake_flashinfer().chunk_gated_delta_rule_checkpoints(x["q"], x["k"], x["v"], g, beta, 100, cu_seqlens=cu)
+
+
 @pytest.mark.parametrize("backend,state_dtype", [
     ("fake_flashinfer", "float32"), ("fake_flashinfer", "bfloat16"), ("fake_flashinfer_mtp_buffer", "float32"),
     ("fake_flashinfer_mtp_buffer", "bfloat16")])

@@ -188,6 +188,30 @@ class FlashinferBackend(Backend):
             final = final.transpose(-1, -2).contiguous()
         return o.reshape(v.shape), (final if output_final_state else None)
 
+    def chunk_gated_delta_rule_checkpoints(self, q, k, v, g, beta, every_n: int, scale=None, initial_state=None,
+                                           cu_seqlens=None, use_qk_l2norm_in_kernel=False):
+        """The prefill with FlashInfer's state checkpoints (``checkpoint_every_n_tokens``, a
+        multiple of 64; vLLM's align mode, SGLang's 64-token grid): (o, final, checkpoints, starts)
+        where ``checkpoints[starts[n] + c]`` is sequence n's state after its first ``(c+1)*every_n``
+        tokens (``len_n // every_n`` of them), in the initial state's dtype. Not an op of the API
+        yet: the entry a checkpoint scenario calls (tests compare it with the per-token oracle)."""
+        if every_n <= 0 or every_n % 64:
+            raise InputError("every_n", "a positive multiple of FlashInfer's 64-token chunk", "64 * m", every_n)
+        flat, cu, spans = flat_tokens(q, cu_seqlens)
+        N, HV, V, K = len(spans), v.shape[2], v.shape[3], q.shape[3]
+        counts = [(e - b) // every_n for b, e in spans]
+        starts = torch.tensor([0] + torch.tensor(counts).cumsum(0).tolist(), dtype=torch.int32, device=q.device)
+        dtype = initial_state.dtype if initial_state is not None else torch.float32
+        ckpt = torch.zeros(int(starts[-1]), HV, V, K, dtype=dtype, device=q.device)
+        final = torch.empty(N, HV, V, K, dtype=dtype, device=q.device)
+        o, final = self._m("prefill").chunk_gated_delta_rule(
+            q=flat(q).contiguous(), k=flat(k).contiguous(), v=flat(v).contiguous(),
+            g=gate_to(self.gate_domains["chunk_gated_delta_rule"], flat(g)).contiguous(),
+            beta=flat(beta).float().contiguous(), scale=scale, initial_state=initial_state, output_final_state=True,
+            cu_seqlens=cu, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, output_state=final,
+            state_checkpoints=ckpt, checkpoint_cu_starts=starts, checkpoint_every_n_tokens=every_n)
+        return o.reshape(v.shape), final, ckpt, starts
+
     # ------------------------------------------------------------------ decode / spec
     def fused_sigmoid_gating_delta_rule_update(self, A_log, a, b, dt_bias, q, k, v, beta: float = 1.0,
                                                threshold: float = 20.0, scale=None, initial_state=None,
