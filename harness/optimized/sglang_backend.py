@@ -10,10 +10,12 @@ modules themselves are imported normally. Every import is lazy (`_sglang()`).
 
 Variants (``sglang@<variant>``) choose the dispatcher's backends:
 
-- ``sglang`` (none): what 0.5.23 selects with default flags - Triton for decode and verify,
-  and for the prefill FlashInfer where ``flashinfer_gdn_prefill_default`` picks it (SM90 with
-  an fp32 state pool, SM100 with CUDA >= 13 and a bf16 one, K = V = 128, FlashInfer importable;
-  its conditions mirrored per call, as that function needs a ModelRunner), else Triton;
+- ``sglang`` (none): what 0.5.23 selects with default flags - Triton for decode, and for the
+  prefill FlashInfer where ``flashinfer_gdn_prefill_default`` picks it (SM90 with an fp32 state
+  pool, SM100 with CUDA >= 13 and a bf16 one, K = V = 128, FlashInfer importable; its
+  conditions mirrored per call, as that function needs a ModelRunner), else Triton; verify as
+  the dispatcher then routes it (FlashInfer when the FlashInfer kernel is in use and supports
+  verify - SM90 / SM100 - else Triton);
 - ``triton``: Triton everywhere (``--linear-attn-backend triton --linear-attn-prefill-backend triton``);
 - ``flashinfer``: FlashInfer for decode and prefill, and verify where it supports it.
 
