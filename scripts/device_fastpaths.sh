@@ -6,12 +6,18 @@
 #   put N            copy part N into /tmp/fastpath_parts (carry .whl/fastpath.partN, .whl/fastpath.sha256);
 #                    after the last part the tree is put together, checked and installed
 #   check            versions, each backend's availability / declarations, one op case each
-#   suite TAG        the suites $SUITES (default "ci fastpath") against $BACKENDS (default "flashinfer
+#   suite TAG        the suites $SUITES (default "fastpath ci") against $BACKENDS (default "flashinfer
 #                    sglang vllm"), the backends concurrently on the one GPU, each suite LIMIT_S (default
 #                    270 s); TAG names the run: cold (first, JIT compiles) and warm (again, caches filled)
 #   extra            the variants (flashinfer@pool / @mtp-buffer / @kmajor, sglang@flashinfer, vllm@triton)
 #                    and the kill run of harness/faults/fastpath_mutants.py, on the slices each touches
 # Reports: $OUT/<phase>[-TAG].tgz (summary.md, results.json, logs).
+# The device calls, back to back (a warm machine keeps /tmp for 30 s after a call; about 22 min):
+#   put 1..4 : command "bash scripts/device_fastpaths.sh put N", carry [".whl/fastpath.partN", ".whl/fastpath.sha256"]
+#   then     : "LIMIT_S=200 bash scripts/device_fastpaths.sh suite cold"   (no carry; timeout_s 600)
+#              "LIMIT_S=150 bash scripts/device_fastpaths.sh suite warm"
+#              "LIMIT_S=240 bash scripts/device_fastpaths.sh extra"
+# ("check" is a quicker first look: versions, declarations, one prefill and one decode case each.)
 set -o pipefail
 PHASE=${1:?usage: scripts/device_fastpaths.sh put N | check | suite TAG | extra}
 OUT=${OUT:-/tmp/fastpath_out}; mkdir -p "$OUT"
@@ -72,7 +78,7 @@ PY
   suite)
     TAG=${2:?tag: cold / warm}
     for B in ${BACKENDS:-flashinfer sglang vllm}; do
-      (for S in ${SUITES:-ci fastpath}; do run "$S-$B-$TAG" "$LIMIT_S" --suite "$S" --backend "$B" --jobs "${JOBS:-1}"; done) &
+      (for S in ${SUITES:-fastpath ci}; do run "$S-$B-$TAG" "$LIMIT_S" --suite "$S" --backend "$B" --jobs "${JOBS:-1}"; done) &
     done; wait
     pack ;;
   extra)
