@@ -230,3 +230,11 @@ def test_gate_fault_named(backends):
     assert rec["status"] == "fail"
     top = rec["hypotheses"][0]
     assert top["class"] == "gate_domain" and top["matched"] and top["words"] in rec["diagnosis"]
+
+
+def test_list_backends_shows_them(capsys):
+    from harness.cli import main
+    assert main(["list", "backends"]) == 0
+    out = capsys.readouterr().out
+    for name in ("flashinfer", "sglang", "vllm@flashinfer", "flashinfer@kmajor", "sglang@triton"):
+        assert name in out
