@@ -249,6 +249,8 @@ def cmd_list(args) -> int:
                 b = load_backend(name)
                 why = b.unavailable("cuda" if _has_cuda() else "cpu")
                 info = f"ops: {', '.join(b.implemented_ops()) or '-'}" + (f"  [unavailable: {why}]" if why else "")
+                if b.variants:
+                    info += f"  variants: {', '.join(f'{name}@{v}' for v in b.variants)}"
             except HarnessError as e:
                 info = f"[cannot load: {e}]"
             print(f"{name:10} {target:55} {info}")

@@ -32,6 +32,7 @@ CLASSES: Dict[str, str] = {
     "batch_shape": "batch shape",
     "chunk_boundary": "chunk boundary",
     "varlen_isolation": "varlen isolation",
+    "gate_domain": "gate domain (log / linear / log2)",
 }
 
 

@@ -156,6 +156,11 @@ HYPOTHESES = [
       _ops("chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule")),
     *_accepted_offsets("ssm", "the ssm state is read from slot [num_accepted] instead of [num_accepted - 1]",
                        "the ssm state is read from slot [num_accepted - 2]", conv=False),
+    H("gate_log_as_linear", "gate_domain",
+      "matches when the log-space g reaches a kernel that takes the linear-space decay (alpha = exp(g), "
+      "FlashInfer's chunk_gated_delta_rule) unconverted: the decay is g itself, NaN / garbage for every g < 0; "
+      "the adapter's gate-domain conversion is missing", lambda c: V.gate_domain_variant("log_as_linear", op=c.family),
+      _ops(*DELTA_OPS)),
     # delta rule: q / k
     H("qk_heads_tiled", "gva_head_mapping",
       "matches when value head hv uses q/k head hv % H (tiled) instead of hv // r (grouped, repeat_interleave): "

@@ -7,6 +7,7 @@ and the layer oracle (``run_oracle(ops=...)``) take.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, Optional
 
 import torch
@@ -267,6 +268,21 @@ def gating_variant(kind: str) -> Ops:
         decay = A if kind == "A_not_exp" else torch.exp(A)
         return (-decay * sp).to(acc), torch.sigmoid(b.to(F64)).to(acc)
     return {"fused_gdn_gating": fn}
+
+
+def gate_domain_variant(kind: str, op: str = RECURRENT) -> Ops:
+    """The log-space gate reaching a kernel of another gate domain unconverted:
+    ``log_as_linear`` (a kernel taking the decay alpha = exp(g), FlashInfer's chunk, gets g: its
+    decay is g, i.e. a log gate of log(g), NaN for every g < 0), ``linear_as_log`` (a log-space
+    kernel gets exp(g): decay exp(exp(g)) > 1, outputs blow up), ``log_as_log2`` (a 2**g kernel
+    gets g: the log gate is g * ln 2, under-decayed)."""
+    base = getattr(ref, op)
+    conv = {"log_as_linear": torch.log, "linear_as_log": torch.exp,
+            "log_as_log2": lambda g: g * math.log(2.0)}[kind]
+
+    def fn(q, k, v, g, beta, **kw):
+        return base(q, k, v, conv(g), beta, **kw)
+    return {op: fn}
 
 
 # ------------------------------------------------------------------ gated norm

@@ -39,6 +39,7 @@ CATALOGUE_CLASSES = {
     "batch shape": "batch_shape",
     "chunk boundary": "chunk_boundary",
     "varlen isolation": "varlen_isolation",
+    "gate domain": "gate_domain",
 }
 assert set(CATALOGUE_CLASSES.values()) <= set(CLASSES)
 

@@ -467,6 +467,28 @@ class FreshOneTokenPrefillAsDecode(_TritonCore):
         return super()._run_core(ops, p, q, k, v, a, b, entries, conv_state, ssm_state, T, dev)
 
 
+def _linear_gate_chunk(q, k, v, alpha, beta, *args, **kw):
+    """A chunked prefill kernel taking the linear-space gate alpha = exp(g) (FlashInfer's
+    convention): the reference over log(alpha)."""
+    return ref.chunk_gated_delta_rule(q, k, v, torch.log(alpha), beta, *args, **kw)
+
+
+class GateLogAsLinear(ReferenceBackend):
+    """Gate domain mismatch: the chunk kernel takes the linear-space decay alpha = exp(g)
+    (FlashInfer's chunk_gated_delta_rule; vLLM PR #32846 wraps it with ``g=torch.exp(g)``) and the
+    adapter hands it the log-space g unconverted (FlashInfer's test_gdn_prefill_g_space: all-NaN
+    output). Python glue: the declared domain is right, the conversion (`gate_to`) is skipped."""
+    name = "gate_log_as_linear"
+    gate_domains = {"chunk_gated_delta_rule": "linear"}
+
+    @staticmethod
+    def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=True,
+                               cu_seqlens=None, use_qk_l2norm_in_kernel=False, state_layout="vk", chunk_size=64):
+        alpha = g                                       # the bug: gate_to("linear", g) forgotten
+        return _linear_gate_chunk(q, k, v, alpha, beta, scale, initial_state, output_final_state, cu_seqlens,
+                                  use_qk_l2norm_in_kernel, state_layout, chunk_size)
+
+
 # ------------------------------------------------------------------ the catalogue
 _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
     # class, base, where, incident, diagnosis class
@@ -502,6 +524,9 @@ _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
     (ChunkZeroInitialState, "reference", "python-glue", "initial state zeroed in chunked prefill (port incident)",
      "state init: chunked prefill"),
     (FinalStateSqueezeBatchOfOne, "reference", "python-glue", "batch of one broken by a squeeze", "batch shape"),
+    (GateLogAsLinear, "reference", "python-glue",
+     "log-space g handed to a kernel taking the linear decay alpha = exp(g) (FlashInfer chunk; all-NaN)",
+     "gate domain"),
     (ChunkTailEdgePadded, "reference", "reference-source", "chunk-boundary error for T not a multiple of 64",
      "chunk boundary"),
     (VarlenStateLeak, "reference", "reference-source", "state leaking between sequences of a varlen batch",

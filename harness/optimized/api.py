@@ -9,10 +9,14 @@ projections, batch metadata and caches, as fused ROCm / XPU paths do.
 """
 from __future__ import annotations
 
+import ast
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+
+from ..errors import InputError
 
 OPS: Tuple[str, ...] = (
     "unpack_qkvz_ba",                                   # (mixed_qkvz, mixed_ba, dims, layout)
@@ -32,6 +36,25 @@ DECODE_PATHS = {
     "sigmoid_gating": ("fused_sigmoid_gating_delta_rule_update",),
     "packed": ("fused_recurrent_gated_delta_rule_packed_decode",),
 }
+
+
+# The domain of the gate g a delta-rule kernel takes: "log" (the harness's: the decay is
+# exp(g); vLLM's / fla's Triton kernels), "linear" (the decay itself, alpha = exp(g):
+# FlashInfer's chunk_gated_delta_rule), "log2" (the decay is 2**g), or "in_kernel" (raw a / b,
+# the kernel computes the gate: FlashInfer's decode / MTP, the sigmoid-gating updates).
+GATE_DOMAINS = ("log", "linear", "log2", "in_kernel")
+
+
+def gate_to(domain: str, g: torch.Tensor) -> torch.Tensor:
+    """The harness's log-space gate `g` in a kernel's `domain` (fp32, as kernels take it)."""
+    g = g.float()
+    if domain == "log":
+        return g
+    if domain == "linear":
+        return torch.exp(g)
+    if domain == "log2":
+        return g * (1.0 / math.log(2.0))
+    raise InputError("gate domain", "one of", "log / linear / log2", domain)
 
 
 @dataclass
@@ -61,6 +84,13 @@ class Backend:
     # real rows are compared, and the report says so; states are checked as ever.
     pad_row_outputs: str = "zeros"
     pad_row_outputs_reason: str = ""
+    # op -> the gate domain (GATE_DOMAINS) of the kernel behind it; ops not named take the
+    # harness's log-space g. The adapter converts (`gate_to`); a wrong conversion is a fault
+    # the harness must see (all-NaN or over-decayed outputs), never a tolerance.
+    gate_domains: Dict[str, str] = {}
+    # Variants a backend takes after "@" in its name (``vllm@flashinfer``): variant -> what it
+    # selects; the constructor gets ``variant=``. Empty: the backend has none.
+    variants: Dict[str, str] = {}
 
     # Ops: None means "not implemented". Subclasses override with the reference's signature.
     unpack_qkvz_ba = None
@@ -75,6 +105,16 @@ class Backend:
     # gdn_core(mixed_qkvz, mixed_ba, params: RankParams, batch: CoreBatch, conv_state, ssm_state,
     #          norm: NormConfig) -> core [T, HV, V]; caches updated in place.
     gdn_core = None
+
+    variant: Optional[str] = None
+
+    def take_variant(self, variant: Optional[str]) -> None:
+        """Check `variant` against `variants` and name the instance ``<name>@<variant>``."""
+        if variant is not None and variant not in self.variants:
+            raise InputError(f"{self.name} variant", "one of", sorted(self.variants), variant)
+        self.variant = variant
+        if variant:
+            self.name = f"{self.name}@{variant}"
 
     def unavailable(self, device: str) -> Optional[str]:
         """Why this backend cannot run on `device` (missing package, no GPU, ...), or None."""
@@ -96,7 +136,8 @@ class Backend:
                     dtypes=list(self.dtypes), state_dtypes=list(self.state_dtypes),
                     ssm_state_layout=self.ssm_state_layout, decode_paths=list(self.decode_paths),
                     ops=self.implemented_ops(), gdn_core=self.gdn_core is not None,
-                    pad_row_outputs=self.pad_row_outputs)
+                    pad_row_outputs=self.pad_row_outputs, gate_domains=dict(self.gate_domains),
+                    variants=dict(self.variants))
 
 
 @dataclass
@@ -131,3 +172,33 @@ def import_once(cache: Dict[str, object], errors: List[str], load: Callable[[], 
         raise ImportError(errors[0]) from e
     cache.update(found)
     return cache
+
+
+def source_functions(source: str, names, cls: Optional[str] = None, ns: Optional[Dict[str, object]] = None,
+                     tag: str = "<source>") -> Dict[str, object]:
+    """Functions `names` defined at the top of `source` (or in its class `cls`), compiled as plain
+    functions (decorators and annotations dropped) in namespace `ns` (torch added): a kernel
+    package's own glue run without importing the module around it (its config / distributed
+    stack). A name `source` lacks raises KeyError naming it."""
+    tree = ast.parse(source)
+    body = tree.body
+    if cls is not None:
+        found = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls]
+        if not found:
+            raise KeyError(f"{tag} defines no class {cls}")
+        body = found[0].body
+    defs = [n for n in body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in names]
+    missing = set(names) - {d.name for d in defs}
+    if missing:
+        raise KeyError(f"{tag} defines no {sorted(missing)}")
+    for d in ast.walk(ast.Module(body=defs, type_ignores=[])):
+        if isinstance(d, (ast.FunctionDef, ast.ClassDef)):
+            d.decorator_list = []
+        if isinstance(d, ast.FunctionDef):
+            d.returns = None
+            for a in d.args.args + d.args.kwonlyargs + d.args.posonlyargs + [d.args.vararg, d.args.kwarg]:
+                if a is not None:
+                    a.annotation = None
+    space: Dict[str, object] = {"torch": torch, **(ns or {})}
+    exec(compile(ast.Module(body=defs, type_ignores=[]), tag, "exec"), space)
+    return {name: space[name] for name in names}

@@ -1,4 +1,9 @@
-"""Finding backends: built-in names, the entry-point group, ``package.module:attr`` or ``path/to/file.py:attr``."""
+"""Finding backends: built-in names, the entry-point group, ``package.module:attr`` or
+``path/to/file.py:attr``.
+
+A registered name may carry a variant after ``@`` (``vllm@flashinfer``, ``flashinfer@kmajor``):
+the backend class gets ``variant=`` and lists what it takes in ``Backend.variants``. ``@`` and
+not ``:``, since ``vllm:triton`` already means attribute ``triton`` of module ``vllm``."""
 from __future__ import annotations
 
 import importlib
@@ -16,7 +21,10 @@ BUILTIN: Dict[str, str] = {
     "triton": "harness.optimized.triton_backend:TritonBackend",
     "fla": "harness.optimized.fla_backend:FlaBackend",
     "vllm": "harness.optimized.vllm_backend:VllmBackend",
+    "flashinfer": "harness.optimized.flashinfer_backend:FlashinferBackend",
+    "sglang": "harness.optimized.sglang_backend:SglangBackend",
 }
+VARIANT_SEP = "@"
 
 
 class BackendLoadError(HarnessError):
@@ -71,12 +79,22 @@ def _resolve(target: str):
 def load_backend(name: str) -> Backend:
     """A Backend instance for a registered name, a plugin, or ``package.module:attr``
     (a Backend subclass, instance, or a factory returning one)."""
-    target = backend_names().get(name, name)
+    base, sep, variant = name.partition(VARIANT_SEP)
+    names = backend_names()
+    if sep and base not in names:
+        raise HarnessError(f"backend {name!r}: a variant ('{VARIANT_SEP}...') follows a registered name; "
+                           f"known: {sorted(names)}")
+    target = names.get(base, name)
     if ":" not in target:
-        raise HarnessError(f"unknown backend {name!r}; known: {sorted(backend_names())} "
+        raise HarnessError(f"unknown backend {name!r}; known: {sorted(names)} "
                            f"(or give package.module:attr)")
     obj = _resolve(target)
-    if isinstance(obj, type) and issubclass(obj, Backend):
+    if sep:
+        known = getattr(obj, "variants", {}) if isinstance(obj, type) else {}
+        if variant not in known:
+            raise HarnessError(f"backend {base!r} has no variant {variant!r}; it has {sorted(known) or 'none'}")
+        obj = obj(variant=variant)
+    elif isinstance(obj, type) and issubclass(obj, Backend):
         obj = obj()
     elif callable(obj) and not isinstance(obj, Backend):
         obj = obj()

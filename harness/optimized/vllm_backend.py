@@ -15,8 +15,17 @@ What is called, as vLLM 0.33's Qwen GDN layer (qwen_gdn_linear_attn.py) calls it
   into ``fused_post_conv_prep`` (fla ops ``fused_gdn_prefill_post_conv``), whose gating
   branch is run here on a 1x1-head dummy q/k/v (the g / beta it returns are exactly the
   layer's).
-- chunk_gated_delta_rule, fused_recurrent_gated_delta_rule,
-  fused_sigmoid_gating_delta_rule_update, fused_recurrent_gated_delta_rule_packed_decode:
+- chunk_gated_delta_rule: the prefill vLLM 0.33 selects on this device, by vLLM's own
+  ``_resolve_gdn_prefill_backend`` (compiled from the layer file, run with the case's head
+  dims and vLLM's ``current_platform``): "flashinfer" (SM90; SM10x / SM12x with K = 128 and
+  CUDA >= 13) runs vLLM's wrapper ``fi_chunk_gated_delta_rule`` from the same file (q / k
+  L2-normalised outside the kernel by vLLM's ``l2norm_fwd``, ``g=torch.exp(g)``: FlashInfer
+  takes the linear-space gate, the state cast to fp32) over FlashInfer's
+  ``gdn_prefill.chunk_gated_delta_rule``, so a bug of the wrapper is judged with the kernel;
+  "triton" runs fla ops' ``chunk_gated_delta_rule``. Variants force one: ``vllm@triton``,
+  ``vllm@flashinfer`` (a case where vLLM would fall back skips, naming what it would run).
+- fused_recurrent_gated_delta_rule, fused_sigmoid_gating_delta_rule_update,
+  fused_recurrent_gated_delta_rule_packed_decode:
   ``vllm.third_party.flash_linear_attention.ops``; state ``[N, HV, V, K]``.
 - causal_conv1d_fn / causal_conv1d_update: ``vllm.model_executor.layers.mamba.ops.causal_conv1d``
   (conv state ``(..., dim, W-1)``, either memory order: vLLM keeps both layouts).
@@ -32,16 +41,15 @@ with PAD = -1, so harness slot s is vLLM slot s + 1 of a pool with a null block 
 """
 from __future__ import annotations
 
-import ast
 import importlib
 import importlib.util
 from types import SimpleNamespace
-from typing import Dict, List, Optional
+from typing import Dict, List, Literal, Optional
 
 import torch
 
 from ..errors import InputError
-from .api import DECODE_PATHS, Backend, import_once
+from .api import DECODE_PATHS, Backend, import_once, source_functions
 
 PAD_SLOT_ID = -1
 NULL_BLOCK_ID = 0            # vLLM's reserved slot
@@ -56,6 +64,8 @@ MODULES = dict(
 )
 LAYER_MODULE = "vllm.model_executor.layers.mamba.gdn.qwen_gdn_linear_attn"
 LAYER_METHODS = ("prepare_gdn_attention_core_inputs", "rearrange_mixed_qkv")
+LAYER_FUNCTIONS = ("_resolve_gdn_prefill_backend", "fi_chunk_gated_delta_rule")
+PREFILL_BACKENDS = ("triton", "flashinfer")      # what the adapter can run of vLLM's prefills
 
 _CACHE: Dict[str, object] = {}
 _ERROR: List[str] = []
@@ -84,14 +94,14 @@ def _layer_source() -> Optional[str]:
 def layer_functions(source: str) -> Dict[str, object]:
     """`LAYER_METHODS` of class QwenGatedDeltaNetAttention in `source`, compiled as plain
     functions (decorators dropped) over torch; call them with a namespace as ``self``."""
-    tree = ast.parse(source)
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "QwenGatedDeltaNetAttention")
-    defs = [n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name in LAYER_METHODS]
-    for d in defs:
-        d.decorator_list = []
-    ns: Dict[str, object] = {"torch": torch}
-    exec(compile(ast.Module(body=defs, type_ignores=[]), f"<vLLM {LAYER_MODULE}>", "exec"), ns)
-    return {name: ns[name] for name in LAYER_METHODS}
+    return source_functions(source, LAYER_METHODS, cls="QwenGatedDeltaNetAttention", tag=f"<vLLM {LAYER_MODULE}>")
+
+
+class _QuietLogger:
+    """vLLM's logger inside the compiled glue: its warnings are not the harness's output."""
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
 
 
 def _ids(values, device) -> torch.Tensor:
@@ -135,19 +145,33 @@ class VllmBackend(Backend):
         "storing a row whose slot is the null block / PAD_SLOT_ID, so those rows of their torch.empty outputs "
         "hold whatever was there; vLLM drops padded tokens' outputs (CUDA-graph padding)")
 
-    def __init__(self, modules: Optional[Dict[str, object]] = None, layer_source: Optional[str] = None):
-        """`modules` / `layer_source` replace vLLM's kernel modules (keys of MODULES) or the
-        layer file's text; without vLLM the declarations stay and every case skips."""
+    variants = {"triton": "force vLLM's Triton (fla) prefill",
+                "flashinfer": "force vLLM's FlashInfer prefill (fi_chunk_gated_delta_rule)"}
+    gate_domains = {"chunk_gated_delta_rule": "log"}    # the wrapper takes log-space g; exp(g) is its own
+
+    def __init__(self, variant: Optional[str] = None, modules: Optional[Dict[str, object]] = None,
+                 layer_source: Optional[str] = None, platform=None):
+        """`modules` / `layer_source` / `platform` replace vLLM's kernel modules (keys of
+        MODULES, plus "l2norm" for the wrapper), the layer file's text or
+        ``vllm.platforms.current_platform``; without vLLM the declarations stay and every case skips."""
+        self.take_variant(variant)
         self._mods: Dict[str, object] = {}
         self._layer = None
+        self._glue: Dict[str, object] = {}
+        self._platform = platform
+        self._source: Optional[str] = None
         try:
-            found = _vllm()
+            found = _vllm() if modules is None or layer_source is None else {}
         except ImportError:
             return
         self._mods = {k: v for k, v in found.items() if k in MODULES}
         self._mods.update(modules or {})
         src = layer_source if layer_source is not None else found.get("layer_source")
-        self._layer = layer_functions(src) if src else None
+        try:
+            self._layer = layer_functions(src) if src else None
+        except KeyError:        # a layer file without the Qwen class: the unpack is the reference's
+            self._layer = None
+        self._source = src
         if self._layer is None:
             self.unpack_qkvz_ba = None
         self.decode_paths = tuple(p for p in self.decode_paths if all(self.implements(o) for o in DECODE_PATHS[p]))
@@ -156,17 +180,47 @@ class VllmBackend(Backend):
         return self._mods[key] if self._mods else _vllm()[key]
 
     def unavailable(self, device: str) -> Optional[str]:
-        try:
-            _vllm()
-        except ImportError as e:
-            return f"vLLM is not importable: {e}"
+        if not self._mods:
+            try:
+                _vllm()
+            except ImportError as e:
+                return f"vLLM is not importable: {e}"
+        if self.variant == "flashinfer" and importlib.util.find_spec("flashinfer") is None:
+            return "FlashInfer is not importable (vLLM's FlashInfer prefill)"
         return super().unavailable(device)
+
+    def _glue_fns(self) -> Dict[str, object]:
+        """vLLM's prefill selection and FlashInfer wrapper, compiled from the layer file."""
+        if not self._glue:
+            if self._platform is None:
+                from vllm.platforms import current_platform
+                self._platform = current_platform
+            ns = dict(current_platform=self._platform, Literal=Literal, logger=_QuietLogger(),
+                      l2norm_fwd=self._m("l2norm").l2norm_fwd if "l2norm" in self._mods
+                      else importlib.import_module(MODULES["ops"] + ".chunk").l2norm_fwd,
+                      xpu_gdn_kernel_available=lambda: False, rocm_aiter_ops=None)
+            self._glue = source_functions(self._source, LAYER_FUNCTIONS, ns=ns, tag=f"<vLLM {LAYER_MODULE}>")
+        return self._glue
+
+    def prefill_backend(self, K: int, V: int, dtype=torch.bfloat16) -> str:
+        """What vLLM 0.33's _resolve_gdn_prefill_backend selects here for head dims K, V
+        (``gdn_prefill_backend`` = this backend's variant, or "auto")."""
+        cfg = SimpleNamespace(
+            additional_config={"gdn_prefill_backend": self.variant or "auto"},
+            model_config=SimpleNamespace(dtype=dtype, hf_text_config=SimpleNamespace(
+                linear_key_head_dim=K, linear_value_head_dim=V)))
+        return self._glue_fns()["_resolve_gdn_prefill_backend"](cfg)[1]
 
     def describe(self) -> Dict:
         d = super().describe()
         if _CACHE:
             d.update(vllm_version=_CACHE.get("version"),
                      vllm_modules={k: getattr(m, "__name__", "?") for k, m in self._mods.items()})
+        if self._layer is not None and torch.cuda.is_available():
+            try:
+                d.update(prefill_backend_k128=self.prefill_backend(128, 128))
+            except Exception as e:  # noqa: BLE001  describing never fails a run
+                d.update(prefill_backend_k128=f"unresolved: {type(e).__name__}: {e}")
         return d
 
     # ------------------------------------------------------------------ projections
@@ -202,6 +256,16 @@ class VllmBackend(Backend):
         _check_vk(state_layout)
         if q.dtype == torch.float32:
             raise NotImplementedError("vLLM's chunk_gated_delta_rule asserts q.dtype != float32")
+        chosen = self.prefill_backend(q.shape[-1], v.shape[-1], q.dtype)
+        if chosen not in PREFILL_BACKENDS or (self.variant and chosen != self.variant):
+            raise NotImplementedError(f"vLLM 0.33 would run its {chosen!r} GDN prefill here "
+                                      f"(gdn_prefill_backend={self.variant or 'auto'})")
+        if chosen == "flashinfer":
+            if importlib.util.find_spec("flashinfer") is None:
+                raise NotImplementedError("vLLM 0.33 runs FlashInfer's GDN prefill here and FlashInfer is not "
+                                          "importable (vllm@triton judges the Triton prefill alone)")
+            return self._fi_chunk(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens,
+                                  use_qk_l2norm_in_kernel)
         o, final = self._m("ops").chunk_gated_delta_rule(
             q=q, k=k, v=v, g=g, beta=beta, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
@@ -209,6 +273,26 @@ class VllmBackend(Backend):
         if final is not None and initial_state is not None:
             final = final.to(initial_state.dtype)
         return o, final
+
+    def _fi_chunk(self, q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, use_qk_l2norm):
+        """vLLM's fi_chunk_gated_delta_rule, as its layer calls it (varlen ``[1, T, ...]``, an
+        initial state per sequence; its final state is fp32, cast back as the layer does)."""
+        K, shape = q.shape[-1], v.shape
+        if scale not in (None, K ** -0.5):
+            raise NotImplementedError("vLLM's FlashInfer prefill wrapper passes no scale (FlashInfer's K^-0.5)")
+        B, T = q.shape[:2]
+        if cu_seqlens is None and B > 1:
+            q, k, v, g, beta = (t.reshape(1, B * T, *t.shape[2:]) for t in (q, k, v, g, beta))
+            cu_seqlens = torch.arange(0, B * T + 1, T, dtype=torch.int32, device=q.device)
+        N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+        h0 = initial_state if initial_state is not None else torch.zeros(
+            N, v.shape[2], v.shape[3], K, dtype=torch.float32, device=q.device)
+        o, final = self._glue_fns()["fi_chunk_gated_delta_rule"](
+            q=q, k=k, v=v, g=g, beta=beta, initial_state=h0, output_final_state=output_final_state,
+            cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=use_qk_l2norm)
+        if final is not None and initial_state is not None:
+            final = final.to(initial_state.dtype)
+        return o.reshape(shape), final
 
     def _pool_call(self, call, initial_state, inplace_final_state, ssm_state_indices, pad_slot_id):
         """Run `call(pool, indices)` (vLLM's in-place update) on the pool with a null block in
