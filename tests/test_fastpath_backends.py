@@ -135,7 +135,7 @@ def test_flashinfer_checkpoints():
 def test_flashinfer_decode_and_mtp(backend, state_dtype, variant, backends):
     rec = _op(backend, SIGMOID, variant, DECODE, "bfloat16", state_dtype, backends)
     assert rec["status"] == "pass", (rec.get("error"), _failed(rec))
-    assert "initial_state.untouched" in [m["output"] for m in rec["metrics"]]
+    assert "ssm_pool.untouched" in [m["output"] for m in rec["metrics"]]
 
 
 def test_flashinfer_kmajor_decode(backends):
@@ -204,10 +204,10 @@ def test_vllm_forced_flashinfer_skips_where_vllm_falls_back(fake_flashinfer_pack
 # ------------------------------------------------------------------ planted conversion bugs fail
 @pytest.mark.parametrize("backend,op,variant,dims,state_dtype,outputs", [
     ("flashinfer_gate_unconverted", CHUNK, "varlen", SMALL, "float32", {"o", "final_state"}),
-    ("flashinfer_null_row_unshifted", SIGMOID, "decode", DECODE, "bfloat16", {"initial_state.untouched"}),
-    ("flashinfer_null_row_unshifted", SIGMOID, "spec", DECODE, "float32", {"initial_state"}),
+    ("flashinfer_null_row_unshifted", SIGMOID, "decode", DECODE, "bfloat16", {"ssm_pool.untouched"}),
+    ("flashinfer_null_row_unshifted", SIGMOID, "spec", DECODE, "float32", {"ssm_pool"}),
     ("flashinfer_chunk_zero_initial_state", CHUNK, "varlen", SMALL, "float32", {"o", "final_state"}),
-    ("sglang_verify_reads_column_0", SIGMOID, "spec", SMALL, "float32", {"o", "initial_state"}),
+    ("sglang_verify_reads_column_0", SIGMOID, "spec", SMALL, "float32", {"o", "ssm_pool"}),
 ])
 def test_planted_conversion_bug_fails(backend, op, variant, dims, state_dtype, outputs, backends):
     rec = _op(backend, op, variant, dims, "bfloat16", state_dtype, backends)
