@@ -246,7 +246,7 @@ def channel_section(name: str, actual, expected, channel_dim: int, sections: Dic
 
 
 # ------------------------------------------------------------------ precision
-def precision(name: str, actual, expected, reruns: Dict[str, torch.Tensor], factor: float = 4.0,
+def precision(name: str, actual, expected, reruns: Dict[str, torch.Tensor], factor: float = 2.0,
               tol: float = 0.0) -> Optional[Signature]:
     """The error is of the size a narrower dtype gives: some re-run of the reference with
     that rounding (`reruns`: label -> output, e.g. "bf16 at the state store") has an error
