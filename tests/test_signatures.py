@@ -176,3 +176,23 @@ def test_gate_response_curve():
     assert sig and sig.where["curve"] == "sigmoid instead of silu"
     assert S.gate_response("y", e.clone(), e, z, TOL) is None
     assert S.gate_response("y", _noise(e), e, z, TOL) is None
+
+
+def test_time_shift_of_a_window_column():
+    e = _t(2, 3, 3)
+    a = e.clone()
+    a[..., :-1] = e[..., 1:]                 # window shifted: column c holds column c+1's value
+    sig = S.time_shift("conv_state", a, e, 2, TOL, label="window column")
+    assert sig and sig.where["shift"] == -1 and sig.where["label"] == "window column"
+    assert S.time_shift("conv_state", e.clone(), e, 2, TOL, label="window column") is None
+
+
+def test_sequence_pattern_partial_chunk():
+    lengths = [64, 70, 128, 5]
+    e = _t(4, 2, 3)
+    a = e.clone()
+    a[[1, 3]] += 1                           # the sequences whose length % 64 != 0
+    sig = S.sequence_pattern("final_state", a, e, lengths, 0, TOL)
+    assert sig and sig.where["shared"].startswith("length % 64 != 0")
+    assert S.sequence_pattern("final_state", e.clone(), e, lengths, 0, TOL) is None
+    assert S.sequence_pattern("final_state", _noise(e), e, lengths, 0, TOL) is None

@@ -128,9 +128,10 @@ def misrouting(name: str, actual, expected, axis: int = 0, tol: float = 1e-6, la
 
 # ------------------------------------------------------------------ time shift
 def time_shift(name: str, actual, expected, token_dim: int = 0, tol: float = 1e-6,
-               starts: Optional[Sequence[int]] = None) -> Optional[Signature]:
+               starts: Optional[Sequence[int]] = None, label: str = "token") -> Optional[Signature]:
     """Tokens whose output equals the reference's one token earlier (late by one) or later.
-    `starts` (sequence starts) keeps the comparison inside each sequence."""
+    `starts` (sequence starts) keeps the comparison inside each sequence. At least half of
+    the wrong tokens must fit (a shifted window has one new column no shift explains)."""
     wrong = wrong_along(actual, expected, token_dim, tol)
     if not wrong:
         return None
@@ -139,10 +140,11 @@ def time_shift(name: str, actual, expected, token_dim: int = 0, tol: float = 1e-
     for d, what in ((1, "one token late (holds the reference's value of token t-1)"),
                     (-1, "one token early (holds the reference's value of token t+1)")):
         hit = [t for t in wrong if 0 <= t - d < len(e) and seq_of[t - d] == seq_of[t] and _same(a[t], e[t - d], tol)]
-        if hit and len(hit) >= max(1, int(0.8 * len(wrong))):
-            return Signature("time_shift", name, f"time shift in {name}: {len(hit)} of {len(wrong)} wrong tokens are "
-                             f"{what}; first at token {hit[0]}", "exact" if len(hit) == len(wrong) else "strong",
-                             dict(shift=d, first_token=hit[0], tokens=len(hit)))
+        if hit and 2 * len(hit) >= len(wrong):
+            what = what.replace("token", label)
+            return Signature("time_shift", name, f"time shift in {name}: {len(hit)} of {len(wrong)} wrong {label}s are "
+                             f"{what}; first at {label} {hit[0]}", "exact" if len(hit) == len(wrong) else "strong",
+                             dict(shift=d, first_token=hit[0], tokens=len(hit), label=label))
     return None
 
 
@@ -206,6 +208,26 @@ def boundary(name: str, actual, expected, token_dim: int = 0, tol: float = 1e-6,
         return None
     return Signature("boundary", name, f"boundary in {name}: {what}{only}", "exact",
                      dict(first_token=t0, edge=edge, sequence=n, position=pos, wrong_sequences=wrong_seqs))
+
+
+def sequence_pattern(name: str, actual, expected, lengths: Sequence[int], axis: int = 0, tol: float = 1e-6,
+                     chunk: int = 64) -> Optional[Signature]:
+    """Per-sequence results (final states) wrong for only some sequences, named by what their
+    lengths share: not a multiple of `chunk` (a partial last chunk), one token, shorter or
+    longer than a chunk; else the sequences are listed."""
+    wrong = wrong_along(actual, expected, axis, tol)
+    n = actual.shape[axis]
+    if not wrong or len(wrong) == n or len(lengths) != n:
+        return None
+    ws = set(wrong)
+    tests = {f"length % {chunk} != 0 (a partial last chunk)": lambda L: L % chunk != 0,
+             "length 1": lambda L: L == 1, f"length < {chunk}": lambda L: L < chunk,
+             f"length > {chunk} (more than one chunk)": lambda L: L > chunk}
+    shared = [w for w, f in tests.items() if ws == {i for i, L in enumerate(lengths) if f(L)}]
+    what = f": exactly the sequences of {shared[0]}" if shared else ""
+    return Signature("boundary", name, f"sequence pattern in {name}: only sequences {_ranges(wrong)} of {n} (lengths "
+                     f"{', '.join(str(lengths[i]) for i in wrong)}) differ{what}", "exact",
+                     dict(edge="sequence_pattern", sequences=wrong, shared=shared[0] if shared else None))
 
 
 # ------------------------------------------------------------------ heads and channels

@@ -101,14 +101,15 @@ def hints_for_call(op: str, kw: dict, H: int, HV: int, K: int, V: int) -> Dict[s
         T = kw["q"].shape[1]
         h["o"] = dict(token_dim=1, head_dim=2, starts=starts, pad_rows=pad_rows_of(kw, T), spec_edges=spec_edges(kw),
                       chunk=64 if op == "chunk_gated_delta_rule" else 10 ** 9)
-        h["final_state"] = dict(slot_dim=0, head_dim=1, label="sequence")
+        h["final_state"] = dict(slot_dim=0, head_dim=1, label="sequence",
+                                lengths=[b - a for a, b in zip(starts, starts[1:] + [T])] if starts else None)
     elif op == "fused_recurrent_gated_delta_rule_packed_decode":
         h["out"] = dict(token_dim=0, head_dim=2, pad_rows=pad_rows_of(kw, kw["mixed_qkv"].shape[0]))
     elif op == "rms_norm_gated":
         V_ = kw["x"].shape[-1]
         h["y"] = dict(token_dim=0, group=kw.get("group_size") or V_, gate=kw.get("z"))
     for n in ("conv_states", "conv_state"):
-        h[n] = dict(slot_dim=0, channel_dim=1, sections=qkv, label="slot")
+        h[n] = dict(slot_dim=0, channel_dim=1, sections=qkv, label="slot", window_dim=2)
     h["initial_state"] = dict(slot_dim=0, head_dim=1, label="slot")
     return h
 
@@ -124,9 +125,15 @@ def scan(name: str, actual, expected, hint: dict, tol: float, H: int = 1, HV: in
     if "slot_dim" in hint:
         d, label = hint["slot_dim"], hint.get("label", "slot")
         found += [S.misrouting(name, a, e, d, tol, label), S.zeros_untouched(name, a, e, before, d, tol, label)]
+        if hint.get("lengths"):
+            found.append(S.sequence_pattern(name, a, e, hint["lengths"], d, tol))
+    wd = _dim(hint.get("window_dim"), a)
+    if wd is not None and a.shape[wd] > 1:
+        found.append(S.time_shift(name, a, e, wd, tol, None, "window column"))
     td = _dim(hint.get("token_dim"), a)
     if td is not None:
         found += [S.time_shift(name, a, e, td, tol, hint.get("starts")),
+                  S.misrouting(name, a, e, td, tol, "token row"),
                   S.zeros_untouched(name, a, e, None, td, tol, "token"),
                   S.boundary(name, a, e, td, tol, hint.get("starts"), hint.get("chunk", 64), hint.get("spec_edges", ()),
                              hint.get("pad_rows", ()))]
