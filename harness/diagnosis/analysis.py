@@ -138,10 +138,25 @@ def _rank(sigs: List[dict]) -> List[dict]:
     return sorted(sigs, key=lambda s: (s["confidence"] != "exact", structure.RANK.index(s["kind"])))
 
 
+def divergence(pairs, policy, case) -> dict:
+    """Where the failing outputs start to diverge: the earliest first divergent token of a
+    token-major output (else the worst output's max |diff| index), and the worst rel_rms."""
+    best, worst = None, 0.0
+    for name, a, e, key, m in _failing(pairs, policy, case):
+        rel = m.rel_rms if math.isfinite(m.rel_rms) else math.inf
+        worst = max(worst, rel)
+        if m.first_divergent_token is not None and (best is None or "token" not in best or
+                                                    m.first_divergent_token < best["token"]):
+            best = dict(output=name, token=m.first_divergent_token)
+        elif best is None:
+            best = dict(output=name, index=m.max_abs_index)
+    return dict(best or {}, worst_rel_rms=worst)
+
+
 def analyse(case, pairs, policy, backend, ssm_layout: str, deadline: float) -> dict:
-    """attribution (layer), signatures (attribution's first, then the outputs'), and whether
-    a precision re-run was tried."""
-    out = dict(attribution=None, signatures=[], precision_checked=False)
+    """attribution (layer), signatures (attribution's first, then the outputs'), whether a
+    precision re-run was tried, and where the divergence starts."""
+    out = dict(attribution=None, signatures=[], precision_checked=False, divergence=divergence(pairs, policy, case))
     if case.level == "op":
         out.update(op_signatures(case, pairs, policy, ssm_layout))
     elif case.level == "layer" and case.check != "spec_one_accepted":
@@ -227,11 +242,18 @@ def sentence(hyps: List[dict], extra: dict, coverage: Optional[dict], hyp_senten
             ruled.append(note)
         if hyps:
             ruled.append(hyp_sentence(hyps))
+        worst = (extra.get("divergence") or {}).get("worst_rel_rms", 0.0)
         if extra.get("precision_checked") and not any(x["kind"] == "precision" for x in sigs):
             ruled.append("not precision: bf16 / fp16 / tf32 rounding re-runs of the reference do not reproduce "
                          "an error of this size")
+        elif worst >= 0.1 and not any(x["kind"] == "precision" for x in sigs):
+            ruled.append(f"not precision: rel_rms {worst:.3g} is far above bf16 / fp16 rounding (~4e-3)")
         if not a and not s:
             ruled.append("no structural signature fits (not a permutation, shift, transposition, rescaling, "
                          "head / channel / boundary pattern)")
         parts.append("not a known fault class: " + "; ".join(ruled) if ruled else "not a known fault class")
+    d = extra.get("divergence") or {}
+    if d.get("output") and not any(x["kind"] == "boundary" for x in sigs[:MAX_SIGNATURES]):
+        where = f"token {d['token']}" if "token" in d else f"index {d.get('index')}"
+        parts.append(f"the divergence starts at {d['output']} {where}")
     return "; ".join(parts) if parts else None

@@ -236,7 +236,9 @@ def _attribute_core(case, backend, ops, policy, core) -> Optional[dict]:
             if not m.passed:
                 bad[n] = (tol, m)
         if bad:
-            stage = ("conv stage (conv window / conv state)" if "conv_state" in bad else
+            stage = ("slot routing or the conv feeding the delta rule (conv and ssm state both differ)"
+                     if {"conv_state", "ssm_state"} <= set(bad) else
+                     "conv stage (conv window / conv state)" if "conv_state" in bad else
                      "gating / delta rule stage (ssm state)" if "ssm_state" in bad else
                      "core output (rows written / gathered)")
             qkv = {"q": (0, loc.H * loc.K), "k": (loc.H * loc.K, 2 * loc.H * loc.K),
