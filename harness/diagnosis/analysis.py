@@ -55,10 +55,14 @@ def op_signatures(case, pairs, policy, ssm_layout: str) -> dict:
     d = case.dims
     hints = structure.hints_for_call(case.check, kw, d.H, d.HV, d.K, d.V)
     sigs, checked = [], False
-    reruns = None
+    reruns, first = None, None
     for name, a, e, key, m in _failing(pairs, policy, case):
         base = name.split(".")[0]
         hint = dict(hints.get(base, {}))
+        td = structure._dim(hint.get("token_dim"), a)
+        if td is not None and first is None and tuple(a.shape) == tuple(e.shape):
+            wrong = S.wrong_along(a, e, td, _tol(policy, key, case))
+            first = dict(output=name, token=wrong[0]) if wrong else None
         before = kw[base].detach().cpu() if base in s.states and not name.endswith(".untouched") else None
         tol = _tol(policy, key, case)
         found = structure.scan(name, a, e, hint, tol, d.H, d.HV, before)
@@ -77,7 +81,7 @@ def op_signatures(case, pairs, policy, ssm_layout: str) -> dict:
                                       tol) if alt is not None else None
             found += [x] if x else []
         sigs += [dict(x.to_dict(), op=case.check, step=None) for x in found]
-    return dict(signatures=_rank(sigs), precision_checked=checked,
+    return dict(signatures=_rank(sigs), precision_checked=checked, first_token=first,
                 attribution=dict(op=case.check, how="op case", step=None,
                                  outputs=[n for n, *_ in _failing(pairs, policy, case)]))
 
@@ -159,6 +163,9 @@ def analyse(case, pairs, policy, backend, ssm_layout: str, deadline: float) -> d
     out = dict(attribution=None, signatures=[], precision_checked=False, divergence=divergence(pairs, policy, case))
     if case.level == "op":
         out.update(op_signatures(case, pairs, policy, ssm_layout))
+        first = out.pop("first_token", None)     # the op's token axis, which the op pairs do not carry
+        if first:
+            out["divergence"] = dict(first, worst_rel_rms=out["divergence"].get("worst_rel_rms", 0.0))
     elif case.level == "layer" and case.check != "spec_one_accepted":
         if backend is not None and time.perf_counter() < deadline:
             from .attribution import attribute_layer
@@ -184,7 +191,9 @@ def attribution_words(att: Optional[dict]) -> Optional[str]:
     op, step = att.get("op"), att.get("step")
     where = f"step {step}" + (f", {att['entry']}" if att.get("entry") else "") if step is not None else ""
     if att.get("how") == "op case":
-        return f"localised to op {op} (an op case: {', '.join(att.get('outputs') or [])} differ from the reference)"
+        outs = att.get("outputs") or []
+        return (f"localised to op {op} (an op case: {', '.join(outs)} "
+                f"{'differs' if len(outs) == 1 else 'differ'} from the reference)")
     if op == "gdn_core":
         if not att.get("stage"):
             return ("gdn_core: every step's conv state, ssm state and core match the oracle's step from the same "
@@ -254,6 +263,6 @@ def sentence(hyps: List[dict], extra: dict, coverage: Optional[dict], hyp_senten
         parts.append("not a known fault class: " + "; ".join(ruled) if ruled else "not a known fault class")
     d = extra.get("divergence") or {}
     if d.get("output") and not any(x["kind"] == "boundary" for x in sigs[:MAX_SIGNATURES]):
-        where = f"token {d['token']}" if "token" in d else f"index {d.get('index')}"
-        parts.append(f"the divergence starts at {d['output']} {where}")
+        parts.append(f"the divergence starts at {d['output']} token {d['token']}" if "token" in d else
+                     f"the largest difference is at {d['output']} index {d.get('index')}")
     return "; ".join(parts) if parts else None

@@ -122,13 +122,15 @@ def score_heldout(fault, rec: dict) -> dict:
                 op=op, stage=att.get("stage"), top=top["hypothesis"] if top else None,
                 signatures=[s["words"][:160] for s in shown], has_op=op is not None,
                 has_structure=bool(top or shown),
-                has_where=bool(top or shown or "the divergence starts at" in (rec.get("diagnosis") or "")))
+                has_where=bool(top or shown or any(w in (rec.get("diagnosis") or "") for w in
+                                                   ("the divergence starts at", "the largest difference is at"))))
 
 
 def measure_heldout(suite_name: str = "smoke", faults: Optional[Iterable[str]] = None, per_fault: int = 1,
-                    on_fault: Optional[Callable[[dict], None]] = None) -> dict:
+                    on_fault: Optional[Callable[[dict], None]] = None, level: Optional[str] = None) -> dict:
     """The held-out faults (`harness.faults.heldout`): each fault's first `per_fault`
-    failing cases diagnosed and scored by `score_heldout` (the first one decides the fault)."""
+    failing cases (of `level` only, when given) diagnosed and scored by `score_heldout`
+    (the first one decides the fault)."""
     from ..faults.heldout import HELDOUT_FAULTS
     from ..optimized.interpret import interpret_triton
     from ..policy import Policy
@@ -141,7 +143,7 @@ def measure_heldout(suite_name: str = "smoke", faults: Optional[Iterable[str]] =
     for name in (list(faults) if faults else list(HELDOUT_FAULTS)):
         f = HELDOUT_FAULTS[name]
         r = dict(fault=name, incident=f.incident, expect_ops=list(f.expect_ops), expect=list(f.expect), cases=[])
-        for case in _fault_cases(suite, f):
+        for case in _fault_cases(suite, f, level):
             rec = run_case(case, policy, suite["name"], backends, diagnose=True)
             if rec["status"] not in ("fail", "error"):
                 continue
@@ -158,7 +160,7 @@ def measure_heldout(suite_name: str = "smoke", faults: Optional[Iterable[str]] =
             on_fault(r)
     det = [r for r in results if r["detected"]]
     cases = [c for r in results for c in r["cases"]]
-    return dict(suite=suite_name, per_fault=per_fault, heldout=True, faults=results, total=len(results),
+    return dict(suite=suite_name, per_fault=per_fault, heldout=True, level=level, faults=results, total=len(results),
                 detected=len(det), named=sum(r["named"] for r in det), localised=sum(r["localised"] for r in det),
                 misdescribed=sum(r["misdescribed"] for r in det),
                 cases_with_op_and_structure=sum(c["has_op"] and c["has_structure"] for c in cases),
@@ -236,7 +238,7 @@ def _main_heldout(args) -> int:
         print(f"{mark:12} {r['fault']:36} op {c.get('op')!s:40} top {c.get('top')!s:28} "
               f"sig {'; '.join(c.get('signatures') or [])[:140]} ({c.get('diagnosis_s')} s)", flush=True)
 
-    res = measure_heldout(args.suite, args.fault, args.per_fault, show)
+    res = measure_heldout(args.suite, args.fault, args.per_fault, show, args.level)
     d = res["detected"] or 1
     print(f"held-out: {res['detected']}/{res['total']} detected; named right {res['named']}/{res['detected']} "
           f"({100 * res['named'] / d:.0f} %), localised right {res['localised']}/{res['detected']}, misdescribed "
