@@ -79,7 +79,9 @@ class _Checked:
         want = want if isinstance(want, tuple) else (want,)
         pairs = []
         for n, a, b in zip(structure.OUTPUTS[op], got, want):
-            if n is not None and isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            aliased = any(isinstance(named.get(x), torch.Tensor) and isinstance(a, torch.Tensor) and
+                          a.data_ptr() == named[x].data_ptr() for x in structure.STATE_ARGS)
+            if n is not None and not aliased and isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
                 key = f"op.{op}.exact" if op == "unpack_qkvz_ba" else f"op.{op}"
                 pairs.append((n, a, b, key))
         for n in structure.STATE_ARGS:
@@ -110,36 +112,35 @@ class _Checked:
                 if p and not any(x["confidence"] == "exact" and x["kind"] in EXACT_RELATIONS for x in sigs):
                     sigs.append(dict(p.to_dict(), op=op, step=self.step))
         self.first = dict(op=op, step=self.step, rank=self.rank, outputs=[b[0] for b in bad],
-                          rel_rms=max(float(b[4].rel_rms) for b in bad), entry=_entry_of(bad, named, self.entries),
+                          rel_rms=max(float(b[4].rel_rms) for b in bad),
+                          entry=_entry_of(bad, named, self.entries, hints),
                           signatures=sigs)
 
 
-def _entry_of(bad, named, entries) -> Optional[str]:
+def _entry_of(bad, named, entries, hints) -> Optional[str]:
     """The plan entry behind the first divergent row or slot of the call."""
     slots = structure._seq_slots(named)
     starts = structure._starts(named)
     for n, a, b, tol, m in bad:
+        t = max(tol.value, 1e-12)
         if n == "final_state":      # one per sequence of the call: the non-spec entries, in order
-            wrong = [i for i in range(a.shape[0]) if structure.S.rel_err(a[i], b[i]) > max(tol.value, 1e-12)]
+            wrong = structure.S.wrong_along(a, b, 0, t)
             rest = [e for e in entries if e.kind != "spec"]
             if wrong and wrong[0] < len(rest):
                 e = rest[wrong[0]]
                 return f"sequence {wrong[0]} of the call (sequence {e.seq}, a {e.kind} entry)"
-        elif n in structure.STATE_ARGS:
-            wrong = [i for i in range(a.shape[0]) if structure.S.rel_err(a[i], b[i]) > max(tol.value, 1e-12)]
+        elif n in structure.STATE_ARGS and n != "out":
+            wrong = structure.S.wrong_along(a, b, 0, t)
             if wrong:
                 return _describe_slot(wrong[0], entries, "slot")
         elif slots is not None:
-            d = (a.detach().cpu().to(F64) - b.detach().cpu().to(F64)).abs()
-            tok_dim = 1 if (n in ("o",) or n == "out" and "x" in named and named["x"].dim() == 2 and
-                            named["x"].shape[0] != a.shape[0]) else 0
-            per = torch.nan_to_num(d.movedim(tok_dim, 0).reshape(d.shape[tok_dim], -1).amax(1), nan=1e30)
-            t0 = int(per.argmax()) if float(per.max()) > 0 else 0
-            bad_t = (per > 0).nonzero()
-            t0 = int(bad_t[0]) if bad_t.numel() else t0
-            seq = t0 if starts is None else max(i for i, s in enumerate(starts) if s <= t0)
-            if seq < len(slots):
-                return f"token {t0} of the call, " + _describe_slot(slots[seq], entries, "slot")
+            td = structure._dim(hints.get(n, {}).get("token_dim"), a)
+            wrong = structure.S.wrong_along(a, b, td, t) if td is not None else []
+            if wrong:
+                t0 = wrong[0]
+                seq = t0 if starts is None else max(i for i, s in enumerate(starts) if s <= t0)
+                if seq < len(slots):
+                    return f"token {t0} of the call, " + _describe_slot(slots[seq], entries, "slot")
     return None
 
 
