@@ -79,6 +79,19 @@ def test_layer_fault_named(backends):
     assert any("chunk_gated_delta_rule" in line for line in failure_body(rec).splitlines())
 
 
+def test_gdn_core_attributed_to_a_stage(backends):
+    """A fused gdn_core: its step compared with the oracle's from the same caches names the
+    stage, the step and the entry; the divergence is a boundary at the fresh sequence."""
+    case = Case(level="layer", check="fresh_1token_prefill", dims=parse_dims("qwen3-next-80b-a3b:shrunk"),
+                layout="flat", backend=FAULTS["fresh_one_token_prefill_as_decode"].target, dtype="float32",
+                state_dtype="float32", variant="recurrent.dim_first.sharded", device=DEVICE)
+    rec = run_case(case, POLICY, "test", backends, diagnose=True)
+    att = rec["attribution"]
+    assert att["op"] == "gdn_core" and att["stage"] and att["step"] == 0 and "prefill" in att["entry"], att
+    assert any(s["kind"] == "boundary" and s["where"]["edge"] == "sequence_start" for s in rec["signatures"])
+    assert "localised to gdn_core" in rec["diagnosis"]
+
+
 def test_passing_case_has_no_diagnosis(backends):
     rec = run_case(Case(level="op", check="fused_gdn_gating", dims=DIMS, backend="triton", dtype="float32",
                         state_dtype="float32", variant="contiguous", device=DEVICE), POLICY, "test", backends, diagnose=True)
@@ -160,6 +173,8 @@ def test_reports_show_signatures(backends):
     md = summary_markdown([rec], dict(suite="test", command="x"))
     assert "## Diagnosis" in md and "scaled by 1.01" in md
     assert "localised / structure of the difference" in failure_body(rec) and "scale (exact)" in failure_body(rec)
+    from harness.report_html import render_html
+    assert "scaled by 1.01" in render_html([rec], dict(suite="test", command="x"))
     from harness.diagnosis.cli import print_hypotheses
     import contextlib
     import io
