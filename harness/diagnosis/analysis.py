@@ -24,16 +24,6 @@ def _tol(policy, key, case) -> float:
     return max(t.value, 1e-12)
 
 
-def _worst(pairs, policy, case) -> float:
-    from ..compare import compare
-    worst = 0.0
-    for name, a, e, td, key in pairs:
-        m = compare(name, a, e.to(a.device), policy.lookup(key, case.dtype, case.state_dtype), td)
-        if not m.passed:
-            worst = max(worst, m.rel_rms if math.isfinite(m.rel_rms) else math.inf)
-    return worst
-
-
 def _failing(pairs, policy, case):
     from ..compare import compare
     for name, a, e, td, key in pairs:

@@ -14,11 +14,12 @@ caches (conv stage: the conv pool; delta rule stage: the ssm pool; output: the c
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 
 from ..backend_layer import backend_step
+from ..compare import compare
 from ..inputs import make_inputs
 from ..layercheck import _rank_pools, oracle_pairs
 from ..layouts.projection import unpack_qkvz_ba
@@ -91,7 +92,6 @@ class _Checked:
         bad = []
         for n, a, b, key in pairs:
             tol = self.policy.lookup(key, self.dtype, self.state_dtype)
-            from ..compare import compare
             m = compare(n, a.detach().cpu(), b.detach().cpu().to(F64), tol, None)
             if not m.passed:
                 bad.append((n, a, b, tol, m))
@@ -151,7 +151,7 @@ def _describe_slot(slot: int, entries, what: str) -> str:
     return f"{what} {slot} (PAD / no entry owns it)" if slot < 0 or entries else f"{what} {slot}"
 
 
-def _run(case, backend, ops, policy, checked: _Checked, core=None):
+def _run(case, backend, checked: _Checked, core=None):
     """The layer check's run (run_layer_case) through `checked`; returns the pairs."""
     sc = case_scenario(case)
     path, conv_layout, ba = case.variant.split(".")
@@ -175,7 +175,7 @@ def _run(case, backend, ops, policy, checked: _Checked, core=None):
     return oracle_pairs(sc, inp, steps_out, unpacked, pools, conv_layout, backend.ssm_state_layout, case.device)
 
 
-def _passes(pairs, policy, case) -> int:
+def _failing_outputs(pairs, policy, case) -> int:
     """How many of the pairs fail (0: the layer passes)."""
     v = judge(pairs, {}, policy, case.dtype, case.state_dtype)
     return v.failing
@@ -189,12 +189,12 @@ def attribute_layer(case, backend, policy, deadline: float) -> Optional[dict]:
     if core is not None:
         return _attribute_core(case, backend, ops, policy, core)
     checked = _Checked(ops, policy, case.dtype, case.state_dtype)
-    _run(case, backend, ops, policy, checked)
+    _run(case, backend, checked)
     first = checked.first
     implemented = [op for op in OPS if backend.implements(op)]
     if first is not None:
         if time.perf_counter() < deadline:
-            left = _passes(_run(case, backend, ops, policy, _Checked(ops, policy, case.dtype, case.state_dtype,
+            left = _failing_outputs(_run(case, backend, _Checked(ops, policy, case.dtype, case.state_dtype,
                                                                      swap=[first["op"]], check=False)), policy, case)
             first["confirmed"] = left == 0
             first["left_failing"] = left
@@ -202,7 +202,7 @@ def attribute_layer(case, backend, policy, deadline: float) -> Optional[dict]:
     for op in implemented:         # no op differs on its own inputs: swap each in turn
         if time.perf_counter() > deadline:
             break
-        left = _passes(_run(case, backend, ops, policy, _Checked(ops, policy, case.dtype, case.state_dtype,
+        left = _failing_outputs(_run(case, backend, _Checked(ops, policy, case.dtype, case.state_dtype,
                                                                  swap=[op], check=False)), policy, case)
         if left == 0:
             return dict(op=op, step=None, rank=None, outputs=[], entry=None, signatures=[], confirmed=True,
@@ -230,7 +230,6 @@ def _attribute_core(case, backend, ops, policy, core) -> Optional[dict]:
         want = dict(conv_state=conv1, ssm_state=ssm1, core=ref["core"])
         keys = dict(conv_state="layer.conv_state", ssm_state="layer.ssm_state", core="layer.core")
         bad = {}
-        from ..compare import compare
         for n in ("conv_state", "ssm_state", "core"):
             tol = policy.lookup(keys[n], case.dtype, case.state_dtype)
             m = compare(n, got[n], want[n].to(got[n].dtype) if n == "conv_state" else want[n], tol, None)
@@ -275,7 +274,7 @@ def _attribute_core(case, backend, ops, policy, core) -> Optional[dict]:
             super().__setattr__(k, v)
 
     checked = _Stepper(ops, policy, case.dtype, case.state_dtype, check=False)
-    _run(case, backend, ops, policy, checked, core=checked_core)
+    _run(case, backend, checked, core=checked_core)
     if "first" in found:
         return found["first"]
     return dict(op="gdn_core", how="oracle intermediates", stage=None, ruled_out=["gdn_core stages"])

@@ -242,8 +242,8 @@ def _main_heldout(args) -> int:
     d = res["detected"] or 1
     print(f"held-out: {res['detected']}/{res['total']} detected; named right {res['named']}/{res['detected']} "
           f"({100 * res['named'] / d:.0f} %), localised right {res['localised']}/{res['detected']}, misdescribed "
-          f"{res['misdescribed']}/{res['detected']}; of {res['cases']} diagnosed cases {res['cases_with_op_and_structure']} "
-          f"name an op and a structure (hypothesis or signature), {res['cases_with_op_and_where']} an op and a "
+          f"{res['misdescribed']}/{res['detected']}; of {res['cases']} diagnosed cases "
+          f"{res['cases_with_op_and_structure']} name an op and a structure (hypothesis or signature), {res['cases_with_op_and_where']} an op and a "
           f"structure or where the divergence starts; {res['wall_s']} s")
     if args.out:
         with open(args.out, "w") as f:
