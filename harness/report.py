@@ -13,6 +13,7 @@ from typing import Dict, List
 import torch
 
 from . import __version__
+from .diagnosis.core import signature_lines
 
 SCHEMA_VERSION = 1
 SUMMARY_LIMIT = 1 << 20          # summary.md stays under 1 MiB whatever the run size
@@ -177,7 +178,8 @@ def diagnosis_section(bad: List[dict]) -> List[str]:
         top = (r.get("hypotheses") or [None])[0]
         if top:
             groups.setdefault((top.get("label") or top.get("class"), top.get("hypothesis")), []).append((r, top))
-    if not groups:
+    structural = [(r, signature_lines(r, 1)) for r in bad if signature_lines(r, 1)]
+    if not groups and not structural:
         return []
     lines = ["## Diagnosis (fault hypotheses re-run through the reference)", "",
              "| fault class | hypothesis | reproduces | cases | what it means | example |", "|---|---|---|---|---|---|"]
@@ -189,6 +191,9 @@ def diagnosis_section(bad: List[dict]) -> List[str]:
     undiagnosed = sum(1 for r in bad if not r.get("hypotheses"))
     if undiagnosed:
         lines.append(f"\n{undiagnosed} failing case(s) matched no known hypothesis.")
+    if structural:      # op attribution and structural signatures (harness.diagnosis.signatures)
+        lines += ["", "| case | localised / structure |", "|---|---|"]
+        lines += [f"| `{r['id']}` | {'; '.join(ls).replace('|', chr(92) + '|')[:400]} |" for r, ls in structural[:40]]
     return lines + [""]
 
 

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from .diagnosis.core import hypothesis_lines
+from .diagnosis.core import hypothesis_lines, signature_lines
 from .report import (STATUSES, atomic_write, counts, environment, filled_ops_by_backend, incomplete_headline,
                      pad_rows_not_compared, pad_rows_sentence, problem_text)
 
@@ -359,6 +359,10 @@ def _failure(i: int, r: dict, maps: "_Heatmaps", policies: dict, with_maps: bool
     if hyps:
         body.append('<p>fault hypotheses (re-run through the reference, best first):</p><ul class="hyps">'
                     + "".join(f"<li>{esc(h)}</li>" for h in hyps) + "</ul>")
+    sigs = signature_lines(r)
+    if sigs:
+        body.append('<p>localised / structure of the difference:</p><ul class="hyps">'
+                    + "".join(f"<li>{esc(h)}</li>" for h in sigs) + "</ul>")
     body.append(f'<p>repro: <code class="cmd">{esc(r.get("repro") or "")}</code></p>')
     metrics = r.get("metrics") or []
     shown = metrics if full else [m for m in metrics if not m.get("passed", True)]

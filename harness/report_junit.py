@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, Optional
 
-from .diagnosis.core import hypothesis_lines
+from .diagnosis.core import hypothesis_lines, signature_lines
 from .report import atomic_write, backend_level_table, counts
 
 BUILDKITE_LIMIT = 1 << 20        # buildkite-agent annotate refuses bodies over 1 MiB
@@ -140,6 +140,9 @@ def failure_body(r: dict) -> str:
     hyps = hypothesis_lines(r, 3)
     if hyps:
         lines += ["", "fault hypotheses (re-run through the reference, best first):"] + [f"  {h}" for h in hyps]
+    sigs = signature_lines(r)
+    if sigs:
+        lines += ["", "localised / structure of the difference:"] + [f"  {h}" for h in sigs]
     if r.get("filled_ops"):
         lines += ["", f"filled from the reference: {', '.join(r['filled_ops'])}"]
     lines += ["", f"repro: {r.get('repro', '')}", ""]

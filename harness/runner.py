@@ -171,16 +171,20 @@ def _diagnose(rec: dict, case: Case, pairs, policy: Policy, backends: BackendCac
     diagnosis sentence; a crash in here is noted, the verdict stays."""
     t0 = time.perf_counter()
     try:
-        layout = getattr(backends.get(case.backend), "ssm_state_layout", "vk")
+        backend = backends.get(case.backend)
         coverage: dict = {}
-        hyps = diagnosis.diagnose(case, pairs, policy, layout, diagnosis.budget_s(), coverage)
-        rec["hypotheses"] = hyps
+        found = diagnosis.analyse(case, pairs, policy, backend, getattr(backend, "ssm_state_layout", "vk"),
+                                  diagnosis.budget_s(), coverage)
+        rec.update(hypotheses=found["hypotheses"], signatures=found["signatures"])
+        if found["attribution"]:
+            rec["attribution"] = found["attribution"]
         if coverage:
             rec["diagnosis_coverage"] = coverage
-        if rec.get("structural"):   # only a known fault that reproduces it: "a precision problem" would mislead
+        hyps = found["hypotheses"]
+        if rec.get("structural"):   # only a known fault that reproduces it: a numerical reading would mislead
             words = diagnosis.sentence(hyps) if hyps and hyps[0].get("matched") else None
         else:
-            words = diagnosis.sentence(hyps) or diagnosis.coverage_note(coverage)
+            words = found["sentence"]
         if words:
             rec["diagnosis"] = f"{rec['diagnosis']}; {words}" if rec.get("diagnosis") else words
     except Exception as e:  # noqa: BLE001

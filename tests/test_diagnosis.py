@@ -72,6 +72,24 @@ def test_layer_fault_named(backends):
     assert rec["status"] == "fail"
     assert rec["hypotheses"][0]["class"] == "state_init_chunked", rec["hypotheses"]
     assert rec["hypotheses"][0]["hypothesis"] == "prefill_initial_state_zeroed"
+    # op attribution: the chunk op differs on its own inputs, and swapping it fixes the layer
+    att = rec["attribution"]
+    assert att["op"] == "chunk_gated_delta_rule" and att["confirmed"] and att["step"] is not None, att
+    assert "localised to op chunk_gated_delta_rule" in rec["diagnosis"]
+    assert any("chunk_gated_delta_rule" in line for line in failure_body(rec).splitlines())
+
+
+def test_gdn_core_attributed_to_a_stage(backends):
+    """A fused gdn_core: its step compared with the oracle's from the same caches names the
+    stage, the step and the entry; the divergence is a boundary at the fresh sequence."""
+    case = Case(level="layer", check="fresh_1token_prefill", dims=parse_dims("qwen3-next-80b-a3b:shrunk"),
+                layout="flat", backend=FAULTS["fresh_one_token_prefill_as_decode"].target, dtype="float32",
+                state_dtype="float32", variant="recurrent.dim_first.sharded", device=DEVICE)
+    rec = run_case(case, POLICY, "test", backends, diagnose=True)
+    att = rec["attribution"]
+    assert att["op"] == "gdn_core" and att["stage"] and att["step"] == 0 and "prefill" in att["entry"], att
+    assert any(s["kind"] == "boundary" and s["where"]["edge"] == "sequence_start" for s in rec["signatures"])
+    assert "localised to gdn_core" in rec["diagnosis"]
 
 
 def test_passing_case_has_no_diagnosis(backends):
@@ -112,7 +130,11 @@ def test_unknown_fault_said_so_after_a_complete_diagnosis(backends):
     rec = run_case(case, POLICY, "test", backends, diagnose=True)
     assert rec["status"] == "fail" and rec["hypotheses"] == []
     assert rec["diagnosis_coverage"]["cut_short"] is False
-    assert re.search(r"no known fault: none of the \d+ fault hypotheses reproduces it", rec["diagnosis"])
+    assert re.search(r"none of the \d+ known fault hypotheses reproduces it", rec["diagnosis"])
+    assert "precision or nondeterminism" not in rec["diagnosis"]
+    # the structure is named: a 1 % rescaling of the norm output, not precision
+    assert any(s["kind"] == "scale" and s["op"] == "rms_norm_gated" for s in rec["signatures"]), rec["signatures"]
+    assert "scaled by 1.01" in rec["diagnosis"] and "not precision" in rec["diagnosis"]
 
 
 def test_budget_cut_short_is_said_not_taken_for_a_finding(backends, monkeypatch):
@@ -140,6 +162,31 @@ def test_reports_show_hypotheses(backends):
     item = schema["$defs"]["case"]["properties"]["hypotheses"]
     jsonschema.Draft202012Validator(dict(item, **{"$defs": schema["$defs"]})).validate(
         json.loads(json.dumps(rec["hypotheses"], default=str)))
+
+
+def test_reports_show_signatures(backends):
+    """A fault no hypothesis knows: its structure and op reach summary.md, junit, the
+    repro printout and the schema-valid `signatures` list."""
+    case = Case(level="op", check="rms_norm_gated", dims=DIMS, backend=f"{__name__}:NormOnePercentHigh",
+                dtype="float32", state_dtype="float32", variant="before-silu-whole", device=DEVICE)
+    rec = run_case(case, POLICY, "test", backends, diagnose=True)
+    md = summary_markdown([rec], dict(suite="test", command="x"))
+    assert "## Diagnosis" in md and "scaled by 1.01" in md
+    assert "localised / structure of the difference" in failure_body(rec) and "scale (exact)" in failure_body(rec)
+    from harness.report_html import render_html
+    assert "scaled by 1.01" in render_html([rec], dict(suite="test", command="x"))
+    from harness.diagnosis.cli import print_hypotheses
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        print_hypotheses(rec)
+    assert "scaled by 1.01" in buf.getvalue()
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((Path(__file__).parents[1] / "harness" / "results.schema.json").read_text())
+    item = schema["$defs"]["case"]["properties"]["signatures"]
+    jsonschema.Draft202012Validator(dict(item, **{"$defs": schema["$defs"]})).validate(
+        json.loads(json.dumps(rec["signatures"], default=str)))
 
 
 # ------------------------------------------------------------------ composed faults (test-local)

@@ -22,7 +22,7 @@ from .core import CLASSES, coverage_note, run_hypotheses, sentence
 
 DEFAULT_BUDGET_S = 60.0
 
-__all__ = ["CLASSES", "diagnose", "enabled", "budget_s", "sentence", "coverage_note", "mask_pad_rows"]
+__all__ = ["CLASSES", "diagnose", "analyse", "enabled", "budget_s", "sentence", "coverage_note", "mask_pad_rows"]
 
 
 def enabled() -> bool:
@@ -70,6 +70,26 @@ def diagnose(case, pairs, policy, ssm_layout: str = "vk", budget: float = DEFAUL
     found = run_hypotheses(hyps, ctx, expected, pairs, policy, case.dtype, case.state_dtype, budget, fmt, unpad,
                            coverage)
     return found[:6]
+
+
+def analyse(case, pairs, policy, backend=None, ssm_layout: str = "vk", budget: float = DEFAULT_BUDGET_S,
+            coverage: Optional[dict] = None) -> dict:
+    """The whole diagnosis of a failing case within `budget` seconds: op attribution (layer
+    cases, through `backend`) and structural signatures first (up to 60 % of the budget),
+    then the hypothesis re-runs with what is left. Returns ``hypotheses``, ``signatures``,
+    ``attribution`` and the ``sentence`` (`analysis.sentence`)."""
+    import time
+    from . import analysis
+    t0 = time.perf_counter()
+    try:
+        extra = analysis.analyse(case, pairs, policy, backend, ssm_layout, t0 + 0.6 * budget)
+    except Exception as e:  # noqa: BLE001 - the signatures are evidence, never the verdict
+        extra = dict(attribution=None, signatures=[], precision_checked=False, error=f"{type(e).__name__}: {e}")
+    hyps = diagnose(case, pairs, policy, ssm_layout, max(budget - (time.perf_counter() - t0), 0.0)
+                    if budget >= 0 else budget, coverage)
+    words = analysis.sentence(hyps, extra, coverage, sentence, coverage_note)
+    return dict(hypotheses=hyps, signatures=extra["signatures"], attribution=extra.get("attribution"),
+                sentence=words, error=extra.get("error"))
 
 
 def mask_pad_rows(case, pairs, ssm_layout: str = "vk"):

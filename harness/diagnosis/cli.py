@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from .core import coverage_note, hypothesis_lines
+from .core import coverage_note, hypothesis_lines, signature_lines
 
 
 def add_diagnosis_arguments(parser) -> None:
@@ -30,3 +30,8 @@ def print_hypotheses(rec: dict, n: int = 5) -> None:
     elif rec.get("status") in ("fail", "error") and "hypotheses" in rec:
         note = coverage_note(rec.get("diagnosis_coverage"))
         print(f"fault hypotheses: {note or 'none of the known ones reproduces this failure'}")
+    sigs = signature_lines(rec)
+    if sigs:
+        print("localised / structure of the difference:")
+        for line in sigs:
+            print(f"  {line}")

@@ -179,13 +179,13 @@ def run_hypotheses(hyps: List[Hypothesis], ctx, expected_of: Callable, pairs, po
 
 
 def coverage_note(coverage: Optional[dict]) -> Optional[str]:
-    """Words for a diagnosis that found nothing: cut short by its time budget, or complete
-    (then the fault is none of the known classes)."""
+    """Words for hypothesis re-runs that found nothing: cut short by their time budget, or
+    complete (then the fault is none of the known classes - which says nothing about
+    precision: only a reproducing rounding re-run does, `analysis`)."""
     if not coverage or not coverage.get("total"):
         return None
     if not coverage.get("cut_short"):
-        return (f"no known fault: none of the {coverage['total']} fault hypotheses reproduces it (a precision "
-                "or nondeterminism problem, or a fault class the diagnosis does not know)")
+        return f"none of the {coverage['total']} known fault hypotheses reproduces it"
     return (f"diagnosis incomplete: its {coverage['budget_s']:g} s budget ran out after {coverage['tried']} of "
             f"{coverage['total']} hypotheses (raise --diagnose-budget)")
 
@@ -222,3 +222,17 @@ def describe(h: dict) -> str:
 def hypothesis_lines(rec: dict, n: int = 3) -> List[str]:
     """The record's first `n` hypotheses as `describe` lines ([] when it has none)."""
     return [describe(h) for h in (rec.get("hypotheses") or [])[:n]]
+
+
+def signature_lines(rec: dict, n: int = 4) -> List[str]:
+    """The record's op attribution and first `n` structural signatures, one line each."""
+    from .analysis import attribution_words
+    lines = []
+    a = attribution_words(rec.get("attribution"))
+    if a:
+        lines.append(a)
+    for s in (rec.get("signatures") or [])[:n]:
+        at = f" [{s.get('op')}" + (f", step {s['step']}" if s.get("step") is not None else "") + "]" \
+            if s.get("op") else ""
+        lines.append(f"{s.get('kind')} ({s.get('confidence')}){at}: {s.get('words')}")
+    return lines

@@ -76,6 +76,99 @@ def diagnose_fault(fault, suite: dict, policy, backends, per_fault: int = 1, lev
     return out
 
 
+# ------------------------------------------------------------------ the held-out set
+# relations a diagnosis claims about the whole diff: for a fault of plain kernel math
+# ("none") claiming one of them (or precision, or a matched hypothesis) misdescribes it
+CLAIMS = ("transposed", "sign", "scale", "offset", "affine", "misrouting", "time_shift", "precision")
+
+
+def _shown(rec: dict, n: int = 2) -> List[dict]:
+    """The signatures the sentence shows: the first of each kind, `n` kinds."""
+    out, kinds = [], set()
+    for s in rec.get("signatures") or []:
+        if s["kind"] not in kinds and len(out) < n:
+            kinds.add(s["kind"])
+            out.append(s)
+    return out
+
+
+def _labels(s: dict) -> set:
+    edge = (s.get("where") or {}).get("edge")
+    return {s["kind"]} | ({f"boundary:{edge}"} if s["kind"] == "boundary" and edge else set())
+
+
+def score_heldout(fault, rec: dict) -> dict:
+    """One diagnosed case of a held-out fault against what the fault says a right diagnosis
+    names: `localised` (the op / gdn_core named is one of expect_ops), `named` (localised and
+    the structure right: a matched hypothesis of an expected class, or a shown signature of an
+    expected kind; for plain math ("none") no wrong claim), `misdescribed` (a wrong op, a
+    matched hypothesis of another class, or precision / a whole-diff relation claimed where
+    the fault has none of them)."""
+    att = rec.get("attribution") or {}
+    op = att.get("op")
+    localised = op in fault.expect_ops
+    hyps = rec.get("hypotheses") or []
+    top = hyps[0] if hyps and hyps[0]["matched"] else None
+    shown = _shown(rec)
+    labels = set().union(*(_labels(s) for s in shown)) if shown else set()
+    want = set(fault.expect)
+    if "none" in want:
+        wrong_claim = bool(top) or bool(labels & set(CLAIMS))
+        structure = not wrong_claim
+    else:
+        wrong_claim = bool(top and top["class"] not in want) or ("precision" in labels and "precision" not in want)
+        structure = bool((top and top["class"] in want) or labels & want)
+    return dict(localised=localised, named=localised and structure,
+                misdescribed=(op is not None and not localised) or wrong_claim,
+                op=op, stage=att.get("stage"), top=top["hypothesis"] if top else None,
+                signatures=[s["words"][:160] for s in shown], has_op=op is not None,
+                has_structure=bool(top or shown),
+                has_where=bool(top or shown or any(w in (rec.get("diagnosis") or "") for w in
+                                                   ("the divergence starts at", "the largest difference is at"))))
+
+
+def measure_heldout(suite_name: str = "smoke", faults: Optional[Iterable[str]] = None, per_fault: int = 1,
+                    on_fault: Optional[Callable[[dict], None]] = None, level: Optional[str] = None) -> dict:
+    """The held-out faults (`harness.faults.heldout`): each fault's first `per_fault`
+    failing cases (of `level` only, when given) diagnosed and scored by `score_heldout`
+    (the first one decides the fault)."""
+    from ..faults.heldout import HELDOUT_FAULTS
+    from ..optimized.interpret import interpret_triton
+    from ..policy import Policy
+    from ..runner import BackendCache, run_case
+    from ..suite import load_suite
+    interpret_triton()
+    suite = load_suite(suite_name)
+    policy, backends = Policy(), BackendCache()
+    t0, results = time.perf_counter(), []
+    for name in (list(faults) if faults else list(HELDOUT_FAULTS)):
+        f = HELDOUT_FAULTS[name]
+        r = dict(fault=name, incident=f.incident, expect_ops=list(f.expect_ops), expect=list(f.expect), cases=[])
+        for case in _fault_cases(suite, f, level):
+            rec = run_case(case, policy, suite["name"], backends, diagnose=True)
+            if rec["status"] not in ("fail", "error"):
+                continue
+            r["cases"].append(dict(case=rec["id"], status=rec["status"], diagnosis_s=rec.get("diagnosis_s"),
+                                   error=rec.get("diagnosis_error"), sentence=rec.get("diagnosis"),
+                                   **score_heldout(f, rec)))
+            if len(r["cases"]) >= per_fault:
+                break
+        first = r["cases"][0] if r["cases"] else {}
+        r.update(detected=bool(first), named=bool(first.get("named")), localised=bool(first.get("localised")),
+                 misdescribed=bool(first.get("misdescribed")))
+        results.append(r)
+        if on_fault:
+            on_fault(r)
+    det = [r for r in results if r["detected"]]
+    cases = [c for r in results for c in r["cases"]]
+    return dict(suite=suite_name, per_fault=per_fault, heldout=True, level=level, faults=results, total=len(results),
+                detected=len(det), named=sum(r["named"] for r in det), localised=sum(r["localised"] for r in det),
+                misdescribed=sum(r["misdescribed"] for r in det),
+                cases_with_op_and_structure=sum(c["has_op"] and c["has_structure"] for c in cases),
+                cases_with_op_and_where=sum(c["has_op"] and c["has_where"] for c in cases),
+                cases=len(cases), wall_s=round(time.perf_counter() - t0, 1))
+
+
 def measure(suite_name: str = "smoke", faults: Optional[Iterable[str]] = None, per_fault: int = 1,
             on_fault: Optional[Callable[[dict], None]] = None, level: Optional[str] = None) -> dict:
     """Per fault: its first detection(s) diagnosed; ``fraction`` = faults whose first
@@ -115,7 +208,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--level", choices=["op", "layer"], default=None, help="only this level's cases")
     ap.add_argument("--out", default=None, help="write the result as JSON here")
     ap.add_argument("--min-fraction", type=float, default=0.0, help="exit 1 below this fraction")
+    ap.add_argument("--heldout", action="store_true",
+                    help="measure on the held-out faults (harness.faults.heldout) instead of the public zoo")
     args = ap.parse_args(argv)
+    if args.heldout:
+        return _main_heldout(args)
 
     def show(r):
         first = r["cases"][0] if r["cases"] else {}
@@ -132,3 +229,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(args.out, "w") as f:
             json.dump(res, f, indent=1, default=str)
     return 0 if res["fraction"] >= args.min_fraction else 1
+
+
+def _main_heldout(args) -> int:
+    def show(r):
+        c = r["cases"][0] if r["cases"] else {}
+        mark = "named" if r["named"] else "MISDESCRIBED" if r["misdescribed"] else "localised" if r["localised"] \
+            else "missed" if r["detected"] else "undetected"
+        print(f"{mark:12} {r['fault']:36} op {c.get('op')!s:40} top {c.get('top')!s:28} "
+              f"sig {'; '.join(c.get('signatures') or [])[:140]} ({c.get('diagnosis_s')} s)", flush=True)
+
+    res = measure_heldout(args.suite, args.fault, args.per_fault, show, args.level)
+    d = res["detected"] or 1
+    print(f"held-out: {res['detected']}/{res['total']} detected; named right {res['named']}/{res['detected']} "
+          f"({100 * res['named'] / d:.0f} %), localised right {res['localised']}/{res['detected']}, misdescribed "
+          f"{res['misdescribed']}/{res['detected']}; of {res['cases']} diagnosed cases "
+          f"{res['cases_with_op_and_structure']} name an op and a structure (hypothesis or signature), {res['cases_with_op_and_where']} an op and a "
+          f"structure or where the divergence starts; {res['wall_s']} s")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1, default=str)
+    return 0 if res["named"] / d >= args.min_fraction else 1
