@@ -18,7 +18,7 @@ from .layouts.projection import unpack_qkvz_ba
 from .layouts.state import conv_dim_first_view, ssm_convert
 from .layouts.tp import all_ranks, gather_conv_channels, gather_heads, local_mixed_ba
 from .reference.layer import run_oracle
-from .scenario import Scenario, mix_scenario
+from .scenario import Scenario, accepted_as_decodes, mix_scenario
 
 Pair = Tuple[str, torch.Tensor, torch.Tensor, object, str]   # name, actual, expected, token_dim, policy op
 
@@ -41,24 +41,55 @@ def run_layer_case(backend, ops, dims: GDNDims, mix: str, layout: str, tp: int, 
                       conv_state_layout=conv_layout, ba=ba)
     inp = make_inputs(sc)
     ranks = [p.to(device) for p in all_ranks(inp.weights, dims, layout, tp, ba)]
-    ssm_layout = backend.ssm_state_layout
-    pools = [_rank_pools(sc, inp.conv_pool, inp.ssm_pool, p, conv_layout, ssm_layout, device) for p in ranks]
+    steps_out, unpacked, pools = _backend_run(backend, ops, sc, inp, ranks, conv_layout, decode_path, device)
+    pairs = oracle_pairs(sc, inp, steps_out, unpacked, pools, conv_layout, backend.ssm_state_layout,
+                         oracle_device or device)
+    if mix in SPEC_INVARIANCE_MIXES:
+        pairs += spec_invariance_pairs(backend, ops, sc, inp, steps_out, ranks, conv_layout, decode_path, device)
+    return pairs
+
+
+# Mixes whose layer cases also check that spec decoding never changes the backend's outputs.
+SPEC_INVARIANCE_MIXES = ("spec_zero_draft", "spec_zero_draft_migrate")
+
+
+def _backend_run(backend, ops, sc: Scenario, inp, ranks, conv_layout: str, decode_path: str, device, sources=None):
+    """The backend's layer over every step of `sc`, on every rank from the stale pools and
+    hidden states of `inp` (`sources`: per step, the step of `inp` and the rows its tokens
+    are): (per-step core / out, per-step gathered projections, final pools)."""
+    pools = [_rank_pools(sc, inp.conv_pool, inp.ssm_pool, p, conv_layout, backend.ssm_state_layout, device)
+             for p in ranks]
     steps_out, unpacked = [], []
     for s, entries in enumerate(sc.plan()):
-        h = inp.hidden[s].to(device)
-        ref_in, per_rank = zip(*(rank_step(backend, ops, p, h, entries, conv, ssm, sc, conv_layout, decode_path)
+        src, rows = sources[s] if sources is not None else (s, None)
+        h = inp.hidden[src].to(device)
+        ref_in, per_rank = zip(*(rank_step(backend, ops, p, h, entries, conv, ssm, sc, conv_layout, decode_path, rows)
                                  for p, (conv, ssm) in zip(ranks, pools)))
         unpacked.append(tuple(gather_heads([r[i].cpu() for r in ref_in], dim=1) for i in range(6)))
         steps_out.append(dict(core=gather_heads([r["core"].cpu() for r in per_rank], dim=1),
                               out=sum(r["out"].float().cpu() for r in per_rank)))
-    return oracle_pairs(sc, inp, steps_out, unpacked, pools, conv_layout, ssm_layout, oracle_device or device)
+    return steps_out, unpacked, pools
 
 
-def rank_step(backend, ops, p, h, entries, conv, ssm, sc: Scenario, conv_layout: str, decode_path: str):
+def spec_invariance_pairs(backend, ops, sc: Scenario, inp, steps_out, ranks, conv_layout: str, decode_path: str,
+                          device) -> List[Pair]:
+    """Spec decoding never changes the outputs (vllm #39273): the backend's core over the
+    spec run `sc` (`steps_out`) at its accepted tokens == its core when the same tokens come
+    as plain decodes (`accepted_as_decodes`), from the same pools; exact, as spec_one_accepted."""
+    dec, sources = accepted_as_decodes(sc)
+    dec_out, _, _ = _backend_run(backend, ops, dec, inp, ranks, conv_layout, decode_path, device, sources)
+    return [(f"spec_invariance.step{s}[decode step {d}].core", steps_out[s]["core"][rows], dec_out[d]["core"], 0,
+             "layer.spec_invariance") for d, (s, rows) in enumerate(sources)]
+
+
+def rank_step(backend, ops, p, h, entries, conv, ssm, sc: Scenario, conv_layout: str, decode_path: str, rows=None):
     """One TP rank's step: the harness's in_proj GEMMs in the case dtype, the reference's
     unpack of them (what the oracle starts from) and the backend's layer step; the rank's
-    caches (`conv` stored in `conv_layout`, `ssm` in the backend's layout) change in place."""
+    caches (`conv` stored in `conv_layout`, `ssm` in the backend's layout) change in place.
+    `rows`: the step's tokens are these rows of `h`'s GEMM (the same rounding as in h's batch)."""
     mq, mb = h @ p.w_qkvz.T, h @ p.w_ba.T
+    if rows is not None:
+        mq, mb = mq[rows], mb[rows]
     ref_in = unpack_qkvz_ba(mq, local_mixed_ba(p, mb), p.local, p.layout)
     return ref_in, backend_step(ops, p, mq, mb, entries, conv_dim_first_view(conv, conv_layout), ssm, sc.norm,
                                 backend.ssm_state_layout, decode_path, getattr(backend, "gdn_core", None),

@@ -19,7 +19,7 @@ from .layouts.weights import convert_checkpoint, from_checkpoint, to_checkpoint
 from .reference.conv import causal_conv1d_fn
 from .reference.delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
 from .reference.layer import run_oracle
-from .scenario import Scenario, mixed_scenario
+from .scenario import Scenario, accepted_as_decodes, mix_scenario, mixed_scenario
 
 Pair = Tuple[str, torch.Tensor, torch.Tensor, Optional[int]]
 
@@ -140,6 +140,24 @@ def check_spec_one_accepted(c: Case) -> List[Pair]:
                     ("ssm_slot", a.ssm_pool[4], b.ssm_pool[4], None)]
 
 
+def check_spec_invariance(c: Case) -> List[Pair]:
+    """Spec decoding never changes the outputs (vllm #39273): ragged drafts (0..K, runtime K
+    below the compiled maximum), accepted drafts followed by zero-draft decodes and spec again,
+    under both engine conventions (read at the offset / migrate to column 0) == the same
+    accepted tokens fed as plain decodes, token for token."""
+    pairs = []
+    for mix in ("spec_zero_draft", "spec_zero_draft_migrate"):
+        sc = mix_scenario(mix, c.dims, layout=c.layout, seed=c.seed, dtype="float64", state_dtype="float64")
+        dec, sources = accepted_as_decodes(sc)
+        inp = make_inputs(sc)
+        a = _oracle(sc, inp)
+        b = run_oracle(dec, inp.weights, [inp.hidden[s][rows] for s, rows in sources], inp.conv_pool, inp.ssm_pool)
+        for d, (s, rows) in enumerate(sources):
+            pairs += [(f"{mix}.step{s}.{k}[decode step {d}]", a.steps[s][k][rows], b.steps[d][k], 0)
+                      for k in ("core", "out")]
+    return pairs
+
+
 def check_untouched_slots(c: Case) -> List[Pair]:
     """PAD rows output exact zeros; slots no sequence owns keep their stale bytes."""
     sc = mixed_scenario(c.dims, c.layout, c.tp, c.seed)
@@ -226,6 +244,7 @@ CHECKS: Dict[str, Tuple[Callable[[Case], List[Pair]], Tuple[str, ...]]] = {
     "chunked_prefill_split": (check_chunked_prefill_split, ("dims", "layout", "seed")),
     "batch_independence": (check_batch_independence, ("dims", "seed")),
     "spec_one_accepted": (check_spec_one_accepted, ("dims", "layout", "seed")),
+    "spec_invariance": (check_spec_invariance, ("dims", "layout", "seed")),
     "untouched_slots": (check_untouched_slots, ("dims", "layout", "seed")),
     "fresh_prefill_stale_slot": (check_fresh_prefill_stale_slot, ("dims", "layout", "seed")),
     "lora_arrangement": (check_lora_arrangement, ("dims", "tp", "seed")),

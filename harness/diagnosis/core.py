@@ -26,6 +26,8 @@ CLASSES: Dict[str, str] = {
     "conv_state": "conv state",
     "spec_accepted_offset": "spec decode: accepted-token offset",
     "spec_token_gather": "spec decode: token gather",
+    "spec_zero_draft": "spec decode: zero-draft state",
+    "spec_ragged_width": "spec decode: ragged widths",
     "gated_norm": "gated norm (RMSNormGated)",
     "state_init_chunked": "state init: chunked prefill / history",
     "state_init_fresh": "state init: fresh sequence",

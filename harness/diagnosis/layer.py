@@ -83,7 +83,7 @@ def routed(plans):
     for step in plans:
         ride = any(e.kind == "prefill" for e in step)
         out.append([dataclasses.replace(e, kind="prefill", has_initial_state=True)
-                    if ride and e.kind == "decode" else e for e in step])
+                    if ride and e.kind == "decode" and not e.spec_read else e for e in step])
     return out
 
 
@@ -95,6 +95,37 @@ def _fresh_one_token_as_decode(e):
 
 def _fresh_reads_stale(e):
     return dataclasses.replace(e, has_initial_state=True) if e.kind == "prefill" else e
+
+
+def _zero_draft_column_zero(e):
+    if e.kind == "decode" and e.spec_read:
+        return dataclasses.replace(e, num_accepted=1, ssm_slots=e.ssm_slots[:1])
+    return e
+
+
+def _uniform_width(c: LayerContext, unpacked):
+    """Every step re-laid as a backend runs it when it locates spec-path request n's tokens
+    at ``n * (num_spec + 1)`` of the spec token stream (each running num_spec + 1 tokens,
+    clipped to the stream): (hidden, unpacked, plans, per step the batch row of each row)."""
+    S = c.sc.num_spec + 1
+    hidden, unp, plans, back = [], [], [], []
+    for h, u, entries in zip(c.inp.hidden, unpacked, c.sc.plan()):
+        spec = [e for e in entries if e.spec_read]
+        stream = [t for e in spec for t in range(e.bos, e.eos)]
+        rows, new = [], []
+        for e in entries:
+            if not e.spec_read:
+                new.append(dataclasses.replace(e, bos=len(rows), eos=len(rows) + e.tokens))
+                rows += range(e.bos, e.eos)
+        for i, e in enumerate(spec):
+            take = stream[i * S:(i + 1) * S]
+            new.append(dataclasses.replace(e, bos=len(rows), eos=len(rows) + len(take)))
+            rows += take
+        hidden.append(h[rows])
+        unp.append(tuple(t[rows] for t in u))
+        plans.append(new)
+        back.append(rows)
+    return hidden, unp, plans, back
 
 
 def _history_dropped(e):
@@ -151,6 +182,16 @@ HYPOTHESES = [
       "matches when a fresh 1-token prefill runs as a decode: it reads its slot's stale conv window and ssm state "
       "instead of zeros (query_len == 1 taken for a decode without checking for a context)",
       lambda c: dict(plans=_plans(c, _fresh_one_token_as_decode)), _fresh_one),
+    H("zero_draft_reads_column_zero", "spec_zero_draft",
+      "matches when a zero-draft decode after accepted drafts reads the state at column 0 and the conv window at "
+      "offset 0 instead of at num_accepted - 1 (vllm #39273: the non-spec decode path's metadata points at "
+      "block-table column 0)", lambda c: dict(plans=_plans(c, _zero_draft_column_zero)),
+      lambda c: any(e.kind == "decode" and e.spec_read for s in c.sc.plan() for e in s)),
+    H("spec_width_from_index_shape", "spec_ragged_width",
+      "matches when each spec-path request's tokens are located at n * (num_spec + 1) (the width of the "
+      "state-index tensor) instead of its own query_start_loc: ragged draft counts read their batch-mates' tokens",
+      lambda c: dict(width=True),
+      lambda c: any(e.spec_read and e.tokens < c.sc.num_spec + 1 for s in c.sc.plan() for e in s)),
     H("fresh_prefill_reads_stale", "state_init_fresh",
       "matches when every fresh prefill reads its slot's stale conv window and ssm state (has_initial_state "
       "ignored)", lambda c: dict(plans=_plans(c, _fresh_reads_stale)), _has("prefill")),
@@ -236,9 +277,17 @@ def expected_of(h: H, c: LayerContext) -> Optional[Dict[str, torch.Tensor]]:
     if spec.get("ab"):
         unpacked = _spec_ab_by_position(c, unpacked)
     sc, inp = c.sc, c.inp
-    plans = routed(spec.get("plans") or sc.plan())
-    res = run_oracle(replace(sc, tp=1), inp.weights, inp.hidden, inp.conv_pool, inp.ssm_pool, tp=1,
-                     unpacked=unpacked, device="cpu", ops=spec.get("ops"), plans=plans)
+    hidden, plans, back = inp.hidden, spec.get("plans") or sc.plan(), None
+    if spec.get("width"):
+        hidden, unpacked, plans, back = _uniform_width(c, unpacked)
+    res = run_oracle(replace(sc, tp=1), inp.weights, hidden, inp.conv_pool, inp.ssm_pool, tp=1,
+                     unpacked=unpacked, device="cpu", ops=spec.get("ops"), plans=routed(plans))
+    if back is not None:        # rows back to the batch rows they stand for (rows no request ran: zeros)
+        for st, rows, h in zip(res.steps, back, inp.hidden):
+            for key in ("core", "out"):
+                full = st[key].new_zeros(h.shape[0], *st[key].shape[1:])
+                full[rows] = st[key]
+                st[key] = full
     return _named(c, res)
 
 

@@ -33,6 +33,8 @@ CATALOGUE_CLASSES = {
     "conv state": "conv_state",
     "spec decode: accepted-token offset": "spec_accepted_offset",
     "spec decode: token gather": "spec_token_gather",
+    "spec decode: zero-draft state": "spec_zero_draft",
+    "spec decode: ragged widths": "spec_ragged_width",
     "gated norm": "gated_norm",
     "state init: chunked prefill": "state_init_chunked",
     "state init: fresh sequence": "state_init_fresh",

@@ -467,6 +467,66 @@ class FreshOneTokenPrefillAsDecode(_TritonCore):
         return super()._run_core(ops, p, q, k, v, a, b, entries, conv_state, ssm_state, T, dev)
 
 
+class ZeroDraftReadsColumnZero(_TritonCore):
+    """A zero-draft step after accepted drafts reads a stale state (vllm #39273, the most
+    reported GDN spec bug of 2026; fixed in PRs #40738 / #52942): ngram / prompt-lookup
+    proposers leave some requests without drafts; such a request runs as a plain decode,
+    whose metadata points at block-table column 0 - but the step before accepted k > 1
+    tokens and left the sequence's state in column k-1 (conv window at offset k-1). The
+    decode continues from the state before the accepted drafts, and the sequence is
+    corrupted from then on. Right whenever a decode follows a decode or a spec step that
+    accepted one token. A whole-core entry (`gdn_core`) over the triton ops."""
+    name = "zero_draft_reads_column_zero"
+
+    def _run_core(self, ops, p, q, k, v, a, b, entries, conv_state, ssm_state, T, dev):
+        entries = [dataclasses.replace(e, num_accepted=1, ssm_slots=e.ssm_slots[:1])
+                   if e.kind == "decode" and e.spec_read else e for e in entries]      # the bug
+        return super()._run_core(ops, p, q, k, v, a, b, entries, conv_state, ssm_state, T, dev)
+
+
+def _uniform_offsets(offsets: torch.Tensor, width: int, total: int) -> torch.Tensor:
+    """Sequence offsets as if every sequence had `width` tokens (clipped to the batch)."""
+    n = offsets.shape[0] - 1
+    return (torch.arange(n + 1, device=offsets.device) * width).clamp(max=total).to(offsets.dtype)
+
+
+class SpecWidthFromIndexShape(TritonBackend):
+    """Spec width taken from a tensor's shape instead of each request's draft count (vLLM's
+    ``spec_state_indices_tensor.size(-1)`` as the width): the spec-path calls locate request
+    n's tokens at ``n * (num_spec + 1)`` - the state-index row's width in the recurrent
+    update, the conv state's spare columns in the conv - instead of at its query_start_loc.
+    Requests with fewer drafts than the compiled maximum (ragged widths, a runtime K below
+    it, zero-draft steps) then read their batch-mates' tokens and write outputs into their
+    rows. Right whenever every spec request carries the compiled maximum of drafts.
+    Python glue around the triton spec ops."""
+    name = "spec_width_from_index_shape"
+
+    def causal_conv1d_update(self, x, conv_state, weight, bias=None, activation=None, conv_state_indices=None,
+                             num_accepted_tokens=None, query_start_loc=None, pad_slot_id=-1):
+        if num_accepted_tokens is not None and query_start_loc is not None:     # the bug
+            query_start_loc = _uniform_offsets(query_start_loc, conv_state.shape[-1] - weight.shape[1] + 2,
+                                               x.shape[0])
+        return super().causal_conv1d_update(x, conv_state, weight, bias, activation, conv_state_indices,
+                                            num_accepted_tokens, query_start_loc, pad_slot_id)
+
+    def fused_recurrent_gated_delta_rule(self, q, k, v, g, beta, *args, cu_seqlens=None, ssm_state_indices=None,
+                                         num_accepted_tokens=None, **kw):
+        if num_accepted_tokens is not None and cu_seqlens is not None:          # the bug
+            cu_seqlens = _uniform_offsets(cu_seqlens, ssm_state_indices.shape[-1], q.shape[1])
+        return super().fused_recurrent_gated_delta_rule(q, k, v, g, beta, *args, cu_seqlens=cu_seqlens,
+                                                        ssm_state_indices=ssm_state_indices,
+                                                        num_accepted_tokens=num_accepted_tokens, **kw)
+
+    def fused_sigmoid_gating_delta_rule_update(self, A_log, a, b, dt_bias, q, k, v, *args, cu_seqlens=None,
+                                               ssm_state_indices=None, num_accepted_tokens=None, **kw):
+        if num_accepted_tokens is not None and cu_seqlens is not None:          # the bug
+            cu_seqlens = _uniform_offsets(cu_seqlens, ssm_state_indices.shape[-1], q.shape[1])
+        return super().fused_sigmoid_gating_delta_rule_update(A_log, a, b, dt_bias, q, k, v, *args,
+                                                              cu_seqlens=cu_seqlens,
+                                                              ssm_state_indices=ssm_state_indices,
+                                                              num_accepted_tokens=num_accepted_tokens, **kw)
+
+
 # ------------------------------------------------------------------ the catalogue
 _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
     # class, base, where, incident, diagnosis class
@@ -510,6 +570,12 @@ _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
      "spec decode: token gather"),
     (FreshOneTokenPrefillAsDecode, "triton", "gdn_core",
      "fresh 1-token prefill treated as a decode, reading a stale slot", "state init: fresh sequence"),
+    (ZeroDraftReadsColumnZero, "triton", "gdn_core",
+     "zero-draft step after accepted drafts reads column 0 (vllm #39273; PRs #40738, #52942)",
+     "spec decode: zero-draft state"),
+    (SpecWidthFromIndexShape, "triton", "python-glue",
+     "spec width from the state-index tensor's shape, not each request's draft count",
+     "spec decode: ragged widths"),
 ]
 
 
