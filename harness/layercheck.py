@@ -18,7 +18,7 @@ from .layouts.projection import unpack_qkvz_ba
 from .layouts.state import conv_dim_first_view, ssm_convert
 from .layouts.tp import all_ranks, gather_conv_channels, gather_heads, local_mixed_ba
 from .reference.layer import run_oracle
-from .scenario import Scenario, accepted_as_decodes, mix_scenario
+from .scenario import NULL_BLOCK_ID, Scenario, accepted_as_decodes, mix_scenario
 
 Pair = Tuple[str, torch.Tensor, torch.Tensor, object, str]   # name, actual, expected, token_dim, policy op
 
@@ -110,19 +110,27 @@ def oracle_pairs(sc: Scenario, inp, steps_out, unpacked, pools, conv_layout: str
 def _pairs(sc, inp, steps_out, oracle, pools, conv_layout, ssm_layout) -> List[Pair]:
     pairs: List[Pair] = []
     plans = sc.plan()
+    null_block = sc.pad_slot == "null_block"
     for s, (got, ref) in enumerate(zip(steps_out, oracle.steps)):
-        pairs.append((f"step{s}.out", got["out"], ref["out"], 0, "layer.out"))
-        pairs.append((f"step{s}.core", got["core"], ref["core"], 0, "layer.core"))
         pad = [t for e in plans[s] if e.kind == "pad" for t in range(e.bos, e.eos)]
-        if pad:
+        out, core = got["out"], got["core"]
+        if pad and null_block:
+            # PAD rows ran against the null block: their outputs are the engine's to drop
+            out, core = out.clone(), core.clone()
+            out[pad], core[pad] = 0, 0
+        pairs.append((f"step{s}.out", out, ref["out"], 0, "layer.out"))
+        pairs.append((f"step{s}.core", core, ref["core"], 0, "layer.core"))
+        if pad and not null_block:
             rows = got["out"][pad]
             pairs.append((f"step{s}.pad_rows", rows, torch.zeros_like(rows), 0, "layer.pad_rows"))
     conv = gather_conv_channels([conv_dim_first_view(c, conv_layout).cpu() for c, _ in pools], sc.dims, dim=1)
     ssm = gather_heads([ssm_convert(m.cpu(), ssm_layout, "vk") for _, m in pools], dim=1)
+    if null_block:      # the null block is scratch: what PAD rows leave there is not compared
+        conv[NULL_BLOCK_ID], ssm[NULL_BLOCK_ID] = oracle.conv_pool[NULL_BLOCK_ID], oracle.ssm_pool[NULL_BLOCK_ID]
     pairs.append(("conv_state", conv, oracle.conv_pool.to(conv.dtype), None, "layer.conv_state"))
     pairs.append(("ssm_state", ssm, oracle.ssm_pool, None, "layer.ssm_state"))
     owned = {x for row in sc.slots.values() for x in row}
-    spare = [x for x in range(sc.num_slots) if x not in owned]
+    spare = [x for x in range(sc.num_slots) if x not in owned and not (null_block and x == NULL_BLOCK_ID)]
     if spare:
         pairs.append(("untouched.conv", conv[spare], inp.conv_pool[spare], None, "layer.untouched"))
         pairs.append(("untouched.ssm", ssm[spare], inp.ssm_pool[spare], None, "layer.untouched"))

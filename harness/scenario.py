@@ -43,6 +43,11 @@ from .layouts.state import check_conv_layout, check_ssm_layout
 KINDS = ("prefill", "decode", "spec", "pad")
 PAD_SLOT_ID = -1
 SPEC_STATES = ("offset", "migrate")     # where a zero-draft step after accepted drafts reads
+# How padded rows are marked: PAD_SLOT_ID (-1) with every slot usable (slot 0 may be live),
+# or a reserved null block: slot 0 owned by nobody, PAD rows point at it (FlashInfer's bf16
+# decode redirects -1 there; vLLM's NULL_BLOCK_ID = 0).
+PAD_SLOTS = ("minus_one", "null_block")
+NULL_BLOCK_ID = 0
 
 
 @dataclass
@@ -62,6 +67,7 @@ class Scenario:
     ba: str = "sharded"
     num_spec: int = 0
     spec_state: str = "offset"
+    pad_slot: str = "minus_one"
     num_slots: Optional[int] = None
     slots: Optional[Dict[int, List[int]]] = None
     seed: int = 0
@@ -122,6 +128,8 @@ class Scenario:
             raise ConfigError("num_spec", f"must be >= 0, got {self.num_spec}")
         if self.spec_state not in SPEC_STATES:
             raise ConfigError("spec_state", f"one of {list(SPEC_STATES)}, got {self.spec_state!r}")
+        if self.pad_slot not in PAD_SLOTS:
+            raise ConfigError("pad_slot", f"one of {list(PAD_SLOTS)}, got {self.pad_slot!r}")
         if not self.steps:
             raise ConfigError("steps", "a scenario needs at least one step")
         drafts_accepted = set()     # sequences whose last step accepted drafts
@@ -165,13 +173,14 @@ class Scenario:
                                       "after that needs spec_state='migrate'")
                 drafts_accepted.discard(seq)
         ids = self.seq_ids()
-        need = len(ids) * (self.num_spec + 1)
+        null = int(self.pad_slot == "null_block")      # slot 0 reserved
+        need = len(ids) * (self.num_spec + 1) + null
         if self.num_slots is None:
             self.num_slots = need + 3        # spare slots that must stay untouched
         if self.num_slots < need:
             raise ConfigError("num_slots", f"{len(ids)} sequences x {self.num_spec + 1} slots need {need}, got {self.num_slots}")
         if self.slots is None:
-            pool = list(range(self.num_slots))
+            pool = list(range(null, self.num_slots))
             random.Random(self.seed).shuffle(pool)
             self.slots = {s: pool[i * (self.num_spec + 1):(i + 1) * (self.num_spec + 1)]
                           for i, s in enumerate(ids)}
@@ -183,6 +192,8 @@ class Scenario:
             used += row
         if len(set(used)) != len(used) or not all(0 <= u < self.num_slots for u in used):
             raise ConfigError("slots", f"distinct slots in [0, {self.num_slots}), got {self.slots}")
+        if null and NULL_BLOCK_ID in used:
+            raise ConfigError("slots", f"slot {NULL_BLOCK_ID} is the reserved null block (pad_slot='null_block')")
         return self
 
     @staticmethod
@@ -203,7 +214,8 @@ class Scenario:
             for e in step:
                 n = self.entry_tokens(e)
                 if e["kind"] == "pad":
-                    out.append(EntryPlan("pad", -1, bos, bos + n, PAD_SLOT_ID, [PAD_SLOT_ID], False, 1))
+                    pad = NULL_BLOCK_ID if self.pad_slot == "null_block" else PAD_SLOT_ID
+                    out.append(EntryPlan("pad", -1, bos, bos + n, pad, [pad], False, 1))
                 else:
                     seq, row = e["seq"], self.slots[e["seq"]]
                     prev_acc, migrate = accepted.get(seq, 1), 0
@@ -296,6 +308,19 @@ def _mix_zero_draft():
             [dec(0), spec(1, 2, 1), dec(2)]]
 
 
+def _mix_pad_slot0():
+    """PAD rows around the sequence that owns slot 0 (its conv slot and ssm column 0) in
+    every step - prefill, decode, spec, zero-draft decode - in the same kernel calls as it."""
+    spec = lambda s, n, acc: {"seq": s, "kind": "spec", "tokens": n, "accepted": acc}  # noqa: E731
+    dec = lambda s: {"seq": s, "kind": "decode"}  # noqa: E731
+    pad = {"kind": "pad"}
+    return [[pad, {"seq": 0, "kind": "prefill", "tokens": 6}, pad, dec(1), {"seq": 2, "kind": "prefill", "tokens": 1}],
+            [pad, dec(0), dec(1), pad, dec(2)],
+            [pad, spec(0, 3, 3), spec(1, 3, 2), dec(2), pad, {"seq": 3, "kind": "prefill", "tokens": 4}],
+            [pad, dec(0), pad, dec(1), dec(3)],
+            [pad, dec(0), dec(3), pad]]
+
+
 # Batch mixes of the layer-level cases: name -> (steps builder, num_spec)
 MIXES = {
     "prefill_only": (lambda: [[{"seq": 0, "kind": "prefill", "tokens": 70}, {"seq": 1, "kind": "prefill", "tokens": 5},
@@ -321,6 +346,8 @@ MIXES = {
                                     {"seq": 1, "kind": "spec", "tokens": 3, "accepted": 2}]], 2),
     "spec_zero_draft": (_mix_zero_draft, 3),
     "spec_zero_draft_migrate": (_mix_zero_draft, 3),
+    "pad_slot0_live": (_mix_pad_slot0, 2),
+    "pad_null_block": (_mix_pad_slot0, 2),
     "multi_step": (lambda: [[{"seq": 0, "kind": "prefill", "tokens": 20}, {"seq": 1, "kind": "prefill", "tokens": 9}],
                             [{"seq": 0, "kind": "decode"}, {"seq": 1, "kind": "prefill", "tokens": 4}],
                             [{"seq": 0, "kind": "spec", "tokens": 2, "accepted": 1}, {"seq": 1, "kind": "decode"}],
@@ -344,7 +371,10 @@ def long_history(tokens: int, chunk: int = 2048):
 
 
 # Scenario fields a mix fixes besides its batches (the engine convention it models).
-MIX_OPTIONS = {"spec_zero_draft_migrate": {"spec_state": "migrate"}}
+MIX_OPTIONS = {"spec_zero_draft_migrate": {"spec_state": "migrate"},
+               # slot 0 is sequence 0's (conv slot, ssm column 0), PAD is -1
+               "pad_slot0_live": {"slots": {0: [0, 5, 2], 1: [7, 1, 9], 2: [4, 10, 6], 3: [3, 8, 11]}, "num_slots": 14},
+               "pad_null_block": {"pad_slot": "null_block"}}
 
 
 def mix_scenario(mix: str, dims: GDNDims, explicit: Optional[dict] = None, **kw) -> Scenario:

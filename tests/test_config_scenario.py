@@ -87,6 +87,19 @@ def test_zero_draft_step_reads_after_the_last_accepted_token():
         Scenario(dims=dims, steps=steps, num_spec=2, spec_state="column0").validate()
 
 
+def test_pad_conventions_minus_one_with_live_slot0_and_null_block():
+    from harness.scenario import NULL_BLOCK_ID, mix_scenario
+    dims = GDNDims(hidden=8, H=1, HV=1, K=2, V=2)
+    live = mix_scenario("pad_slot0_live", dims)
+    assert live.slots[0][0] == 0 and all(e.conv_slot == -1 for st in live.plan() for e in st if e.kind == "pad")
+    null = mix_scenario("pad_null_block", dims)
+    assert all(NULL_BLOCK_ID not in row for row in null.slots.values())
+    assert all(e.conv_slot == NULL_BLOCK_ID for st in null.plan() for e in st if e.kind == "pad")
+    with pytest.raises(ConfigError, match="reserved null block"):
+        Scenario(dims=dims, steps=[[{"seq": 0, "kind": "decode"}]], pad_slot="null_block", slots={0: [0]},
+                 num_slots=2).validate()
+
+
 def test_accepted_as_decodes_feeds_only_accepted_tokens():
     from harness.scenario import accepted_as_decodes, mix_scenario
     sc = mix_scenario("spec_zero_draft", GDNDims(hidden=8, H=1, HV=1, K=2, V=2))

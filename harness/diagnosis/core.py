@@ -19,6 +19,7 @@ CLASSES: Dict[str, str] = {
     "strides": "strides (non-contiguous inputs)",
     "pad_rows": "PAD rows",
     "pad_slots": "PAD / untouched slots",
+    "pad_slot0": "PAD slots: live slot 0",
     "state_precision": "state precision",
     "qk_norm": "q/k L2 norm",
     "qk_scale": "q/k scale",

@@ -128,6 +128,33 @@ def _uniform_width(c: LayerContext, unpacked):
     return hidden, unp, plans, back
 
 
+def _pad_as_decode(e):
+    """A PAD row run through the decode kernels (the conv still skips its -1 slot)."""
+    return dataclasses.replace(e, kind="decode", has_initial_state=True) if e.kind == "pad" else e
+
+
+def _recurrent_slots(remap):
+    """The recurrent rule with its state-pool indices remapped: ``remap(idx [N, S], read
+    column [N]) -> idx``."""
+    from .. import reference as ref
+
+    def rec(q, k, v, g, beta, **kw):
+        idx = kw.get("ssm_state_indices")
+        if idx is not None:
+            two = idx if idx.dim() == 2 else idx[:, None]
+            acc = kw.get("num_accepted_tokens")
+            read = acc.long() - 1 if acc is not None else torch.zeros(two.shape[0], dtype=torch.long)
+            two = remap(two, read)
+            kw["ssm_state_indices"] = two if idx.dim() == 2 else two[:, 0]
+        return ref.recurrent_gated_delta_rule(q, k, v, g, beta, **kw)
+    return {V.RECURRENT: rec}
+
+
+def _slot0_as_pad(idx, read):
+    """Rows whose read slot is 0 made PAD rows (the kernel then skips them whole)."""
+    return torch.where(idx.gather(1, read[:, None]) == 0, torch.full_like(idx, -1), idx)
+
+
 def _history_dropped(e):
     return dataclasses.replace(e, has_initial_state=False) if e.kind == "prefill" else e
 
@@ -192,6 +219,16 @@ HYPOTHESES = [
       "state-index tensor) instead of its own query_start_loc: ragged draft counts read their batch-mates' tokens",
       lambda c: dict(width=True),
       lambda c: any(e.spec_read and e.tokens < c.sc.num_spec + 1 for s in c.sc.plan() for e in s)),
+    H("pad_sentinel_clamped_to_zero", "pad_slot0",
+      "matches when padded rows (slot -1) run against slot 0 - the sentinel clamped to 0, as a reserved null block "
+      "would be - while slot 0 belongs to a request: they decay and overwrite its state",
+      lambda c: dict(plans=_plans(c, _pad_as_decode), ops=_recurrent_slots(lambda i, read: i.clamp(min=0))),
+      lambda c: _has("pad")(c) and c.sc.pad_slot == "minus_one"),
+    H("null_block_id_on_live_slot", "pad_slot0",
+      "matches when slot 0 is taken for padding (NULL_BLOCK_ID: slot <= 0 is PAD) while it belongs to a request: "
+      "the sequence in slot 0 is skipped by the recurrent kernel",
+      lambda c: dict(ops=_recurrent_slots(_slot0_as_pad)),
+      lambda c: any(0 in row for row in c.sc.slots.values())),
     H("fresh_prefill_reads_stale", "state_init_fresh",
       "matches when every fresh prefill reads its slot's stale conv window and ssm state (has_initial_state "
       "ignored)", lambda c: dict(plans=_plans(c, _fresh_reads_stale)), _has("prefill")),

@@ -26,6 +26,7 @@ CATALOGUE_CLASSES = {
     "strides": "strides",
     "PAD rows": "pad_rows",
     "PAD slots": "pad_slots",
+    "PAD slots: live slot 0": "pad_slot0",
     "state precision": "state_precision",
     "q/k norm": "qk_norm",
     "q/k scale": "qk_scale",

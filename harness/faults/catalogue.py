@@ -241,6 +241,28 @@ def _uninitialised(*shape, dtype, device):
 '''
 
 
+class PadSentinelClampedToZero(_TritonMutant):
+    """The PAD sentinel clamped to slot 0 while slot 0 belongs to a request: the recurrent
+    kernel takes ``max(slot, 0)`` for its read slot - FlashInfer's bf16 decode redirects -1 to
+    a reserved null block at slot 0, a convention carried into an engine (vLLM's -1 PAD)
+    where slot 0 is an ordinary, live slot. Padded rows then read the live sequence's state
+    and write their garbage back into it. Lives in the Triton recurrent kernel's slot load."""
+    name = "pad_sentinel_clamped_to_zero"
+    module = "recurrent"
+    mutations = (("slot = tl.load(idx + i_n * s_in + i_read * s_is).to(tl.int64)",
+                  "slot = tl.maximum(tl.load(idx + i_n * s_in + i_read * s_is).to(tl.int64), 0)"),)
+
+
+class NullBlockIdOnLiveSlot(_TritonMutant):
+    """Slot 0 taken for padding (vLLM's newest packed decode: ``slot <= 0`` is PAD, slot 0
+    being NULL_BLOCK_ID) in an engine whose PAD is -1 and whose slot 0 belongs to a request:
+    the sequence living in slot 0 is skipped - its outputs zero, its state never advanced.
+    Lives in the Triton recurrent kernel's PAD test."""
+    name = "null_block_id_on_live_slot"
+    module = "recurrent"
+    mutations = (("if (slot < 0) | (slot == pad_slot_id):", "if (slot <= 0) | (slot == pad_slot_id):"),)
+
+
 class SsmStateStoredBf16(_TritonMutant):
     """The ssm state written back in bf16 when fp32 was asked for: every state store of the
     recurrent kernel goes through a bfloat16 cast (a hard-coded store dtype), so an fp32
@@ -546,6 +568,11 @@ _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
      "non-contiguous q/k/v inputs read with contiguous strides", "strides"),
     (PadRowsUninitialised, "triton", "triton-source", "torch.empty output leaking garbage in padded rows",
      "PAD rows"),
+    (PadSentinelClampedToZero, "triton", "triton-source",
+     "PAD sentinel -1 clamped to slot 0 while slot 0 belongs to a request (FlashInfer null-block redirect)",
+     "PAD slots: live slot 0"),
+    (NullBlockIdOnLiveSlot, "triton", "triton-source",
+     "slot 0 taken for padding (NULL_BLOCK_ID) while slot 0 belongs to a request", "PAD slots: live slot 0"),
     (SsmStateStoredBf16, "triton", "triton-source", "ssm state written back in bf16 when fp32 was asked for",
      "state precision"),
     (QkL2normSkipped, "triton", "triton-source", "in-kernel q/k l2norm skipped", "q/k norm"),
