@@ -40,12 +40,32 @@ def run_layer_case(backend, ops, dims: GDNDims, mix: str, layout: str, tp: int, 
     sc = mix_scenario(mix, dims, scenario, layout=layout, tp=tp, seed=seed, dtype=dtype, state_dtype=state_dtype,
                       conv_state_layout=conv_layout, ba=ba)
     inp = make_inputs(sc)
-    ranks = [p.to(device) for p in all_ranks(inp.weights, dims, layout, tp, ba)]
+    sharder = getattr(backend, "shard_params", None)
+    ranks = [p.to(device) for p in ([sharder(inp.weights, dims, layout, tp, r, ba) for r in range(tp)] if sharder
+                                    else all_ranks(inp.weights, dims, layout, tp, ba))]
     steps_out, unpacked, pools = _backend_run(backend, ops, sc, inp, ranks, conv_layout, decode_path, device)
     pairs = oracle_pairs(sc, inp, steps_out, unpacked, pools, conv_layout, backend.ssm_state_layout,
                          oracle_device or device)
+    if sharder is not None or tp > 1:
+        # the oracle starts from the ranks' own projections: a rank on a wrong shard shows only here
+        pairs += full_weight_projection_pairs(sc, inp, unpacked, device)
     if mix in SPEC_INVARIANCE_MIXES:
         pairs += spec_invariance_pairs(backend, ops, sc, inp, steps_out, ranks, conv_layout, decode_path, device)
+    return pairs
+
+
+def full_weight_projection_pairs(sc: Scenario, inp, unpacked, device) -> List[Pair]:
+    """The ranks' projections (`unpacked`: per step, gathered over ranks) vs the TP=1 layer's,
+    one GEMM over the full weights (vllm #35504: a loader sharding in_proj_ba wrongly passes
+    every check that starts from the ranks' own projections)."""
+    pairs: List[Pair] = []
+    w_qkvz, w_ba = (w.to(device) for w in inp.weights.packed_in_proj(sc.dims, sc.layout))
+    for s, got in enumerate(unpacked):
+        h = inp.hidden[s].to(device)
+        full = [t.cpu() for t in unpack_qkvz_ba(h @ w_qkvz.T, h @ w_ba.T, sc.dims, sc.layout)]
+        for name, idx in (("qkvz", (0, 1, 2, 3)), ("ba", (4, 5))):
+            flat = lambda ts: torch.cat([ts[i].reshape(ts[i].shape[0], -1) for i in idx], dim=1)  # noqa: E731
+            pairs.append((f"step{s}.proj_{name}", flat(got), flat(full), 0, "tp.projections"))
     return pairs
 
 

@@ -20,6 +20,7 @@ CLASSES: Dict[str, str] = {
     "pad_rows": "PAD rows",
     "pad_slots": "PAD / untouched slots",
     "pad_slot0": "PAD slots: live slot 0",
+    "weight_sharding": "weight loading: TP shards",
     "state_precision": "state precision",
     "qk_norm": "q/k L2 norm",
     "qk_scale": "q/k scale",

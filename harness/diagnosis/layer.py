@@ -155,6 +155,32 @@ def _slot0_as_pad(idx, read):
     return torch.where(idx.gather(1, read[:, None]) == 0, torch.full_like(idx, -1), idx)
 
 
+def _ba_two_shards(c: LayerContext, unpacked):
+    """The projections when every rank's in_proj_ba rows come from sharding the interleaved
+    ``[b_g a_g]`` weight as two sections (the flat layout's rule), with its b / a check."""
+    from ..layouts.tp import shard_sections
+    w_ba = c.inp.weights.packed_in_proj(c.sc.dims, c.layout)[1]
+    rows = [shard_sections(w_ba, [c.sc.dims.HV] * 2, c.sc.tp, p.rank) for p in c.ranks]
+    out, proj = [], {}
+    for s, (h, u) in enumerate(zip(c.inp.hidden, unpacked)):
+        parts = [unpack_qkvz_ba(mq, h @ w.T, p.local, c.layout) for p, w, (mq, _) in zip(c.ranks, rows, c.proj[s])]
+        b, a = (gather_heads([r[i] for r in parts], dim=1) for i in (4, 5))
+        out.append((*u[:4], b, a))
+        proj[f"step{s}.proj_ba"] = torch.cat([b.reshape(b.shape[0], -1), a.reshape(a.shape[0], -1)], dim=1)
+    return out, proj
+
+
+def _contiguous_conv(c: LayerContext):
+    """The conv weight / bias every rank holds with conv1d split contiguously, gathered as
+    q | k | v sections (what the ranks together apply, as one TP=1 weight)."""
+    from ..layouts.tp import gather_conv_channels, shard_rows
+    w = c.inp.weights
+    tp = c.sc.tp
+    cat = lambda t: None if t is None else gather_conv_channels(  # noqa: E731
+        [shard_rows(t, tp, r) for r in range(tp)], c.sc.dims, dim=0)
+    return dataclasses.replace(w, conv_weight=cat(w.conv_weight), conv_bias=cat(w.conv_bias))
+
+
 def _history_dropped(e):
     return dataclasses.replace(e, has_initial_state=False) if e.kind == "prefill" else e
 
@@ -229,6 +255,13 @@ HYPOTHESES = [
       "the sequence in slot 0 is skipped by the recurrent kernel",
       lambda c: dict(ops=_recurrent_slots(_slot0_as_pad)),
       lambda c: any(0 in row for row in c.sc.slots.values())),
+    H("ba_two_shards_on_interleaved", "weight_sharding",
+      "matches when every rank's in_proj_ba holds the rows of sharding the interleaved [b_g a_g] weight as two "
+      "sections [b | a] (the flat layout's rule; vllm #35504): the ranks' b / a differ from the full-weight TP=1 "
+      "projections", lambda c: dict(ba_shards=True), lambda c: c.sc.tp > 1 and c.layout == "interleaved"),
+    H("conv_weight_split_contiguous", "weight_sharding",
+      "matches when each rank's conv1d weight is a contiguous 1/tp row slice of [q | k | v] instead of its share "
+      "of every section", lambda c: dict(weights=_contiguous_conv(c)), lambda c: c.sc.tp > 1),
     H("fresh_prefill_reads_stale", "state_init_fresh",
       "matches when every fresh prefill reads its slot's stale conv window and ssm state (has_initial_state "
       "ignored)", lambda c: dict(plans=_plans(c, _fresh_reads_stale)), _has("prefill")),
@@ -314,10 +347,12 @@ def expected_of(h: H, c: LayerContext) -> Optional[Dict[str, torch.Tensor]]:
     if spec.get("ab"):
         unpacked = _spec_ab_by_position(c, unpacked)
     sc, inp = c.sc, c.inp
-    hidden, plans, back = inp.hidden, spec.get("plans") or sc.plan(), None
+    hidden, plans, back, proj = inp.hidden, spec.get("plans") or sc.plan(), None, {}
+    if spec.get("ba_shards"):
+        unpacked, proj = _ba_two_shards(c, unpacked)
     if spec.get("width"):
         hidden, unpacked, plans, back = _uniform_width(c, unpacked)
-    res = run_oracle(replace(sc, tp=1), inp.weights, hidden, inp.conv_pool, inp.ssm_pool, tp=1,
+    res = run_oracle(replace(sc, tp=1), spec.get("weights") or inp.weights, hidden, inp.conv_pool, inp.ssm_pool, tp=1,
                      unpacked=unpacked, device="cpu", ops=spec.get("ops"), plans=routed(plans))
     if back is not None:        # rows back to the batch rows they stand for (rows no request ran: zeros)
         for st, rows, h in zip(res.steps, back, inp.hidden):
@@ -325,7 +360,7 @@ def expected_of(h: H, c: LayerContext) -> Optional[Dict[str, torch.Tensor]]:
                 full = st[key].new_zeros(h.shape[0], *st[key].shape[1:])
                 full[rows] = st[key]
                 st[key] = full
-    return _named(c, res)
+    return {**_named(c, res), **{k: v for k, v in proj.items() if k in c.actual}}
 
 
 def _named(c: LayerContext, res) -> Dict[str, torch.Tensor]:

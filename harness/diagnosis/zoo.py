@@ -27,6 +27,7 @@ CATALOGUE_CLASSES = {
     "PAD rows": "pad_rows",
     "PAD slots": "pad_slots",
     "PAD slots: live slot 0": "pad_slot0",
+    "weight loading: TP shards": "weight_sharding",
     "state precision": "state_precision",
     "q/k norm": "qk_norm",
     "q/k scale": "qk_scale",

@@ -11,7 +11,8 @@ every one of them (`harness.faults.zoo.run_zoo`, `tests/test_zoo.py`). Where a b
 * ``reference-source`` - inside the torch chunked delta rule (the op the triton backend
   lacks on the CPU), mutated the same way;
 * ``python-glue`` - an adapter around a correct op (argument plumbing gone wrong);
-* ``gdn_core`` - a whole-core entry (``Backend.gdn_core``) as fused ROCm / XPU paths have.
+* ``gdn_core`` - a whole-core entry (``Backend.gdn_core``) as fused ROCm / XPU paths have;
+* ``weight-loader`` - the backend's own weight loading / TP sharding (``Backend.shard_params``).
 
 Backends are named after their fault (`Backend.name` is the fault name, the class the
 CamelCase of it) and load with ``--backend harness.faults.catalogue:<Class>``.
@@ -28,6 +29,7 @@ import torch
 from .. import reference as ref
 from ..backend_layer import _core
 from ..layouts.projection import qkv_to_mixed
+from ..layouts.tp import shard_params, shard_rows, shard_sections
 from ..optimized.api import Backend, FilledOps
 from ..optimized.reference_backend import ReferenceBackend
 from ..optimized.triton_backend import TritonBackend
@@ -54,6 +56,7 @@ class Fault:
     diagnosis_class: str               # what a report should point at
     make: Callable[[], Backend]        # builds the faulty backend
     where: str = ""                    # triton-source | triton-glue | reference-source | python-glue | gdn_core
+                                       # | weight-loader
     target: str = ""                   # load_backend spec: "harness.faults.catalogue:<Class>"
 
 
@@ -549,6 +552,40 @@ class SpecWidthFromIndexShape(TritonBackend):
                                                               num_accepted_tokens=num_accepted_tokens, **kw)
 
 
+# ------------------------------------------------------------------ weight loading (the backend's own TP sharding)
+class BaTwoShardsOnInterleaved(TritonBackend):
+    """in_proj_ba loaded as two shards [b | a] on the interleaved layout (vllm #35504, a
+    weight-loader bug): the loader shards Qwen3-Next's ba - packed per key head
+    ``[b_g (r), a_g (r)]`` - the way Qwen3.5's flat ``[b | a]`` is sharded (each half on its
+    own), so every rank at TP > 1 holds rows of other key heads' b / a. The layer then runs
+    consistently on the wrong projections: only a check against the full-weight TP=1
+    projections sees it. The backend's own `shard_params`."""
+    name = "ba_two_shards_on_interleaved"
+
+    @staticmethod
+    def shard_params(w, dims, layout, tp=1, rank=0, ba="sharded"):
+        p = shard_params(w, dims, layout, tp, rank, ba)
+        if layout == "interleaved" and ba == "sharded":
+            p.w_ba = shard_sections(w.packed_in_proj(dims, layout)[1], [dims.HV, dims.HV], tp, rank)   # the bug
+        return p
+
+
+class ConvWeightSplitContiguous(TritonBackend):
+    """conv1d weight split contiguously at TP > 1 instead of per q | k | v section: rank r
+    gets rows ``[r * conv_dim / tp, (r+1) * conv_dim / tp)`` of the ``[q | k | v]`` channels,
+    so its q channels convolve with other channels' taps (a loader treating conv1d as one
+    ColumnParallel weight). The backend's own `shard_params`."""
+    name = "conv_weight_split_contiguous"
+
+    @staticmethod
+    def shard_params(w, dims, layout, tp=1, rank=0, ba="sharded"):
+        p = shard_params(w, dims, layout, tp, rank, ba)
+        p.conv_weight = shard_rows(w.conv_weight, tp, rank)                                    # the bug
+        if w.conv_bias is not None:
+            p.conv_bias = shard_rows(w.conv_bias, tp, rank)
+        return p
+
+
 # ------------------------------------------------------------------ the catalogue
 _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
     # class, base, where, incident, diagnosis class
@@ -600,6 +637,11 @@ _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
     (ZeroDraftReadsColumnZero, "triton", "gdn_core",
      "zero-draft step after accepted drafts reads column 0 (vllm #39273; PRs #40738, #52942)",
      "spec decode: zero-draft state"),
+    (BaTwoShardsOnInterleaved, "triton", "weight-loader",
+     "in_proj_ba sharded as two shards [b|a] on the interleaved layout at TP > 1 (vllm #35504)",
+     "weight loading: TP shards"),
+    (ConvWeightSplitContiguous, "triton", "weight-loader",
+     "conv1d weight split contiguously at TP > 1 instead of per q|k|v section", "weight loading: TP shards"),
     (SpecWidthFromIndexShape, "triton", "python-glue",
      "spec width from the state-index tensor's shape, not each request's draft count",
      "spec decode: ragged widths"),

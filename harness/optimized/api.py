@@ -75,6 +75,9 @@ class Backend:
     # gdn_core(mixed_qkvz, mixed_ba, params: RankParams, batch: CoreBatch, conv_state, ssm_state,
     #          norm: NormConfig) -> core [T, HV, V]; caches updated in place.
     gdn_core = None
+    # shard_params(weights: GDNWeights, dims, layout, tp, rank, ba) -> RankParams: the backend's
+    # own weight loading / TP sharding (as layouts.tp.shard_params); None: the harness's (vLLM's).
+    shard_params = None
 
     def unavailable(self, device: str) -> Optional[str]:
         """Why this backend cannot run on `device` (missing package, no GPU, ...), or None."""
