@@ -377,8 +377,15 @@ MIX_OPTIONS = {"spec_zero_draft_migrate": {"spec_state": "migrate"},
                "pad_null_block": {"pad_slot": "null_block"}}
 
 
+def drift_steps(decodes: int):
+    """Two prefills, then `decodes` decode steps of both: the long-horizon drift lane
+    (per-step error of output and state against the fp64 oracle; `harness.drift`)."""
+    return ([[{"seq": 0, "kind": "prefill", "tokens": 16}, {"seq": 1, "kind": "prefill", "tokens": 5}]]
+            + [[{"seq": 0, "kind": "decode"}, {"seq": 1, "kind": "decode"}] for _ in range(decodes)])
+
+
 def mix_scenario(mix: str, dims: GDNDims, explicit: Optional[dict] = None, **kw) -> Scenario:
-    """The scenario of a named mix (`MIXES`, or ``history_<tokens>``) for `dims`; `explicit`
+    """The scenario of a named mix (`MIXES`, ``history_<tokens>`` or ``drift_<decodes>``) for `dims`; `explicit`
     (``{"steps": [...], "num_spec": n}``, a shrunk case's) replaces the mix's batches."""
     kw = {**MIX_OPTIONS.get(mix, {}), **kw}
     if explicit is not None:
@@ -388,11 +395,13 @@ def mix_scenario(mix: str, dims: GDNDims, explicit: Optional[dict] = None, **kw)
         steps, num_spec = explicit["steps"], int(explicit.get("num_spec", 0))
     elif mix.startswith("history_"):
         steps, num_spec = long_history(int(mix.split("_", 1)[1])), 2
+    elif mix.startswith("drift_"):
+        steps, num_spec = drift_steps(int(mix.split("_", 1)[1])), 0
     elif mix in MIXES:
         build, num_spec = MIXES[mix]
         steps = build()
     else:
-        raise ConfigError("mix", f"unknown mix {mix!r}; known: {sorted(MIXES)} or history_<tokens>")
+        raise ConfigError("mix", f"unknown mix {mix!r}; known: {sorted(MIXES)}, history_<tokens> or drift_<decodes>")
     return Scenario(dims=dims, steps=steps, num_spec=num_spec, name=mix, **kw).validate()
 
 

@@ -25,6 +25,7 @@ CLASSES: Dict[str, str] = {
     "qk_norm": "q/k L2 norm",
     "qk_scale": "q/k scale",
     "gating_math": "gating math",
+    "gating_precision": "gating precision",
     "conv_state": "conv state",
     "spec_accepted_offset": "spec decode: accepted-token offset",
     "spec_token_gather": "spec decode: token gather",

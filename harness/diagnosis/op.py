@@ -111,6 +111,12 @@ HYPOTHESES = [
       lambda c: V.gating_variant("dt_bias_dropped"), _ops(*GATED_OPS)),
     H("A_log_not_exp", "gating_math", "matches when A_log is used without exp: g = -A_log * softplus(a + dt_bias)",
       lambda c: V.gating_variant("A_not_exp"), _ops(*GATED_OPS)),
+    H("beta_rounded_bf16", "gating_precision",
+      "matches when beta is rounded to bfloat16 before the update u = beta (v - S k)",
+      lambda c: V.beta_bf16(), _ops("fused_recurrent_gated_delta_rule")),
+    H("beta_truncated_bf16", "gating_precision",
+      "matches when beta is truncated to bfloat16 before the update u = beta (v - S k)",
+      lambda c: V.beta_bf16(truncate=True), _ops("fused_recurrent_gated_delta_rule")),
     # gated norm
     H("norm_gemma_weight", "gated_norm", "matches when RMSNormGated scales by a Gemma-style (1 + w) instead of w",
       lambda c: V.norm_variant("gemma"), _ops("rms_norm_gated")),

@@ -32,6 +32,7 @@ CATALOGUE_CLASSES = {
     "q/k norm": "qk_norm",
     "q/k scale": "qk_scale",
     "gating math": "gating_math",
+    "gating precision": "gating_precision",
     "conv state": "conv_state",
     "spec decode: accepted-token offset": "spec_accepted_offset",
     "spec decode: token gather": "spec_token_gather",

@@ -281,6 +281,22 @@ class SsmStateStoredBf16(_TritonMutant):
                        (f"p_ht = ht + i_n * s_htn + i_hv * s_hth + {_HT}", " " * 8)))
 
 
+class BetaRoundedBf16(_TritonMutant):
+    """beta rounded to bfloat16 on every step (a gate kept in the activation dtype of a bf16
+    model while the state is fp32): each update ``u = beta (v - S k)`` carries a 2^-9
+    relative error, every decode step, in every dtype the case runs. The drift lane's
+    curve shows it bounded (it does not compound: the state forgets it at exp(g)); the
+    per-step tolerance of an fp32 / fp16 case catches it. Lives in the Triton recurrent
+    kernel's beta load (both the plain and the fused-gating path)."""
+    name = "beta_rounded_bf16"
+    module = "recurrent"
+    mutations = (
+        ("b_beta = (1.0 / (1.0 + tl.exp(-tl.load(p_b).to(GATE)))).to(ACC)",
+         "b_beta = (1.0 / (1.0 + tl.exp(-tl.load(p_b).to(GATE)))).to(tl.bfloat16).to(ACC)"),
+        ("b_beta = tl.load(p_b).to(ACC)", "b_beta = tl.load(p_b).to(tl.bfloat16).to(ACC)"),
+    )
+
+
 class QkL2normSkipped(_TritonMutant):
     """The in-kernel q / k l2norm skipped (use_qk_l2norm_in_kernel not honoured): q and k
     enter the delta rule unnormalised, so the state update ``u = beta (v - S k)`` no longer
@@ -612,6 +628,8 @@ _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
      "slot 0 taken for padding (NULL_BLOCK_ID) while slot 0 belongs to a request", "PAD slots: live slot 0"),
     (SsmStateStoredBf16, "triton", "triton-source", "ssm state written back in bf16 when fp32 was asked for",
      "state precision"),
+    (BetaRoundedBf16, "triton", "triton-source", "beta rounded to bf16 every step (long-horizon drift lane)",
+     "gating precision"),
     (QkL2normSkipped, "triton", "triton-source", "in-kernel q/k l2norm skipped", "q/k norm"),
     (ScaleAppliedToK, "triton", "triton-source", "attention scale applied to k instead of q", "q/k scale"),
     (SoftplusThresholdInverted, "triton", "triton-source", "softplus threshold inverted", "gating math"),
