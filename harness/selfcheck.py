@@ -17,7 +17,7 @@ from .inputs import make_delta_inputs, make_inputs
 from .layouts.lora import LoraDelta, LoraProjection, fold_lora
 from .layouts.weights import convert_checkpoint, from_checkpoint, to_checkpoint
 from .reference.conv import causal_conv1d_fn
-from .reference.delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
+from .reference.delta_rule import chunk_gated_delta_rule, chunk_gated_delta_rule_checkpoints, recurrent_gated_delta_rule
 from .reference.layer import run_oracle
 from .scenario import Scenario, accepted_as_decodes, mix_scenario, mixed_scenario
 
@@ -158,6 +158,27 @@ def check_spec_invariance(c: Case) -> List[Pair]:
     return pairs
 
 
+def check_checkpoint_restore(c: Case) -> List[Pair]:
+    """Prefix-cache checkpoints: a request restored from any block's checkpoint and continued
+    == one cold run (outputs of the remaining tokens, final state), for block sizes 128 /
+    800 / 1088 (a multiple of the 64-token chunk or not) and tails of 0 / 1 / 63 tokens."""
+    pairs = []
+    for B in (128, 800, 1088):
+        for tail in (0, 1, 63):
+            L = 2 * B + tail
+            d = make_delta_inputs(c.dims, [L], c.seed)
+            args = [d[n] for n in ("q", "k", "v", "g", "beta")]
+            kw = dict(use_qk_l2norm_in_kernel=True)
+            ck = torch.zeros(L // B, c.dims.HV, c.dims.V, c.dims.K, dtype=torch.float64)
+            cold_o, cold_s = chunk_gated_delta_rule_checkpoints(*args, ck, B, initial_state=d["initial_state"], **kw)
+            for j in (0, L // B - 1):          # the first block's checkpoint and the last one
+                lo = (j + 1) * B
+                o, s_ = chunk_gated_delta_rule(*(t[:, lo:] for t in args), initial_state=ck[j:j + 1], **kw)
+                pairs += [(f"block{B}.tail{tail}.restore{j}.o", o, cold_o[:, lo:], 1),
+                          (f"block{B}.tail{tail}.restore{j}.final", s_, cold_s, None)]
+    return pairs
+
+
 def check_untouched_slots(c: Case) -> List[Pair]:
     """PAD rows output exact zeros; slots no sequence owns keep their stale bytes."""
     sc = mixed_scenario(c.dims, c.layout, c.tp, c.seed)
@@ -245,6 +266,7 @@ CHECKS: Dict[str, Tuple[Callable[[Case], List[Pair]], Tuple[str, ...]]] = {
     "batch_independence": (check_batch_independence, ("dims", "seed")),
     "spec_one_accepted": (check_spec_one_accepted, ("dims", "layout", "seed")),
     "spec_invariance": (check_spec_invariance, ("dims", "layout", "seed")),
+    "checkpoint_restore": (check_checkpoint_restore, ("seed",)),
     "untouched_slots": (check_untouched_slots, ("dims", "layout", "seed")),
     "fresh_prefill_stale_slot": (check_fresh_prefill_stale_slot, ("dims", "layout", "seed")),
     "lora_arrangement": (check_lora_arrangement, ("dims", "tp", "seed")),

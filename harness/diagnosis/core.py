@@ -21,6 +21,7 @@ CLASSES: Dict[str, str] = {
     "pad_slots": "PAD / untouched slots",
     "pad_slot0": "PAD slots: live slot 0",
     "weight_sharding": "weight loading: TP shards",
+    "prefix_checkpoints": "prefix-cache checkpoints",
     "state_precision": "state precision",
     "qk_norm": "q/k L2 norm",
     "qk_scale": "q/k scale",

@@ -28,6 +28,7 @@ CATALOGUE_CLASSES = {
     "PAD slots": "pad_slots",
     "PAD slots: live slot 0": "pad_slot0",
     "weight loading: TP shards": "weight_sharding",
+    "prefix-cache checkpoints": "prefix_checkpoints",
     "state precision": "state_precision",
     "q/k norm": "qk_norm",
     "q/k scale": "qk_scale",

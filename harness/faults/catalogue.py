@@ -477,6 +477,44 @@ class QkHeadsTiledChunk(_ReferenceChunkMutant):
                   "return (q.repeat(1, r, 1), k.repeat(1, r, 1),"),)
 
 
+# ------------------------------------------------------------------ prefix-cache checkpoints (reference-derived)
+class _ReferenceCheckpointMutant(ReferenceBackend):
+    """The reference backend with chunk_gated_delta_rule_checkpoints from a mutant of it."""
+    mutations: Tuple[Replacement, ...] = ()
+
+    def __init__(self):
+        self.chunk_gated_delta_rule_checkpoints = _reference_mutant("chunk_gated_delta_rule_checkpoints",
+                                                                    self.mutations, self.name)
+
+
+class CheckpointAtBlockStart(_ReferenceCheckpointMutant):
+    """Prefix-cache checkpoint taken at the start of its block instead of at its end: the
+    state saved for block j (tokens up to (j+1) * block) is the one the block started from,
+    so a request restoring from it replays a whole block's tokens on top (vLLM align mode /
+    SGLang mamba_track_interval bookkeeping). Lives in the checkpointing prefill's source."""
+    name = "checkpoint_at_block_start"
+    mutations = (
+        ("            o, S = chunk_gated_delta_rule(q[b:b + 1, lo:hi]",
+         "            start = S if S is not None else torch.zeros(1, *state_checkpoints.shape[1:], dtype=keep or "
+         "torch.float32, device=q.device)\n            o, S = chunk_gated_delta_rule(q[b:b + 1, lo:hi]"),
+        ("                state_checkpoints[c] = S[0].to(state_checkpoints.dtype)",
+         "                state_checkpoints[c] = start[0].to(state_checkpoints.dtype)"),
+    )
+
+
+class CheckpointEveryChunkNotBlock(_ReferenceCheckpointMutant):
+    """Chunk size and block size mixed up: checkpoints are written every 64 tokens (the
+    chunk kernel's grid) where the block size was asked, so checkpoint j holds the state at
+    (j+1) * 64; right only when the block is one chunk. Lives in the checkpointing prefill."""
+    name = "checkpoint_every_chunk_not_block"
+    mutations = (
+        ("        for lo in range(bos, eos, checkpoint_every):", "        for lo in range(bos, eos, 64):"),
+        ("            hi = min(lo + checkpoint_every, eos)", "            hi = min(lo + 64, eos)"),
+        ("            if hi - lo == checkpoint_every:",
+         "            if hi - lo == 64 and c < count and (lo - bos) // 64 < (eos - bos) // checkpoint_every:"),
+    )
+
+
 # ------------------------------------------------------------------ batch metadata (gdn_core)
 class SpecUngatheredAb(_TritonCore):
     """Spec path using un-gathered a / b (vLLM's spec-decode gating bug): the spec tokens'
@@ -648,6 +686,11 @@ _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
      "chunk boundary"),
     (VarlenStateLeak, "reference", "reference-source", "state leaking between sequences of a varlen batch",
      "varlen isolation"),
+    (CheckpointAtBlockStart, "reference", "reference-source",
+     "prefix-cache checkpoint taken at its block's start instead of its end", "prefix-cache checkpoints"),
+    (CheckpointEveryChunkNotBlock, "reference", "reference-source",
+     "checkpoints every 64-token chunk where the block size was asked (chunk vs block size mixed up)",
+     "prefix-cache checkpoints"),
     (SpecUngatheredAb, "triton", "gdn_core", "spec path gating with un-gathered a/b rows",
      "spec decode: token gather"),
     (FreshOneTokenPrefillAsDecode, "triton", "gdn_core",

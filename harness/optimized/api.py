@@ -20,6 +20,7 @@ OPS: Tuple[str, ...] = (
     "causal_conv1d_update",                             # decode / spec conv
     "fused_gdn_gating",
     "chunk_gated_delta_rule",                           # prefill delta rule
+    "chunk_gated_delta_rule_checkpoints",               # prefill + states at block boundaries (prefix cache)
     "fused_recurrent_gated_delta_rule",                 # decode / spec, pool + indices
     "fused_sigmoid_gating_delta_rule_update",           # gating fused into the update
     "fused_recurrent_gated_delta_rule_packed_decode",   # one token from the packed conv output
@@ -68,6 +69,7 @@ class Backend:
     causal_conv1d_update = None
     fused_gdn_gating = None
     chunk_gated_delta_rule = None
+    chunk_gated_delta_rule_checkpoints = None
     fused_recurrent_gated_delta_rule = None
     fused_sigmoid_gating_delta_rule_update = None
     fused_recurrent_gated_delta_rule_packed_decode = None
