@@ -1,6 +1,7 @@
 """A GDN layer step run through a backend's ops, composed the way vLLM's layer does it.
 
-Spec-decode tokens and non-spec tokens are gathered apart; the conv runs as
+Spec-decode tokens (and zero-draft decodes reading at an accepted offset) and non-spec
+tokens are gathered apart; the conv runs as
 causal_conv1d_update (spec window) and as causal_conv1d_fn (when the non-spec part has a
 prefill) or causal_conv1d_update (decodes only); the delta rule as the fused recurrent
 update (spec; decodes, by the chosen decode path) and the chunked kernel with gathered,
@@ -15,6 +16,7 @@ import torch
 
 from .layouts.projection import qkv_to_mixed, split_mixed_qkv
 from .layouts.tp import RankParams, local_mixed_ba
+from .reference.layer import migrate_spec_state
 from .scenario import PAD_SLOT_ID, EntryPlan, NormConfig
 
 
@@ -40,6 +42,7 @@ def backend_step(ops, p: RankParams, mixed_qkvz: torch.Tensor, mixed_ba: torch.T
     the pool in `ssm_state_layout`; both are updated in place. Returns q..a (unpacked
     projections), core ``[T, HV, V]``, normed, out (partial on TP ranks)."""
     dev, T, loc = mixed_qkvz.device, mixed_qkvz.shape[0], p.local
+    migrate_spec_state(entries, conv_state, ssm_state, p.conv_weight.shape[1])   # the engine's, not the backend's
     mixed_ba = local_mixed_ba(p, mixed_ba)
     q, k, v, z, b, a = ops.unpack_qkvz_ba(mixed_qkvz, mixed_ba, loc, p.layout)
     if core_entry is not None:
@@ -56,8 +59,9 @@ def backend_step(ops, p: RankParams, mixed_qkvz: torch.Tensor, mixed_ba: torch.T
 def _core(ops, p, mixed_qkv, a, b, entries, conv_state, ssm_state, layout, decode_path, T, dev):
     loc = p.local
     core = torch.zeros(T, loc.HV, loc.V, dtype=mixed_qkv.dtype, device=dev)
-    spec = [e for e in entries if e.kind == "spec"]
-    rest = [e for e in entries if e.kind != "spec"]
+    # zero-draft decodes after accepted drafts read at an offset: the spec path's calls
+    spec = [e for e in entries if e.spec_read]
+    rest = [e for e in entries if not e.spec_read]
     dl = dict(use_qk_l2norm_in_kernel=True, state_layout=layout)
     if spec:
         tok, qsl = _tokens(spec, dev), _qsl(spec, dev)

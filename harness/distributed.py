@@ -253,8 +253,7 @@ def distributed_pairs(case: Case, backend, ops, device: str, oracle_device: Opti
     import torch.distributed as dist
 
     from .inputs import make_inputs
-    from .layercheck import _rank_pools, oracle_pairs, rank_step
-    from .layouts.projection import unpack_qkvz_ba
+    from .layercheck import _rank_pools, full_weight_projection_pairs, oracle_pairs, rank_step
     from .layouts.tp import gather_heads, shard_params
     from .scenario import mix_scenario
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -265,12 +264,12 @@ def distributed_pairs(case: Case, backend, ops, device: str, oracle_device: Opti
         sc = mix_scenario(case.check, case.dims, case.scenario, layout=case.layout, tp=world, seed=case.seed, dtype=case.dtype,
                           state_dtype=case.state_dtype, conv_state_layout=conv_layout, ba=ba)
         inp = make_inputs(sc)       # seeded: every rank draws the same layer, then keeps its shard
-        p = (sharder or shard_params)(inp.weights, case.dims, case.layout, world, rank, ba).to(device)
+        p = (sharder or getattr(backend, "shard_params", None) or shard_params)(inp.weights, case.dims, case.layout, world, rank, ba).to(device)
         pools = _rank_pools(sc, inp.conv_pool, inp.ssm_pool, p, conv_layout, ssm_layout, device)
         return sc, (inp if rank == 0 else None), p, pools
 
     sc, inp, p, (conv, ssm) = _agree(setup)
-    steps_out, unpacked, checks = [], [], []
+    steps_out, unpacked = [], []
     for s, entries in enumerate(sc.plan()):
         h = inp.hidden[s] if rank == 0 else None
         h = _step_hidden(sc, entries[-1].eos, h, device)
@@ -288,14 +287,7 @@ def distributed_pairs(case: Case, backend, ops, device: str, oracle_device: Opti
     pairs = oracle_pairs(sc, inp, steps_out, unpacked, list(zip(conv_parts, ssm_parts)), conv_layout, ssm_layout,
                          oracle_device or device)
     # The TP=1 layer's projections from the full weights: a rank on the wrong shard shows here.
-    w_qkvz, w_ba = (w.to(device) for w in inp.weights.packed_in_proj(case.dims, case.layout))
-    for s, got in enumerate(unpacked):
-        h = inp.hidden[s].to(device)
-        full = [t.cpu() for t in unpack_qkvz_ba(h @ w_qkvz.T, h @ w_ba.T, case.dims, case.layout)]
-        for name, idx in (("qkvz", (0, 1, 2, 3)), ("ba", (4, 5))):
-            flat = lambda ts: torch.cat([ts[i].reshape(ts[i].shape[0], -1) for i in idx], dim=1)  # noqa: E731
-            checks.append((f"step{s}.proj_{name}", flat(got), flat(full), 0, "tp.projections"))
-    return pairs + checks
+    return pairs + full_weight_projection_pairs(sc, inp, unpacked, device)
 
 
 def _step_hidden(sc, T: int, h: Optional[torch.Tensor], device: str) -> torch.Tensor:

@@ -182,6 +182,21 @@ def _chunk(variant, dims, dt, st, layout, seed, device, sample=None):
     return Sample(kw, ("o", "final_state"))
 
 
+def _chunk_checkpoints(variant, dims, dt, st, layout, seed, device, sample=None):
+    """Block sizes a multiple of the 64-token chunk or not (128, 800, 1088), tails 0 / 1 / 63
+    (a sequence of two whole blocks, one of a block and a token, one shorter than a block)."""
+    B = int(variant[len("block"):])
+    lens, = _keep(sample, [2 * B, B + 1, 63])          # tails 0, 1, 63
+    d, kw = _delta_args(dims, lens, dt, seed, device)
+    n = sum(L // B for L in lens)
+    shape = (n, dims.HV, dims.V, dims.K) if layout == "vk" else (n, dims.HV, dims.K, dims.V)
+    kw.update(state_checkpoints=torch.full(shape, float("nan"), dtype=st, device=device), checkpoint_every=B,
+              initial_state=_state_tensor(d["initial_state"], st, layout, device),
+              cu_seqlens=_to(d["cu_seqlens"], torch.int32, device), use_qk_l2norm_in_kernel=True,
+              state_layout=layout)
+    return Sample(kw, ("o", "final_state"), ("state_checkpoints",), {"state_checkpoints": list(range(n))})
+
+
 def _pool_and_indices(g, dims, variant, st, layout, device, keep):
     pool = _rand(g, 10, dims.HV, dims.V, dims.K, scale=0.3)
     if variant == "spec":
@@ -259,6 +274,8 @@ OP_INFOS: Dict[str, OpInfo] = {o.name: o for o in [
     OpInfo("causal_conv1d_update", ref.causal_conv1d_update,
            tuple(f"{k}-{c}" for k in ("decode", "multi", "spec") for c in ("dim_first", "token_first")), _conv_update),
     OpInfo("chunk_gated_delta_rule", ref.chunk_gated_delta_rule, ("varlen", "long"), _chunk),
+    OpInfo("chunk_gated_delta_rule_checkpoints", ref.chunk_gated_delta_rule_checkpoints,
+           ("block128", "block800", "block1088"), _chunk_checkpoints),
     OpInfo("fused_recurrent_gated_delta_rule", ref.recurrent_gated_delta_rule, ("decode", "spec", "varlen"),
            _recurrent),
     OpInfo("fused_sigmoid_gating_delta_rule_update", ref.fused_sigmoid_gating_delta_rule_update,

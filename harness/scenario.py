@@ -11,7 +11,19 @@ A scenario is a list of steps over a state-cache pool. Each step is a batch of e
 
 Every sequence owns ``num_spec + 1`` pool slots (non-contiguous, seeded shuffle unless
 given). Conv state lives in its first slot (a window of W-1+num_spec columns); the ssm
-state in slot ``[accepted-1]`` after a spec step and slot 0 otherwise. Slots of the pool
+state in slot ``[accepted-1]`` after a spec step and slot 0 otherwise.
+
+A step after a spec step that accepted drafts (accepted > 1) reads the state after the
+sequence's last accepted token, wherever the engine keeps it (``spec_state``, the engine
+convention; vllm #39273 is a zero-draft decode reading column 0 instead):
+
+* ``"offset"`` - a decode (a zero-draft step: ngram / prompt-lookup proposers return none)
+  reads in place, like a 1-token spec step: the ssm state from column ``accepted-1``, the
+  conv window from column offset ``accepted-1`` (vllm PR #40738 phase 2); its new state goes
+  to column 0. A prefill cannot read an offset, so one after accepted drafts is refused.
+* ``"migrate"`` - before a non-spec step the engine copies the ssm state from column
+  ``accepted-1`` to column 0 and shifts the conv window to columns ``[0, W-1)`` (PR #40738
+  phase 1's pre-copy, PR #52942's post-sampling migration); the step then reads column 0. Slots of the pool
 start filled with seeded stale data, so a fresh sequence that read its slot would show.
 A sequence that begins with a decode or spec step continues from that stale content
 (a sequence with history).
@@ -20,7 +32,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional
 
 from .config import GDNDims
@@ -30,6 +42,12 @@ from .layouts.state import check_conv_layout, check_ssm_layout
 
 KINDS = ("prefill", "decode", "spec", "pad")
 PAD_SLOT_ID = -1
+SPEC_STATES = ("offset", "migrate")     # where a zero-draft step after accepted drafts reads
+# How padded rows are marked: PAD_SLOT_ID (-1) with every slot usable (slot 0 may be live),
+# or a reserved null block: slot 0 owned by nobody, PAD rows point at it (FlashInfer's bf16
+# decode redirects -1 there; vLLM's NULL_BLOCK_ID = 0).
+PAD_SLOTS = ("minus_one", "null_block")
+NULL_BLOCK_ID = 0
 
 
 @dataclass
@@ -48,6 +66,8 @@ class Scenario:
     tp: int = 1
     ba: str = "sharded"
     num_spec: int = 0
+    spec_state: str = "offset"
+    pad_slot: str = "minus_one"
     num_slots: Optional[int] = None
     slots: Optional[Dict[int, List[int]]] = None
     seed: int = 0
@@ -106,9 +126,13 @@ class Scenario:
         self.dims.check_tp(self.tp)
         if self.num_spec < 0:
             raise ConfigError("num_spec", f"must be >= 0, got {self.num_spec}")
+        if self.spec_state not in SPEC_STATES:
+            raise ConfigError("spec_state", f"one of {list(SPEC_STATES)}, got {self.spec_state!r}")
+        if self.pad_slot not in PAD_SLOTS:
+            raise ConfigError("pad_slot", f"one of {list(PAD_SLOTS)}, got {self.pad_slot!r}")
         if not self.steps:
             raise ConfigError("steps", "a scenario needs at least one step")
-        after_spec = set()
+        drafts_accepted = set()     # sequences whose last step accepted drafts
         for si, step in enumerate(self.steps):
             if not step:
                 raise ConfigError(f"steps[{si}]", "a step needs at least one entry")
@@ -141,20 +165,22 @@ class Scenario:
                     acc = e.get("accepted", 1)
                     if not 1 <= acc <= n:
                         raise ConfigError(f"{where}.accepted", f"in [1, {n}], got {acc}")
-                    after_spec.add(seq)
-                elif seq in after_spec:
-                    # vLLM keeps a sequence on the spec path once drafts are configured;
-                    # its state lives at slot [accepted-1], which a non-spec step would not read.
-                    raise ConfigError(f"{where}.kind",
-                                      f"sequence {seq} had a spec step; later steps must be spec too")
+                    (drafts_accepted.add if acc > 1 else drafts_accepted.discard)(seq)
+                    continue
+                if kind == "prefill" and seq in drafts_accepted and self.spec_state == "offset":
+                    # a prefill's conv / chunk kernels read column 0 only
+                    raise ConfigError(f"{where}.kind", f"sequence {seq} accepted drafts last step; a prefill "
+                                      "after that needs spec_state='migrate'")
+                drafts_accepted.discard(seq)
         ids = self.seq_ids()
-        need = len(ids) * (self.num_spec + 1)
+        null = int(self.pad_slot == "null_block")      # slot 0 reserved
+        need = len(ids) * (self.num_spec + 1) + null
         if self.num_slots is None:
             self.num_slots = need + 3        # spare slots that must stay untouched
         if self.num_slots < need:
             raise ConfigError("num_slots", f"{len(ids)} sequences x {self.num_spec + 1} slots need {need}, got {self.num_slots}")
         if self.slots is None:
-            pool = list(range(self.num_slots))
+            pool = list(range(null, self.num_slots))
             random.Random(self.seed).shuffle(pool)
             self.slots = {s: pool[i * (self.num_spec + 1):(i + 1) * (self.num_spec + 1)]
                           for i, s in enumerate(ids)}
@@ -166,6 +192,8 @@ class Scenario:
             used += row
         if len(set(used)) != len(used) or not all(0 <= u < self.num_slots for u in used):
             raise ConfigError("slots", f"distinct slots in [0, {self.num_slots}), got {self.slots}")
+        if null and NULL_BLOCK_ID in used:
+            raise ConfigError("slots", f"slot {NULL_BLOCK_ID} is the reserved null block (pad_slot='null_block')")
         return self
 
     @staticmethod
@@ -186,17 +214,21 @@ class Scenario:
             for e in step:
                 n = self.entry_tokens(e)
                 if e["kind"] == "pad":
-                    out.append(EntryPlan("pad", -1, bos, bos + n, PAD_SLOT_ID, [PAD_SLOT_ID], False, 1))
+                    pad = NULL_BLOCK_ID if self.pad_slot == "null_block" else PAD_SLOT_ID
+                    out.append(EntryPlan("pad", -1, bos, bos + n, pad, [pad], False, 1))
                 else:
                     seq, row = e["seq"], self.slots[e["seq"]]
-                    prev_acc = accepted.get(seq, 1)
+                    prev_acc, migrate = accepted.get(seq, 1), 0
                     if e["kind"] == "prefill":
                         has_init = bool(e.get("has_initial_state", seq in seen))
                     else:
                         has_init = True
+                    if e["kind"] != "spec" and prev_acc > 1 and self.spec_state == "migrate":
+                        prev_acc, migrate = 1, prev_acc - 1
+                    offset_read = e["kind"] == "spec" or prev_acc > 1
                     out.append(EntryPlan(e["kind"], seq, bos, bos + n, row[0],
-                                         list(row) if e["kind"] == "spec" else [row[0]],
-                                         has_init, prev_acc))
+                                         list(row) if offset_read or migrate else [row[0]],
+                                         has_init, prev_acc, migrate))
                     accepted[seq] = e.get("accepted", 1) if e["kind"] == "spec" else 1
                     seen.add(seq)
                 bos += n
@@ -211,13 +243,20 @@ class EntryPlan:
     bos: int                     # token range of this entry within the step's batch
     eos: int
     conv_slot: int
-    ssm_slots: List[int]         # spec: the sequence's num_spec + 1 slots; else [slot]
+    ssm_slots: List[int]         # spec / spec_read / migrate: the sequence's num_spec + 1 slots; else [slot]
     has_initial_state: bool
     num_accepted: int            # from the sequence's previous step (1 when none)
+    migrate: int = 0             # > 0: the engine first moves the state from this column to column 0
 
     @property
     def tokens(self) -> int:
         return self.eos - self.bos
+
+    @property
+    def spec_read(self) -> bool:
+        """Reads its state through the spec path (``num_accepted``, all its slots): a spec
+        entry, or a zero-draft decode after accepted drafts under ``spec_state="offset"``."""
+        return self.kind == "spec" or (self.kind == "decode" and self.num_accepted > 1)
 
 
 def step_tokens(plan: List[EntryPlan]) -> int:
@@ -254,6 +293,34 @@ def _mix_spec_only(num_spec: int):
     return steps
 
 
+def _mix_zero_draft():
+    """Ragged draft counts (0..K) in one batch under a compiled maximum of 3 drafts (runtime
+    K 1-2 after the first spec step), accepted drafts followed by zero-draft decodes, and
+    spec steps again after those (vllm #39273: ngram / prompt-lookup proposers return no
+    drafts for some requests some steps)."""
+    spec = lambda s, n, acc: {"seq": s, "kind": "spec", "tokens": n, "accepted": acc}  # noqa: E731
+    dec = lambda s: {"seq": s, "kind": "decode"}  # noqa: E731
+    return [[{"seq": 0, "kind": "prefill", "tokens": 5}, {"seq": 1, "kind": "prefill", "tokens": 3},
+             {"seq": 2, "kind": "prefill", "tokens": 1}, dec(3)],
+            [spec(0, 4, 3), spec(1, 2, 2), spec(2, 3, 1), spec(3, 3, 3)],
+            [dec(0), spec(1, 3, 2), dec(2), spec(3, 1, 1)],
+            [spec(0, 3, 2), dec(1), {"kind": "pad"}, spec(2, 2, 2), dec(3)],
+            [dec(0), spec(1, 2, 1), dec(2)]]
+
+
+def _mix_pad_slot0():
+    """PAD rows around the sequence that owns slot 0 (its conv slot and ssm column 0) in
+    every step - prefill, decode, spec, zero-draft decode - in the same kernel calls as it."""
+    spec = lambda s, n, acc: {"seq": s, "kind": "spec", "tokens": n, "accepted": acc}  # noqa: E731
+    dec = lambda s: {"seq": s, "kind": "decode"}  # noqa: E731
+    pad = {"kind": "pad"}
+    return [[pad, {"seq": 0, "kind": "prefill", "tokens": 6}, pad, dec(1), {"seq": 2, "kind": "prefill", "tokens": 1}],
+            [pad, dec(0), dec(1), pad, dec(2)],
+            [pad, spec(0, 3, 3), spec(1, 3, 2), dec(2), pad, {"seq": 3, "kind": "prefill", "tokens": 4}],
+            [pad, dec(0), pad, dec(1), dec(3)],
+            [pad, dec(0), dec(3), pad]]
+
+
 # Batch mixes of the layer-level cases: name -> (steps builder, num_spec)
 MIXES = {
     "prefill_only": (lambda: [[{"seq": 0, "kind": "prefill", "tokens": 70}, {"seq": 1, "kind": "prefill", "tokens": 5},
@@ -277,6 +344,10 @@ MIXES = {
                                     {"seq": 1, "kind": "spec", "tokens": 3, "accepted": 3}],
                                    [{"seq": 0, "kind": "spec", "tokens": 3, "accepted": 1},
                                     {"seq": 1, "kind": "spec", "tokens": 3, "accepted": 2}]], 2),
+    "spec_zero_draft": (_mix_zero_draft, 3),
+    "spec_zero_draft_migrate": (_mix_zero_draft, 3),
+    "pad_slot0_live": (_mix_pad_slot0, 2),
+    "pad_null_block": (_mix_pad_slot0, 2),
     "multi_step": (lambda: [[{"seq": 0, "kind": "prefill", "tokens": 20}, {"seq": 1, "kind": "prefill", "tokens": 9}],
                             [{"seq": 0, "kind": "decode"}, {"seq": 1, "kind": "prefill", "tokens": 4}],
                             [{"seq": 0, "kind": "spec", "tokens": 2, "accepted": 1}, {"seq": 1, "kind": "decode"}],
@@ -299,9 +370,24 @@ def long_history(tokens: int, chunk: int = 2048):
     return steps
 
 
+# Scenario fields a mix fixes besides its batches (the engine convention it models).
+MIX_OPTIONS = {"spec_zero_draft_migrate": {"spec_state": "migrate"},
+               # slot 0 is sequence 0's (conv slot, ssm column 0), PAD is -1
+               "pad_slot0_live": {"slots": {0: [0, 5, 2], 1: [7, 1, 9], 2: [4, 10, 6], 3: [3, 8, 11]}, "num_slots": 14},
+               "pad_null_block": {"pad_slot": "null_block"}}
+
+
+def drift_steps(decodes: int):
+    """Two prefills, then `decodes` decode steps of both: the long-horizon drift lane
+    (per-step error of output and state against the fp64 oracle; `harness.drift`)."""
+    return ([[{"seq": 0, "kind": "prefill", "tokens": 16}, {"seq": 1, "kind": "prefill", "tokens": 5}]]
+            + [[{"seq": 0, "kind": "decode"}, {"seq": 1, "kind": "decode"}] for _ in range(decodes)])
+
+
 def mix_scenario(mix: str, dims: GDNDims, explicit: Optional[dict] = None, **kw) -> Scenario:
-    """The scenario of a named mix (`MIXES`, or ``history_<tokens>``) for `dims`; `explicit`
+    """The scenario of a named mix (`MIXES`, ``history_<tokens>`` or ``drift_<decodes>``) for `dims`; `explicit`
     (``{"steps": [...], "num_spec": n}``, a shrunk case's) replaces the mix's batches."""
+    kw = {**MIX_OPTIONS.get(mix, {}), **kw}
     if explicit is not None:
         unknown = set(explicit) - {"steps", "num_spec"}
         if unknown or "steps" not in explicit:
@@ -309,12 +395,38 @@ def mix_scenario(mix: str, dims: GDNDims, explicit: Optional[dict] = None, **kw)
         steps, num_spec = explicit["steps"], int(explicit.get("num_spec", 0))
     elif mix.startswith("history_"):
         steps, num_spec = long_history(int(mix.split("_", 1)[1])), 2
+    elif mix.startswith("drift_"):
+        steps, num_spec = drift_steps(int(mix.split("_", 1)[1])), 0
     elif mix in MIXES:
         build, num_spec = MIXES[mix]
         steps = build()
     else:
-        raise ConfigError("mix", f"unknown mix {mix!r}; known: {sorted(MIXES)} or history_<tokens>")
+        raise ConfigError("mix", f"unknown mix {mix!r}; known: {sorted(MIXES)}, history_<tokens> or drift_<decodes>")
     return Scenario(dims=dims, steps=steps, num_spec=num_spec, name=mix, **kw).validate()
+
+
+def accepted_as_decodes(sc: Scenario):
+    """The run spec decoding must not change: `sc` with every spec step's accepted tokens
+    fed as decodes, one step per token (rejected drafts dropped), everything else as it was.
+    Returns (that scenario, per step of it ``(s, rows)``: the step of `sc` and the rows of
+    its batch its tokens come from, in order)."""
+    steps, sources = [], []
+    for s, (step, plan) in enumerate(zip(sc.steps, sc.plan())):
+        counts = [e.get("accepted", 1) if e["kind"] == "spec" else 1 for e in step]
+        for j in range(max(counts)):
+            sub, rows = [], []
+            for e, pe, n in zip(step, plan, counts):
+                if j >= n:
+                    continue
+                if e["kind"] == "spec":
+                    sub.append({"seq": e["seq"], "kind": "decode"})
+                    rows.append(pe.bos + j)
+                else:
+                    sub.append(dict(e))
+                    rows += list(range(pe.bos, pe.eos))
+            steps.append(sub)
+            sources.append((s, rows))
+    return replace(sc, steps=steps, name=f"{sc.name}-as-decodes").validate(), sources
 
 
 def case_scenario(case) -> Scenario:

@@ -17,9 +17,9 @@ from .inputs import make_delta_inputs, make_inputs
 from .layouts.lora import LoraDelta, LoraProjection, fold_lora
 from .layouts.weights import convert_checkpoint, from_checkpoint, to_checkpoint
 from .reference.conv import causal_conv1d_fn
-from .reference.delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
+from .reference.delta_rule import chunk_gated_delta_rule, chunk_gated_delta_rule_checkpoints, recurrent_gated_delta_rule
 from .reference.layer import run_oracle
-from .scenario import Scenario, mixed_scenario
+from .scenario import Scenario, accepted_as_decodes, mix_scenario, mixed_scenario
 
 Pair = Tuple[str, torch.Tensor, torch.Tensor, Optional[int]]
 
@@ -140,6 +140,45 @@ def check_spec_one_accepted(c: Case) -> List[Pair]:
                     ("ssm_slot", a.ssm_pool[4], b.ssm_pool[4], None)]
 
 
+def check_spec_invariance(c: Case) -> List[Pair]:
+    """Spec decoding never changes the outputs (vllm #39273): ragged drafts (0..K, runtime K
+    below the compiled maximum), accepted drafts followed by zero-draft decodes and spec again,
+    under both engine conventions (read at the offset / migrate to column 0) == the same
+    accepted tokens fed as plain decodes, token for token."""
+    pairs = []
+    for mix in ("spec_zero_draft", "spec_zero_draft_migrate"):
+        sc = mix_scenario(mix, c.dims, layout=c.layout, seed=c.seed, dtype="float64", state_dtype="float64")
+        dec, sources = accepted_as_decodes(sc)
+        inp = make_inputs(sc)
+        a = _oracle(sc, inp)
+        b = run_oracle(dec, inp.weights, [inp.hidden[s][rows] for s, rows in sources], inp.conv_pool, inp.ssm_pool)
+        for d, (s, rows) in enumerate(sources):
+            pairs += [(f"{mix}.step{s}.{k}[decode step {d}]", a.steps[s][k][rows], b.steps[d][k], 0)
+                      for k in ("core", "out")]
+    return pairs
+
+
+def check_checkpoint_restore(c: Case) -> List[Pair]:
+    """Prefix-cache checkpoints: a request restored from any block's checkpoint and continued
+    == one cold run (outputs of the remaining tokens, final state), for block sizes 128 /
+    800 / 1088 (a multiple of the 64-token chunk or not) and tails of 0 / 1 / 63 tokens."""
+    pairs = []
+    for B in (128, 800, 1088):
+        for tail in (0, 1, 63):
+            L = 2 * B + tail
+            d = make_delta_inputs(c.dims, [L], c.seed)
+            args = [d[n] for n in ("q", "k", "v", "g", "beta")]
+            kw = dict(use_qk_l2norm_in_kernel=True)
+            ck = torch.zeros(L // B, c.dims.HV, c.dims.V, c.dims.K, dtype=torch.float64)
+            cold_o, cold_s = chunk_gated_delta_rule_checkpoints(*args, ck, B, initial_state=d["initial_state"], **kw)
+            for j in (0, L // B - 1):          # the first block's checkpoint and the last one
+                lo = (j + 1) * B
+                o, s_ = chunk_gated_delta_rule(*(t[:, lo:] for t in args), initial_state=ck[j:j + 1], **kw)
+                pairs += [(f"block{B}.tail{tail}.restore{j}.o", o, cold_o[:, lo:], 1),
+                          (f"block{B}.tail{tail}.restore{j}.final", s_, cold_s, None)]
+    return pairs
+
+
 def check_untouched_slots(c: Case) -> List[Pair]:
     """PAD rows output exact zeros; slots no sequence owns keep their stale bytes."""
     sc = mixed_scenario(c.dims, c.layout, c.tp, c.seed)
@@ -226,6 +265,8 @@ CHECKS: Dict[str, Tuple[Callable[[Case], List[Pair]], Tuple[str, ...]]] = {
     "chunked_prefill_split": (check_chunked_prefill_split, ("dims", "layout", "seed")),
     "batch_independence": (check_batch_independence, ("dims", "seed")),
     "spec_one_accepted": (check_spec_one_accepted, ("dims", "layout", "seed")),
+    "spec_invariance": (check_spec_invariance, ("dims", "layout", "seed")),
+    "checkpoint_restore": (check_checkpoint_restore, ("seed",)),
     "untouched_slots": (check_untouched_slots, ("dims", "layout", "seed")),
     "fresh_prefill_stale_slot": (check_fresh_prefill_stale_slot, ("dims", "layout", "seed")),
     "lora_arrangement": (check_lora_arrangement, ("dims", "tp", "seed")),

@@ -86,7 +86,8 @@ def load_suite(name_or_path: str) -> dict:
         what = {"self": ("checks", CHECKS), "op": ("ops", OP_INFOS), "layer": ("mixes", MIXES)}[g["level"]]
         names = g.get(what[0])
         if names != ["*"]:
-            allowed = set(what[1]) | ({n for n in names if str(n).startswith("history_")} | {"spec_one_accepted"}
+            allowed = set(what[1]) | ({n for n in names if str(n).startswith(("history_", "drift_"))}
+                                      | {"spec_one_accepted"}
                                       if what[0] == "mixes" else set())
             _check_values(f"{where}.{what[0]}", names, allowed, what[0])
         for key, allowed in (("layout", LAYOUTS), ("dtype", DTYPES), ("state_dtype", DTYPES),

@@ -56,13 +56,60 @@ def test_scenario_json_roundtrip_and_plan():
     ([[{"seq": 0, "kind": "decode", "tokens": 2}]], "steps[0][0].tokens"),
     ([[{"seq": 0, "kind": "spec", "tokens": 4}]], "steps[0][0].tokens"),
     ([[{"seq": 0, "kind": "spec", "tokens": 2, "accepted": 3}]], "steps[0][0].accepted"),
-    ([[{"seq": 0, "kind": "spec", "tokens": 2}], [{"seq": 0, "kind": "decode"}]], "steps[1][0].kind"),
+    ([[{"seq": 0, "kind": "spec", "tokens": 2, "accepted": 2}], [{"seq": 0, "kind": "prefill", "tokens": 3}]],
+     "steps[1][0].kind"),     # a prefill cannot read at the accepted offset: needs spec_state="migrate"
     ([[{"seq": 0, "kind": "decode"}, {"seq": 0, "kind": "decode"}]], "steps[0][1].seq"),
 ])
 def test_scenario_validation_names_the_entry(steps, where):
     with pytest.raises(ConfigError) as e:
         Scenario(dims=GDNDims(hidden=8, H=1, HV=1, K=2, V=2), steps=steps, num_spec=2).validate()
     assert e.value.field == where
+
+
+def test_zero_draft_step_reads_after_the_last_accepted_token():
+    """vllm #39273: a decode after a spec step that accepted drafts reads column accepted-1
+    (spec_state "offset") or, after the engine's migration, column 0 ("migrate")."""
+    dims = GDNDims(hidden=8, H=1, HV=1, K=2, V=2)
+    steps = [[{"seq": 0, "kind": "prefill", "tokens": 4}], [{"seq": 0, "kind": "spec", "tokens": 3, "accepted": 3}],
+             [{"seq": 0, "kind": "decode"}], [{"seq": 0, "kind": "spec", "tokens": 2, "accepted": 1}],
+             [{"seq": 0, "kind": "decode"}]]
+    off = Scenario(dims=dims, steps=steps, num_spec=2).validate()
+    row = off.slots[0]
+    e = off.plan()[2][0]
+    assert (e.spec_read, e.num_accepted, e.ssm_slots, e.migrate) == (True, 3, row, 0)
+    after = off.plan()[3][0]
+    assert after.num_accepted == 1 and after.spec_read       # the decode left its state in column 0
+    assert not off.plan()[4][0].spec_read                    # accepted 1: a plain decode
+    mig = Scenario(dims=dims, steps=steps, num_spec=2, spec_state="migrate").validate()
+    e = mig.plan()[2][0]
+    assert (e.spec_read, e.num_accepted, e.migrate, e.ssm_slots) == (False, 1, 2, row)
+    with pytest.raises(ConfigError, match="spec_state"):
+        Scenario(dims=dims, steps=steps, num_spec=2, spec_state="column0").validate()
+
+
+def test_pad_conventions_minus_one_with_live_slot0_and_null_block():
+    from harness.scenario import NULL_BLOCK_ID, mix_scenario
+    dims = GDNDims(hidden=8, H=1, HV=1, K=2, V=2)
+    live = mix_scenario("pad_slot0_live", dims)
+    assert live.slots[0][0] == 0 and all(e.conv_slot == -1 for st in live.plan() for e in st if e.kind == "pad")
+    null = mix_scenario("pad_null_block", dims)
+    assert all(NULL_BLOCK_ID not in row for row in null.slots.values())
+    assert all(e.conv_slot == NULL_BLOCK_ID for st in null.plan() for e in st if e.kind == "pad")
+    with pytest.raises(ConfigError, match="reserved null block"):
+        Scenario(dims=dims, steps=[[{"seq": 0, "kind": "decode"}]], pad_slot="null_block", slots={0: [0]},
+                 num_slots=2).validate()
+
+
+def test_accepted_as_decodes_feeds_only_accepted_tokens():
+    from harness.scenario import accepted_as_decodes, mix_scenario
+    sc = mix_scenario("spec_zero_draft", GDNDims(hidden=8, H=1, HV=1, K=2, V=2))
+    dec, sources = accepted_as_decodes(sc)
+    assert all(e["kind"] != "spec" for step in dec.steps for e in step)
+    accepted = sum(e.get("accepted", 1) if e["kind"] == "spec" else Scenario.entry_tokens(e)
+                   for step in sc.steps for e in step)
+    assert sum(len(rows) for _, rows in sources) == accepted
+    # step 1: spec 4/acc 3, spec 2/acc 2, spec 3/acc 1, spec 3/acc 3 at rows 0, 4, 6, 9
+    assert sources[1:4] == [(1, [0, 4, 6, 9]), (1, [1, 5, 10]), (1, [2, 11])]
 
 
 def test_bad_tensors_name_tensor_expected_and_actual():

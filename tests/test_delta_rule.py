@@ -64,3 +64,29 @@ def test_not_inplace_leaves_pool_alone():
     _, new = recurrent_gated_delta_rule(d["q"], d["k"], d["v"], d["g"], d["beta"], initial_state=pool,
                                         ssm_state_indices=torch.tensor([1]), inplace_final_state=False)
     assert torch.equal(pool, before) and not torch.equal(new[1], before[1])
+
+
+@pytest.mark.parametrize("block", [64, 100])
+def test_checkpoints_are_the_states_at_block_ends(block):
+    """chunk_gated_delta_rule_checkpoints: sequence n's checkpoint j is its state after
+    (j+1) * block tokens (the per-token recurrence's), outputs and finals as the chunk op."""
+    from harness.reference import chunk_gated_delta_rule_checkpoints
+    dims = GDNDims(hidden=8, H=1, HV=2, K=4, V=6)
+    lens = [2 * block, block + 1, 63]
+    d = make_delta_inputs(dims, lens, seed=3)
+    args = [d[n] for n in ("q", "k", "v", "g", "beta")]
+    ck = torch.zeros(sum(L // block for L in lens), 2, 6, 4, dtype=torch.float64)
+    o, final = chunk_gated_delta_rule_checkpoints(*args, ck, block, initial_state=d["initial_state"],
+                                                  cu_seqlens=d["cu_seqlens"], use_qk_l2norm_in_kernel=True)
+    want_o, want_f = recurrent_gated_delta_rule(*args, initial_state=d["initial_state"], cu_seqlens=d["cu_seqlens"],
+                                                use_qk_l2norm_in_kernel=True)
+    assert torch.allclose(o, want_o, rtol=0, atol=1e-10) and torch.allclose(final, want_f, rtol=0, atol=1e-10)
+    c, cu = 0, d["cu_seqlens"].tolist()
+    for n, L in enumerate(lens):
+        for j in range(L // block):
+            end = cu[n] + (j + 1) * block
+            _, s = recurrent_gated_delta_rule(*(t[:, cu[n]:end] for t in args), initial_state=d["initial_state"][n:n + 1],
+                                              use_qk_l2norm_in_kernel=True)
+            assert torch.allclose(ck[c], s[0], rtol=0, atol=1e-10)
+            c += 1
+    assert c == ck.shape[0]

@@ -146,3 +146,23 @@ def test_delta_rule_gva_head_mapping():
     v2 = torch.cat([v, 2 * v], dim=2)
     o, _ = recurrent_gated_delta_rule(q, k, v2, g.repeat(1, 1, 2), beta.repeat(1, 1, 2), scale=1.0)
     assert o[0, :, 0, 0].tolist() == pytest.approx([1.0, 0.56]) and o[0, :, 1, 0].tolist() == pytest.approx([2.0, 1.12])
+
+
+
+def zero_draft_conv_case(fn, device="cpu"):
+    """A 1-token step after a spec step that accepted 3 (vllm #39273): prior inputs are the
+    state columns [2, 2+W-1), the new window [old[3 : W+1], x] lands in columns [0, W-1)."""
+    dim, W, L_state = 2, 3, 4                          # W-1+num_spec, num_spec = 2
+    state = torch.arange(dim * L_state, dtype=torch.float32, device=device).reshape(1, dim, L_state)
+    w = torch.ones(dim, W, device=device)
+    x = torch.full((1, dim), 100.0, device=device)
+    st = state.clone()
+    ids = lambda *v: torch.tensor(v, dtype=torch.int32, device=device)  # noqa: E731
+    y = fn(x, st, w, None, None, conv_state_indices=ids(0), num_accepted_tokens=ids(3), query_start_loc=ids(0, 1))
+    assert torch.equal(y[0], state[0, :, 2:4].sum(-1) + 100.0)
+    assert torch.equal(st[0, :, :2], torch.stack([state[0, :, 3], x[0]], dim=-1))
+    assert torch.equal(st[0, :, 2:], state[0, :, 2:])      # later columns untouched
+
+
+def test_conv_zero_draft_reads_at_the_accepted_offset():
+    zero_draft_conv_case(causal_conv1d_update)

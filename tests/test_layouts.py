@@ -92,3 +92,24 @@ def test_replicated_ba_holds_the_full_matrix():
     w = make_weights(dims)
     p = shard_params(w, dims, "flat", 2, 1, ba="replicated")
     assert p.w_ba.shape == (2 * dims.HV, dims.hidden) and p.ba_heads == (dims.HV // 2, dims.HV // 2)
+
+
+def test_backend_sharding_is_used_and_checked_against_full_weights():
+    """A backend's own shard_params runs in process (issue 19 item 5, vllm #35504): a loader
+    putting the wrong ba rows on each rank passes the oracle (which starts from the ranks'
+    projections) but fails the full-weight TP=1 projection check; the harness's sharding passes."""
+    from harness.layercheck import run_layer_case
+    from harness.optimized.reference_backend import ReferenceBackend
+
+    class Loader(ReferenceBackend):
+        @staticmethod
+        def shard_params(w, dims, layout, tp=1, rank=0, ba="sharded"):
+            p = shard_params(w, dims, layout, tp, rank, ba)
+            p.w_ba = shard_sections(w.packed_in_proj(dims, layout)[1], [dims.HV] * 2, tp, rank)
+            return p
+
+    dims = get_preset("qwen3-next-80b-a3b").shrink(H=4)
+    for backend, bad in ((ReferenceBackend(), set()), (Loader(), {"step0.proj_ba", "step1.proj_ba"})):
+        pairs = run_layer_case(backend, backend, dims, "decode_only", "interleaved", 2, "float32", "float32", 0, "cpu")
+        wrong = {n for n, a, b, _, _ in pairs if (a.double() - b.double()).abs().max() > 1e-4}
+        assert wrong == bad, wrong

@@ -441,3 +441,8 @@ def test_real_sizes_gpu():
     for k_, r_ in zip(tk_unpack.unpack_qkvz_ba(qkvz, ba, dims, "interleaved"),
                       ref_proj.unpack_qkvz_ba(qkvz, ba, dims, "interleaved")):
         assert same_bytes(k_, r_.contiguous())
+
+
+def test_conv_zero_draft_reads_at_the_accepted_offset():
+    from tests.test_hand_computed import zero_draft_conv_case
+    zero_draft_conv_case(tk_conv.causal_conv1d_update, DEVICE)

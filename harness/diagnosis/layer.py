@@ -83,7 +83,7 @@ def routed(plans):
     for step in plans:
         ride = any(e.kind == "prefill" for e in step)
         out.append([dataclasses.replace(e, kind="prefill", has_initial_state=True)
-                    if ride and e.kind == "decode" else e for e in step])
+                    if ride and e.kind == "decode" and not e.spec_read else e for e in step])
     return out
 
 
@@ -95,6 +95,90 @@ def _fresh_one_token_as_decode(e):
 
 def _fresh_reads_stale(e):
     return dataclasses.replace(e, has_initial_state=True) if e.kind == "prefill" else e
+
+
+def _zero_draft_column_zero(e):
+    if e.kind == "decode" and e.spec_read:
+        return dataclasses.replace(e, num_accepted=1, ssm_slots=e.ssm_slots[:1])
+    return e
+
+
+def _uniform_width(c: LayerContext, unpacked):
+    """Every step re-laid as a backend runs it when it locates spec-path request n's tokens
+    at ``n * (num_spec + 1)`` of the spec token stream (each running num_spec + 1 tokens,
+    clipped to the stream): (hidden, unpacked, plans, per step the batch row of each row)."""
+    S = c.sc.num_spec + 1
+    hidden, unp, plans, back = [], [], [], []
+    for h, u, entries in zip(c.inp.hidden, unpacked, c.sc.plan()):
+        spec = [e for e in entries if e.spec_read]
+        stream = [t for e in spec for t in range(e.bos, e.eos)]
+        rows, new = [], []
+        for e in entries:
+            if not e.spec_read:
+                new.append(dataclasses.replace(e, bos=len(rows), eos=len(rows) + e.tokens))
+                rows += range(e.bos, e.eos)
+        for i, e in enumerate(spec):
+            take = stream[i * S:(i + 1) * S]
+            new.append(dataclasses.replace(e, bos=len(rows), eos=len(rows) + len(take)))
+            rows += take
+        hidden.append(h[rows])
+        unp.append(tuple(t[rows] for t in u))
+        plans.append(new)
+        back.append(rows)
+    return hidden, unp, plans, back
+
+
+def _pad_as_decode(e):
+    """A PAD row run through the decode kernels (the conv still skips its -1 slot)."""
+    return dataclasses.replace(e, kind="decode", has_initial_state=True) if e.kind == "pad" else e
+
+
+def _recurrent_slots(remap):
+    """The recurrent rule with its state-pool indices remapped: ``remap(idx [N, S], read
+    column [N]) -> idx``."""
+    from .. import reference as ref
+
+    def rec(q, k, v, g, beta, **kw):
+        idx = kw.get("ssm_state_indices")
+        if idx is not None:
+            two = idx if idx.dim() == 2 else idx[:, None]
+            acc = kw.get("num_accepted_tokens")
+            read = acc.long() - 1 if acc is not None else torch.zeros(two.shape[0], dtype=torch.long)
+            two = remap(two, read)
+            kw["ssm_state_indices"] = two if idx.dim() == 2 else two[:, 0]
+        return ref.recurrent_gated_delta_rule(q, k, v, g, beta, **kw)
+    return {V.RECURRENT: rec}
+
+
+def _slot0_as_pad(idx, read):
+    """Rows whose read slot is 0 made PAD rows (the kernel then skips them whole)."""
+    return torch.where(idx.gather(1, read[:, None]) == 0, torch.full_like(idx, -1), idx)
+
+
+def _ba_two_shards(c: LayerContext, unpacked):
+    """The projections when every rank's in_proj_ba rows come from sharding the interleaved
+    ``[b_g a_g]`` weight as two sections (the flat layout's rule), with its b / a check."""
+    from ..layouts.tp import shard_sections
+    w_ba = c.inp.weights.packed_in_proj(c.sc.dims, c.layout)[1]
+    rows = [shard_sections(w_ba, [c.sc.dims.HV] * 2, c.sc.tp, p.rank) for p in c.ranks]
+    out, proj = [], {}
+    for s, (h, u) in enumerate(zip(c.inp.hidden, unpacked)):
+        parts = [unpack_qkvz_ba(mq, h @ w.T, p.local, c.layout) for p, w, (mq, _) in zip(c.ranks, rows, c.proj[s])]
+        b, a = (gather_heads([r[i] for r in parts], dim=1) for i in (4, 5))
+        out.append((*u[:4], b, a))
+        proj[f"step{s}.proj_ba"] = torch.cat([b.reshape(b.shape[0], -1), a.reshape(a.shape[0], -1)], dim=1)
+    return out, proj
+
+
+def _contiguous_conv(c: LayerContext):
+    """The conv weight / bias every rank holds with conv1d split contiguously, gathered as
+    q | k | v sections (what the ranks together apply, as one TP=1 weight)."""
+    from ..layouts.tp import gather_conv_channels, shard_rows
+    w = c.inp.weights
+    tp = c.sc.tp
+    cat = lambda t: None if t is None else gather_conv_channels(  # noqa: E731
+        [shard_rows(t, tp, r) for r in range(tp)], c.sc.dims, dim=0)
+    return dataclasses.replace(w, conv_weight=cat(w.conv_weight), conv_bias=cat(w.conv_bias))
 
 
 def _history_dropped(e):
@@ -151,6 +235,33 @@ HYPOTHESES = [
       "matches when a fresh 1-token prefill runs as a decode: it reads its slot's stale conv window and ssm state "
       "instead of zeros (query_len == 1 taken for a decode without checking for a context)",
       lambda c: dict(plans=_plans(c, _fresh_one_token_as_decode)), _fresh_one),
+    H("zero_draft_reads_column_zero", "spec_zero_draft",
+      "matches when a zero-draft decode after accepted drafts reads the state at column 0 and the conv window at "
+      "offset 0 instead of at num_accepted - 1 (vllm #39273: the non-spec decode path's metadata points at "
+      "block-table column 0)", lambda c: dict(plans=_plans(c, _zero_draft_column_zero)),
+      lambda c: any(e.kind == "decode" and e.spec_read for s in c.sc.plan() for e in s)),
+    H("spec_width_from_index_shape", "spec_ragged_width",
+      "matches when each spec-path request's tokens are located at n * (num_spec + 1) (the width of the "
+      "state-index tensor) instead of its own query_start_loc: ragged draft counts read their batch-mates' tokens",
+      lambda c: dict(width=True),
+      lambda c: any(e.spec_read and e.tokens < c.sc.num_spec + 1 for s in c.sc.plan() for e in s)),
+    H("pad_sentinel_clamped_to_zero", "pad_slot0",
+      "matches when padded rows (slot -1) run against slot 0 - the sentinel clamped to 0, as a reserved null block "
+      "would be - while slot 0 belongs to a request: they decay and overwrite its state",
+      lambda c: dict(plans=_plans(c, _pad_as_decode), ops=_recurrent_slots(lambda i, read: i.clamp(min=0))),
+      lambda c: _has("pad")(c) and c.sc.pad_slot == "minus_one"),
+    H("null_block_id_on_live_slot", "pad_slot0",
+      "matches when slot 0 is taken for padding (NULL_BLOCK_ID: slot <= 0 is PAD) while it belongs to a request: "
+      "the sequence in slot 0 is skipped by the recurrent kernel",
+      lambda c: dict(ops=_recurrent_slots(_slot0_as_pad)),
+      lambda c: any(0 in row for row in c.sc.slots.values())),
+    H("ba_two_shards_on_interleaved", "weight_sharding",
+      "matches when every rank's in_proj_ba holds the rows of sharding the interleaved [b_g a_g] weight as two "
+      "sections [b | a] (the flat layout's rule; vllm #35504): the ranks' b / a differ from the full-weight TP=1 "
+      "projections", lambda c: dict(ba_shards=True), lambda c: c.sc.tp > 1 and c.layout == "interleaved"),
+    H("conv_weight_split_contiguous", "weight_sharding",
+      "matches when each rank's conv1d weight is a contiguous 1/tp row slice of [q | k | v] instead of its share "
+      "of every section", lambda c: dict(weights=_contiguous_conv(c)), lambda c: c.sc.tp > 1),
     H("fresh_prefill_reads_stale", "state_init_fresh",
       "matches when every fresh prefill reads its slot's stale conv window and ssm state (has_initial_state "
       "ignored)", lambda c: dict(plans=_plans(c, _fresh_reads_stale)), _has("prefill")),
@@ -220,6 +331,12 @@ HYPOTHESES = [
       lambda c: dict(ops=V.gating_variant("linear_softplus"))),
     H("dt_bias_after_softplus", "gating_math", "matches when dt_bias is added after the softplus",
       lambda c: dict(ops=V.gating_variant("dt_bias_after"))),
+    H("beta_rounded_bf16_decode", "gating_precision",
+      "matches when the decode / spec (recurrent) kernel rounds beta to bfloat16 every step",
+      lambda c: dict(ops=V.beta_bf16(scope="decode")), _has("decode", "spec")),
+    H("beta_truncated_bf16_decode", "gating_precision",
+      "matches when the decode / spec (recurrent) kernel truncates beta to bfloat16 every step",
+      lambda c: dict(ops=V.beta_bf16(scope="decode", truncate=True)), _has("decode", "spec")),
     H("norm_gemma_weight", "gated_norm", "matches when RMSNormGated uses a Gemma-style (1 + w) weight",
       lambda c: dict(ops=V.norm_variant("gemma"))),
     H("norm_before_gate_flipped", "gated_norm", "matches when RMSNormGated's norm_before_gate is flipped",
@@ -236,10 +353,20 @@ def expected_of(h: H, c: LayerContext) -> Optional[Dict[str, torch.Tensor]]:
     if spec.get("ab"):
         unpacked = _spec_ab_by_position(c, unpacked)
     sc, inp = c.sc, c.inp
-    plans = routed(spec.get("plans") or sc.plan())
-    res = run_oracle(replace(sc, tp=1), inp.weights, inp.hidden, inp.conv_pool, inp.ssm_pool, tp=1,
-                     unpacked=unpacked, device="cpu", ops=spec.get("ops"), plans=plans)
-    return _named(c, res)
+    hidden, plans, back, proj = inp.hidden, spec.get("plans") or sc.plan(), None, {}
+    if spec.get("ba_shards"):
+        unpacked, proj = _ba_two_shards(c, unpacked)
+    if spec.get("width"):
+        hidden, unpacked, plans, back = _uniform_width(c, unpacked)
+    res = run_oracle(replace(sc, tp=1), spec.get("weights") or inp.weights, hidden, inp.conv_pool, inp.ssm_pool, tp=1,
+                     unpacked=unpacked, device="cpu", ops=spec.get("ops"), plans=routed(plans))
+    if back is not None:        # rows back to the batch rows they stand for (rows no request ran: zeros)
+        for st, rows, h in zip(res.steps, back, inp.hidden):
+            for key in ("core", "out"):
+                full = st[key].new_zeros(h.shape[0], *st[key].shape[1:])
+                full[rows] = st[key]
+                st[key] = full
+    return {**_named(c, res), **{k: v for k, v in proj.items() if k in c.actual}}
 
 
 def _named(c: LayerContext, res) -> Dict[str, torch.Tensor]:

@@ -111,6 +111,18 @@ HYPOTHESES = [
       lambda c: V.gating_variant("dt_bias_dropped"), _ops(*GATED_OPS)),
     H("A_log_not_exp", "gating_math", "matches when A_log is used without exp: g = -A_log * softplus(a + dt_bias)",
       lambda c: V.gating_variant("A_not_exp"), _ops(*GATED_OPS)),
+    H("beta_rounded_bf16", "gating_precision",
+      "matches when beta is rounded to bfloat16 before the update u = beta (v - S k)",
+      lambda c: V.beta_bf16(), _ops("fused_recurrent_gated_delta_rule")),
+    H("beta_truncated_bf16", "gating_precision",
+      "matches when beta is truncated to bfloat16 before the update u = beta (v - S k)",
+      lambda c: V.beta_bf16(truncate=True), _ops("fused_recurrent_gated_delta_rule")),
+    H("checkpoint_at_block_start", "prefix_checkpoints",
+      "matches when each prefix-cache checkpoint is the state at its block's start instead of its end",
+      lambda c: checkpoint_variant("block_start"), _ops("chunk_gated_delta_rule_checkpoints")),
+    H("checkpoint_every_chunk", "prefix_checkpoints",
+      "matches when checkpoints are taken every 64-token chunk instead of every block (chunk size and block "
+      "size mixed up)", lambda c: checkpoint_variant("chunk_grid"), _ops("chunk_gated_delta_rule_checkpoints")),
     # gated norm
     H("norm_gemma_weight", "gated_norm", "matches when RMSNormGated scales by a Gemma-style (1 + w) instead of w",
       lambda c: V.norm_variant("gemma"), _ops("rms_norm_gated")),
@@ -200,6 +212,36 @@ HYPOTHESES = [
 
 
 # ------------------------------------------------------------------ running an op under overrides
+def checkpoint_variant(kind: str) -> dict:
+    """Prefix-cache checkpoints gone wrong: ``block_start`` (each saved at its block's start:
+    the sequence's initial state, then the previous checkpoint) or ``chunk_grid`` (saved every
+    64 tokens: checkpoint j at (j+1) * 64)."""
+    op = "chunk_gated_delta_rule_checkpoints"
+
+    def fn(**kw):
+        ck, every = kw["state_checkpoints"], kw["checkpoint_every"]
+        cu = [int(x) for x in kw["cu_seqlens"].tolist()]
+        lens = [b - a for a, b in zip(cu, cu[1:])]
+        if kind == "chunk_grid":
+            grid = ck.new_zeros(sum(L // 64 for L in lens), *ck.shape[1:])
+            out = ref.chunk_gated_delta_rule_checkpoints(**{**kw, "state_checkpoints": grid, "checkpoint_every": 64})
+            at, pos = 0, 0
+            for L in lens:
+                ck[at:at + L // every] = grid[pos:pos + L // every]
+                at, pos = at + L // every, pos + L // 64
+            return out
+        out = ref.chunk_gated_delta_rule_checkpoints(**kw)
+        at = 0
+        for n, L in enumerate(lens):
+            m = L // every
+            if m:
+                ck[at + 1:at + m] = ck[at:at + m - 1].clone()
+                ck[at] = kw["initial_state"][n].to(ck.dtype)
+            at += m
+        return out
+    return {op: fn}
+
+
 def call_op(op: str, kw: dict, ops: dict):
     """The op of `kw` composed from reference ops, each replaceable through `ops`."""
     get = lambda name, default: ops.get(name, default)  # noqa: E731

@@ -285,6 +285,18 @@ def gate_domain_variant(kind: str, op: str = RECURRENT) -> Ops:
     return {op: fn}
 
 
+def beta_bf16(scope: str = "all", op: str = RECURRENT, truncate: bool = False) -> Ops:
+    """beta rounded (or truncated, as Triton's interpreter casts) to bfloat16 before the delta
+    rule uses it (every token)."""
+    base = getattr(ref, op)
+
+    def fn(q, k, v, g, beta, **kw):
+        if _in_scope(scope, kw):
+            beta = bf16_truncate(beta) if truncate else beta.to(torch.bfloat16).to(beta.dtype)
+        return base(q, k, v, g, beta, **kw)
+    return {op: fn}
+
+
 # ------------------------------------------------------------------ gated norm
 def norm_variant(kind: str) -> Ops:
     """RMSNormGated gone wrong: ``gemma`` ((1 + w)), ``flipped`` (norm_before_gate the other

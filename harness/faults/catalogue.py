@@ -11,7 +11,8 @@ every one of them (`harness.faults.zoo.run_zoo`, `tests/test_zoo.py`). Where a b
 * ``reference-source`` - inside the torch chunked delta rule (the op the triton backend
   lacks on the CPU), mutated the same way;
 * ``python-glue`` - an adapter around a correct op (argument plumbing gone wrong);
-* ``gdn_core`` - a whole-core entry (``Backend.gdn_core``) as fused ROCm / XPU paths have.
+* ``gdn_core`` - a whole-core entry (``Backend.gdn_core``) as fused ROCm / XPU paths have;
+* ``weight-loader`` - the backend's own weight loading / TP sharding (``Backend.shard_params``).
 
 Backends are named after their fault (`Backend.name` is the fault name, the class the
 CamelCase of it) and load with ``--backend harness.faults.catalogue:<Class>``.
@@ -28,6 +29,7 @@ import torch
 from .. import reference as ref
 from ..backend_layer import _core
 from ..layouts.projection import qkv_to_mixed
+from ..layouts.tp import shard_params, shard_rows, shard_sections
 from ..optimized.api import Backend, FilledOps
 from ..optimized.reference_backend import ReferenceBackend
 from ..optimized.triton_backend import TritonBackend
@@ -54,6 +56,7 @@ class Fault:
     diagnosis_class: str               # what a report should point at
     make: Callable[[], Backend]        # builds the faulty backend
     where: str = ""                    # triton-source | triton-glue | reference-source | python-glue | gdn_core
+                                       # | weight-loader
     target: str = ""                   # load_backend spec: "harness.faults.catalogue:<Class>"
 
 
@@ -241,6 +244,28 @@ def _uninitialised(*shape, dtype, device):
 '''
 
 
+class PadSentinelClampedToZero(_TritonMutant):
+    """The PAD sentinel clamped to slot 0 while slot 0 belongs to a request: the recurrent
+    kernel takes ``max(slot, 0)`` for its read slot - FlashInfer's bf16 decode redirects -1 to
+    a reserved null block at slot 0, a convention carried into an engine (vLLM's -1 PAD)
+    where slot 0 is an ordinary, live slot. Padded rows then read the live sequence's state
+    and write their garbage back into it. Lives in the Triton recurrent kernel's slot load."""
+    name = "pad_sentinel_clamped_to_zero"
+    module = "recurrent"
+    mutations = (("slot = tl.load(idx + i_n * s_in + i_read * s_is).to(tl.int64)",
+                  "slot = tl.maximum(tl.load(idx + i_n * s_in + i_read * s_is).to(tl.int64), 0)"),)
+
+
+class NullBlockIdOnLiveSlot(_TritonMutant):
+    """Slot 0 taken for padding (vLLM's newest packed decode: ``slot <= 0`` is PAD, slot 0
+    being NULL_BLOCK_ID) in an engine whose PAD is -1 and whose slot 0 belongs to a request:
+    the sequence living in slot 0 is skipped - its outputs zero, its state never advanced.
+    Lives in the Triton recurrent kernel's PAD test."""
+    name = "null_block_id_on_live_slot"
+    module = "recurrent"
+    mutations = (("if (slot < 0) | (slot == pad_slot_id):", "if (slot <= 0) | (slot == pad_slot_id):"),)
+
+
 class SsmStateStoredBf16(_TritonMutant):
     """The ssm state written back in bf16 when fp32 was asked for: every state store of the
     recurrent kernel goes through a bfloat16 cast (a hard-coded store dtype), so an fp32
@@ -254,6 +279,22 @@ class SsmStateStoredBf16(_TritonMutant):
         for p, ind in ((f"p_ht = ht + slot_t * s_htn + i_hv * s_hth + {_HT}", " " * 16),
                        (f"p_ht = ht + slot * s_htn + i_hv * s_hth + {_HT}", " " * 12),
                        (f"p_ht = ht + i_n * s_htn + i_hv * s_hth + {_HT}", " " * 8)))
+
+
+class BetaRoundedBf16(_TritonMutant):
+    """beta rounded to bfloat16 on every step (a gate kept in the activation dtype of a bf16
+    model while the state is fp32): each update ``u = beta (v - S k)`` carries a 2^-9
+    relative error, every decode step, in every dtype the case runs. The drift lane's
+    curve shows it bounded (it does not compound: the state forgets it at exp(g)); the
+    per-step tolerance of an fp32 / fp16 case catches it. Lives in the Triton recurrent
+    kernel's beta load (both the plain and the fused-gating path)."""
+    name = "beta_rounded_bf16"
+    module = "recurrent"
+    mutations = (
+        ("b_beta = (1.0 / (1.0 + tl.exp(-tl.load(p_b).to(GATE)))).to(ACC)",
+         "b_beta = (1.0 / (1.0 + tl.exp(-tl.load(p_b).to(GATE)))).to(tl.bfloat16).to(ACC)"),
+        ("b_beta = tl.load(p_b).to(ACC)", "b_beta = tl.load(p_b).to(tl.bfloat16).to(ACC)"),
+    )
 
 
 class QkL2normSkipped(_TritonMutant):
@@ -436,6 +477,44 @@ class QkHeadsTiledChunk(_ReferenceChunkMutant):
                   "return (q.repeat(1, r, 1), k.repeat(1, r, 1),"),)
 
 
+# ------------------------------------------------------------------ prefix-cache checkpoints (reference-derived)
+class _ReferenceCheckpointMutant(ReferenceBackend):
+    """The reference backend with chunk_gated_delta_rule_checkpoints from a mutant of it."""
+    mutations: Tuple[Replacement, ...] = ()
+
+    def __init__(self):
+        self.chunk_gated_delta_rule_checkpoints = _reference_mutant("chunk_gated_delta_rule_checkpoints",
+                                                                    self.mutations, self.name)
+
+
+class CheckpointAtBlockStart(_ReferenceCheckpointMutant):
+    """Prefix-cache checkpoint taken at the start of its block instead of at its end: the
+    state saved for block j (tokens up to (j+1) * block) is the one the block started from,
+    so a request restoring from it replays a whole block's tokens on top (vLLM align mode /
+    SGLang mamba_track_interval bookkeeping). Lives in the checkpointing prefill's source."""
+    name = "checkpoint_at_block_start"
+    mutations = (
+        ("            o, S = chunk_gated_delta_rule(q[b:b + 1, lo:hi]",
+         "            start = S if S is not None else torch.zeros(1, *state_checkpoints.shape[1:], dtype=keep or "
+         "torch.float32, device=q.device)\n            o, S = chunk_gated_delta_rule(q[b:b + 1, lo:hi]"),
+        ("                state_checkpoints[c] = S[0].to(state_checkpoints.dtype)",
+         "                state_checkpoints[c] = start[0].to(state_checkpoints.dtype)"),
+    )
+
+
+class CheckpointEveryChunkNotBlock(_ReferenceCheckpointMutant):
+    """Chunk size and block size mixed up: checkpoints are written every 64 tokens (the
+    chunk kernel's grid) where the block size was asked, so checkpoint j holds the state at
+    (j+1) * 64; right only when the block is one chunk. Lives in the checkpointing prefill."""
+    name = "checkpoint_every_chunk_not_block"
+    mutations = (
+        ("        for lo in range(bos, eos, checkpoint_every):", "        for lo in range(bos, eos, 64):"),
+        ("            hi = min(lo + checkpoint_every, eos)", "            hi = min(lo + 64, eos)"),
+        ("            if hi - lo == checkpoint_every:",
+         "            if hi - lo == 64 and c < count and (lo - bos) // 64 < (eos - bos) // checkpoint_every:"),
+    )
+
+
 # ------------------------------------------------------------------ batch metadata (gdn_core)
 class SpecUngatheredAb(_TritonCore):
     """Spec path using un-gathered a / b (vLLM's spec-decode gating bug): the spec tokens'
@@ -489,6 +568,100 @@ class GateLogAsLinear(ReferenceBackend):
                                   use_qk_l2norm_in_kernel, state_layout, chunk_size)
 
 
+class ZeroDraftReadsColumnZero(_TritonCore):
+    """A zero-draft step after accepted drafts reads a stale state (vllm #39273, the most
+    reported GDN spec bug of 2026; fixed in PRs #40738 / #52942): ngram / prompt-lookup
+    proposers leave some requests without drafts; such a request runs as a plain decode,
+    whose metadata points at block-table column 0 - but the step before accepted k > 1
+    tokens and left the sequence's state in column k-1 (conv window at offset k-1). The
+    decode continues from the state before the accepted drafts, and the sequence is
+    corrupted from then on. Right whenever a decode follows a decode or a spec step that
+    accepted one token. A whole-core entry (`gdn_core`) over the triton ops."""
+    name = "zero_draft_reads_column_zero"
+
+    def _run_core(self, ops, p, q, k, v, a, b, entries, conv_state, ssm_state, T, dev):
+        entries = [dataclasses.replace(e, num_accepted=1, ssm_slots=e.ssm_slots[:1])
+                   if e.kind == "decode" and e.spec_read else e for e in entries]      # the bug
+        return super()._run_core(ops, p, q, k, v, a, b, entries, conv_state, ssm_state, T, dev)
+
+
+def _uniform_offsets(offsets: torch.Tensor, width: int, total: int) -> torch.Tensor:
+    """Sequence offsets as if every sequence had `width` tokens (clipped to the batch)."""
+    n = offsets.shape[0] - 1
+    return (torch.arange(n + 1, device=offsets.device) * width).clamp(max=total).to(offsets.dtype)
+
+
+class SpecWidthFromIndexShape(TritonBackend):
+    """Spec width taken from a tensor's shape instead of each request's draft count (vLLM's
+    ``spec_state_indices_tensor.size(-1)`` as the width): the spec-path calls locate request
+    n's tokens at ``n * (num_spec + 1)`` - the state-index row's width in the recurrent
+    update, the conv state's spare columns in the conv - instead of at its query_start_loc.
+    Requests with fewer drafts than the compiled maximum (ragged widths, a runtime K below
+    it, zero-draft steps) then read their batch-mates' tokens and write outputs into their
+    rows. Right whenever every spec request carries the compiled maximum of drafts.
+    Python glue around the triton spec ops."""
+    name = "spec_width_from_index_shape"
+
+    def causal_conv1d_update(self, x, conv_state, weight, bias=None, activation=None, conv_state_indices=None,
+                             num_accepted_tokens=None, query_start_loc=None, pad_slot_id=-1):
+        if num_accepted_tokens is not None and query_start_loc is not None:     # the bug
+            query_start_loc = _uniform_offsets(query_start_loc, conv_state.shape[-1] - weight.shape[1] + 2,
+                                               x.shape[0])
+        return super().causal_conv1d_update(x, conv_state, weight, bias, activation, conv_state_indices,
+                                            num_accepted_tokens, query_start_loc, pad_slot_id)
+
+    def fused_recurrent_gated_delta_rule(self, q, k, v, g, beta, *args, cu_seqlens=None, ssm_state_indices=None,
+                                         num_accepted_tokens=None, **kw):
+        if num_accepted_tokens is not None and cu_seqlens is not None:          # the bug
+            cu_seqlens = _uniform_offsets(cu_seqlens, ssm_state_indices.shape[-1], q.shape[1])
+        return super().fused_recurrent_gated_delta_rule(q, k, v, g, beta, *args, cu_seqlens=cu_seqlens,
+                                                        ssm_state_indices=ssm_state_indices,
+                                                        num_accepted_tokens=num_accepted_tokens, **kw)
+
+    def fused_sigmoid_gating_delta_rule_update(self, A_log, a, b, dt_bias, q, k, v, *args, cu_seqlens=None,
+                                               ssm_state_indices=None, num_accepted_tokens=None, **kw):
+        if num_accepted_tokens is not None and cu_seqlens is not None:          # the bug
+            cu_seqlens = _uniform_offsets(cu_seqlens, ssm_state_indices.shape[-1], q.shape[1])
+        return super().fused_sigmoid_gating_delta_rule_update(A_log, a, b, dt_bias, q, k, v, *args,
+                                                              cu_seqlens=cu_seqlens,
+                                                              ssm_state_indices=ssm_state_indices,
+                                                              num_accepted_tokens=num_accepted_tokens, **kw)
+
+
+# ------------------------------------------------------------------ weight loading (the backend's own TP sharding)
+class BaTwoShardsOnInterleaved(TritonBackend):
+    """in_proj_ba loaded as two shards [b | a] on the interleaved layout (vllm #35504, a
+    weight-loader bug): the loader shards Qwen3-Next's ba - packed per key head
+    ``[b_g (r), a_g (r)]`` - the way Qwen3.5's flat ``[b | a]`` is sharded (each half on its
+    own), so every rank at TP > 1 holds rows of other key heads' b / a. The layer then runs
+    consistently on the wrong projections: only a check against the full-weight TP=1
+    projections sees it. The backend's own `shard_params`."""
+    name = "ba_two_shards_on_interleaved"
+
+    @staticmethod
+    def shard_params(w, dims, layout, tp=1, rank=0, ba="sharded"):
+        p = shard_params(w, dims, layout, tp, rank, ba)
+        if layout == "interleaved" and ba == "sharded":
+            p.w_ba = shard_sections(w.packed_in_proj(dims, layout)[1], [dims.HV, dims.HV], tp, rank)   # the bug
+        return p
+
+
+class ConvWeightSplitContiguous(TritonBackend):
+    """conv1d weight split contiguously at TP > 1 instead of per q | k | v section: rank r
+    gets rows ``[r * conv_dim / tp, (r+1) * conv_dim / tp)`` of the ``[q | k | v]`` channels,
+    so its q channels convolve with other channels' taps (a loader treating conv1d as one
+    ColumnParallel weight). The backend's own `shard_params`."""
+    name = "conv_weight_split_contiguous"
+
+    @staticmethod
+    def shard_params(w, dims, layout, tp=1, rank=0, ba="sharded"):
+        p = shard_params(w, dims, layout, tp, rank, ba)
+        p.conv_weight = shard_rows(w.conv_weight, tp, rank)                                    # the bug
+        if w.conv_bias is not None:
+            p.conv_bias = shard_rows(w.conv_bias, tp, rank)
+        return p
+
+
 # ------------------------------------------------------------------ the catalogue
 _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
     # class, base, where, incident, diagnosis class
@@ -508,8 +681,15 @@ _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
      "non-contiguous q/k/v inputs read with contiguous strides", "strides"),
     (PadRowsUninitialised, "triton", "triton-source", "torch.empty output leaking garbage in padded rows",
      "PAD rows"),
+    (PadSentinelClampedToZero, "triton", "triton-source",
+     "PAD sentinel -1 clamped to slot 0 while slot 0 belongs to a request (FlashInfer null-block redirect)",
+     "PAD slots: live slot 0"),
+    (NullBlockIdOnLiveSlot, "triton", "triton-source",
+     "slot 0 taken for padding (NULL_BLOCK_ID) while slot 0 belongs to a request", "PAD slots: live slot 0"),
     (SsmStateStoredBf16, "triton", "triton-source", "ssm state written back in bf16 when fp32 was asked for",
      "state precision"),
+    (BetaRoundedBf16, "triton", "triton-source", "beta rounded to bf16 every step (long-horizon drift lane)",
+     "gating precision"),
     (QkL2normSkipped, "triton", "triton-source", "in-kernel q/k l2norm skipped", "q/k norm"),
     (ScaleAppliedToK, "triton", "triton-source", "attention scale applied to k instead of q", "q/k scale"),
     (SoftplusThresholdInverted, "triton", "triton-source", "softplus threshold inverted", "gating math"),
@@ -531,10 +711,26 @@ _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
      "chunk boundary"),
     (VarlenStateLeak, "reference", "reference-source", "state leaking between sequences of a varlen batch",
      "varlen isolation"),
+    (CheckpointAtBlockStart, "reference", "reference-source",
+     "prefix-cache checkpoint taken at its block's start instead of its end", "prefix-cache checkpoints"),
+    (CheckpointEveryChunkNotBlock, "reference", "reference-source",
+     "checkpoints every 64-token chunk where the block size was asked (chunk vs block size mixed up)",
+     "prefix-cache checkpoints"),
     (SpecUngatheredAb, "triton", "gdn_core", "spec path gating with un-gathered a/b rows",
      "spec decode: token gather"),
     (FreshOneTokenPrefillAsDecode, "triton", "gdn_core",
      "fresh 1-token prefill treated as a decode, reading a stale slot", "state init: fresh sequence"),
+    (ZeroDraftReadsColumnZero, "triton", "gdn_core",
+     "zero-draft step after accepted drafts reads column 0 (vllm #39273; PRs #40738, #52942)",
+     "spec decode: zero-draft state"),
+    (BaTwoShardsOnInterleaved, "triton", "weight-loader",
+     "in_proj_ba sharded as two shards [b|a] on the interleaved layout at TP > 1 (vllm #35504)",
+     "weight loading: TP shards"),
+    (ConvWeightSplitContiguous, "triton", "weight-loader",
+     "conv1d weight split contiguously at TP > 1 instead of per q|k|v section", "weight loading: TP shards"),
+    (SpecWidthFromIndexShape, "triton", "python-glue",
+     "spec width from the state-index tensor's shape, not each request's draft count",
+     "spec decode: ragged widths"),
 ]
 
 

@@ -24,6 +24,7 @@ OPS: Tuple[str, ...] = (
     "causal_conv1d_update",                             # decode / spec conv
     "fused_gdn_gating",
     "chunk_gated_delta_rule",                           # prefill delta rule
+    "chunk_gated_delta_rule_checkpoints",               # prefill + states at block boundaries (prefix cache)
     "fused_recurrent_gated_delta_rule",                 # decode / spec, pool + indices
     "fused_sigmoid_gating_delta_rule_update",           # gating fused into the update
     "fused_recurrent_gated_delta_rule_packed_decode",   # one token from the packed conv output
@@ -98,6 +99,7 @@ class Backend:
     causal_conv1d_update = None
     fused_gdn_gating = None
     chunk_gated_delta_rule = None
+    chunk_gated_delta_rule_checkpoints = None
     fused_recurrent_gated_delta_rule = None
     fused_sigmoid_gating_delta_rule_update = None
     fused_recurrent_gated_delta_rule_packed_decode = None
@@ -105,6 +107,9 @@ class Backend:
     # gdn_core(mixed_qkvz, mixed_ba, params: RankParams, batch: CoreBatch, conv_state, ssm_state,
     #          norm: NormConfig) -> core [T, HV, V]; caches updated in place.
     gdn_core = None
+    # shard_params(weights: GDNWeights, dims, layout, tp, rank, ba) -> RankParams: the backend's
+    # own weight loading / TP sharding (as layouts.tp.shard_params); None: the harness's (vLLM's).
+    shard_params = None
 
     variant: Optional[str] = None
 

@@ -17,6 +17,7 @@ class ReferenceBackend(Backend):
     causal_conv1d_update = staticmethod(ref.causal_conv1d_update)
     fused_gdn_gating = staticmethod(ref.fused_gdn_gating)
     chunk_gated_delta_rule = staticmethod(ref.chunk_gated_delta_rule)
+    chunk_gated_delta_rule_checkpoints = staticmethod(ref.chunk_gated_delta_rule_checkpoints)
     fused_recurrent_gated_delta_rule = staticmethod(ref.recurrent_gated_delta_rule)
     fused_sigmoid_gating_delta_rule_update = staticmethod(ref.fused_sigmoid_gating_delta_rule_update)
     fused_recurrent_gated_delta_rule_packed_decode = staticmethod(ref.fused_recurrent_gated_delta_rule_packed_decode)

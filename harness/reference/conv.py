@@ -138,7 +138,8 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
     sequence length over those columns. Spec (num_accepted_tokens given): with
     ``off = num_accepted - 1`` the prior inputs are columns ``[off, off+W-1)`` and the new
     state is ``[old[off+1 : off+W-1], x_0 .. x_{L-1}]`` written to columns
-    ``[0, W-2+L)``; later columns are untouched. PAD slots are skipped (state untouched,
+    ``[0, W-2+L)``; later columns are untouched. off may exceed L - 1: a zero-draft step
+    (L = 1) after a step that accepted drafts reads its window at that step's offset. PAD slots are skipped (state untouched,
     output rows zero). Returns the same shape as x.
     """
     check_tensor("x", x)
@@ -177,9 +178,10 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
             raise InputError(f"conv_state_indices[{i}]", "slot in", f"[0, {conv_state.shape[0]})", slot)
         if num_accepted_tokens is not None:
             off = int(num_accepted_tokens[i]) - 1
-            if not 0 <= off < L or off + W - 1 > L_state:
-                raise InputError(f"num_accepted_tokens[{i}]", f"in [1, {L}] within the state window",
-                                 f"<= {min(L, L_state - W + 2)}", off + 1)
+            # off may pass L: a zero-draft step (L = 1) after accepted drafts reads at the offset
+            if not 0 <= off or off + W - 1 > L_state:
+                raise InputError(f"num_accepted_tokens[{i}]", "in [1, L-W+2] (the window within the state)",
+                                 f"<= {L_state - W + 2}", off + 1)
             keep = conv_state[slot, :, off + 1: off + W - 1].to(acc)   # W-2 columns
             if W - 2 + L > L_state:
                 raise InputError("conv_state", f"state length >= W-2+seqlen ({W - 2 + L})",

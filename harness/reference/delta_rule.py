@@ -256,6 +256,52 @@ def chunk_gated_delta_rule(
     return o, torch.stack(finals).to(out_dtype)
 
 
+def chunk_gated_delta_rule_checkpoints(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+    state_checkpoints: torch.Tensor, checkpoint_every: int, scale: Optional[float] = None,
+    initial_state: Optional[torch.Tensor] = None, cu_seqlens: Optional[torch.Tensor] = None,
+    use_qk_l2norm_in_kernel: bool = False, state_layout: str = "vk",
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """`chunk_gated_delta_rule` that also checkpoints each sequence's state after every
+    `checkpoint_every` of its tokens (prefix caching: vLLM's ``align`` mamba cache mode,
+    SGLang's ``mamba_track_interval``); the block size need not be a multiple of the 64-token
+    chunk. state_checkpoints ``[M, HV, ...]`` (written in place, in the state layout and its
+    dtype) receives sequence 0's checkpoints in order, then sequence 1's, ...: sequence n of
+    length L_n has ``L_n // checkpoint_every`` of them (one at its end when the block divides
+    L_n). Returns (o, final states) as `chunk_gated_delta_rule`.
+    """
+    H, K, HV, V, spans = _check_inputs(q, k, v, g, beta, cu_seqlens)
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise InputError("checkpoint_every", "tokens per checkpoint", ">= 1", checkpoint_every)
+    count = sum((eos - bos) // checkpoint_every for _, bos, eos in spans)
+    check_tensor("state_checkpoints", state_checkpoints,
+                 shape=(count, HV, V, K) if state_layout == "vk" else (count, HV, K, V))
+    outs, finals, c = [], [], 0
+    # carried between blocks in (at least) fp32, as a kernel keeps it; stored in its dtype
+    keep = None if initial_state is None else torch.promote_types(initial_state.dtype, torch.float32)
+    for n, (b, bos, eos) in enumerate(spans):
+        S = None if initial_state is None else initial_state[n:n + 1].to(keep)
+        for lo in range(bos, eos, checkpoint_every):        # block by block, the state carried
+            hi = min(lo + checkpoint_every, eos)
+            o, S = chunk_gated_delta_rule(q[b:b + 1, lo:hi], k[b:b + 1, lo:hi], v[b:b + 1, lo:hi],
+                                          g[b:b + 1, lo:hi], beta[b:b + 1, lo:hi], scale, S, True, None,
+                                          use_qk_l2norm_in_kernel, state_layout)
+            outs.append(o)
+            if hi - lo == checkpoint_every:
+                state_checkpoints[c] = S[0].to(state_checkpoints.dtype)
+                c += 1
+        if S is None:                                        # an empty sequence keeps its state
+            S = chunk_gated_delta_rule(q[b:b + 1, :0], k[b:b + 1, :0], v[b:b + 1, :0], g[b:b + 1, :0],
+                                       beta[b:b + 1, :0], scale, None, True, None, use_qk_l2norm_in_kernel,
+                                       state_layout)[1]
+        finals.append(S[0])
+    B, T = q.shape[:2]
+    o = torch.cat(outs, dim=1).reshape(B, T, HV, V) if outs else torch.zeros(B, T, HV, V, dtype=v.dtype,
+                                                                              device=v.device)
+    final = torch.stack(finals)
+    return o, (final if initial_state is None else final.to(initial_state.dtype))
+
+
 def fused_sigmoid_gating_delta_rule_update(
     A_log: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dt_bias: torch.Tensor,
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float = 1.0, threshold: float = 20.0,

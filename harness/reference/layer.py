@@ -65,8 +65,21 @@ def project(p: RankParams, hidden: torch.Tensor, mixed_qkvz: Optional[torch.Tens
     return tuple(t.contiguous() for t in unpack_qkvz_ba(mixed_qkvz, mixed_ba, p.local, p.layout))
 
 
+def migrate_spec_state(entries: List[EntryPlan], conv_pool: torch.Tensor, ssm_pool: torch.Tensor, W: int) -> None:
+    """The engine's state migration before a step (``spec_state="migrate"``): for each entry
+    with ``migrate = c > 0`` the ssm state moves from the sequence's column c to column 0 and
+    the conv window from columns ``[c, c+W-1)`` to ``[0, W-1)`` (vllm PRs #40738 / #52942).
+    conv_pool ``[slots, dim, L]`` (any strides), ssm_pool any layout; both change in place.
+    Engine code, shared by the oracle and the backends' layer."""
+    for e in entries:
+        if e.migrate:
+            ssm_pool[e.ssm_slots[0]] = ssm_pool[e.ssm_slots[e.migrate]].clone()
+            conv_pool[e.conv_slot, :, :W - 1] = conv_pool[e.conv_slot, :, e.migrate:e.migrate + W - 1].clone()
+
+
 def _run_entry(p: RankParams, e: EntryPlan, mixed_qkv, qkv_gate, conv_pool, ssm_pool, chunked, ops=None):
-    """Conv + delta rule for one entry's tokens; pools updated in place."""
+    """Conv + delta rule for one entry's tokens; pools updated in place. A spec entry, or a
+    zero-draft decode after accepted drafts (`EntryPlan.spec_read`), reads at num_accepted - 1."""
     ops = _ops(ops)
     x = mixed_qkv[e.bos:e.eos]
     g, beta = qkv_gate
@@ -75,7 +88,7 @@ def _run_entry(p: RankParams, e: EntryPlan, mixed_qkv, qkv_gate, conv_pool, ssm_
                                 torch.tensor([0, e.tokens]), torch.tensor([e.conv_slot]),
                                 torch.tensor([e.has_initial_state]), activation="silu").T
     else:
-        spec = e.kind == "spec"
+        spec = e.spec_read
         conv = ops["causal_conv1d_update"](x, conv_pool, p.conv_weight, p.conv_bias, "silu",
                                     conv_state_indices=torch.tensor([e.conv_slot]),
                                     num_accepted_tokens=torch.tensor([e.num_accepted]) if spec else None,
@@ -89,8 +102,8 @@ def _run_entry(p: RankParams, e: EntryPlan, mixed_qkv, qkv_gate, conv_pool, ssm_
                       use_qk_l2norm_in_kernel=True)
         ssm_pool[e.conv_slot] = final[0]
     else:
-        idx = torch.tensor([e.ssm_slots])
-        acc = torch.tensor([e.num_accepted]) if e.kind == "spec" else None
+        idx = torch.tensor([e.ssm_slots if e.spec_read else e.ssm_slots[:1]])
+        acc = torch.tensor([e.num_accepted]) if e.spec_read else None
         o, _ = ops["recurrent_gated_delta_rule"](*args, initial_state=ssm_pool, ssm_state_indices=idx,
                                           num_accepted_tokens=acc, inplace_final_state=True,
                                           use_qk_l2norm_in_kernel=True)
@@ -111,6 +124,7 @@ def oracle_step(p: RankParams, hidden: torch.Tensor, entries: List[EntryPlan],
     fns = _ops(ops)
     p = p.to(F64)
     hidden = hidden.to(F64)
+    migrate_spec_state(entries, conv_pool, ssm_pool, p.conv_weight.shape[1])
     if unpacked is not None:
         q, k, v, z, b, a = (t.to(device=hidden.device, dtype=F64).contiguous() for t in unpacked)
     else:

@@ -244,9 +244,9 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
         _check_slot(f"conv_state_indices[{i}]", slots[i], conv_state.shape[0])
         if n_acc is not None:
             L, off = lens[i], n_acc[i] - 1
-            if not 0 <= off < L or off + W - 1 > L_state:
-                raise InputError(f"num_accepted_tokens[{i}]", f"in [1, {L}] within the state window",
-                                 f"<= {min(L, L_state - W + 2)}", off + 1)
+            if not 0 <= off or off + W - 1 > L_state:      # off >= L: a zero-draft step's offset read
+                raise InputError(f"num_accepted_tokens[{i}]", "in [1, L-W+2] (the window within the state)",
+                                 f"<= {L_state - W + 2}", off + 1)
             if W - 2 + L > L_state:
                 raise InputError("conv_state", f"state length >= W-2+seqlen ({W - 2 + L})",
                                  W - 2 + L, L_state)
