@@ -113,7 +113,7 @@ def test_flashinfer_checkpoints():
     x["q"], x["k"] = (ref.l2norm(x[n]).to(torch.bfloat16) for n in ("q", "k"))     # normalised once, both sides
     g, beta, h0 = d["g"].float(), d["beta"].float(), d["initial_state"].float()
     cu = d["cu_seqlens"].to(torch.int32)
-    _, final, ckpt, starts = ff.fake_flashinfer().chunk_gated_delta_rule_checkpoints(
+    _, final, ckpt, starts = ff.fake_flashinfer().checkpointed_prefill(
         x["q"], x["k"], x["v"], g, beta, 64, initial_state=h0, cu_seqlens=cu)
     assert starts.tolist() == [0, 2, 3, 3] and ckpt.shape[0] == 3
     offs = [0, 130, 194, 199]
@@ -125,7 +125,18 @@ def test_flashinfer_checkpoints():
         got = ckpt[int(starts[n]) + c].double()
         assert (got - want[0]).norm() <= 1e-4 * want[0].norm()
     with pytest.raises(HarnessError, match="multiple of FlashInfer's 64"):
-        ff.fake_flashinfer().chunk_gated_delta_rule_checkpoints(x["q"], x["k"], x["v"], g, beta, 100, cu_seqlens=cu)
+        ff.fake_flashinfer().checkpointed_prefill(x["q"], x["k"], x["v"], g, beta, 100, cu_seqlens=cu)
+
+
+@pytest.mark.parametrize("variant", ["block128", "block800"])
+def test_flashinfer_checkpoint_op(variant, backends):
+    """The API's checkpoint op over FlashInfer's checkpointing prefill: a 128-token block is
+    judged against the oracle; an 800-token block (not a multiple of its 64-token chunk) skips."""
+    rec = _op("fake_flashinfer", "chunk_gated_delta_rule_checkpoints", variant, SMALL, "bfloat16", "float32", backends)
+    if variant == "block128":
+        assert rec["status"] == "pass", (rec.get("error"), _failed(rec))
+    else:
+        assert rec["status"] == "skip" and "multiple of 64" in (rec.get("skip_reason") or rec.get("error") or ""), rec
 
 
 @pytest.mark.parametrize("backend,state_dtype", [

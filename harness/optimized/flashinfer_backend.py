@@ -188,13 +188,29 @@ class FlashinferBackend(Backend):
             final = final.transpose(-1, -2).contiguous()
         return o.reshape(v.shape), (final if output_final_state else None)
 
-    def chunk_gated_delta_rule_checkpoints(self, q, k, v, g, beta, every_n: int, scale=None, initial_state=None,
-                                           cu_seqlens=None, use_qk_l2norm_in_kernel=False):
+    def chunk_gated_delta_rule_checkpoints(self, q, k, v, g, beta, state_checkpoints, checkpoint_every: int,
+                                           scale=None, initial_state=None, cu_seqlens=None,
+                                           use_qk_l2norm_in_kernel=False, state_layout="vk"):
+        """The API op (reference: `chunk_gated_delta_rule_checkpoints`) over FlashInfer's
+        checkpointing prefill: blocks that are not a multiple of its 64-token chunk are not
+        offered (skipped with the reason)."""
+        if checkpoint_every % 64:
+            raise NotImplementedError(f"FlashInfer checkpoints every multiple of 64 tokens, not {checkpoint_every}")
+        h0 = None if initial_state is None else (
+            initial_state.transpose(-1, -2).contiguous() if state_layout == "kv" else initial_state)
+        o, final, ckpt, _ = self.checkpointed_prefill(q, k, v, g, beta, checkpoint_every, scale, h0, cu_seqlens,
+                                                      use_qk_l2norm_in_kernel)
+        if state_layout == "kv":
+            final, ckpt = final.transpose(-1, -2), ckpt.transpose(-1, -2)
+        state_checkpoints.copy_(ckpt)
+        return o, final.to(initial_state.dtype if initial_state is not None else final.dtype)
+
+    def checkpointed_prefill(self, q, k, v, g, beta, every_n: int, scale=None, initial_state=None,
+                             cu_seqlens=None, use_qk_l2norm_in_kernel=False):
         """The prefill with FlashInfer's state checkpoints (``checkpoint_every_n_tokens``, a
         multiple of 64; vLLM's align mode, SGLang's 64-token grid): (o, final, checkpoints, starts)
         where ``checkpoints[starts[n] + c]`` is sequence n's state after its first ``(c+1)*every_n``
-        tokens (``len_n // every_n`` of them), in the initial state's dtype. Not an op of the API
-        yet: the entry a checkpoint scenario calls (tests compare it with the per-token oracle)."""
+        tokens (``len_n // every_n`` of them), in the initial state's dtype (state ``[.., V, K]``)."""
         if every_n <= 0 or every_n % 64:
             raise InputError("every_n", "a positive multiple of FlashInfer's 64-token chunk", "64 * m", every_n)
         flat, cu, spans = flat_tokens(q, cu_seqlens)
