@@ -45,6 +45,11 @@ case $PHASE in
     assemble; exit 0 ;;
 esac
 assemble || { echo "the fast-path packages are not all here yet (put every part first)"; exit 3; }
+# wheels found missing after the parts were built (carry .whl/fastpath_extra with the call)
+if ls .whl/fastpath_extra/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$FP/site" --upgrade \
+      .whl/fastpath_extra/*.whl || exit 3
+fi
 # nvidia_cutlass_dsl's .pth (not read from PYTHONPATH) puts its dsl_packages first on sys.path
 export PYTHONPATH=$FP/vsrc:$FP/site/nvidia_cutlass_dsl/dsl_packages:$FP/site:$PWD PYTHONUNBUFFERED=1
 export GDN_DIAGNOSE_BUDGET_S=${GDN_DIAGNOSE_BUDGET_S:-20}

@@ -74,7 +74,8 @@ else   # the list of docs/findings.md (versions of the GPU-validated set where t
   cp312 "$WORK/stage/wheels_vllm" pydantic==2.14.3 pydantic-core==2.50.4 annotated-types==0.7.0 \
       typing-inspection==0.4.5 httpx2 httpcore2 cachetools cbor2 fastapi starlette==1.10.0 \
       apache-tvm-ffi==0.1.11 xgrammar llguidance msgspec==0.23.0 openai openai-harmony \
-      partial-json-parser pybase64==1.5.1 pyzmq==27.3.0 sniffio truststore
+      partial-json-parser pybase64==1.5.1 pyzmq==27.3.0 sniffio truststore \
+      opentelemetry-api importlib-metadata zipp compressed-tensors loguru   # fastapi >= 0.16x imports opentelemetry
 fi
 
 for f in "$WORK"/stage/wheels_vllm/*.whl; do   # one version of each distribution (ours win)
