@@ -94,6 +94,8 @@ def cmd_run(args) -> int:
     from .live import LiveReport, Progress
 
     apply_diagnosis_arguments(args)
+    if args.autotune:
+        os.environ["GDN_AUTOTUNE"] = args.autotune       # workers inherit it
 
     from .policy import Policy
     from .report import counts
@@ -342,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--buildkite-annotate", default=None, metavar="FILE",
                    help="also write a markdown annotation for `buildkite-agent annotate`")
     r.add_argument("-q", "--quiet", action="store_true", help="no per-case progress lines")
+    r.add_argument("--autotune", choices=("pinned", "sweep", "native"), default=None,
+                   help="which config autotuned Triton kernels run (env GDN_AUTOTUNE; default pinned: the one in "
+                   "the pins file, GDN_AUTOTUNE_PINS; sweep: every config, each judged; native: the library's "
+                   "autotuner)")
     add_diagnosis_arguments(r)
     r.set_defaults(fn=cmd_run)
     rp = sub.add_parser("repro", help="rerun one case and print the full diff")

@@ -1,0 +1,118 @@
+"""Where a case's seconds go: a per-phase breakdown in each record (``phases``).
+
+* ``backend``: inside the backend's op calls (synchronised on a GPU), minus the calls
+  below.
+* ``compile``: backend calls during which Triton compiled (or loaded from its cache) a
+  kernel: the whole call - compile plus that first run - since the two are not
+  separable from outside Triton. Counted by Triton's ``jit_cache_hook``, which fires
+  once per new kernel specialisation in a process; under the CPU interpreter nothing is
+  compiled, so this stays 0 there.
+* ``autotune``: backend calls during which an autotuner met a new key and benchmarked
+  its configs (the whole call).
+* ``oracle``: the rest of producing the outputs to compare: inputs, the reference's
+  fills, the fp64 oracle, copies to the host.
+* ``compare``: the tolerance checks; ``diagnosis``: diagnosing a failure.
+* ``worker_start``: (isolated runs, a worker's first case) the worker's imports and start.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Dict, Iterator, Optional
+
+PHASES = ("worker_start", "compile", "autotune", "backend", "oracle", "compare", "diagnosis")
+
+_compiles = 0          # Triton compiles seen in this process (jit_cache_hook)
+_autotunes = 0         # autotuner benchmarks of a new key (harness.autotune counts them)
+_hooked = False
+
+
+def sync(device: Optional[str]) -> None:
+    """Wait for the GPU when timing work on it (kernels launch asynchronously)."""
+    if device and device.startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
+def note_autotune() -> None:
+    global _autotunes
+    _autotunes += 1
+
+
+def _hook_compiles() -> None:
+    """Count Triton compiles through its jit_cache_hook (chaining any hook already set)."""
+    global _hooked
+    if _hooked:
+        return
+    _hooked = True
+    try:
+        from triton import knobs
+    except ImportError:      # no triton, or one without knobs (< 3.4): compiles are not told apart
+        return
+    previous = knobs.runtime.jit_cache_hook
+
+    def hook(*args, **kwargs):
+        global _compiles
+        _compiles += 1
+        return previous(*args, **kwargs) if previous else False   # False: go on and compile
+    knobs.runtime.jit_cache_hook = hook
+
+
+class Phases:
+    """Seconds per phase of one case."""
+
+    def __init__(self, device: Optional[str] = None):
+        self.device = device
+        self.seconds: Dict[str, float] = {}
+        self.compiles = 0
+        self.autotuned = 0
+        _hook_compiles()
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        sync(self.device)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync(self.device)
+            self.add(phase, time.perf_counter() - t0)
+
+    def call(self, fn, *args, **kwargs):
+        """`fn(...)` timed as backend, compile or autotune (what happened during the call)."""
+        sync(self.device)
+        c0, a0, t0 = _compiles, _autotunes, time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            sync(self.device)
+            dt = time.perf_counter() - t0
+            self.compiles += _compiles - c0
+            self.autotuned += _autotunes - a0
+            self.add("autotune" if _autotunes > a0 else "compile" if _compiles > c0 else "backend", dt)
+
+    def backend_seconds(self) -> float:
+        return sum(self.seconds.get(p, 0.0) for p in ("compile", "autotune", "backend"))
+
+    def to_dict(self) -> dict:
+        out = {f"{p}_s": round(self.seconds[p], 4) for p in PHASES if p in self.seconds}
+        return dict(out, compiles=self.compiles, autotuned=self.autotuned)
+
+
+class TimedBackend:
+    """A backend whose op calls (and layer core) are timed into `phases`; every other
+    attribute is the backend's own."""
+
+    def __init__(self, backend, phases: Phases):
+        self._backend = backend
+        self._phases = phases
+
+    def __getattr__(self, name: str):
+        from .optimized.api import OPS
+        attr = getattr(self._backend, name)
+        if (name in OPS or name == "gdn_core") and callable(attr):
+            return lambda *a, **k: self._phases.call(attr, *a, **k)
+        return attr
