@@ -178,7 +178,9 @@ def install() -> None:
                     phases.note_autotune()
         else:
             out = original(self, *args, **kwargs)
-        chosen = self.cache.get(key) if source != "single" else self.configs[0]
+        chosen = getattr(self, "best_config", None)       # what Triton ran
+        if config is not None and chosen is not config:
+            source += " (not applied: Triton's key differs)"  # a Triton whose key formula changed
         entry = dict(kernel=kernel_name(self), key=key_str(key), config=config_dict(chosen) if chosen else None,
                      source=source)
         if entry not in _ran:

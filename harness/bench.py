@@ -334,12 +334,13 @@ def bench_suite(suite: str, backend: str, device: str, jobs: Sequence[int], limi
 
 
 def record_autotune(suite: str, backend: str, device: str, path: Path, report_dir: Path, limit_s: float,
-                    device_name: str = "", log: Callable[[str], None] = print) -> Path:
-    """Run `suite` with the native autotuner (a fresh cache) and write the configs it chose
-    as the pins file `path` (`--autotune pinned` runs them)."""
+                    device_name: str = "", jobs: int = 1, log: Callable[[str], None] = print) -> Path:
+    """Run `suite` with the native autotuner (a fresh cache, `jobs` workers: they take turns
+    per kernel) and write the configs it chose as the pins file `path` (`--autotune pinned`
+    runs them). A run cut at `limit_s` writes the pins of the cases it finished."""
     from .autotune import pins_from_records
     out = report_dir / "record-autotune"
-    wall, code, tail, hit = _run_suite(_suite_cmd(suite, backend, device, 1, out, "native"),
+    wall, code, tail, hit = _run_suite(_suite_cmd(suite, backend, device, jobs, out, "native"),
                                        _env(_fresh_cache(None)), limit_s)
     res = out / "results.json"
     if not res.exists():
@@ -490,8 +491,9 @@ def add_parser(sub) -> None:
     b.add_argument("--autotune", choices=("pinned", "sweep", "native"), default=None,
                    help="autotune policy of the --suite-cost runs (default: the run's default, pinned)")
     b.add_argument("--record-autotune", default=None, metavar="PINS_JSON",
-                   help="run --suite-cost's suite (default ci) with the native autotuner first and write the "
-                        "configs it chose as the pins file (`--autotune pinned` runs them)")
+                   help="run --suite-cost's suite (default ci) with the native autotuner first (--jobs: the "
+                        "largest --suite-jobs) and write the configs it chose as the pins file (`--autotune "
+                        "pinned` runs them)")
     b.add_argument("--quick", action="store_true",
                    help="tiny: shrunk dims, 4 decodes, 2 x 64-token prefills, a 256-token oracle (CPU smoke)")
     b.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
@@ -556,7 +558,7 @@ def _measure(args, rows, env, device, dims, tps, dtype, backends, report_dir) ->
     where = report_dir or Path(tempfile.mkdtemp(prefix="gdn-bench-"))
     if args.record_autotune:
         record_autotune(args.suite_cost or "ci", args.suite_backend, device, Path(args.record_autotune), where,
-                        args.suite_limit, env["device_name"])
+                        args.suite_limit, env["device_name"], max(args.suite_jobs or [1]))
     if args.suite_cost:
         bench_suite(args.suite_cost, args.suite_backend, device, args.suite_jobs or [1], args.suite_limit,
                     args.suite_cache, where, rows=rows, autotune=args.autotune, cold_each=args.suite_cold_each)

@@ -10,7 +10,7 @@
 * ``autotune``: backend calls during which an autotuner met a new key and benchmarked
   its configs (the whole call).
 * ``oracle``: the rest of producing the outputs to compare: inputs, the reference's
-  fills, the fp64 oracle, copies to the host.
+  fills, the fp64 oracle, copies to the host (a `self` case: the whole check).
 * ``compare``: the tolerance checks; ``diagnosis``: diagnosing a failure.
 * ``worker_start``: (isolated runs, a worker's first case) the worker's imports and start.
 """
