@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
@@ -37,6 +38,7 @@ from . import phases
 POLICIES = ("pinned", "sweep", "native")
 DEFAULT_PINS = Path(__file__).with_name("autotune_pins.json")
 PINS_SCHEMA = "gdn-harness-autotune-pins/1"
+AUTOTUNE_LOCK_S = 600.0      # longest wait for another worker's autotuning of a kernel
 
 _installed = False
 _pins_cache: Dict[str, dict] = {}
@@ -119,20 +121,42 @@ def sweeping(index: Optional[int]) -> Iterator[None]:
         _sweep_index = old
 
 
-def _lock_path(kernel: str) -> Path:
+def lock_path(kind: str, name: str) -> Path:
+    """A lock file next to the Triton cache, so every process sharing the cache sees it."""
     base = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
     base.mkdir(parents=True, exist_ok=True)
-    return base / f"gdn-autotune-{hashlib.sha1(kernel.encode()).hexdigest()[:16]}.lock"
+    return base / f"gdn-{kind}-{hashlib.sha1(name.encode()).hexdigest()[:16]}.lock"
+
+
+def acquire(path: Path, timeout_s: float):
+    """An open file holding an exclusive lock on `path`, or None after `timeout_s` (the
+    caller then goes on unlocked: a lock only saves duplicated work, it never guards data)."""
+    f = open(path, "w")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                f.close()
+                return None
+            time.sleep(0.05)
+
+
+def release(f) -> None:
+    if f is not None:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 @contextmanager
 def _exclusive(kernel: str) -> Iterator[None]:
-    with open(_lock_path(kernel), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    f = acquire(lock_path("autotune", kernel), AUTOTUNE_LOCK_S)
+    try:
+        yield
+    finally:
+        release(f)
 
 
 def choose(tuner, key: tuple, pol: str):

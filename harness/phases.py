@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from typing import Dict, Iterator, Optional
@@ -39,8 +40,36 @@ def note_autotune() -> None:
     _autotunes += 1
 
 
+COMPILE_LOCK_S = 120.0     # longest wait for another worker compiling the same kernel
+_held = None               # the compile lock this process holds (one compile at a time)
+
+
+def compile_started(**kwargs) -> None:
+    """Triton is about to compile a kernel specialisation (or load it from the cache): count
+    it and, unless GDN_COMPILE_LOCK=0, take a lock named by it, so workers sharing a Triton
+    cache compile each specialisation once - the second waits, then loads it from the cache."""
+    global _compiles, _held
+    _compiles += 1
+    release_compile_lock()
+    if os.environ.get("GDN_COMPILE_LOCK", "1") != "0":
+        from .autotune import acquire, lock_path
+        fn = kwargs.get("fn")
+        name = f"{getattr(fn, 'module', '')}.{getattr(fn, 'name', '')}:{kwargs.get('repr') or kwargs.get('key')}"
+        _held = acquire(lock_path("compile", name), COMPILE_LOCK_S)
+
+
+def release_compile_lock(**_) -> None:
+    """After the compile (Triton's post-compile hook), after each backend call, and before
+    the next compile: a failed compile never leaves the lock held."""
+    global _held
+    if _held is not None:
+        from .autotune import release
+        held, _held = _held, None
+        release(held)
+
+
 def _hook_compiles() -> None:
-    """Count Triton compiles through its jit_cache_hook (chaining any hook already set)."""
+    """Count Triton compiles through its jit hooks (chaining any hooks already set)."""
     global _hooked
     if _hooked:
         return
@@ -49,13 +78,17 @@ def _hook_compiles() -> None:
         from triton import knobs
     except ImportError:      # no triton, or one without knobs (< 3.4): compiles are not told apart
         return
-    previous = knobs.runtime.jit_cache_hook
+    before, after = knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook
 
     def hook(*args, **kwargs):
-        global _compiles
-        _compiles += 1
-        return previous(*args, **kwargs) if previous else False   # False: go on and compile
+        compile_started(**kwargs)
+        return before(*args, **kwargs) if before else False   # False: go on and compile
+
+    def post(*args, **kwargs):
+        release_compile_lock()
+        return after(*args, **kwargs) if after else None
     knobs.runtime.jit_cache_hook = hook
+    knobs.runtime.jit_post_compile_hook = post
 
 
 class Phases:
@@ -89,6 +122,7 @@ class Phases:
             return fn(*args, **kwargs)
         finally:
             sync(self.device)
+            release_compile_lock()
             dt = time.perf_counter() - t0
             self.compiles += _compiles - c0
             self.autotuned += _autotunes - a0

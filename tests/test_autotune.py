@@ -152,3 +152,25 @@ def test_a_call_that_compiles_counts_as_compile(monkeypatch):
     p.call(compiles)
     p.call(lambda: None)
     assert p.compiles == 1 and set(p.seconds) == {"compile", "backend"}
+
+
+def test_compile_lock_is_held_during_a_compile_and_released_after(tmp_path, monkeypatch):
+    """Workers sharing a Triton cache compile a specialisation once: while one holds its
+    lock another cannot take it; the post-compile hook (or the end of the backend call)
+    lets it go."""
+    from harness import phases as ph_mod
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("GDN_COMPILE_LOCK", raising=False)
+    info = dict(fn=type("Fn", (), dict(module="m", name="kern"))(), repr="kern[num_warps=4](x: *fp32)")
+    path = autotune.lock_path("compile", "m.kern:kern[num_warps=4](x: *fp32)")
+    ph_mod.compile_started(**info)
+    assert autotune.acquire(path, 0.1) is None             # another worker waits
+    ph_mod.release_compile_lock()
+    other = autotune.acquire(path, 0.1)
+    assert other is not None
+    autotune.release(other)
+    p = Phases("cpu")                                      # a compile whose post hook never came
+    p.call(lambda: ph_mod.compile_started(**info))
+    other = autotune.acquire(path, 0.1)
+    assert other is not None and p.compiles == 1
+    autotune.release(other)

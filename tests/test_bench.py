@@ -57,6 +57,7 @@ def test_suite_time_to_verdict_rows(tmp_path):
         b = r["breakdown"]
         assert b["case_seconds"] > 0 and b["slowest"][0]["phases"]["compare_s"] > 0
     assert "Where the seconds go" in md and "| warm --jobs 2 (pinned) |" in md
+    assert rows[-1]["breakdown"]["phases_s"]["worker_start"] > 0      # --jobs 2: a worker's start is its own phase
 
 
 def test_cold_each_and_record_autotune(tmp_path):
