@@ -7,11 +7,7 @@
 #                breakdown in $OUT/bench.{json,md}, each run's results.json in $OUT/bench.tgz.
 # Carry: .whl (the fla-core wheel). Each mode fits one device call (<= 9 min).
 set -o pipefail
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $OUT/log
-python3 -c "import torch, triton, fla; print('torch', torch.__version__, 'triton', triton.__version__, 'fla', fla.__version__)" | tee -a $OUT/log
+source "$(dirname "$0")/device_env.sh"
 rm -rf /tmp/bench /tmp/tcache*
 JOBS=${JOBS:-4}
 if [ "${MODE:-bench}" = record ]; then
