@@ -11,7 +11,8 @@
   its configs (the whole call).
 * ``oracle``: the rest of producing the outputs to compare: inputs, the reference's
   fills, the fp64 oracle, copies to the host (a `self` case: the whole check).
-* ``compare``: the tolerance checks; ``diagnosis``: diagnosing a failure.
+* ``compare``: the tolerance checks; ``diagnosis``: diagnosing a failure; ``sweep``: the
+  reruns of ``--autotune sweep``, one per config index.
 * ``worker_start``: (isolated runs, a worker's first case) the worker's imports and start.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from contextlib import contextmanager
 from typing import Dict, Iterator, Optional
 
-PHASES = ("worker_start", "compile", "autotune", "backend", "oracle", "compare", "diagnosis")
+PHASES = ("worker_start", "compile", "autotune", "backend", "oracle", "compare", "sweep", "diagnosis")
 
 _compiles = 0          # Triton compiles seen in this process (jit_cache_hook)
 _autotunes = 0         # autotuner benchmarks of a new key (harness.autotune counts them)

@@ -131,7 +131,7 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
     phases = Phases(case.device)
     autotune.install()
     rec["autotune"] = dict(policy=autotune.policy(), configs=autotune.start_case())   # filled as kernels run
-    pairs = None
+    pairs, sweep_only = None, False
     try:
         with phases.timed("oracle"):
             pairs = _pairs(case, backends, rec, oracle_device, phases)
@@ -140,18 +140,22 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
             broken = structural_problems(pairs)
             with phases.timed("compare"):
                 _judge(rec, [p for p in pairs if p[0] not in broken], policy, case)
-            if rec["autotune"]["policy"] == "sweep" and autotune.widest() > 1:
-                _sweep(rec, case, backends, policy, oracle_device, broken)
             if broken:
                 rec.update(status="error", structural="shape" if any("shape" in b for b in broken.values())
                            else "output type", diagnosis=None,
                            error="; ".join(f"output {n}: {b}" for n, b in broken.items()))
+            elif rec["autotune"]["policy"] == "sweep" and autotune.widest() > 1:
+                passed = rec["status"] == "pass"
+                with phases.timed("sweep"):
+                    _sweep(rec, case, backends, policy, oracle_device)
+                sweep_only = passed and rec["status"] == "fail"
     except NotImplementedError as e:   # the backend cannot express this variant
         rec.update(status="skip", error=f"backend {case.backend} does not support this case: {e}")
     except Exception as e:  # a crash costs one case, never the run
         rec.update(status="error", structural="exception", error=f"{type(e).__name__}: {e}",
                    traceback=traceback.format_exc()[-4000:])
-    diagnosable = rec["status"] == "fail" or rec.get("structural") in DIAGNOSABLE_STRUCTURAL
+    # a failure of a swept config only: the case's own outputs pass, nothing to diagnose in them
+    diagnosable = (rec["status"] == "fail" and not sweep_only) or rec.get("structural") in DIAGNOSABLE_STRUCTURAL
     if pairs and diagnosable and case.level in ("op", "layer"):
         from . import diagnosis
         if diagnosis.enabled() if diagnose is None else diagnose:
@@ -162,7 +166,7 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
     return rec
 
 
-def _sweep(rec: dict, case: Case, backends: BackendCache, policy: Policy, oracle_device, broken) -> None:
+def _sweep(rec: dict, case: Case, backends: BackendCache, policy: Policy, oracle_device) -> None:
     """Autotune policy sweep: the case again per config index, every autotuned kernel on its
     config index mod n, each judged like the case; a failing config fails the case."""
     runs = []
@@ -172,7 +176,10 @@ def _sweep(rec: dict, case: Case, backends: BackendCache, policy: Policy, oracle
         try:
             with autotune.sweeping(i):
                 got = _pairs(case, backends, scratch, oracle_device)
+            broken = structural_problems(got)
             _judge(scratch, [p for p in got if p[0] not in broken], policy, case)
+            if broken:
+                scratch.update(status="error", error="; ".join(f"output {n}: {b}" for n, b in broken.items()))
         except Exception as e:  # noqa: BLE001 - a config that crashes is that config's finding
             scratch.update(status="error", error=f"{type(e).__name__}: {e}")
         runs.append(dict(index=i, status=scratch["status"], margin=scratch["margin"], error=scratch["error"],

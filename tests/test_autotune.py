@@ -101,6 +101,7 @@ def test_sweep_runs_every_config_and_fails_on_the_bad_one(pins, monkeypatch):
     assert [s["configs"][0]["config"]["kwargs"]["BLOCK"] for s in sweep] == [4, 8, 16]
     assert [s["status"] for s in sweep] == ["pass", "fail", "pass"]
     assert rec["status"] == "fail" and rec["diagnosis"].startswith("autotune config index 1 (fail)")
+    assert rec["phases"]["sweep_s"] > 0 and [c["source"] for c in rec["autotune"]["configs"]] == ["pinned"]
 
 
 def test_sweep_of_a_good_kernel_passes(pins, monkeypatch):
