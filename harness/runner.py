@@ -9,8 +9,8 @@ import time
 import traceback
 from typing import Callable, Dict, Iterable, List, Optional
 
-from .cases import Case
 from . import autotune
+from .cases import Case
 from .compare import compare
 from .phases import Phases, TimedBackend
 from .policy import Policy
@@ -135,7 +135,6 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
     try:
         with phases.timed("oracle"):
             pairs = _pairs(case, backends, rec, oracle_device, phases)
-        phases.add("oracle", -phases.backend_seconds())     # the backend's calls ran inside
         if pairs is not None:
             broken = structural_problems(pairs)
             with phases.timed("compare"):
@@ -162,6 +161,7 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
             _diagnose(rec, case, pairs, policy, backends, diagnosis)
             phases.add("diagnosis", rec.get("diagnosis_s", 0.0))
     rec["duration_s"] = round(time.perf_counter() - t0, 4)
+    phases.add("oracle", -phases.backend_seconds())     # the backend's calls ran inside the oracle's timer
     rec["phases"] = phases.to_dict()
     return rec
 
