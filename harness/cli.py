@@ -94,8 +94,6 @@ def cmd_run(args) -> int:
     from .live import LiveReport, Progress
 
     apply_diagnosis_arguments(args)
-    if args.autotune:
-        os.environ["GDN_AUTOTUNE"] = args.autotune       # workers inherit it
 
     from .policy import Policy
     from .report import counts
@@ -103,6 +101,8 @@ def cmd_run(args) -> int:
     from .suite import expand, load_suite
 
     suite = load_suite(args.suite)
+    if args.autotune or suite.get("autotune"):
+        os.environ["GDN_AUTOTUNE"] = args.autotune or suite["autotune"]     # workers inherit it
     policy = Policy(args.policy) if args.policy else Policy()
     if args.device != "cpu" and args.device.startswith("cuda") and not torch.cuda.is_available():
         raise HarnessError(f"--device {args.device}: no CUDA device is available")
@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--autotune", choices=("pinned", "sweep", "native"), default=None,
                    help="which config autotuned Triton kernels run (env GDN_AUTOTUNE; default pinned: the one in "
                    "the pins file, GDN_AUTOTUNE_PINS; sweep: every config, each judged; native: the library's "
-                   "autotuner)")
+                   "autotuner; default: the suite's `autotune`, else pinned)")
     add_diagnosis_arguments(r)
     r.set_defaults(fn=cmd_run)
     rp = sub.add_parser("repro", help="rerun one case and print the full diff")

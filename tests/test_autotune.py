@@ -175,3 +175,14 @@ def test_compile_lock_is_held_during_a_compile_and_released_after(tmp_path, monk
     other = autotune.acquire(path, 0.1)
     assert other is not None and p.compiles == 1
     autotune.release(other)
+
+
+def test_a_suite_names_its_autotune_policy(tmp_path):
+    from harness.errors import ConfigError
+    from harness.suite import load_suite
+    assert load_suite("autotune")["autotune"] == "sweep"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('autotune = "fastest"\n[[group]]\nlevel = "self"\nchecks = ["tp_reduce"]\n'
+                   'dims = ["qwen3-next-80b-a3b:shrunk"]\n')
+    with pytest.raises(ConfigError, match="fastest"):
+        load_suite(str(bad))
