@@ -13,7 +13,10 @@
   fills, the fp64 oracle, copies to the host (a `self` case: the whole check).
 * ``compare``: the tolerance checks; ``diagnosis``: diagnosing a failure; ``sweep``: the
   reruns of ``--autotune sweep``, one per config index.
-* ``worker_start``: (isolated runs, a worker's first case) the worker's imports and start.
+* ``import``: loading the case's backend (its kernel modules; a process's first case
+  that uses it pays it, plus the CUDA context if that comes first).
+* ``worker_start``: (isolated runs, a worker's first case) the worker's start: Python,
+  torch and the harness imported, before its first case.
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ import time
 from contextlib import contextmanager
 from typing import Dict, Iterator, Optional
 
-PHASES = ("worker_start", "compile", "autotune", "backend", "oracle", "compare", "sweep", "diagnosis")
+PHASES = ("worker_start", "import", "compile", "autotune", "backend", "oracle", "compare", "sweep", "diagnosis")
+INNER = ("import", "compile", "autotune", "backend")     # timed inside the oracle phase's timer
 
 _compiles = 0          # Triton compiles seen in this process (jit_cache_hook)
 _autotunes = 0         # autotuner benchmarks of a new key (harness.autotune counts them)
@@ -129,8 +133,8 @@ class Phases:
             self.autotuned += _autotunes - a0
             self.add("autotune" if _autotunes > a0 else "compile" if _compiles > c0 else "backend", dt)
 
-    def backend_seconds(self) -> float:
-        return sum(self.seconds.get(p, 0.0) for p in ("compile", "autotune", "backend"))
+    def inner_seconds(self) -> float:
+        return sum(self.seconds.get(p, 0.0) for p in INNER)
 
     def to_dict(self) -> dict:
         out = {f"{p}_s": round(self.seconds[p], 4) for p in PHASES if p in self.seconds}

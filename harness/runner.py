@@ -4,6 +4,7 @@ An exception inside a case becomes an ``error`` record; the run goes on.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import traceback
@@ -68,7 +69,8 @@ def _pairs(case: Case, backends: BackendCache, rec: dict, oracle_device=None, ph
     With `phases`, the backend's op calls are timed into it."""
     if case.level == "self":
         return [(n, a, b, t, f"self.{case.check}") for n, a, b, t in CHECKS[case.check][0](case)]
-    backend = backends.get(case.backend)
+    with phases.timed("import") if phases is not None else contextlib.nullcontext():
+        backend = backends.get(case.backend)
     reason = _skip_reason(case, backend)
     if reason:
         rec.update(status="skip", error=reason)
@@ -161,7 +163,7 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
             _diagnose(rec, case, pairs, policy, backends, diagnosis)
             phases.add("diagnosis", rec.get("diagnosis_s", 0.0))
     rec["duration_s"] = round(time.perf_counter() - t0, 4)
-    phases.add("oracle", -phases.backend_seconds())     # the backend's calls ran inside the oracle's timer
+    phases.add("oracle", -phases.inner_seconds())     # the backend's load and calls ran inside the oracle's timer
     rec["phases"] = phases.to_dict()
     return rec
 
