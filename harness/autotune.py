@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -174,10 +175,12 @@ def choose(tuner, key: tuple, pol: str):
     return None, "native"
 
 
-def install() -> None:
-    """Wrap Triton's Autotuner.run once in this process (no Triton: nothing to do)."""
+def install(load: bool = False) -> None:
+    """Wrap Triton's Autotuner.run once in this process. Before anything imported Triton
+    there is no kernel to tune: unless `load` (a backend under test, which may import its
+    kernels lazily), no import is paid."""
     global _installed
-    if _installed:
+    if _installed or not (load or "triton" in sys.modules):
         return
     _installed = True
     try:

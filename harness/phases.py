@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from contextlib import contextmanager
 from typing import Dict, Iterator, Optional
@@ -73,10 +74,11 @@ def release_compile_lock(**_) -> None:
         release(held)
 
 
-def _hook_compiles() -> None:
-    """Count Triton compiles through its jit hooks (chaining any hooks already set)."""
+def hook_compiles(load: bool = False) -> None:
+    """Count Triton compiles through its jit hooks (chaining any hooks already set). Before
+    anything imported Triton there is nothing to hook: unless `load`, no import is paid."""
     global _hooked
-    if _hooked:
+    if _hooked or not (load or "triton" in sys.modules):
         return
     _hooked = True
     try:
@@ -104,7 +106,7 @@ class Phases:
         self.seconds: Dict[str, float] = {}
         self.compiles = 0
         self.autotuned = 0
-        _hook_compiles()
+        hook_compiles()
 
     def add(self, phase: str, seconds: float) -> None:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds

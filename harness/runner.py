@@ -13,7 +13,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 from . import autotune
 from .cases import Case
 from .compare import compare
-from .phases import Phases, TimedBackend
+from .phases import Phases, TimedBackend, hook_compiles
 from .policy import Policy
 from .selfcheck import CHECKS
 
@@ -75,7 +75,10 @@ def _pairs(case: Case, backends: BackendCache, rec: dict, oracle_device=None, ph
     if reason:
         rec.update(status="skip", error=reason)
         return None
+    kernels = case.backend != "reference"     # pure torch: no Triton import to pay for it
+    autotune.install(load=kernels)            # before the backend's first kernel, even one imported lazily
     if phases is not None:
+        hook_compiles(load=kernels)
         backend = TimedBackend(backend, phases)
     if case.level == "op":
         from .opcheck import run_op_case
