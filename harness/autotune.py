@@ -46,6 +46,7 @@ _pins_cache: Dict[str, dict] = {}
 _ran: List[dict] = []            # this case's (kernel, key, config, source)
 _sweep_index: Optional[int] = None
 _widest = 1                      # the most configs of a kernel this case touched
+_swept: Dict[tuple, tuple] = {}  # (tuner, key) -> the tuner's cache entry before a sweep replaced it
 
 
 def policy() -> str:
@@ -120,6 +121,12 @@ def sweeping(index: Optional[int]) -> Iterator[None]:
         yield
     finally:
         _sweep_index = old
+        for tuner, key, before in _swept.values():     # later cases run what they would have without the sweep
+            if before is None:
+                tuner.cache.pop(key, None)
+            else:
+                tuner.cache[key] = before
+        _swept.clear()
 
 
 def lock_path(kind: str, name: str) -> Path:
@@ -195,6 +202,8 @@ def install(load: bool = False) -> None:
         config, source = choose(self, key, policy())
         _widest = max(_widest, len(self.configs))
         if config is not None:
+            if _sweep_index is not None:
+                _swept.setdefault((id(self), key), (self, key, self.cache.get(key)))
             self.cache[key] = config              # Triton benchmarks nothing for a cached key
             out = original(self, *args, **kwargs)
         elif source != "single" and key not in self.cache:

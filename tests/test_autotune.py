@@ -102,6 +102,7 @@ def test_sweep_runs_every_config_and_fails_on_the_bad_one(pins, monkeypatch):
     assert [s["status"] for s in sweep] == ["pass", "fail", "pass"]
     assert rec["status"] == "fail" and rec["diagnosis"].startswith("autotune config index 1 (fail)")
     assert rec["phases"]["sweep_s"] > 0 and [c["source"] for c in rec["autotune"]["configs"]] == ["pinned"]
+    assert {c.kwargs["BLOCK"] for c in _copy.cache.values()} == {4}    # the sweep leaves the pinned configs
 
 
 def test_sweep_of_a_good_kernel_passes(pins, monkeypatch):
