@@ -237,56 +237,124 @@ def _device_name(dev: torch.device) -> str:
 
 # ----------------------------------------------------------------------------- suite cost
 
-def bench_suite(suite: str, backend: str, device: str, jobs: Sequence[int], limit_s: float, cache_dir: Optional[str],
-                report_dir: Path, log: Callable[[str], None] = print, rows: Optional[List[Dict]] = None) -> List[Dict]:
-    """Time-to-verdict of `gdn-harness run --suite` in a fresh process: cold (empty
-    TRITON_CACHE_DIR) with `jobs[0]` workers, then warm (the same cache) with each of `jobs`
-    (on a GPU host, one worker per GPU: the wall time on 1, 2, 4 GPUs). A run past `limit_s`
-    gets SIGINT, so it still writes the report of its finished cases (the row says how many).
-    Rows are appended to `rows` as each run ends, so an interrupted bench keeps them."""
-    cache = Path(cache_dir or tempfile.mkdtemp(prefix="gdn-bench-triton-"))
+def _run_suite(cmd: List[str], env: Dict[str, str], limit_s: float):
+    """(wall seconds, exit code, output tail, hit the limit) of one suite run in a fresh process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        tail, _ = proc.communicate(timeout=limit_s)
+        hit_limit = False
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)          # the run writes the finished cases' report
+        try:
+            tail, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            tail, _ = proc.communicate()
+        hit_limit = True
+    return time.perf_counter() - t0, proc.returncode, tail or "", hit_limit
+
+
+def _suite_cmd(suite: str, backend: str, device: str, jobs: int, out: Path, autotune: Optional[str]) -> List[str]:
+    return ([sys.executable, "-m", "harness.cli", "run", "--suite", suite, "--backend", backend, "--device", device,
+             "-q", "--report-dir", str(out)] + (["--jobs", str(jobs)] if jobs > 1 else [])
+            + (["--autotune", autotune] if autotune else []))
+
+
+def _fresh_cache(path: Optional[Path]) -> Path:
+    cache = Path(path) if path else Path(tempfile.mkdtemp(prefix="gdn-bench-triton-"))
     if cache.exists() and any(cache.iterdir()):
         raise ValueError(f"--suite-cache {cache}: must be empty for the cold run")
     cache.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, TRITON_CACHE_DIR=str(cache), TRITON_CACHE_AUTOTUNING="1", PYTHONUNBUFFERED="1")
+    return cache
+
+
+def _env(cache: Path) -> Dict[str, str]:
+    return dict(os.environ, TRITON_CACHE_DIR=str(cache), TRITON_CACHE_AUTOTUNING="1", PYTHONUNBUFFERED="1")
+
+
+def suite_breakdown(records: List[dict], top: int = 5) -> Dict:
+    """Seconds per phase summed over a run's records, case-seconds per level / op, and the
+    slowest cases with their phases (what `bench --suite-cost` shows)."""
+    from .phases import PHASES
+    totals = {p: 0.0 for p in PHASES}
+    by_group: Dict[str, float] = {}
+    for r in records:
+        for p in PHASES:
+            totals[p] += (r.get("phases") or {}).get(f"{p}_s", 0.0)
+        group = f"{r.get('level')}.{r.get('op')}"
+        by_group[group] = by_group.get(group, 0.0) + (r.get("duration_s") or 0.0)
+    slow = sorted(records, key=lambda r: -(r.get("duration_s") or 0.0))[:top]
+    return dict(phases_s={p: round(v, 2) for p, v in totals.items()},
+                case_seconds=round(sum(r.get("duration_s") or 0.0 for r in records), 2),
+                compiles=sum((r.get("phases") or {}).get("compiles", 0) for r in records),
+                autotuned=sum((r.get("phases") or {}).get("autotuned", 0) for r in records),
+                by_group_s=dict(sorted(((k, round(v, 2)) for k, v in by_group.items()), key=lambda kv: -kv[1])[:12]),
+                slowest=[dict(id=r["id"], duration_s=r.get("duration_s"), phases=r.get("phases")) for r in slow])
+
+
+def bench_suite(suite: str, backend: str, device: str, jobs: Sequence[int], limit_s: float, cache_dir: Optional[str],
+                report_dir: Path, log: Callable[[str], None] = print, rows: Optional[List[Dict]] = None,
+                autotune: Optional[str] = None, cold_each: bool = False) -> List[Dict]:
+    """Time-to-verdict of `gdn-harness run --suite` in a fresh process: cold (empty
+    TRITON_CACHE_DIR) with `jobs[0]` workers (with `cold_each`: with each of `jobs`, each
+    from its own empty cache), then warm (the first cold run's cache) with each of `jobs`.
+    On a multi-GPU host the workers spread over the GPUs; on one GPU they share it. A run
+    past `limit_s` gets SIGINT, so it still writes the report of its finished cases (the
+    row says how many). Each row carries the run's per-phase breakdown (`suite_breakdown`).
+    Rows are appended to `rows` as each run ends, so an interrupted bench keeps them."""
+    cache = _fresh_cache(cache_dir)
     rows = [] if rows is None else rows
     gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
     cold_cut = False
-    for label, n in [("cold", jobs[0])] + [("warm", j) for j in jobs]:
+    runs = [("cold", n) for n in (jobs if cold_each else jobs[:1])] + [("warm", j) for j in jobs]
+    for i, (label, n) in enumerate(runs):
         out = report_dir / f"suite-{label}-jobs{n}"
-        cmd = [sys.executable, "-m", "harness.cli", "run", "--suite", suite, "--backend", backend, "--device", device,
-               "-q", "--report-dir", str(out)] + (["--jobs", str(n)] if n > 1 else [])
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            tail, _ = proc.communicate(timeout=limit_s)
-            hit_limit = False
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGINT)          # the run writes the finished cases' report
-            try:
-                tail, _ = proc.communicate(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                tail, _ = proc.communicate()
-            hit_limit = True
-        wall = time.perf_counter() - t0
-        if label == "cold":
+        run_cache = cache if i == 0 or label == "warm" else _fresh_cache(Path(f"{cache}-cold-jobs{n}"))
+        wall, code, tail, hit_limit = _run_suite(_suite_cmd(suite, backend, device, n, out, autotune),
+                                                 _env(run_cache), limit_s)
+        if label == "cold" and i == 0:
             cold_cut = hit_limit
-        elif cold_cut:
+        elif label == "warm" and cold_cut:
             label = "partly warm"     # the cold run stopped early: this run still compiles the rest
         row = dict(bench="suite", suite=suite, backend=backend, device=device, jobs=n, cache=label,
-                   gpus=min(n, gpus) if gpus else None,
-                   wall_s=round(wall, 2), exit_code=proc.returncode, limit_s=limit_s, hit_limit=hit_limit,
-                   output_tail=(tail or "")[-1500:])
+                   gpus=min(n, gpus) if gpus else None, autotune=autotune or "pinned",
+                   wall_s=round(wall, 2), exit_code=code, limit_s=limit_s, hit_limit=hit_limit,
+                   output_tail=tail[-1500:])
         res = out / "results.json"
         if res.exists():
             doc = json.loads(res.read_text())
-            row.update(counts=doc["counts"], planned_cases=doc.get("planned_cases"), run_wall_s=doc.get("wall_s"))
+            row.update(counts=doc["counts"], planned_cases=doc.get("planned_cases"), run_wall_s=doc.get("wall_s"),
+                       breakdown=suite_breakdown(doc.get("cases", [])))
         rows.append(row)
         log(f"suite {suite} {backend} jobs={n} {label}: {wall:.1f} s, "
             f"{row.get('counts', {}).get('total', '?')}/{row.get('planned_cases', '?')} cases"
             + (" (limit hit)" if hit_limit else ""))
     return rows
+
+
+def record_autotune(suite: str, backend: str, device: str, path: Path, report_dir: Path, limit_s: float,
+                    device_name: str = "", jobs: int = 1, log: Callable[[str], None] = print) -> Path:
+    """Run `suite` with the native autotuner (a fresh cache, `jobs` workers: they take turns
+    per kernel) and write the configs it chose as the pins file `path` (`--autotune pinned`
+    runs them). A run cut at `limit_s` writes the pins of the cases it finished."""
+    from .autotune import pins_from_records
+    out = report_dir / "record-autotune"
+    wall, code, tail, hit = _run_suite(_suite_cmd(suite, backend, device, jobs, out, "native"),
+                                       _env(_fresh_cache(None)), limit_s)
+    res = out / "results.json"
+    if not res.exists():
+        raise RuntimeError(f"--record-autotune: the native run wrote no results (exit {code}): {tail[-800:]}")
+    try:
+        import triton
+        version = triton.__version__
+    except ImportError:
+        version = ""
+    pins = pins_from_records(json.loads(res.read_text())["cases"], device_name, version)
+    path.write_text(json.dumps(pins, indent=1) + "\n")
+    log(f"autotune pins: {sum(map(len, pins['kernels'].values()))} keys of {len(pins['kernels'])} kernels "
+        f"-> {path} ({wall:.1f} s{', limit hit: partial' if hit else ''})")
+    return path
 
 
 # ----------------------------------------------------------------------------- report
@@ -336,8 +404,33 @@ def bench_markdown(doc: dict) -> str:
         lines.append(f"- suite `{r['suite']}` on `{r['backend']}`, --jobs {r['jobs']}{on}, {r['cache']} Triton cache: "
                      f"**{r['wall_s']:.1f} s** to verdict ({done}; {verdict})"
                      + (f" - stopped at the {r['limit_s']:g} s limit" if r["hit_limit"] else ""))
+    lines += suite_breakdown_markdown(suites)
     lines.append("")
     return "\n".join(lines)
+
+
+def suite_breakdown_markdown(suites: List[Dict]) -> List[str]:
+    """Per suite run: case-seconds per phase (summed over workers), compiles, autotunings."""
+    from .phases import PHASES
+    rows = [r for r in suites if r.get("breakdown")]
+    if not rows:
+        return []
+    lines = ["", "### Where the seconds go (case-seconds summed over workers)", "",
+             "| run | wall | case-s | " + " | ".join(PHASES) + " | compiles | autotuned |",
+             "|---" * (5 + len(PHASES)) + "|"]
+    for r in rows:
+        b = r["breakdown"]
+        lines.append(f"| {r['cache']} --jobs {r['jobs']} ({r.get('autotune', 'pinned')}) | {r['wall_s']:.1f} | "
+                     f"{b['case_seconds']:.1f} | " + " | ".join(f"{b['phases_s'][p]:.1f}" for p in PHASES)
+                     + f" | {b['compiles']} | {b['autotuned']} |")
+    for r in rows:
+        b = r["breakdown"]
+        lines += ["", f"Slowest cases, {r['cache']} --jobs {r['jobs']}: " + "; ".join(
+            f"`{c['id']}` {c['duration_s'] or 0:.1f} s (" + ", ".join(
+                f"{k[:-2]} {v:.1f}" for k, v in (c.get("phases") or {}).items() if k.endswith("_s") and v >= 0.05)
+            + ")" for c in b["slowest"]),
+            "", "Case-seconds by check: " + ", ".join(f"{k} {v:.1f}" for k, v in b["by_group_s"].items())]
+    return lines
 
 
 def bench_plot(doc: dict, path: Path) -> Optional[Path]:
@@ -393,6 +486,14 @@ def add_parser(sub) -> None:
                         "for each (default 1)")
     b.add_argument("--suite-limit", type=float, default=900.0, help="seconds per suite run (then SIGINT)")
     b.add_argument("--suite-cache", default=None, help="the Triton cache dir to fill (must be empty; default a temp dir)")
+    b.add_argument("--suite-cold-each", action="store_true",
+                   help="a cold run (its own empty cache) for each --suite-jobs, not only the first")
+    b.add_argument("--autotune", choices=("pinned", "sweep", "native"), default=None,
+                   help="autotune policy of the --suite-cost runs (default: the run's default, pinned)")
+    b.add_argument("--record-autotune", default=None, metavar="PINS_JSON",
+                   help="run --suite-cost's suite (default ci) with the native autotuner first (--jobs: the "
+                        "largest --suite-jobs) and write the configs it chose as the pins file (`--autotune "
+                        "pinned` runs them)")
     b.add_argument("--quick", action="store_true",
                    help="tiny: shrunk dims, 4 decodes, 2 x 64-token prefills, a 256-token oracle (CPU smoke)")
     b.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
@@ -454,6 +555,10 @@ def _measure(args, rows, env, device, dims, tps, dtype, backends, report_dir) ->
         rows.append(r)
         print(f"oracle/{r['form']:9} {r['dims']['name']} T={r['tokens']} {r['device_name']}: "
               f"median {r['median_s']:.3f}s (first {r['first_s']:.3f}s, {len(r['times_s'])} runs)")
+    where = report_dir or Path(tempfile.mkdtemp(prefix="gdn-bench-"))
+    if args.record_autotune:
+        record_autotune(args.suite_cost or "ci", args.suite_backend, device, Path(args.record_autotune), where,
+                        args.suite_limit, env["device_name"], max(args.suite_jobs or [1]))
     if args.suite_cost:
         bench_suite(args.suite_cost, args.suite_backend, device, args.suite_jobs or [1], args.suite_limit,
-                    args.suite_cache, report_dir or Path(tempfile.mkdtemp(prefix="gdn-bench-")), rows=rows)
+                    args.suite_cache, where, rows=rows, autotune=args.autotune, cold_each=args.suite_cold_each)

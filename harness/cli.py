@@ -101,6 +101,8 @@ def cmd_run(args) -> int:
     from .suite import expand, load_suite
 
     suite = load_suite(args.suite)
+    if args.autotune or suite.get("autotune"):
+        os.environ["GDN_AUTOTUNE"] = args.autotune or suite["autotune"]     # workers inherit it
     policy = Policy(args.policy) if args.policy else Policy()
     if args.device != "cpu" and args.device.startswith("cuda") and not torch.cuda.is_available():
         raise HarnessError(f"--device {args.device}: no CUDA device is available")
@@ -344,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--buildkite-annotate", default=None, metavar="FILE",
                    help="also write a markdown annotation for `buildkite-agent annotate`")
     r.add_argument("-q", "--quiet", action="store_true", help="no per-case progress lines")
+    r.add_argument("--autotune", choices=("pinned", "sweep", "native"), default=None,
+                   help="which config autotuned Triton kernels run (env GDN_AUTOTUNE; default pinned: the one in "
+                   "the pins file, GDN_AUTOTUNE_PINS; sweep: every config, each judged; native: the library's "
+                   "autotuner; default: the suite's `autotune`, else pinned)")
     add_diagnosis_arguments(r)
     r.set_defaults(fn=cmd_run)
     rp = sub.add_parser("repro", help="rerun one case and print the full diff")

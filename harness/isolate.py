@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
+from .autotune import worker_env
 from .cases import Case
 from .optimized.interpret import interpret_triton
 from .runner import case_record
@@ -67,6 +68,8 @@ class Worker:
                                      start_new_session=True, bufsize=1)
         self.ready = False
         self.served = 0                     # records handed back
+        self.spawned = time.monotonic()
+        self.start_s: Optional[float] = None    # spawn to ready: imports, CUDA context
         self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self._err: collections.deque = collections.deque(maxlen=200)
         threading.Thread(target=self._read_out, daemon=True).start()
@@ -115,6 +118,7 @@ class Worker:
             if not isinstance(got, dict):
                 return self._outcome(got, max(timeout, STARTUP_S))
             self.ready = True
+            self.start_s = time.monotonic() - self.spawned
         self._err.clear()                    # the tail of a crash is this case's
         try:
             self.proc.stdin.write(json.dumps(job) + "\n")
@@ -238,7 +242,7 @@ def run_isolated(cases: List[Case], suite: str, policy: Optional[str], oracle_de
                     case = todo.popleft()
                     if on_start:
                         on_start(case)
-                env = share_cpus(interpret_triton(case.device, dict(os.environ)), nslots)
+                env = worker_env(share_cpus(interpret_triton(case.device, dict(os.environ)), nslots))
                 if gpus > 1:
                     env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
                 if worker is None or not worker.alive() or worker.key != _env_key(env):
@@ -251,6 +255,8 @@ def run_isolated(cases: List[Case], suite: str, policy: Optional[str], oracle_de
                     break
                 if what == "record":
                     rec = got
+                    if not worker.served and worker.start_s is not None and "phases" in rec:
+                        rec["phases"]["worker_start_s"] = round(worker.start_s, 4)
                     worker.served += 1
                 elif what == "timeout":
                     rec = _error_record(case, suite, f"timed out after {timeout:g} s (its worker was killed)",

@@ -4,13 +4,16 @@ An exception inside a case becomes an ``error`` record; the run goes on.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import traceback
 from typing import Callable, Dict, Iterable, List, Optional
 
+from . import autotune
 from .cases import Case
 from .compare import compare
+from .phases import Phases, TimedBackend, hook_compiles
 from .policy import Policy
 from .selfcheck import CHECKS
 
@@ -61,15 +64,22 @@ def _skip_reason(case: Case, backend) -> Optional[str]:
     return None
 
 
-def _pairs(case: Case, backends: BackendCache, rec: dict, oracle_device=None):
-    """(name, actual, expected, token_dim, policy key) for the case, or None when skipped."""
+def _pairs(case: Case, backends: BackendCache, rec: dict, oracle_device=None, phases: Optional[Phases] = None):
+    """(name, actual, expected, token_dim, policy key) for the case, or None when skipped.
+    With `phases`, the backend's op calls are timed into it."""
     if case.level == "self":
         return [(n, a, b, t, f"self.{case.check}") for n, a, b, t in CHECKS[case.check][0](case)]
-    backend = backends.get(case.backend)
+    with phases.timed("import") if phases is not None else contextlib.nullcontext():
+        backend = backends.get(case.backend)
     reason = _skip_reason(case, backend)
     if reason:
         rec.update(status="skip", error=reason)
         return None
+    kernels = case.backend != "reference"     # pure torch: no Triton import to pay for it
+    autotune.install(load=kernels)            # before the backend's first kernel, even one imported lazily
+    if phases is not None:
+        hook_compiles(load=kernels)
+        backend = TimedBackend(backend, phases)
     if case.level == "op":
         from .opcheck import run_op_case
         pairs = run_op_case(backend, case.check, case.variant, case.dims, case.dtype, case.state_dtype,
@@ -123,28 +133,66 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
     backends = backends or BackendCache()
     rec = case_record(case, suite)
     t0 = time.perf_counter()
-    pairs = None
+    phases = Phases(case.device)
+    autotune.install()
+    rec["autotune"] = dict(policy=autotune.policy(), configs=autotune.start_case())   # filled as kernels run
+    pairs, sweep_only = None, False
     try:
-        pairs = _pairs(case, backends, rec, oracle_device)
+        with phases.timed("oracle"):
+            pairs = _pairs(case, backends, rec, oracle_device, phases)
         if pairs is not None:
             broken = structural_problems(pairs)
-            _judge(rec, [p for p in pairs if p[0] not in broken], policy, case)
+            with phases.timed("compare"):
+                _judge(rec, [p for p in pairs if p[0] not in broken], policy, case)
             if broken:
                 rec.update(status="error", structural="shape" if any("shape" in b for b in broken.values())
                            else "output type", diagnosis=None,
                            error="; ".join(f"output {n}: {b}" for n, b in broken.items()))
+            elif rec["autotune"]["policy"] == "sweep" and autotune.widest() > 1:
+                passed = rec["status"] == "pass"
+                with phases.timed("sweep"):
+                    _sweep(rec, case, backends, policy, oracle_device)
+                sweep_only = passed and rec["status"] == "fail"
     except NotImplementedError as e:   # the backend cannot express this variant
         rec.update(status="skip", error=f"backend {case.backend} does not support this case: {e}")
     except Exception as e:  # a crash costs one case, never the run
         rec.update(status="error", structural="exception", error=f"{type(e).__name__}: {e}",
                    traceback=traceback.format_exc()[-4000:])
-    diagnosable = rec["status"] == "fail" or rec.get("structural") in DIAGNOSABLE_STRUCTURAL
+    # a failure of a swept config only: the case's own outputs pass, nothing to diagnose in them
+    diagnosable = (rec["status"] == "fail" and not sweep_only) or rec.get("structural") in DIAGNOSABLE_STRUCTURAL
     if pairs and diagnosable and case.level in ("op", "layer"):
         from . import diagnosis
         if diagnosis.enabled() if diagnose is None else diagnose:
             _diagnose(rec, case, pairs, policy, backends, diagnosis)
+            phases.add("diagnosis", rec.get("diagnosis_s", 0.0))
     rec["duration_s"] = round(time.perf_counter() - t0, 4)
+    phases.add("oracle", -phases.inner_seconds())     # the backend's load and calls ran inside the oracle's timer
+    rec["phases"] = phases.to_dict()
     return rec
+
+
+def _sweep(rec: dict, case: Case, backends: BackendCache, policy: Policy, oracle_device) -> None:
+    """Autotune policy sweep: the case again per config index, every autotuned kernel on its
+    config index mod n, each judged like the case; a failing config fails the case."""
+    runs = []
+    for i in range(autotune.widest()):
+        scratch = case_record(case, rec["suite"])
+        autotune.start_case()
+        try:
+            with autotune.sweeping(i):
+                got = _pairs(case, backends, scratch, oracle_device)
+            broken = structural_problems(got)
+            _judge(scratch, [p for p in got if p[0] not in broken], policy, case)
+            if broken:
+                scratch.update(status="error", error="; ".join(f"output {n}: {b}" for n, b in broken.items()))
+        except Exception as e:  # noqa: BLE001 - a config that crashes is that config's finding
+            scratch.update(status="error", error=f"{type(e).__name__}: {e}")
+        runs.append(dict(index=i, status=scratch["status"], margin=scratch["margin"], error=scratch["error"],
+                         configs=autotune.case_configs()))
+        if scratch["status"] != "pass" and rec["status"] == "pass":
+            rec.update(status="fail", diagnosis=f"autotune config index {i} ({scratch['status']}): "
+                                                f"{scratch.get('diagnosis') or scratch['error']}")
+    rec["autotune"]["sweep"] = runs
 
 
 # structural errors with the outputs in hand: a known fault (a squeezed batch of one) may name them

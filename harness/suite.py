@@ -66,9 +66,13 @@ def load_suite(name_or_path: str) -> dict:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(str(path), f"not valid TOML: {e}") from None
-    unknown = set(data) - {"name", "description", "group"}
+    unknown = set(data) - {"name", "description", "autotune", "group"}
     if unknown:
-        raise ConfigError(f"{path.name}:{sorted(unknown)[0]}", "unknown key; expected name, description, [[group]]")
+        raise ConfigError(f"{path.name}:{sorted(unknown)[0]}",
+                          "unknown key; expected name, description, autotune, [[group]]")
+    if "autotune" in data:       # the suite's autotune policy (harness/autotune.py); --autotune overrides it
+        from .autotune import POLICIES
+        _check_values(f"{path.name}:autotune", [data["autotune"]], POLICIES, "autotune policy")
     groups = data.get("group")
     if not isinstance(groups, list) or not groups:
         raise ConfigError(f"{path.name}:group", "expected at least one [[group]] table")

@@ -53,6 +53,29 @@ def test_suite_time_to_verdict_rows(tmp_path):
     md = (tmp_path / "out" / "bench.md").read_text()
     assert "on `reference`, --jobs 1, cold Triton cache" in md and "--jobs 2, warm Triton cache" in md
     assert (tmp_path / "out" / "suite-warm-jobs2" / "results.json").exists()
+    for r in rows:    # the per-phase breakdown of each run
+        b = r["breakdown"]
+        assert b["case_seconds"] > 0 and b["slowest"][0]["phases"]["compare_s"] > 0
+    assert "Where the seconds go" in md and "| warm --jobs 2 (pinned) |" in md
+    assert rows[-1]["breakdown"]["phases_s"]["worker_start"] > 0      # --jobs 2: a worker's start is its own phase
+
+
+def test_cold_each_and_record_autotune(tmp_path):
+    suite = tmp_path / "tiny.toml"
+    suite.write_text('name = "tiny"\n[[group]]\nlevel = "self"\nchecks = ["tp_reduce"]\n'
+                     'dims = ["qwen3-next-80b-a3b:shrunk"]\n')
+    pins = tmp_path / "pins.json"
+    assert main(["bench", "--quick", "--device", "cpu", "--no-ops", "--repeat", "1", "--suite-cost", str(suite),
+                 "--suite-backend", "reference", "--suite-cache", str(tmp_path / "cache"), "--suite-cold-each",
+                 "--suite-jobs", "1", "--suite-jobs", "2", "--autotune", "pinned", "--record-autotune", str(pins),
+                 "--report-dir", str(tmp_path / "out")]) == 0
+    rows = [r for r in json.loads((tmp_path / "out" / "bench.json").read_text())["rows"] if r["bench"] == "suite"]
+    assert [(r["cache"], r["jobs"]) for r in rows] == [("cold", 1), ("cold", 2), ("warm", 1), ("warm", 2)]
+    assert all(r["autotune"] == "pinned" and r["counts"]["pass"] == 1 for r in rows)
+    doc = json.loads(pins.read_text())      # the reference autotunes nothing: an empty, valid pins file
+    assert doc["schema"] == "gdn-harness-autotune-pins/1" and doc["kernels"] == {}
+    rec = json.loads((tmp_path / "out" / "record-autotune" / "results.json").read_text())["cases"][0]
+    assert rec["autotune"] == {"policy": "native", "configs": []}
 
 
 def test_warm_after_a_cut_cold_run_is_partly_warm(tmp_path):
