@@ -16,7 +16,7 @@ from harness.suite import parse_dims  # noqa: E402
 
 def test_heldout_set_is_separate_and_well_formed():
     assert len(HELDOUT_FAULTS) >= 15
-    assert len(FAULTS) == 24 and not set(HELDOUT_FAULTS) & set(FAULTS)
+    assert FAULTS and not set(HELDOUT_FAULTS) & set(FAULTS)     # the public zoo grows; the held-out set stays apart
     for f in HELDOUT_FAULTS.values():
         assert f.held_out and f.expect_ops and f.expect, f.name
         assert set(f.expect_ops) <= set(OPS) | {"gdn_core"}, f.name
