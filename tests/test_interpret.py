@@ -20,8 +20,17 @@ def test_child_env_follows_the_device():
     assert interpret_triton("cpu", {"TRITON_INTERPRET": "0"}) == {"TRITON_INTERPRET": "0"}    # the user's choice
 
 
+def _no_interpreter_set(monkeypatch):
+    """Unset TRITON_INTERPRET for this test only: setenv first so that monkeypatch records
+    and undoes it even where it was unset (a bare delenv of an unset variable records
+    nothing, and the interpreter the test turns on leaked into the worker's later tests: on a
+    GPU machine they then ran Triton interpreted)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.delenv("TRITON_INTERPRET")
+
+
 def test_this_process_keeps_its_mode_once_kernels_are_wrapped(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    _no_interpreter_set(monkeypatch)
     name = "harness.optimized.triton_kernels"
     monkeypatch.setitem(sys.modules, name, sys.modules.get(name, object()))
     assert interpret_triton("cpu") is None and "TRITON_INTERPRET" not in os.environ
@@ -48,7 +57,7 @@ def test_the_program_turns_it_on_for_a_cpu_run(tmp_path):
 
 def test_jobs_workers_of_cpu_cases_interpret(monkeypatch):
     seen = []
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    _no_interpreter_set(monkeypatch)
     real = subprocess.Popen
 
     def spy(*args, **kwargs):
