@@ -112,3 +112,23 @@ def test_setup_pins_and_keeps_an_existing_torch(tmp_path, preinstalled):
     assert ("triton" in used) is (not preinstalled and not gpu_machine)
     torch_installs = [c for c in calls if re.search(r"install .*\btorch==", c) and "-e" not in c]
     assert (torch_installs == []) is preinstalled, calls
+
+
+@pytest.mark.parametrize("script,tool,code", [("smoke.sh", "gdn-harness", 1), ("smoke.sh", "gdn-harness", 2),
+                                              ("test.sh", "python", 1)])
+def test_readme_commands_pass_the_exit_code_through(tmp_path, script, tool, code):
+    """The README's commands exit as the harness (1 a correctness failure, 2 a usage error) or
+    pytest does, which `make` cannot (it reports every failing recipe as 2)."""
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "python"
+    fake.write_text(FAKE_PYTHON.replace('echo "$*" >> "$log"',
+                                        f'[ "$1" = "-m" ] && [ "$2" = "pytest" ] && exit {code}\necho "$*" >> "$log"'))
+    fake.chmod(0o755)
+    (tmp_path / "has_torch").touch()
+    harness = tmp_path / "bin" / "gdn-harness"
+    harness.write_text(f"#!/usr/bin/env bash\nexit {code}\n")
+    harness.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("GDN_TORCH_SPEC", "GDN_LATEST")}
+    env.update(VIRTUAL_ENV=str(tmp_path), PATH="/usr/bin:/bin")
+    res = subprocess.run(["bash", str(ROOT / "scripts" / script)], env=env, capture_output=True, text=True)
+    assert res.returncode == code, res.stderr
