@@ -179,6 +179,15 @@ def import_once(cache: Dict[str, object], errors: List[str], load: Callable[[], 
     return cache
 
 
+def package_modules(package: str, modules: Dict[str, str]) -> Dict[str, object]:
+    """A kernel package's `modules` (key -> dotted path), imported, and its ``version``: what an
+    adapter's `import_once` loader returns."""
+    import importlib
+    pkg = importlib.import_module(package)
+    found = {key: importlib.import_module(path) for key, path in modules.items()}
+    return dict(found, version=getattr(pkg, "__version__", "?"))
+
+
 def source_functions(source: str, names, cls: Optional[str] = None, ns: Optional[Dict[str, object]] = None,
                      tag: str = "<source>") -> Dict[str, object]:
     """Functions `names` defined at the top of `source` (or in its class `cls`), compiled as plain

@@ -52,13 +52,12 @@ CPU tests' fake FlashInfer with 0.7.2.post1's signatures; mutation checks).
 """
 from __future__ import annotations
 
-import importlib
 from typing import Dict, List, Optional
 
 import torch
 
 from ..errors import InputError
-from .api import Backend, gate_to, import_once
+from .api import Backend, gate_to, import_once, package_modules
 from .vllm_backend import _with_null_block
 
 PAD_SLOT_ID = -1
@@ -72,9 +71,7 @@ def _fi() -> Dict[str, object]:
 
 
 def _load() -> Dict[str, object]:
-    import flashinfer
-    found = {key: importlib.import_module(path) for key, path in MODULES.items()}
-    return dict(found, version=getattr(flashinfer, "__version__", "?"))
+    return package_modules("flashinfer", MODULES)
 
 
 def flat_tokens(q, cu_seqlens):

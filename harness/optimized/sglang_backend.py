@@ -43,14 +43,13 @@ unspecified. The conv, norm and unpack ops are the reference's (filled, and list
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 from typing import Dict, List, Optional
 
 import torch
 
 from ..errors import InputError
-from .api import Backend, import_once, source_functions
+from .api import Backend, import_once, package_modules, source_functions
 from .flashinfer_backend import flat_tokens, spec_rows
 
 PAD_SLOT_ID = -1
@@ -68,12 +67,11 @@ def _sglang() -> Dict[str, object]:
 
 
 def _load() -> Dict[str, object]:
-    import sglang
-    found = {key: importlib.import_module(path) for key, path in MODULES.items()}
+    found = package_modules("sglang", MODULES)
     spec = importlib.util.find_spec(DISPATCHER_MODULE)
     with open(spec.origin, encoding="utf-8") as f:
         found["dispatcher_source"] = f.read()
-    return dict(found, version=getattr(sglang, "__version__", "?"))
+    return found
 
 
 def dispatcher_class(found: Dict[str, object]):

@@ -49,7 +49,7 @@ from typing import Dict, List, Literal, Optional
 import torch
 
 from ..errors import InputError
-from .api import DECODE_PATHS, Backend, import_once, source_functions
+from .api import DECODE_PATHS, Backend, import_once, package_modules, source_functions
 
 PAD_SLOT_ID = -1
 NULL_BLOCK_ID = 0            # vLLM's reserved slot
@@ -77,9 +77,7 @@ def _vllm() -> Dict[str, object]:
 
 
 def _load_vllm() -> Dict[str, object]:
-    import vllm
-    found = {key: importlib.import_module(path) for key, path in MODULES.items()}
-    return dict(found, version=getattr(vllm, "__version__", "?"), layer_source=_layer_source())
+    return dict(package_modules("vllm", MODULES), layer_source=_layer_source())
 
 
 def _layer_source() -> Optional[str]:
