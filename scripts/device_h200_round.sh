@@ -18,7 +18,7 @@ case $ROUND in
     (sleep 30; export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1   # the wheels device_suite_cost.sh installed
      timeout -s INT ${DRIFT_LIMIT:-480} python3 -m harness.cli run --suite nightly --backend triton --device cuda \
          --mix drift_10000 --report-dir /tmp/drift -q > "$OUT/drift.log" 2>&1; echo "drift rc $?" >> "$OUT/drift.log"
-     python3 -m harness.drift /tmp/drift >> "$OUT/drift.log" 2>&1
+     python3 -m harness.report.drift /tmp/drift >> "$OUT/drift.log" 2>&1
      (cd /tmp/drift && tar czf "$OUT/drift/drift.tgz" summary.md results.json drift.* 2>/dev/null)) &
     wait ;;
   b)

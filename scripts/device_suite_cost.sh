@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU (device tool, kind nvidia-h200), issue 20: where the ci suite's seconds go.
 #   MODE=record: run ci with fla's own autotuner (--jobs 4, a per-kernel lock) and write the
-#                configs it chose as $OUT/autotune_pins.json (commit it as harness/autotune_pins.json).
+#                configs it chose as $OUT/autotune_pins.json (commit it as harness/run/autotune_pins.json).
 #   MODE=bench (default): ci with --autotune pinned, cold (each run its own empty
 #                TRITON_CACHE_DIR) and warm, --jobs 1 and --jobs $JOBS; rows + per-phase
 #                breakdown in $OUT/bench.{json,md}, each run's results.json in $OUT/bench.tgz.

@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 
-from harness.policy import Policy
-from harness.runner import BackendCache, run_case
-from harness.suite import expand, load_suite
+from harness.judge.policy import Policy
+from harness.run.runner import BackendCache, run_case
+from harness.cases.suite import expand, load_suite
 
 _POLICY = Policy()
 _BACKENDS = BackendCache()

@@ -1,7 +1,7 @@
-"""Autotune policy (harness/autotune.py) on a fake autotuned Triton kernel whose config
+"""Autotune policy (harness/run/autotune.py) on a fake autotuned Triton kernel whose config
 BLOCK=8 is wrong: pinned runs the pinned config and benchmarks nothing, sweep runs every
 config and fails the case naming the bad one, records say which config ran; the per-phase
-breakdown (harness/phases.py) is in every record."""
+breakdown (harness/run/phases.py) is in every record."""
 from tests.triton_device import DEVICE  # noqa: E402  (before triton's first import)
 
 import json  # noqa: E402
@@ -11,15 +11,15 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from harness import autotune  # noqa: E402
-from harness.bench import suite_breakdown, suite_breakdown_markdown  # noqa: E402
-from harness.cases import Case  # noqa: E402
+from harness.run import autotune  # noqa: E402
+from harness.tools.bench import suite_breakdown, suite_breakdown_markdown  # noqa: E402
+from harness.cases.case import Case  # noqa: E402
 from harness.config import get_preset  # noqa: E402
 from harness.optimized.triton_backend import TritonBackend  # noqa: E402
-from harness.phases import PHASES, Phases  # noqa: E402
-from harness.policy import Policy  # noqa: E402
+from harness.run.phases import PHASES, Phases  # noqa: E402
+from harness.judge.policy import Policy  # noqa: E402
 from harness.reference.gating import fused_gdn_gating  # noqa: E402
-from harness.runner import run_case  # noqa: E402
+from harness.run.runner import run_case  # noqa: E402
 
 DIMS = get_preset("qwen3.5-27b").shrink(H=2, K=12, V=20)
 CONFIGS = [triton.Config({"BLOCK": 4}), triton.Config({"BLOCK": 8}), triton.Config({"BLOCK": 16})]
@@ -146,7 +146,7 @@ def test_phases_in_records_and_the_breakdown(pins, monkeypatch):
 
 
 def test_a_call_that_compiles_counts_as_compile(monkeypatch):
-    from harness import phases as ph_mod
+    from harness.run import phases as ph_mod
     p = Phases("cpu")
 
     def compiles():
@@ -160,7 +160,7 @@ def test_compile_lock_is_held_during_a_compile_and_released_after(tmp_path, monk
     """Workers sharing a Triton cache compile a specialisation once: while one holds its
     lock another cannot take it; the post-compile hook (or the end of the backend call)
     lets it go."""
-    from harness import phases as ph_mod
+    from harness.run import phases as ph_mod
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("GDN_COMPILE_LOCK", raising=False)
     info = dict(fn=type("Fn", (), dict(module="m", name="kern"))(), repr="kern[num_warps=4](x: *fp32)")
@@ -180,7 +180,7 @@ def test_compile_lock_is_held_during_a_compile_and_released_after(tmp_path, monk
 
 def test_a_suite_names_its_autotune_policy(tmp_path):
     from harness.errors import ConfigError
-    from harness.suite import load_suite
+    from harness.cases.suite import load_suite
     assert load_suite("autotune")["autotune"] == "sweep"
     bad = tmp_path / "bad.toml"
     bad.write_text('autotune = "fastest"\n[[group]]\nlevel = "self"\nchecks = ["tp_reduce"]\n'

@@ -20,10 +20,10 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from harness.config import GDNDims  # noqa: E402
-from harness.compare import compare  # noqa: E402
-from harness.opcheck import OP_INFOS, run_op_case  # noqa: E402
+from harness.judge.compare import compare  # noqa: E402
+from harness.cases.opcheck import OP_INFOS, run_op_case  # noqa: E402
 from harness.optimized.registry import load_backend  # noqa: E402
-from harness.policy import Policy  # noqa: E402
+from harness.judge.policy import Policy  # noqa: E402
 from harness.reference import conv as ref_conv  # noqa: E402
 from harness.reference import delta_rule as ref_dr  # noqa: E402
 from harness.reference import gating as ref_gating  # noqa: E402

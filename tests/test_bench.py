@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from harness.bench import DECODE_OPS, PREFILL_OPS, bytes_moved
+from harness.tools.bench import DECODE_OPS, PREFILL_OPS, bytes_moved
 from harness.cli import main
 
 

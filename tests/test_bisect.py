@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-from harness.bisect import BAD, GOOD, UNTESTABLE, judge_exit, judge_record, run_in_child
+from harness.tools.bisect import BAD, GOOD, UNTESTABLE, judge_exit, judge_record, run_in_child
 from harness.cli import main
-from harness.suite import expand, load_suite
+from harness.cases.suite import expand, load_suite
 
 CMD = [sys.executable, "-m", "harness.cli", "bisect-check"]
 

@@ -3,11 +3,11 @@ pool (the NPU incident) - fails, and the report names the output and the locatio
 
 from tests.triton_device import DEVICE  # noqa: E402  (before triton's first import)
 
-from harness.cases import Case  # noqa: E402
+from harness.cases.case import Case  # noqa: E402
 from harness.config import get_preset  # noqa: E402
 from harness.optimized.triton_kernels import recurrent  # noqa: E402
-from harness.policy import Policy  # noqa: E402
-from harness.runner import run_case  # noqa: E402
+from harness.judge.policy import Policy  # noqa: E402
+from harness.run.runner import run_case  # noqa: E402
 
 DIMS = get_preset("qwen3.5-27b").shrink(H=2, K=12, V=20)     # K != V: a transpose cannot hide
 

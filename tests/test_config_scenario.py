@@ -8,7 +8,7 @@ from harness.config import PRESETS, GDNDims, get_preset
 from harness.errors import ConfigError, InputError
 from harness.layouts.projection import unpack_qkvz_ba
 from harness.reference import causal_conv1d_update, recurrent_gated_delta_rule, rms_norm_gated
-from harness.scenario import Scenario, mixed_scenario
+from harness.cases.scenario import Scenario, mixed_scenario
 
 
 @pytest.mark.parametrize("kw, field", [
@@ -88,7 +88,7 @@ def test_zero_draft_step_reads_after_the_last_accepted_token():
 
 
 def test_pad_conventions_minus_one_with_live_slot0_and_null_block():
-    from harness.scenario import NULL_BLOCK_ID, mix_scenario
+    from harness.cases.scenario import NULL_BLOCK_ID, mix_scenario
     dims = GDNDims(hidden=8, H=1, HV=1, K=2, V=2)
     live = mix_scenario("pad_slot0_live", dims)
     assert live.slots[0][0] == 0 and all(e.conv_slot == -1 for st in live.plan() for e in st if e.kind == "pad")
@@ -101,7 +101,7 @@ def test_pad_conventions_minus_one_with_live_slot0_and_null_block():
 
 
 def test_accepted_as_decodes_feeds_only_accepted_tokens():
-    from harness.scenario import accepted_as_decodes, mix_scenario
+    from harness.cases.scenario import accepted_as_decodes, mix_scenario
     sc = mix_scenario("spec_zero_draft", GDNDims(hidden=8, H=1, HV=1, K=2, V=2))
     dec, sources = accepted_as_decodes(sc)
     assert all(e["kind"] != "spec" for step in dec.steps for e in step)

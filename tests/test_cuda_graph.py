@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness.config import get_preset
-from harness.cudagraph import graph_replay_pairs, why_not
+from harness.tools.cudagraph import graph_replay_pairs, why_not
 
 BACKEND = os.environ.get("GDN_GRAPH_BACKEND", "vllm")
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from harness.config import GDNDims
-from harness.inputs import make_delta_inputs
+from harness.cases.inputs import make_delta_inputs
 from harness.reference import chunk_gated_delta_rule, recurrent_gated_delta_rule
 
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from harness.config import get_preset
-from harness.policy import Policy
-from harness.cases import Case
+from harness.judge.policy import Policy
+from harness.cases.case import Case
 from tests.test_invariants import assert_check
 
 pytestmark = pytest.mark.gpu

@@ -13,16 +13,16 @@ from tests.triton_device import DEVICE  # noqa: E402  (before triton's first imp
 import pytest  # noqa: E402
 
 from harness import diagnosis  # noqa: E402
-from harness.cases import Case  # noqa: E402
+from harness.cases.case import Case  # noqa: E402
 from harness.diagnosis.zoo import CATALOGUE_CLASSES  # noqa: E402
 from harness.faults import catalogue  # noqa: E402
 from harness.faults.catalogue import FAULTS  # noqa: E402
 from harness.optimized.reference_backend import ReferenceBackend  # noqa: E402
-from harness.policy import Policy  # noqa: E402
-from harness.report import summary_markdown  # noqa: E402
-from harness.report_junit import failure_body, failure_message  # noqa: E402
-from harness.runner import BackendCache, run_case  # noqa: E402
-from harness.suite import parse_dims  # noqa: E402
+from harness.judge.policy import Policy  # noqa: E402
+from harness.report.results import summary_markdown  # noqa: E402
+from harness.report.junit import failure_body, failure_message  # noqa: E402
+from harness.run.runner import BackendCache, run_case  # noqa: E402
+from harness.cases.suite import parse_dims  # noqa: E402
 
 DIMS = parse_dims("qwen3.5-27b:shrunk:H=2,K=12,V=20")     # the smoke suite's op dims (r = 3, K != V)
 POLICY = Policy()
@@ -158,7 +158,7 @@ def test_reports_show_hypotheses(backends):
     assert "## Diagnosis" in md and "dt_bias_after_softplus" in md
     assert "dt_bias_after_softplus" in failure_body(rec) and "likely cause: gating math" in failure_message(rec)
     jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((Path(__file__).parents[1] / "harness" / "results.schema.json").read_text())
+    schema = json.loads((Path(__file__).parents[1] / "harness" / "report" / "results.schema.json").read_text())
     item = schema["$defs"]["case"]["properties"]["hypotheses"]
     jsonschema.Draft202012Validator(dict(item, **{"$defs": schema["$defs"]})).validate(
         json.loads(json.dumps(rec["hypotheses"], default=str)))
@@ -173,7 +173,7 @@ def test_reports_show_signatures(backends):
     md = summary_markdown([rec], dict(suite="test", command="x"))
     assert "## Diagnosis" in md and "scaled by 1.01" in md
     assert "localised / structure of the difference" in failure_body(rec) and "scale (exact)" in failure_body(rec)
-    from harness.report_html import render_html
+    from harness.report.html import render_html
     assert "scaled by 1.01" in render_html([rec], dict(suite="test", command="x"))
     from harness.diagnosis.cli import print_hypotheses
     import contextlib
@@ -183,7 +183,7 @@ def test_reports_show_signatures(backends):
         print_hypotheses(rec)
     assert "scaled by 1.01" in buf.getvalue()
     jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((Path(__file__).parents[1] / "harness" / "results.schema.json").read_text())
+    schema = json.loads((Path(__file__).parents[1] / "harness" / "report" / "results.schema.json").read_text())
     item = schema["$defs"]["case"]["properties"]["signatures"]
     jsonschema.Draft202012Validator(dict(item, **{"$defs": schema["$defs"]})).validate(
         json.loads(json.dumps(rec["signatures"], default=str)))

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.cases import Case
+from harness.cases.case import Case
 from harness.cli import main
 from harness.config import GDNDims
-from harness.distributed import run_distributed
+from harness.run.distributed import run_distributed
 from harness.layouts.tp import shard_params
-from harness.policy import Policy
-from harness.runner import run_case
+from harness.judge.policy import Policy
+from harness.run.runner import run_case
 
 ROOT = Path(__file__).resolve().parent.parent
 DIMS = "qwen3-next-80b-a3b:shrunk:H=4,K=8,V=12,hidden=32"      # H = 4, HV = 8: TP 2 and 4

@@ -2,7 +2,7 @@
 import json
 import math
 
-from harness.drift import curves, growth_exponent, verdict, write_report
+from harness.report.drift import curves, growth_exponent, verdict, write_report
 
 
 def _case(mix, errs):

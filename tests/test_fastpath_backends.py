@@ -14,13 +14,13 @@ import sys
 import pytest
 import torch
 
-from harness.cases import Case
+from harness.cases.case import Case
 from harness.config import GDNDims
 from harness.errors import HarnessError
 from harness.optimized import api
 from harness.optimized.registry import BackendLoadError, load_backend
-from harness.policy import Policy
-from harness.runner import BackendCache, run_case
+from harness.judge.policy import Policy
+from harness.run.runner import BackendCache, run_case
 from tests import fastpath_fakes as ff
 
 FAKES = "tests.fastpath_fakes:"
@@ -105,7 +105,7 @@ def test_flashinfer_chunk(backend, dtype, state_dtype, variant, backends):
 
 def test_flashinfer_checkpoints():
     """Checkpoint c of sequence n is its state after (c+1)*64 tokens: the per-token oracle's."""
-    from harness.inputs import make_delta_inputs
+    from harness.cases.inputs import make_delta_inputs
     from harness import reference as ref
     lens = [130, 64, 5]
     d = make_delta_inputs(SMALL, lens, seed=3)

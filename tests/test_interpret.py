@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from harness import isolate
-from harness.cases import Case
+from harness.run import isolate
+from harness.cases.case import Case
 from harness.config import get_preset
 from harness.optimized.interpret import KERNEL_MODULES, interpret_triton
 

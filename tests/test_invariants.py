@@ -1,15 +1,15 @@
-"""The oracle's invariants (harness.selfcheck), expanded over layouts x TP {1, 2, 4, 8}.
+"""The oracle's invariants (harness.cases.selfcheck), expanded over layouts x TP {1, 2, 4, 8}.
 
 Each check returns (name, actual, expected) pairs; every pair must pass the policy
 entry ``self.<check>`` and the test reports the worst pair when one does not.
 """
 import pytest
 
-from harness.compare import compare
+from harness.judge.compare import compare
 from harness.config import GDNDims, get_preset
-from harness.policy import Policy
-from harness.cases import Case
-from harness.selfcheck import CHECKS
+from harness.judge.policy import Policy
+from harness.cases.case import Case
+from harness.cases.selfcheck import CHECKS
 
 POLICY = Policy()
 DIMS_TP8 = GDNDims(hidden=48, H=8, HV=16, K=6, V=10, name="h8-r2")   # TP up to 8

@@ -126,7 +126,7 @@ def test_interrupt_inside_a_native_call_leaves_the_report(tmp_path, mode, sig):
     html = (report / "report.html").read_text()
     assert 'id="incomplete"' in html and running[0]["id"] in html
     jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((Path(__file__).parents[1] / "harness" / "results.schema.json").read_text())
+    schema = json.loads((Path(__file__).parents[1] / "harness" / "report" / "results.schema.json").read_text())
     jsonschema.Draft202012Validator(schema).validate(doc)
 
 
@@ -164,7 +164,7 @@ def test_a_second_signal_does_not_cut_the_report_short(tmp_path):
 
 
 def test_a_killed_worker_is_named_by_its_signal():
-    from harness.isolate import death_reason
+    from harness.run.isolate import death_reason
     assert death_reason(-6) == "killed by signal 6 (SIGABRT)"
     assert "out-of-memory" in death_reason(-9) and "SIGKILL" in death_reason(-9)
     assert death_reason(3) == "exited with code 3"

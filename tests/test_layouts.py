@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from harness.config import GDNDims, get_preset
-from harness.inputs import make_weights
+from harness.cases.inputs import make_weights
 from harness.layouts.projection import pack_qkvz_ba, unpack_qkvz_ba
 from harness.layouts.state import conv_convert, conv_dim_first_view, ssm_convert
 from harness.layouts.tp import gather_conv_channels, shard_params, shard_sections
@@ -98,7 +98,7 @@ def test_backend_sharding_is_used_and_checked_against_full_weights():
     """A backend's own shard_params runs in process (issue 19 item 5, vllm #35504): a loader
     putting the wrong ba rows on each rank passes the oracle (which starts from the ranks'
     projections) but fails the full-weight TP=1 projection check; the harness's sharding passes."""
-    from harness.layercheck import run_layer_case
+    from harness.cases.layercheck import run_layer_case
     from harness.optimized.reference_backend import ReferenceBackend
 
     class Loader(ReferenceBackend):

@@ -1,7 +1,7 @@
 """The console while a run goes on: a live line with the case in progress and an ETA."""
 import io
 
-from harness.live import Progress
+from harness.report.live import Progress
 
 
 class _Tty(io.StringIO):

@@ -5,8 +5,8 @@ import subprocess
 
 import torch
 
-from harness import isolate
-from harness.cases import Case
+from harness.run import isolate
+from harness.cases.case import Case
 from harness.config import get_preset
 
 

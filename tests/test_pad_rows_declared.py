@@ -6,12 +6,12 @@ from tests.triton_device import DEVICE  # noqa: E402  (before triton's first imp
 
 import pytest  # noqa: E402
 
-from harness.cases import Case  # noqa: E402
+from harness.cases.case import Case  # noqa: E402
 from harness.faults import catalogue  # noqa: E402
-from harness.policy import Policy  # noqa: E402
-from harness.report import summary_markdown  # noqa: E402
-from harness.runner import BackendCache, run_case  # noqa: E402
-from harness.suite import parse_dims  # noqa: E402
+from harness.judge.policy import Policy  # noqa: E402
+from harness.report.results import summary_markdown  # noqa: E402
+from harness.run.runner import BackendCache, run_case  # noqa: E402
+from harness.cases.suite import parse_dims  # noqa: E402
 from tests.test_diagnosis import QkHeadModHPadGarbage  # noqa: E402
 
 DIMS = parse_dims("qwen3.5-27b:shrunk:H=2,K=12,V=20")

@@ -85,7 +85,7 @@ def test_the_docs_name_each_ops_exact_reference():
     import re
     from pathlib import Path
 
-    from harness.opcheck import OP_INFOS
+    from harness.cases.opcheck import OP_INFOS
     doc = (Path(__file__).parents[1] / "docs" / "backends.md").read_text()
     table = dict(re.findall(r"^\| `(\w+)` \| `([\w.]+)` \|$", doc, re.M))
     assert table == {op: f"{i.reference.__module__}.{i.reference.__name__}" for op, i in OP_INFOS.items()}

@@ -4,12 +4,12 @@ unwritten PAD row on the H200 while the CPU, handing out recycled memory, caught
 import pytest
 import torch
 
-from harness.cases import Case
+from harness.cases.case import Case
 from harness.optimized.poison import uninitialized_memory_poisoned
 from harness.optimized.reference_backend import ReferenceBackend
-from harness.policy import Policy
-from harness.runner import BackendCache, run_case
-from harness.suite import parse_dims
+from harness.judge.policy import Policy
+from harness.run.runner import BackendCache, run_case
+from harness.cases.suite import parse_dims
 
 FRESH = 1 << 22     # elements: 16 MiB of fp32, past malloc's mmap threshold (zeroed pages)
 

@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.report import counts, write_results
-from harness.report_html import HEATMAP_FAILURES, write_html
-from harness.report_junit import buildkite_style, write_buildkite, write_junit
+from harness.report.results import counts, write_results
+from harness.report.html import HEATMAP_FAILURES, write_html
+from harness.report.junit import buildkite_style, write_buildkite, write_junit
 from tests.plugin_example import ExamplePortBackend
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "harness" / "results.schema.json"
+SCHEMA = ROOT / "harness" / "report" / "results.schema.json"
 EXAMPLE = ROOT / "reports" / "examples" / "h200-ci" / "fla" / "results.json"
 PORT = "tests.plugin_example:TransposedStatePort"
 RAISING = "tests.test_report_files:RaisingPort"
@@ -276,18 +276,18 @@ def test_html_groups_identical_failures_and_shows_op_layouts(run):
     page = write_html(out, records + twins, meta).read_text()
     section = page[page.index('id="whatfailed"'):page.index('id="matrix"')]
     row = next(tr for tr in section.split("<tr")[1:] if bad["id"] in tr)
-    from harness.report_html import failure_key
+    from harness.report.html import failure_key
     same = sum(failure_key(r) == failure_key(bad) for r in records) + 2      # one row for all of them
     assert same >= 3 and f'<td class="cnt">{same}</td>' in row and "tp1, tp2, tp4" in row and "interleaved" in row
     assert page.index('id="whatfailed"') < page.index('<table class="matrix">')
-    from harness.report_html import _col_key
+    from harness.report.html import _col_key
     assert _col_key(dict(level="op", op="unpack_qkvz_ba", layout="interleaved", variant="interleaved-strided", tp=1)) \
         == ("interleaved", 1)
     assert _col_key(dict(level="op", op="fused_gdn_gating", layout="flat", variant="strided", tp=1))[0] == "any layout"
 
 
 def test_op_cases_carry_their_real_layout():
-    from harness.suite import expand, load_suite
+    from harness.cases.suite import expand, load_suite
     cases = [c for c in expand(load_suite("smoke"), ["reference"]) if c.check == "unpack_qkvz_ba"]
     assert cases and all(c.layout == c.variant.split("-")[0] for c in cases)
     assert {c.layout for c in cases} == {"interleaved", "flat"}

@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from harness.cases import Case
+from harness.cases.case import Case
 from harness.cli import main
-from harness.policy import Policy
-from harness.runner import run_case
-from harness.shrink import case_size, failure_signature, same_failure, shrink_case, write_case
-from harness.suite import parse_dims
+from harness.judge.policy import Policy
+from harness.run.runner import run_case
+from harness.tools.shrink import case_size, failure_signature, same_failure, shrink_case, write_case
+from harness.cases.suite import parse_dims
 
 ZERO_INIT = "harness.faults.catalogue:ChunkZeroInitialState"
 NORM_FLIP = "harness.faults.catalogue:NormBeforeGateFlipped"

@@ -18,7 +18,7 @@ from harness.faults.mutate import MutationError, apply_replacements, kernel_modu
 from harness.faults import zoo as zoo_module  # noqa: E402
 from harness.faults.zoo import run_zoo  # noqa: E402
 from harness.optimized.registry import load_backend  # noqa: E402
-from harness.suite import load_suite  # noqa: E402
+from harness.cases.suite import load_suite  # noqa: E402
 
 JOBS = int(os.environ.get("GDN_ZOO_JOBS", min(2, os.cpu_count() or 1)))
 

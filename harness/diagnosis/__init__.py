@@ -101,7 +101,7 @@ def mask_pad_rows(case, pairs, ssm_layout: str = "vk"):
         masked = op.pad_rows_expected(pairs, op.context(case, {}, ssm_layout)) or {}
     elif case.level == "layer":
         from . import layer
-        from ..scenario import case_scenario
+        from harness.cases.scenario import case_scenario
         masked = layer.pad_rows_masked(pairs, case_scenario(case)) or {}
     else:
         return pairs, []

@@ -25,7 +25,7 @@ def _tol(policy, key, case) -> float:
 
 
 def _failing(pairs, policy, case):
-    from ..compare import compare
+    from harness.judge.compare import compare
     for name, a, e, td, key in pairs:
         if tuple(a.shape) != tuple(e.shape):
             continue
@@ -37,7 +37,7 @@ def _failing(pairs, policy, case):
 def op_signatures(case, pairs, policy, ssm_layout: str) -> dict:
     """Signatures of an op case's failing outputs (axes from the op's sample) and, where the
     error is small enough to be rounding, the precision re-runs that reproduce it."""
-    from ..opcheck import OP_INFOS, _upcast
+    from harness.cases.opcheck import OP_INFOS, _upcast
     from .op import context
     ctx = context(case, {}, ssm_layout)
     s = ctx.build()
@@ -78,7 +78,7 @@ def op_signatures(case, pairs, policy, ssm_layout: str) -> dict:
 
 def _state_one_token_earlier(op: str, fn, kw) -> Optional[torch.Tensor]:
     """The final states of a varlen delta-rule call with each sequence's last token dropped."""
-    from ..opcheck import _upcast
+    from harness.cases.opcheck import _upcast
     cu = kw.get("cu_seqlens")
     if op not in ("chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule") or cu is None or \
             kw.get("ssm_state_indices") is not None:
@@ -97,8 +97,8 @@ def _state_one_token_earlier(op: str, fn, kw) -> Optional[torch.Tensor]:
 
 def layer_signatures(case, pairs, policy) -> List[dict]:
     """Signatures of a layer case's failing outputs (step outputs, core, pools)."""
-    from ..inputs import make_inputs
-    from ..scenario import case_scenario
+    from harness.cases.inputs import make_inputs
+    from harness.cases.scenario import case_scenario
     sc = case_scenario(case)
     plans = sc.plan()
     inp = make_inputs(sc)

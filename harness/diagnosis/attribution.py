@@ -18,17 +18,17 @@ from typing import Dict, Optional
 
 import torch
 
-from ..backend_layer import backend_step
-from ..compare import compare
-from ..inputs import make_inputs
-from ..layercheck import _rank_pools, oracle_pairs
+from harness.optimized.compose import backend_step
+from harness.judge.compare import compare
+from harness.cases.inputs import make_inputs
+from harness.cases.layercheck import _rank_pools, oracle_pairs
 from ..layouts.projection import unpack_qkvz_ba
 from ..layouts.state import conv_dim_first_view, ssm_convert
 from ..layouts.tp import all_ranks, gather_heads, local_mixed_ba
 from ..optimized.api import OPS
 from ..optimized.reference_backend import ReferenceBackend
 from ..reference.layer import oracle_step
-from ..scenario import case_scenario
+from harness.cases.scenario import case_scenario
 from . import structure
 from .analysis import EXACT_RELATIONS
 from .core import judge

@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from ..compare import compare
+from harness.judge.compare import compare
 
 # The fault classes a diagnosis can name: id -> what a report calls it.
 CLASSES: Dict[str, str] = {

@@ -12,11 +12,11 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..inputs import make_inputs
+from harness.cases.inputs import make_inputs
 from ..layouts.projection import unpack_qkvz_ba
 from ..layouts.tp import all_ranks, gather_heads, local_mixed_ba
 from ..reference.layer import run_oracle
-from ..scenario import Scenario, case_scenario
+from harness.cases.scenario import Scenario, case_scenario
 from . import variants as V
 from .core import Hypothesis as H
 

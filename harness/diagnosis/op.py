@@ -8,8 +8,8 @@ from typing import Dict, Optional
 import torch
 
 from .. import reference as ref
-from ..inputs import dtype_of
-from ..opcheck import OP_INFOS, _as_tuple, _upcast, state_output
+from harness.cases.inputs import dtype_of
+from harness.cases.opcheck import OP_INFOS, _as_tuple, _upcast, state_output
 from . import variants as V
 from .core import Hypothesis as H
 

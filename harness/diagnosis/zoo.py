@@ -59,7 +59,7 @@ def _fault_cases(suite: dict, fault, level: Optional[str] = None) -> list:
 
 def diagnose_fault(fault, suite: dict, policy, backends, per_fault: int = 1, level: Optional[str] = None) -> dict:
     """Run `fault`'s cases until `per_fault` have failed; the diagnosis of each against the fault's class."""
-    from ..runner import run_case
+    from harness.run.runner import run_case
     want = CATALOGUE_CLASSES.get(fault.diagnosis_class)
     out = dict(fault=fault.name, diagnosis_class=fault.diagnosis_class, expected=want, cases=[])
     for case in _fault_cases(suite, fault, level):
@@ -140,9 +140,9 @@ def measure_heldout(suite_name: str = "smoke", faults: Optional[Iterable[str]] =
     (the first one decides the fault)."""
     from ..faults.heldout import HELDOUT_FAULTS
     from ..optimized.interpret import interpret_triton
-    from ..policy import Policy
-    from ..runner import BackendCache, run_case
-    from ..suite import load_suite
+    from harness.judge.policy import Policy
+    from harness.run.runner import BackendCache, run_case
+    from harness.cases.suite import load_suite
     interpret_triton()
     suite = load_suite(suite_name)
     policy, backends = Policy(), BackendCache()
@@ -182,9 +182,9 @@ def measure(suite_name: str = "smoke", faults: Optional[Iterable[str]] = None, p
     only that level's cases (how well each level's hypotheses do on their own)."""
     from ..faults.catalogue import FAULTS
     from ..optimized.interpret import interpret_triton
-    from ..policy import Policy
-    from ..runner import BackendCache
-    from ..suite import load_suite
+    from harness.judge.policy import Policy
+    from harness.run.runner import BackendCache
+    from harness.cases.suite import load_suite
     interpret_triton()
     suite = load_suite(suite_name)
     policy, backends = Policy(), BackendCache()

@@ -175,7 +175,7 @@ def summarize(runs: Dict[str, dict], rows: List[dict], baseline: str, args) -> d
 
 
 def write_report(report_dir: Path, meta: dict, summary: dict, rows: List[dict]) -> None:
-    from ..report import atomic_write
+    from harness.report.results import atomic_write
     atomic_write(report_dir / "gsm8k.json", json.dumps(dict(meta=meta, summary=summary, questions=rows), indent=1))
     atomic_write(report_dir / "summary.md", markdown(meta, summary, rows))
 

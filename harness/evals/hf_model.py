@@ -19,12 +19,12 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..backend_layer import backend_step
+from harness.optimized.compose import backend_step
 from ..config import GDNDims
 from ..errors import ConfigError, HarnessError, InputError
 from ..layouts.tp import all_ranks, reduce_partials
 from ..layouts.weights import GDNWeights, detect_layout, from_checkpoint
-from ..scenario import EntryPlan, NormConfig
+from harness.cases.scenario import EntryPlan, NormConfig
 
 # model_type -> the projection layout of its checkpoints
 ARCH_LAYOUT = {"qwen3_next": "interleaved", "qwen3_5": "flat", "qwen3_5_text": "flat",

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 from .. import reference as ref
-from ..backend_layer import _core
+from harness.optimized.compose import _core
 from ..layouts.projection import qkv_to_mixed
 from ..layouts.tp import shard_params, shard_rows, shard_sections
 from ..optimized.api import Backend, FilledOps

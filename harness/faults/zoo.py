@@ -29,10 +29,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
-from ..cases import Case
+from harness.cases.case import Case
 from ..errors import HarnessError
 from ..optimized.interpret import interpret_triton
-from ..suite import expand, load_suite
+from harness.cases.suite import expand, load_suite
 
 BASE_TARGETS = {"triton": "triton", "reference": "reference"}
 BASE_CHUNK = 6          # base cases per task when spread over workers
@@ -56,8 +56,8 @@ def _worker_init(threads: Optional[int] = None) -> None:
 
 
 def _state(policy_path: Optional[str]):
-    from ..policy import Policy
-    from ..runner import BackendCache
+    from harness.judge.policy import Policy
+    from harness.run.runner import BackendCache
     key = f"policy:{policy_path}"
     if key not in _STATE:
         _STATE[key] = Policy(policy_path) if policy_path else Policy()
@@ -85,7 +85,7 @@ def run_task(task: dict, on_case_start: Optional[Callable[[str], None]] = None) 
     """Run one task (a backend and its cases) in this process; returns its summary.
     `on_case_start(case_id)` is called before each case (a worker announces it, so that a
     case that kills its process is still named)."""
-    from ..runner import run_case
+    from harness.run.runner import run_case
     policy, backends = _state(task.get("policy"))
     t0 = time.perf_counter()
     out = dict(kind=task["kind"], name=task["name"], target=task["target"], chunk=task.get("chunk", 0),

@@ -16,7 +16,7 @@ import torch
 from ..layouts.projection import qkv_to_mixed, split_mixed_qkv, unpack_qkvz_ba
 from ..layouts.tp import (RankParams, all_ranks, gather_conv_channels, gather_heads, local_mixed_ba,
                           reduce_partials)
-from ..scenario import EntryPlan, NormConfig, Scenario
+from harness.cases.scenario import EntryPlan, NormConfig, Scenario
 from .conv import causal_conv1d_fn, causal_conv1d_update
 from .delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
 from .gating import fused_gdn_gating

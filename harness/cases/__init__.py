@@ -1,0 +1,1 @@
+"""Stage: scenarios, inputs, suites and the op / layer / self checks that build comparisons."""

@@ -1,0 +1,103 @@
+"""Seeded, physical inputs: weights with model-like gates, hidden states, stale cache pools.
+
+Everything is drawn in fp64 from a torch.Generator seeded by the scenario and then
+rounded to the scenario's dtypes, so the oracle sees exactly what a backend gets.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List
+
+import torch
+
+from harness.config import GDNDims
+from harness.errors import ConfigError
+from harness.layouts.weights import GDNWeights
+from harness.reference.gating import fused_gdn_gating
+from harness.cases.scenario import Scenario
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+          "bfloat16": torch.bfloat16}
+
+
+def dtype_of(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ConfigError("dtype", f"unknown dtype {name!r}; known: {sorted(DTYPES)}") from None
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+def make_small_params(dims: GDNDims, seed: int = 0, conv_bias: bool = False) -> dict:
+    """The layer's small parameters (no projection matrices), cheap at preset dims:
+    A = exp(A_log) ~ U(1, 16) and dt ~ logU(1e-3, 0.1) as in Qwen / Mamba init, so
+    g = -A softplus(a + dt_bias) spans slow and fast decays."""
+    gen = _gen(seed + 7919)
+    f64 = dict(dtype=torch.float64)
+    dt = torch.exp(torch.empty(dims.HV, **f64).uniform_(math.log(1e-3), math.log(0.1), generator=gen))
+    bound = 1.0 / math.sqrt(dims.W)
+    return dict(
+        conv_weight=torch.empty(dims.conv_dim, dims.W, **f64).uniform_(-bound, bound, generator=gen),
+        conv_bias=(torch.empty(dims.conv_dim, **f64).uniform_(-bound, bound, generator=gen) if conv_bias else None),
+        A_log=torch.log(torch.empty(dims.HV, **f64).uniform_(1.0, 16.0, generator=gen)),
+        dt_bias=dt + torch.log(-torch.expm1(-dt)),          # inverse softplus
+        norm_weight=1.0 + 0.1 * torch.randn(dims.V, generator=gen, **f64))
+
+
+def make_weights(dims: GDNDims, seed: int = 0, conv_bias: bool = False) -> GDNWeights:
+    """fp64 weights: projections ~ N(0, 1/fan_in), the rest from `make_small_params`."""
+    gen = _gen(seed)
+    s = 1.0 / math.sqrt(dims.hidden)
+
+    def mat(rows, cols, scale):
+        return torch.randn(rows, cols, dtype=torch.float64, generator=gen) * scale
+
+    return GDNWeights(
+        wq=mat(dims.key_dim, dims.hidden, s), wk=mat(dims.key_dim, dims.hidden, s),
+        wv=mat(dims.value_dim, dims.hidden, s), wz=mat(dims.value_dim, dims.hidden, s),
+        wb=mat(dims.HV, dims.hidden, s), wa=mat(dims.HV, dims.hidden, s),
+        out_proj=mat(dims.hidden, dims.value_dim, 1.0 / math.sqrt(dims.value_dim)),
+        **make_small_params(dims, seed, conv_bias)).check(dims)
+
+
+@dataclass
+class ScenarioInputs:
+    weights: GDNWeights            # in the scenario dtype
+    hidden: List[torch.Tensor]     # per step [T, hidden], scenario dtype
+    conv_pool: torch.Tensor        # [num_slots, conv_dim, W-1+num_spec] dim-first, activation dtype
+    ssm_pool: torch.Tensor         # [num_slots, HV, V, K] (vk), state dtype
+
+
+def make_inputs(sc: Scenario) -> ScenarioInputs:
+    sc.validate()
+    dims, dt, st = sc.dims, dtype_of(sc.dtype), dtype_of(sc.state_dtype)
+    w = make_weights(dims, sc.seed, sc.conv_bias)
+    gen = _gen(sc.seed + 1)
+    hidden = [torch.randn(entries[-1].eos, dims.hidden, dtype=torch.float64, generator=gen).to(dt)
+              for entries in sc.plan()]
+    # Stale pool contents: conv-input-like values and states of a plausible size.
+    conv_pool = torch.randn(sc.num_slots, dims.conv_dim, sc.conv_state_len, dtype=torch.float64,
+                            generator=gen).to(dt)          # vLLM keeps conv state in the model dtype
+    ssm_pool = (0.3 * torch.randn(sc.num_slots, dims.HV, dims.V, dims.K, dtype=torch.float64,
+                                  generator=gen)).to(st)
+    return ScenarioInputs(weights=w.to(dt), hidden=hidden, conv_pool=conv_pool, ssm_pool=ssm_pool)
+
+
+def make_delta_inputs(dims: GDNDims, lengths: List[int], seed: int = 0, initial_state: bool = True,
+                      dtype: torch.dtype = torch.float64) -> dict:
+    """Physical varlen delta-rule inputs for `dims` (q / k raw, normalised in-kernel; g from
+    real gating of random a with model-like A_log / dt_bias), sequences back to back."""
+    gen = _gen(seed)
+    w = make_small_params(dims, seed)
+    T = sum(lengths)
+    rnd = lambda *shape: torch.randn(*shape, dtype=torch.float64, generator=gen)  # noqa: E731
+    g, beta = fused_gdn_gating(w["A_log"], rnd(1, T, dims.HV), rnd(1, T, dims.HV), w["dt_bias"])
+    out = dict(q=rnd(1, T, dims.H, dims.K), k=rnd(1, T, dims.H, dims.K), v=rnd(1, T, dims.HV, dims.V),
+               g=g, beta=beta, cu_seqlens=torch.tensor([0] + list(torch.tensor(lengths).cumsum(0).tolist())),
+               initial_state=(0.3 * rnd(len(lengths), dims.HV, dims.V, dims.K)) if initial_state else None)
+    return {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+            for k, v in out.items()}

@@ -1,0 +1,1 @@
+"""Stage: comparison metrics and the tolerance policy (imports no backend)."""

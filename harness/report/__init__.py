@@ -1,0 +1,1 @@
+"""Stage: results.json, summary, HTML, JUnit, run diffs, live reports, drift."""

@@ -1,0 +1,1 @@
+"""Stage: running cases - in process, in isolated workers, on torch.distributed ranks."""

@@ -1,0 +1,1 @@
+"""Tools on top of a run: shrink, bisect, bench, CUDA-graph capture."""

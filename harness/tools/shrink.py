@@ -1,0 +1,495 @@
+"""Shrink a failing case to a smaller one that still fails the same way (a minimal repro).
+
+A greedy delta-debugging loop in the spirit of Hypothesis' shrinker: it proposes smaller
+cases - lower TP, fewer steps, fewer sequences, no PAD rows, shorter prefills, fewer
+draft tokens, fewer heads, smaller head dims, a narrower hidden size - keeps the first
+that still fails the same way, and sweeps again until no move helps or the budget is
+spent. Shrunk cases carry their inputs explicitly (`Case.scenario`): a layer case its
+steps, an op case the sequences of its sample it keeps and their lengths.
+
+**Same failure.** The shrinker never changes what is checked: level, check (op or mix),
+backend, layout, variant (decode path / conv layout / ba), dtypes and seed stay. A
+candidate fails the same way when
+
+* its status is the original's (``fail``, or ``error``), and
+* ``fail``: at least one failing output is one the original failed on, with step and
+  sequence numbers ignored (``step3.core`` = ``step*.core``: dropping steps renumbers
+  them); ``error``: the same exception type, and
+* the control backend passes it (default: the base a zoo fault derives from, else
+  ``reference``), so the failure is the backend's and not an artefact of tiny dims.
+
+Heads keep HV % H == 0 and K != V when the original had K != V (a transposed state must
+still show); r = HV / H is dropped only when that still fails.
+
+**Size** of a case: the number of elements of every input it hands the backend - for a
+layer case the weights, the hidden states of all steps and both cache pools; for an op
+case every tensor argument of its sample - times the TP degree (each rank is a run of
+its own, so TP 2 counts twice TP 1).
+
+``gdn-harness shrink <case id | case.json> [--out min.json]`` writes the minimal case in
+the format of ``gdn-harness repro --save`` (replayed by ``gdn-harness repro min.json``);
+``python -m harness.tools.shrink --zoo`` shrinks each zoo fault's first failing case and
+reports the median size reduction.
+"""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional, Tuple
+
+from harness.cases.case import Case
+from harness.config import GDNDims
+from harness.errors import HarnessError
+
+SUITE = "shrink"
+SPEC_EQUIVALENCE = "spec_one_accepted"       # its scenario is fixed: only the dims shrink
+
+
+# ---------------------------------------------------------------- size
+def case_size(case: Case, sample: Optional[dict] = None) -> int:
+    """Elements of all inputs the case hands the backend, times TP (raises when invalid).
+    `sample`: filled with an op case's sequences and lengths."""
+    import torch
+    if case.level == "op":
+        if case.scenario is not None:
+            sample = dict(case.scenario)
+        elif sample is None:
+            sample = {}
+        from harness.cases.inputs import dtype_of
+        from harness.cases.opcheck import OP_INFOS
+        s = OP_INFOS[case.check].build(case.variant, case.dims, dtype_of(case.dtype), dtype_of(case.state_dtype),
+                                        "vk", case.seed, "cpu", sample)
+        return sum(v.numel() for v in s.kwargs.values() if isinstance(v, torch.Tensor))
+    if case.level != "layer":
+        raise HarnessError(f"shrink: {case.level} cases check the oracle, not a backend; nothing to shrink")
+    from harness.cases.inputs import make_inputs
+    sc = _scenario(case)
+    inp = make_inputs(sc)
+    w = [getattr(inp.weights, f) for f in inp.weights.__dataclass_fields__]
+    return case.tp * sum(t.numel() for t in w + inp.hidden + [inp.conv_pool, inp.ssm_pool]
+                         if isinstance(t, torch.Tensor))
+
+
+def _scenario(case: Case):
+    if case.check == SPEC_EQUIVALENCE:
+        from harness.cases.layercheck import spec_equivalence_scenario
+        conv = case.variant.split(".")[1]
+        return spec_equivalence_scenario(case.dims, case.layout, case.dtype, case.state_dtype, case.seed, conv)
+    from harness.cases.scenario import case_scenario
+    return case_scenario(case)
+
+
+def size_parts(case: Case) -> dict:
+    """What a reader of the table wants besides the size: tokens, steps, sequences, heads."""
+    d = case.dims
+    out = dict(tp=case.tp, H=d.H, HV=d.HV, K=d.K, V=d.V, hidden=d.hidden)
+    if case.level == "op":
+        sample = explicit(case).scenario
+        out.update(seqs=len(sample["seqs"]), tokens=sum(sample["lens"]))
+    elif case.level == "layer" and case.check != SPEC_EQUIVALENCE:
+        sc = _scenario(case)
+        out.update(steps=len(sc.steps), seqs=len(sc.seq_ids()), num_spec=sc.num_spec,
+                   tokens=sum(sc.entry_tokens(e) for st in sc.steps for e in st))
+    return out
+
+
+# ---------------------------------------------------------------- same failure
+def _norm_output(name: str) -> str:
+    return re.sub(r"\b(step|seq)\d+", r"\1*", name)
+
+
+def failure_signature(rec: dict) -> dict:
+    """What 'the same failure' is compared on (see the module doc)."""
+    if rec["status"] == "fail":
+        outs = sorted({_norm_output(m["output"]) for m in rec["metrics"] if not m["passed"]})
+        return dict(status="fail", outputs=outs)
+    if rec["status"] == "error":
+        return dict(status="error", error_type=(rec.get("error") or "").split(":", 1)[0])
+    return dict(status=rec["status"])
+
+
+def same_failure(sig: dict, rec: dict) -> bool:
+    got = failure_signature(rec)
+    if got["status"] != sig["status"]:
+        return False
+    if sig["status"] == "fail":
+        return bool(set(got["outputs"]) & set(sig["outputs"]))
+    return sig["status"] == "error" and got["error_type"] == sig["error_type"]
+
+
+# ---------------------------------------------------------------- moves
+def _smaller(x: int, lo: int = 1) -> List[int]:
+    """Values to try for an integer, smallest first (the biggest step that might work)."""
+    return [v for v in dict.fromkeys([lo, x // 2, x - 1]) if lo <= v < x]
+
+
+def _with_dims(case: Case, **kw) -> Case:
+    d = case.dims
+    new = {k: kw.get(k, getattr(d, k)) for k in ("hidden", "H", "HV", "K", "V")}
+    root = d.name.split("~")[0]
+    name = f"{root}~h{new['hidden']}H{new['H']}HV{new['HV']}K{new['K']}V{new['V']}"
+    return replace(case, dims=GDNDims(W=d.W, name=name, **new))
+
+
+def _dims_moves(case: Case, keep_k_ne_v: bool) -> Iterator[Tuple[str, Case]]:
+    d, tp = case.dims, case.tp
+    for t in [t for t in range(1, tp) if tp % t == 0]:
+        yield f"tp={t}", replace(case, tp=t)
+    r = d.r
+    for h in _smaller(d.H, tp):
+        if h % tp == 0:
+            yield f"H={h}", _with_dims(case, H=h, HV=h * r)
+    for rr in _smaller(r):
+        if (d.H * rr) % tp == 0:
+            yield f"r={rr}", _with_dims(case, HV=d.H * rr)
+    for k in _smaller(d.K):
+        if not (keep_k_ne_v and k == d.V):
+            yield f"K={k}", _with_dims(case, K=k)
+    for v in _smaller(d.V):
+        if not (keep_k_ne_v and v == d.K):
+            yield f"V={v}", _with_dims(case, V=v)
+    if case.level == "layer":
+        for h in _smaller(d.hidden):
+            yield f"hidden={h}", _with_dims(case, hidden=h)
+
+
+def _with_steps(case: Case, steps, num_spec: int) -> Case:
+    return replace(case, scenario=dict(steps=[[dict(e) for e in st] for st in steps if st], num_spec=num_spec))
+
+
+def _scenario_moves(case: Case) -> Iterator[Tuple[str, Case]]:
+    steps, ns = case.scenario["steps"], case.scenario.get("num_spec", 0)
+    if len(steps) > 1:
+        for i in range(len(steps)):
+            yield f"drop step {i}", _with_steps(case, steps[:i] + steps[i + 1:], ns)
+    seqs = list(dict.fromkeys(e["seq"] for st in steps for e in st if e["kind"] != "pad"))
+    if len(seqs) > 1:
+        for s in seqs:
+            yield f"drop seq {s}", _with_steps(case, [[e for e in st if e.get("seq") != s or e["kind"] == "pad"]
+                                                      for st in steps], ns)
+    for i, st in enumerate(steps):
+        for j, e in enumerate(st):
+            def edit(**kw):
+                new = [list(x) for x in steps]
+                new[i][j] = {**e, **kw}
+                return _with_steps(case, new, ns)
+            if e["kind"] == "pad" and len(st) > 1:
+                yield f"drop pad {i}.{j}", _with_steps(case, steps[:i] + [st[:j] + st[j + 1:]] + steps[i + 1:], ns)
+            n = int(e.get("tokens", 1))
+            if e["kind"] == "prefill":
+                for t in _smaller(n):
+                    yield f"step {i} seq {e['seq']} prefill {t}", edit(tokens=t)
+            if e["kind"] == "spec":
+                acc = int(e.get("accepted", 1))
+                for t in _smaller(n, acc):
+                    yield f"step {i} seq {e['seq']} spec tokens {t}", edit(tokens=t)
+                for a in _smaller(acc):
+                    yield f"step {i} seq {e['seq']} accepted {a}", edit(accepted=a)
+    spec = [int(e.get("tokens", 1)) for st in steps for e in st if e["kind"] == "spec"]
+    need = max(spec) - 1 if spec else 0
+    if need < ns:
+        yield f"num_spec={need}", _with_steps(case, steps, need)
+
+
+def _sample_moves(case: Case) -> Iterator[Tuple[str, Case]]:
+    seqs, lens = case.scenario["seqs"], case.scenario["lens"]
+    if len(seqs) > 1:
+        for i in range(len(seqs)):
+            yield f"drop seq {seqs[i]}", replace(case, scenario=dict(seqs=seqs[:i] + seqs[i + 1:],
+                                                                     lens=lens[:i] + lens[i + 1:]))
+    for i, n in enumerate(lens):
+        for t in _smaller(n):
+            yield f"seq {seqs[i]} tokens {t}", replace(case, scenario=dict(seqs=seqs,
+                                                                           lens=lens[:i] + [t] + lens[i + 1:]))
+
+
+def moves(case: Case, keep_k_ne_v: bool) -> Iterator[Tuple[str, Case]]:
+    """Smaller candidates of `case`, in the order worth trying (cheaper runs first)."""
+    dm = list(_dims_moves(case, keep_k_ne_v))
+    yield from (m for m in dm if m[0].startswith("tp="))
+    if case.level == "layer" and case.scenario is not None:
+        yield from _scenario_moves(case)
+    if case.level == "op" and case.scenario is not None:
+        yield from _sample_moves(case)
+    yield from (m for m in dm if not m[0].startswith("tp="))
+
+
+def explicit(case: Case) -> Case:
+    """The case with its inputs spelled out (`Case.scenario`): a layer case's mix as steps,
+    an op case's sample as its sequences and lengths - same inputs, same result."""
+    if case.scenario is not None or case.check == SPEC_EQUIVALENCE:
+        return case
+    if case.level == "op":
+        sample: dict = {}
+        case_size(case, sample)
+        return replace(case, scenario=sample)
+    sc = _scenario(case)
+    return replace(case, scenario=dict(steps=sc.steps, num_spec=sc.num_spec))
+
+
+# ---------------------------------------------------------------- the loop
+@dataclass
+class ShrinkResult:
+    original: Case
+    minimal: Case
+    original_size: int
+    size: int
+    signature: dict
+    record: dict                    # the minimal case's result record
+    evaluations: int = 0
+    control_runs: int = 0
+    seconds: float = 0.0
+    control: Optional[str] = None
+    stopped: str = "fixpoint"       # fixpoint | budget
+    accepted: List[str] = field(default_factory=list)
+
+    @property
+    def reduction(self) -> float:
+        """original size / minimal size (1.0: nothing smaller failed the same way)."""
+        return self.original_size / max(1, self.size)
+
+    def summary(self) -> dict:
+        return dict(original_id=self.original.id, original_case=self.original.to_dict(),
+                    original_size=self.original_size, size=self.size, reduction=round(self.reduction, 2),
+                    original_parts=size_parts(self.original), parts=size_parts(self.minimal),
+                    same_failure=self.signature, failing_outputs=failure_signature(self.record).get("outputs"),
+                    control=self.control, evaluations=self.evaluations, control_runs=self.control_runs,
+                    seconds=round(self.seconds, 1), stopped=self.stopped, moves=self.accepted)
+
+
+def default_control(backend: str) -> Optional[str]:
+    """The base a zoo fault derives from; otherwise the reference (none for the reference)."""
+    from harness.faults.catalogue import fault_of
+    from harness.faults.zoo import BASE_TARGETS
+    try:
+        f = fault_of(backend)
+        return BASE_TARGETS.get(f.base, f.base)
+    except KeyError:
+        return None if backend == "reference" else "reference"
+
+
+def shrink_case(case: Case, budget_s: float = 120.0, max_evals: int = 400, control: Optional[str] = "auto",
+                policy=None, oracle_device: Optional[str] = None, backends=None,
+                log: Optional[Callable[[str], None]] = None) -> ShrinkResult:
+    """Shrink a failing (or erroring) case; raises HarnessError when it does not fail."""
+    from harness.judge.policy import Policy
+    from harness.run.runner import BackendCache, run_case
+    if case.level not in ("op", "layer"):
+        raise HarnessError(f"shrink: {case.id} is a self check of the oracle; nothing to shrink")
+    policy = policy or Policy()
+    backends = backends or BackendCache()
+    say = log or (lambda s: None)
+    t0 = time.perf_counter()
+    rec = run_case(case, policy, SUITE, backends, oracle_device, diagnose=False)
+    if rec["status"] not in ("fail", "error"):
+        why = f" ({rec['error']})" if rec.get("error") else ""
+        raise HarnessError(f"shrink: {case.id} does not fail on backend {case.backend} "
+                           f"(status {rec['status']}{why}); only a failing case can be shrunk")
+    sig = failure_signature(rec)
+    control = default_control(case.backend) if control == "auto" else (None if control == "none" else control)
+    size = case_size(case)
+    res = ShrinkResult(case, case, size, size, sig, rec, control=control)
+    if control:
+        crec = run_case(replace(case, backend=control), policy, SUITE, backends, oracle_device,
+                        diagnose=False)
+        res.control_runs += 1
+        if crec["status"] != "pass":
+            say(f"control {control} does not pass the original ({crec['status']}); shrinking without a control")
+            res.control = control = None
+    say(f"shrinking {case.id}: size {res.size}, failing the same way = {sig}")
+    keep_k_ne_v = case.dims.K != case.dims.V
+    best, seen = explicit(case), set()
+    progress = True
+    while progress:
+        progress = False
+        for name, cand in moves(best, keep_k_ne_v):
+            if time.perf_counter() - t0 > budget_s or res.evaluations >= max_evals:
+                res.stopped = "budget"
+                break
+            key = json.dumps(cand.to_dict(), sort_keys=True)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                size = case_size(cand)
+            except Exception:       # not a valid case (a spec-only sequence gone non-spec, a sample too short)
+                continue
+            if size >= res.size:
+                continue
+            r = run_case(cand, policy, SUITE, backends, oracle_device, diagnose=False)
+            res.evaluations += 1
+            if not same_failure(sig, r):
+                continue
+            if control:
+                c = run_case(replace(cand, backend=control), policy, SUITE, backends, oracle_device,
+                             diagnose=False)
+                res.control_runs += 1
+                if c["status"] != "pass":
+                    continue
+            best, res.size, res.record = cand, size, r
+            res.accepted.append(name)
+            progress = True
+            say(f"  {name}: size {size}")
+            break       # moves of the smaller case next
+        if res.stopped == "budget":
+            break
+    res.minimal = best
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def repro_line(path: str) -> str:
+    return f"gdn-harness repro {path}"
+
+
+def write_case(path, res: ShrinkResult) -> Path:
+    """The minimal case as `gdn-harness repro --save` writes it (+ how it was shrunk)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(dict(case=res.minimal.to_dict(), suite=SUITE, repro=repro_line(str(p)),
+                                 shrink=res.summary()), indent=1) + "\n")
+    return p
+
+
+# ---------------------------------------------------------------- command line
+def add_parser(sub) -> None:
+    s = sub.add_parser("shrink", help="shrink a failing case to a minimal one that fails the same way")
+    s.add_argument("case", help="a case id (or unique part of one) from a results.json, or a case JSON file")
+    s.add_argument("--results", default=None, help="results.json or run folder (default reports/latest)")
+    add_options(s, out_default="min.json")
+    s.set_defaults(fn=cmd_shrink)
+
+
+def add_options(p, out_default: Optional[str] = None) -> None:
+    p.add_argument("--backend", default=None, help="shrink against this backend instead of the case's")
+    if out_default:
+        p.add_argument("--out", default=out_default, help="where the minimal case JSON goes (default min.json)")
+        p.add_argument("--device", default=None, help="override the case's device")
+        p.add_argument("--oracle-device", default=None, help="where the fp64 oracle runs (default: the case's device)")
+        p.add_argument("--policy", default=None, help="tolerance policy file (default suites/tolerances.toml)")
+    p.add_argument("--budget-s", type=float, default=120.0, help="stop shrinking after this many seconds")
+    p.add_argument("--max-evals", type=int, default=400, help="stop after this many candidate runs")
+    p.add_argument("--control", default="auto", help="a backend that must pass every accepted candidate: "
+                   "auto (a zoo fault's base, else reference), a backend name, or none")
+
+
+def repro_options(p) -> None:
+    """``gdn-harness repro <case> --shrink [min.json]``: after the rerun, shrink a failing case."""
+    p.add_argument("--shrink", nargs="?", const="min.json", default=None, metavar="OUT",
+                   help="shrink the case if it fails; write the minimal case here (default min.json)")
+    p.add_argument("--budget-s", type=float, default=120.0, help="with --shrink: stop after this many seconds")
+    p.add_argument("--max-evals", type=int, default=400, help="with --shrink: stop after this many runs")
+    p.add_argument("--control", default="auto", help="with --shrink: backend that must pass each candidate")
+
+
+def after_repro(case: Case, rec: dict, args) -> Optional[int]:
+    """The exit code of ``repro --shrink`` on a failing case (None: no shrink asked or due)."""
+    if not getattr(args, "shrink", None) or rec["status"] not in ("fail", "error"):
+        return None
+    return run_and_write(case, args, args.shrink)
+
+
+def run_and_write(case: Case, args, out: str) -> int:
+    from harness.judge.policy import Policy
+    if getattr(args, "backend", None):
+        case = replace(case, backend=args.backend)
+    res = shrink_case(case, args.budget_s, args.max_evals, args.control,
+                      Policy(args.policy) if args.policy else None, args.oracle_device, log=print)
+    path = write_case(out, res)
+    print(f"minimal case: {res.minimal.id}")
+    fails = failure_signature(res.record).get("outputs") or [res.record["status"]]
+    print(f"size {res.original_size} -> {res.size} ({res.reduction:.1f}x smaller; {res.evaluations} runs, "
+          f"{res.seconds:.0f} s, {res.stopped}); fails {', '.join(fails)}")
+    print(f"written to {path}; repro: {repro_line(str(path))}")
+    return 1            # the minimal case fails: a correctness failure, as `repro` reports it
+
+
+def cmd_shrink(args) -> int:
+    from harness.cli import _find_case
+    case, _ = _find_case(args.case, args.results)
+    if args.device:
+        case.device = args.device
+    return run_and_write(case, args, args.out)
+
+
+# ---------------------------------------------------------------- over the zoo
+def shrink_zoo(suite: str = "smoke", faults: Optional[List[str]] = None, budget_s: float = 60.0,
+               max_evals: int = 200, out_dir: Optional[str] = None, log=print) -> dict:
+    """Each zoo fault's first failing case (``run_zoo(stop_at_first=True)``) shrunk; the
+    median size reduction over the faults."""
+    from harness.faults.zoo import backend_cases, run_zoo
+    from harness.run.runner import BackendCache
+    from harness.cases.suite import load_suite
+    z = run_zoo(suite, stop_at_first=True, faults=faults, bases=[])
+    s = load_suite(suite)
+    backends, rows = BackendCache(), []
+    for name, e in z["faults"].items():
+        if not e["first_case"]:
+            rows.append(dict(fault=name, first_case=None, error="not killed by the suite"))
+            continue
+        case = next(c for c in backend_cases(s, e["target"]) if c.id == e["first_case"])
+        try:
+            res = shrink_case(case, budget_s, max_evals, backends=backends)
+        except HarnessError as err:
+            rows.append(dict(fault=name, first_case=case.id, error=str(err)))
+            continue
+        row = dict(fault=name, **res.summary())
+        if out_dir:
+            row["file"] = str(write_case(Path(out_dir) / f"{name}.json", res))
+        rows.append(row)
+        log(f"{name:36} {res.original_size:>8} -> {res.size:>6}  {res.reduction:7.1f}x  "
+            f"{res.evaluations:3} runs {res.seconds:5.0f} s  {res.stopped}")
+    red = [r["reduction"] for r in rows if "reduction" in r]
+    return dict(suite=suite, faults=rows, median_reduction=statistics.median(red) if red else None,
+                shrunk=len(red), total=len(rows))
+
+
+def zoo_markdown(res: dict) -> str:
+    lines = [f"# Shrinker over the zoo ({res['suite']} suite, each fault's first failing case)", "",
+             f"**Median size reduction: {res['median_reduction']:.1f}x** over {res['shrunk']}/{res['total']} faults "
+             "(size: elements of all inputs handed to the backend)", "",
+             "| fault | first failing case | size | minimal size | reduction | minimal (tp, H, HV, K, V, ...) | "
+             "still failing | runs | s |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in res["faults"]:
+        if "reduction" not in r:
+            lines.append(f"| `{r['fault']}` | `{r.get('first_case')}` | | | | {r['error']} | | | |")
+            continue
+        p = ", ".join(f"{k}={v}" for k, v in r["parts"].items())
+        lines.append(f"| `{r['fault']}` | `{r['original_id']}` | {r['original_size']} | {r['size']} | "
+                     f"{r['reduction']:.1f}x | {p} | {', '.join(r['failing_outputs'] or [])} | "
+                     f"{r['evaluations']} | {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m harness.tools.shrink --zoo [--suite smoke] [--fault F] [--budget-s 60] [--report-dir D]``"""
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m harness.tools.shrink", description=__doc__.splitlines()[0])
+    ap.add_argument("--zoo", action="store_true", help="shrink every zoo fault's first failing case")
+    ap.add_argument("--suite", default="smoke")
+    ap.add_argument("--fault", action="append", help="only these faults (repeatable)")
+    ap.add_argument("--budget-s", type=float, default=60.0, help="per fault")
+    ap.add_argument("--max-evals", type=int, default=200, help="per fault")
+    ap.add_argument("--report-dir", default="reports/shrink-zoo")
+    args = ap.parse_args(argv)
+    if not args.zoo:
+        ap.error("nothing to do: pass --zoo (or use `gdn-harness shrink <case>`)")
+    from harness.optimized.interpret import interpret_triton
+    interpret_triton()
+    res = shrink_zoo(args.suite, args.fault, args.budget_s, args.max_evals, str(Path(args.report_dir) / "cases"))
+    d = Path(args.report_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "shrink_zoo.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    (d / "shrink_zoo.md").write_text(zoo_markdown(res))
+    print(f"median size reduction {res['median_reduction']:.1f}x over {res['shrunk']}/{res['total']} faults; "
+          f"{d / 'shrink_zoo.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
