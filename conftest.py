@@ -1,4 +1,8 @@
 """pytest options shared by tests/ and suites/ (`pytest suites/ --backend triton`)."""
+from harness import diagnosis
+from harness.run import runner
+
+runner.use_diagnosis(diagnosis)     # as the CLI does: run_case diagnoses failures (run sits below diagnosis)
 
 
 def pytest_addoption(parser):

@@ -1,4 +1,5 @@
-"""GDN layer dimensions, their validation, the real-model presets and shrunk variants.
+"""GDN layer dimensions, their validation, the real-model presets and shrunk variants; the
+norm configuration, where suites live, the autotune policy names (shared by every stage).
 
 H = linear_num_key_heads, HV = linear_num_value_heads (r = HV / H value heads per key
 head), K / V head dims, W the conv kernel width.
@@ -6,9 +7,22 @@ head), K / V head dims, W the conv kernel width.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Dict
+from pathlib import Path
+from typing import Dict, Optional
 
 from .errors import ConfigError
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+AUTOTUNE_POLICIES = ("pinned", "sweep", "native")
+
+
+@dataclass
+class NormConfig:
+    """RMSNormGated's settings (DESIGN: per head, plain `w`)."""
+    norm_before_gate: bool = True
+    activation: str = "silu"
+    eps: float = 1e-6
+    group_size: Optional[int] = None
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,8 @@ def test_zero_draft_step_reads_after_the_last_accepted_token():
 
 
 def test_pad_conventions_minus_one_with_live_slot0_and_null_block():
-    from harness.cases.scenario import NULL_BLOCK_ID, mix_scenario
+    from harness.batch import NULL_BLOCK_ID
+    from harness.cases.scenario import mix_scenario
     dims = GDNDims(hidden=8, H=1, HV=1, K=2, V=2)
     live = mix_scenario("pad_slot0_live", dims)
     assert live.slots[0][0] == 0 and all(e.conv_slot == -1 for st in live.plan() for e in st if e.kind == "pad")

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 
 from harness import diagnosis  # noqa: E402
 from harness.cases.case import Case  # noqa: E402
-from harness.diagnosis.zoo import CATALOGUE_CLASSES  # noqa: E402
+from harness.faults.diagnosis_zoo import CATALOGUE_CLASSES  # noqa: E402
 from harness.faults import catalogue  # noqa: E402
 from harness.faults.catalogue import FAULTS  # noqa: E402
 from harness.optimized.reference_backend import ReferenceBackend  # noqa: E402

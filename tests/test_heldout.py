@@ -5,7 +5,7 @@ from tests.triton_device import DEVICE  # noqa: E402  (before triton's first imp
 from harness.cases.case import Case  # noqa: E402
 from harness.diagnosis import CLASSES  # noqa: E402
 from harness.diagnosis.signatures import KINDS  # noqa: E402
-from harness.diagnosis.zoo import score_heldout  # noqa: E402
+from harness.faults.diagnosis_zoo import score_heldout  # noqa: E402
 from harness.faults.catalogue import FAULTS  # noqa: E402
 from harness.faults.heldout import HELDOUT_FAULTS  # noqa: E402
 from harness.optimized.api import OPS  # noqa: E402

@@ -19,12 +19,13 @@ from harness.optimized.poison import uninitialized_memory_poisoned
 from harness.layouts.state import conv_dim_first_view, ssm_convert
 from harness.layouts.tp import all_ranks, gather_conv_channels, gather_heads, local_mixed_ba
 from harness.reference.layer import run_oracle
-from harness.cases.scenario import NULL_BLOCK_ID, Scenario, accepted_as_decodes, mix_scenario
+from harness.batch import NULL_BLOCK_ID
+from harness.cases.scenario import Scenario, accepted_as_decodes, mix_scenario
 
 Pair = Tuple[str, torch.Tensor, torch.Tensor, object, str]   # name, actual, expected, token_dim, policy op
 
 
-def _rank_pools(sc: Scenario, conv_pool, ssm_pool, p, conv_layout: str, ssm_layout: str, device):
+def rank_pools(sc: Scenario, conv_pool, ssm_pool, p, conv_layout: str, ssm_layout: str, device):
     loc, tp, r = p.local, p.tp, p.rank
     kd, vd = sc.dims.key_dim, sc.dims.value_dim
     q, k, v = torch.split(conv_pool, [kd, kd, vd], dim=1)
@@ -78,7 +79,7 @@ def _backend_run(backend, ops, sc: Scenario, inp, ranks, conv_layout: str, decod
     """The backend's layer over every step of `sc`, on every rank from the stale pools and
     hidden states of `inp` (`sources`: per step, the step of `inp` and the rows its tokens
     are): (per-step core / out, per-step gathered projections, final pools)."""
-    pools = [_rank_pools(sc, inp.conv_pool, inp.ssm_pool, p, conv_layout, backend.ssm_state_layout, device)
+    pools = [rank_pools(sc, inp.conv_pool, inp.ssm_pool, p, conv_layout, backend.ssm_state_layout, device)
              for p in ranks]
     steps_out, unpacked = [], []
     for s, entries in enumerate(sc.plan()):
@@ -181,7 +182,7 @@ def run_spec_equivalence(backend, ops, dims: GDNDims, layout: str, dtype: str, s
     outs = {}
     for name, steps in (("spec", spec_steps), ("decode", dec_steps)):
         sc = replace(base, steps=steps).validate()
-        conv, ssm = _rank_pools(sc, inp.conv_pool, inp.ssm_pool, p, conv_layout, backend.ssm_state_layout, device)
+        conv, ssm = rank_pools(sc, inp.conv_pool, inp.ssm_pool, p, conv_layout, backend.ssm_state_layout, device)
         tokens = []
         for s, entries in enumerate(sc.plan()):
             # the decode run sees only token 0 of each spec entry

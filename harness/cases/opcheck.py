@@ -288,13 +288,13 @@ OP_INFOS: Dict[str, OpInfo] = {o.name: o for o in [
 ]}
 
 
-def _upcast(v):
+def upcast(v):
     if isinstance(v, torch.Tensor) and v.is_floating_point():
         return v.detach().to(F64)
     return v
 
 
-def _as_tuple(r):
+def as_tuple(r):
     return r if isinstance(r, tuple) else (r,)
 
 
@@ -309,10 +309,10 @@ def run_op_case(backend, op: str, variant: str, dims: GDNDims, dtype: str, state
     got = info.build(variant, dims, dt, st, layout, seed, device, sample)
     want = info.build(variant, dims, dt, st, layout, seed, oracle_device or device, sample)
     stale = {name: want.kwargs[name].detach().to(F64).cpu().clone() for name in got.states}
-    want_kw = {k: _upcast(v) for k, v in want.kwargs.items()}
+    want_kw = {k: upcast(v) for k, v in want.kwargs.items()}
     with uninitialized_memory_poisoned():
-        out_b = _as_tuple(getattr(backend, op)(**got.kwargs))
-    out_r = _as_tuple(info.reference(**want_kw))
+        out_b = as_tuple(getattr(backend, op)(**got.kwargs))
+    out_r = as_tuple(info.reference(**want_kw))
     pairs = []
     for name, a, b in zip(got.outputs, out_b, out_r):
         if name is None:

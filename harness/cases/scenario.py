@@ -35,27 +35,18 @@ import random
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional
 
-from harness.config import GDNDims
+from harness.batch import NULL_BLOCK_ID, PAD_SLOT_ID, EntryPlan
+from harness.config import GDNDims, NormConfig
 from harness.errors import ConfigError
 from harness.layouts.projection import check_layout
 from harness.layouts.state import check_conv_layout, check_ssm_layout
 
 KINDS = ("prefill", "decode", "spec", "pad")
-PAD_SLOT_ID = -1
 SPEC_STATES = ("offset", "migrate")     # where a zero-draft step after accepted drafts reads
 # How padded rows are marked: PAD_SLOT_ID (-1) with every slot usable (slot 0 may be live),
 # or a reserved null block: slot 0 owned by nobody, PAD rows point at it (FlashInfer's bf16
 # decode redirects -1 there; vLLM's NULL_BLOCK_ID = 0).
 PAD_SLOTS = ("minus_one", "null_block")
-NULL_BLOCK_ID = 0
-
-
-@dataclass
-class NormConfig:
-    norm_before_gate: bool = True
-    activation: str = "silu"
-    eps: float = 1e-6
-    group_size: Optional[int] = None
 
 
 @dataclass
@@ -234,29 +225,6 @@ class Scenario:
                 bos += n
             plans.append(out)
         return plans
-
-
-@dataclass
-class EntryPlan:
-    kind: str
-    seq: int
-    bos: int                     # token range of this entry within the step's batch
-    eos: int
-    conv_slot: int
-    ssm_slots: List[int]         # spec / spec_read / migrate: the sequence's num_spec + 1 slots; else [slot]
-    has_initial_state: bool
-    num_accepted: int            # from the sequence's previous step (1 when none)
-    migrate: int = 0             # > 0: the engine first moves the state from this column to column 0
-
-    @property
-    def tokens(self) -> int:
-        return self.eos - self.bos
-
-    @property
-    def spec_read(self) -> bool:
-        """Reads its state through the spec path (``num_accepted``, all its slots): a spec
-        entry, or a zero-draft decode after accepted drafts under ``spec_state="offset"``."""
-        return self.kind == "spec" or (self.kind == "decode" and self.num_accepted > 1)
 
 
 def step_tokens(plan: List[EntryPlan]) -> int:

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from harness.cases.case import LEVELS, Case
-from harness.config import GDNDims, get_preset
+from harness.config import AUTOTUNE_POLICIES, SUITES_DIR, GDNDims, get_preset
 from harness.errors import ConfigError, HarnessError
 from harness.cases.inputs import DTYPES
 from harness.layouts.projection import LAYOUTS
 from harness.cases.opcheck import OP_INFOS
-from harness.judge.policy import SUITES_DIR
 from harness.cases.scenario import MIXES
 from harness.cases.selfcheck import CHECKS
 
@@ -71,8 +70,7 @@ def load_suite(name_or_path: str) -> dict:
         raise ConfigError(f"{path.name}:{sorted(unknown)[0]}",
                           "unknown key; expected name, description, autotune, [[group]]")
     if "autotune" in data:       # the suite's autotune policy (harness/run/autotune.py); --autotune overrides it
-        from harness.run.autotune import POLICIES
-        _check_values(f"{path.name}:autotune", [data["autotune"]], POLICIES, "autotune policy")
+        _check_values(f"{path.name}:autotune", [data["autotune"]], AUTOTUNE_POLICIES, "autotune policy")
     groups = data.get("group")
     if not isinstance(groups, list) or not groups:
         raise ConfigError(f"{path.name}:group", "expected at least one [[group]] table")

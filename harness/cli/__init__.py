@@ -20,6 +20,7 @@ from harness.tools.bisect import add_parser as add_bisect_parser
 from harness.config import PRESET_LAYOUT, PRESETS
 from harness.diagnosis.cli import add_diagnosis_arguments, apply_diagnosis_arguments, print_hypotheses
 from harness.errors import HarnessError
+from harness.report.paths import DEFAULT_REPORTS, find_case, point_latest, report_dir as new_report_dir
 from harness.tools.bench import add_parser as add_bench_parser
 from harness.evals.gsm8k import add_parser as add_gsm8k_parser
 from harness.faults.zoo import add_parser as add_zoo_parser
@@ -28,25 +29,6 @@ from harness.tools.shrink import add_parser as add_shrink_parser, after_repro, r
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DEFAULT_TIMEOUT = 600.0
-DEFAULT_REPORTS = Path("reports")
-
-
-def _report_dir(arg: Optional[str]) -> Path:
-    if arg:
-        return Path(arg)
-    return DEFAULT_REPORTS / datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def _point_latest(report_dir: Path) -> None:
-    """reports/latest -> the newest run (only for runs under the default reports folder)."""
-    if report_dir.parent.resolve() != DEFAULT_REPORTS.resolve():
-        return
-    latest = DEFAULT_REPORTS / "latest"
-    tmp = DEFAULT_REPORTS / ".latest.tmp"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    tmp.symlink_to(report_dir.name)
-    os.replace(tmp, latest)
 
 
 def final_table(records: List[dict]) -> str:
@@ -117,14 +99,14 @@ def cmd_run(args) -> int:
         cases, world = select_cases(cases, args.tp, args.device)
     mode = _isolation(args, backends)
     timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
-    report_dir = _report_dir(args.report_dir)
+    report_dir = new_report_dir(args.report_dir)
     meta = dict(suite=suite["name"], backends=backends, suite_file=suite["path"], policy_version=policy.version,
                 policy_file=str(policy.path), command="gdn-harness " + " ".join(map(shlex.quote, args.argv)),
                 device=args.device, isolation=mode, timeout_s=timeout if mode != "in process" else None)
     live = LiveReport(report_dir, meta, [dict(id=c.id, backend=c.backend, level=c.level) for c in cases],
                       Path(args.buildkite_annotate) if args.buildkite_annotate else None)
     live.write("running")            # the folder exists from the start, whatever ends the run
-    _point_latest(report_dir)
+    point_latest(report_dir)
     print(f"gdn-harness: suite {suite['name']} - {len(cases)} cases ({mode}) - report in {report_dir}",
           file=sys.stderr)
     progress = Progress(len(cases), args.quiet)
@@ -189,28 +171,10 @@ def cmd_diff(args) -> int:
     return EXIT_FAIL if bad else EXIT_OK
 
 
-def _find_case(arg: str, results: Optional[str]):
-    """A case from a case JSON file, or by id from a results.json (default reports/latest)."""
-    import json
-
-    from harness.cases.case import Case
-    path = Path(arg)
-    if path.suffix == ".json" and path.exists():
-        data = json.loads(path.read_text())
-        return Case.from_dict(data.get("case", data)), data.get("suite", "repro")
-    from harness.report.diffing import load_results
-    recs = load_results(results or str(DEFAULT_REPORTS / "latest"))
-    matches = [r for cid, r in recs.items() if cid == arg] or [r for cid, r in recs.items() if arg in cid]
-    if len(matches) != 1:
-        raise HarnessError(f"repro {arg!r}: {len(matches)} cases match in {results or 'reports/latest'}"
-                           + (f": {[m['id'] for m in matches[:5]]}" if matches else ""))
-    return Case.from_dict(matches[0]["case"]), matches[0]["suite"]
-
-
 def cmd_repro(args) -> int:
     from harness.judge.policy import Policy
     from harness.run.runner import run_case
-    case, suite = _find_case(args.case, args.results)
+    case, suite = find_case(args.case, args.results)
     if args.device:
         case.device = args.device
     rec = run_case(case, Policy(args.policy) if args.policy else Policy(), suite, oracle_device=args.oracle_device)
@@ -393,6 +357,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(e.code or 0)
     args.argv = argv
     args.program = program
+    from harness import diagnosis
+    from harness.run import runner
+    runner.use_diagnosis(diagnosis)      # run sits below diagnosis: the CLI plugs it in
     if program:     # an in-process call keeps its caller's process as it is
         interpret_triton(getattr(args, "device", None))      # a CPU run on a machine with a GPU too
         # SIGINT (Ctrl-C, `timeout -s INT`, bench's limit) stops a run and writes its report, also

@@ -37,7 +37,7 @@ def _failing(pairs, policy, case):
 def op_signatures(case, pairs, policy, ssm_layout: str) -> dict:
     """Signatures of an op case's failing outputs (axes from the op's sample) and, where the
     error is small enough to be rounding, the precision re-runs that reproduce it."""
-    from harness.cases.opcheck import OP_INFOS, _upcast
+    from harness.cases.opcheck import OP_INFOS, upcast
     from .op import context
     ctx = context(case, {}, ssm_layout)
     s = ctx.build()
@@ -59,7 +59,7 @@ def op_signatures(case, pairs, policy, ssm_layout: str) -> dict:
         if m.rel_rms < 0.1 and not name.endswith(".untouched"):
             if reruns is None:
                 reruns = structure.precision_reruns(OP_INFOS[case.check].reference,
-                                                    {n: _upcast(v) for n, v in kw.items()},
+                                                    {n: upcast(v) for n, v in kw.items()},
                                                     list(s.outputs), list(s.states))
             checked = True
             p = structure.precision_signature(name, a, e, reruns, tol)
@@ -78,7 +78,7 @@ def op_signatures(case, pairs, policy, ssm_layout: str) -> dict:
 
 def _state_one_token_earlier(op: str, fn, kw) -> Optional[torch.Tensor]:
     """The final states of a varlen delta-rule call with each sequence's last token dropped."""
-    from harness.cases.opcheck import _upcast
+    from harness.cases.opcheck import upcast
     cu = kw.get("cu_seqlens")
     if op not in ("chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule") or cu is None or \
             kw.get("ssm_state_indices") is not None:
@@ -87,7 +87,7 @@ def _state_one_token_earlier(op: str, fn, kw) -> Optional[torch.Tensor]:
     keep = [t for a, b in zip(cu, cu[1:]) for t in range(a, b - 1)]
     if any(b - a < 2 for a, b in zip(cu, cu[1:])):
         return None
-    k2 = {n: _upcast(v) for n, v in kw.items()}
+    k2 = {n: upcast(v) for n, v in kw.items()}
     for n in ("q", "k", "v", "g", "beta"):
         k2[n] = k2[n][:, keep]
     k2["cu_seqlens"] = torch.tensor([c - i for i, c in enumerate(cu)], dtype=kw["cu_seqlens"].dtype)

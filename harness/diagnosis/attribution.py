@@ -21,7 +21,7 @@ import torch
 from harness.optimized.compose import backend_step
 from harness.judge.compare import compare
 from harness.cases.inputs import make_inputs
-from harness.cases.layercheck import _rank_pools, oracle_pairs
+from harness.cases.layercheck import rank_pools, oracle_pairs
 from ..layouts.projection import unpack_qkvz_ba
 from ..layouts.state import conv_dim_first_view, ssm_convert
 from ..layouts.tp import all_ranks, gather_heads, local_mixed_ba
@@ -157,7 +157,7 @@ def _run(case, backend, checked: _Checked, core=None):
     path, conv_layout, ba = case.variant.split(".")
     inp = make_inputs(sc)
     ranks = [p.to(case.device) for p in all_ranks(inp.weights, case.dims, case.layout, case.tp, ba)]
-    pools = [_rank_pools(sc, inp.conv_pool, inp.ssm_pool, p, conv_layout, backend.ssm_state_layout, case.device)
+    pools = [rank_pools(sc, inp.conv_pool, inp.ssm_pool, p, conv_layout, backend.ssm_state_layout, case.device)
              for p in ranks]
     steps_out, unpacked = [], []
     for s, entries in enumerate(sc.plan()):

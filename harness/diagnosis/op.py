@@ -9,7 +9,7 @@ import torch
 
 from .. import reference as ref
 from harness.cases.inputs import dtype_of
-from harness.cases.opcheck import OP_INFOS, _as_tuple, _upcast, state_output
+from harness.cases.opcheck import OP_INFOS, as_tuple, upcast, state_output
 from . import variants as V
 from .core import Hypothesis as H
 
@@ -285,11 +285,11 @@ def expected_of(h: H, c: OpContext) -> Optional[Dict[str, torch.Tensor]]:
     if ops.get(CONTIGUOUS) and c.op != "fused_recurrent_gated_delta_rule_packed_decode":
         kw = {n: (V.as_contiguous_read(t) if isinstance(t, torch.Tensor) and n not in s.states else t)
               for n, t in kw.items()}
-    kw = {n: _upcast(t) for n, t in kw.items()}
+    kw = {n: upcast(t) for n, t in kw.items()}
     if c.overflowed:        # re-run in the kernels' fp32, so it overflows where they do
         kw = {n: t.to(torch.float32) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
               for n, t in kw.items()}
-    outs = _as_tuple(call_op(c.op, kw, ops))
+    outs = as_tuple(call_op(c.op, kw, ops))
     exp = {name: t.detach().cpu() for name, t in zip(s.outputs, outs) if name is not None}
     for arg in s.states:
         name = state_output(arg)        # the name opcheck reports it under

@@ -277,7 +277,7 @@ def cmd_gsm8k(args) -> int:
     interpret_triton()
     import torch
 
-    from ..cli import _point_latest, _report_dir
+    from harness.report.paths import point_latest, report_dir as new_report_dir
     from ..optimized.registry import load_backend
     if args.canary:
         _canary_defaults(args)
@@ -304,7 +304,7 @@ def cmd_gsm8k(args) -> int:
     from .hf_model import load_model
     hm = load_model(args.model, None, args.device, args.dtype, args.tp, args.decode_path, args.state_dtype)
     tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
-    report_dir = _report_dir(args.report_dir)
+    report_dir = new_report_dir(args.report_dir)
     cfg = task_config(files)
     baseline = "reference" if "reference" in backends else backends[0]
     runs = {}
@@ -331,7 +331,7 @@ def cmd_gsm8k(args) -> int:
                 state_dtype=args.state_dtype,
                 backends=backends, argv=getattr(args, "argv", None))
     write_report(report_dir, meta, summary, rows)
-    _point_latest(report_dir)
+    point_latest(report_dir)
     for b, s in summary["backends"].items():
         a, f = s["accuracy"]["strict"], s["accuracy"]["flexible"]
         print(f"{b:>24}: strict {a['accuracy']:.3f} (>= {a['wilson_lower']:.3f}), flexible {f['accuracy']:.3f} "

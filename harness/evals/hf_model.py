@@ -24,7 +24,8 @@ from ..config import GDNDims
 from ..errors import ConfigError, HarnessError, InputError
 from ..layouts.tp import all_ranks, reduce_partials
 from ..layouts.weights import GDNWeights, detect_layout, from_checkpoint
-from harness.cases.scenario import EntryPlan, NormConfig
+from harness.batch import EntryPlan
+from harness.config import NormConfig
 
 # model_type -> the projection layout of its checkpoints
 ARCH_LAYOUT = {"qwen3_next": "interleaved", "qwen3_5": "flat", "qwen3_5_text": "flat",

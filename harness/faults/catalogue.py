@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 from .. import reference as ref
-from harness.optimized.compose import _core
+from harness.optimized.compose import core_step
 from ..layouts.projection import qkv_to_mixed
 from ..layouts.tp import shard_params, shard_rows, shard_sections
 from ..optimized.api import Backend, FilledOps
@@ -99,7 +99,7 @@ class _TritonCore(TritonBackend):
         return FilledOps(self, ReferenceBackend())
 
     def _run_core(self, ops, p, q, k, v, a, b, entries, conv_state, ssm_state, T, dev):
-        return _core(ops, p, qkv_to_mixed(q, k, v), a, b, entries, conv_state, ssm_state,
+        return core_step(ops, p, qkv_to_mixed(q, k, v), a, b, entries, conv_state, ssm_state,
                      self.ssm_state_layout, "recurrent", T, dev)
 
     def _layout(self, p) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..optimized.flashinfer_backend import FlashinferBackend
 from ..optimized.sglang_backend import SglangBackend
-from ..optimized.vllm_backend import VllmBackend, _vllm
+from ..optimized.vllm_backend import VllmBackend, load_vllm
 
 
 class FiGateLogAsLinear(FlashinferBackend):
@@ -55,7 +55,7 @@ class VllmFiWrapperGateNotExp(VllmBackend):
 
     def __init__(self, variant: str = "flashinfer", modules=None, layer_source=None, platform=None):
         try:
-            src = layer_source if layer_source is not None else _vllm().get("layer_source")
+            src = layer_source if layer_source is not None else load_vllm().get("layer_source")
         except ImportError:
             src = None
         if src is not None:

@@ -14,7 +14,7 @@ them counts) and `expect` (fault classes of `harness.diagnosis.CLASSES`, signatu
 of `harness.diagnosis.signatures.KINDS`, ``boundary:<edge>`` for a boundary signature of
 that edge, or ``none`` when the bug is plain kernel math with no structural relation -
 then "named right" means the right op and no wrong structural or precision claim).
-Measured by ``python -m harness.diagnosis --zoo --heldout`` (`harness.diagnosis.zoo`).
+Measured by ``scripts/experiments/diagnosis_zoo.py --zoo --heldout`` (`harness.faults.diagnosis_zoo`).
 """
 from __future__ import annotations
 

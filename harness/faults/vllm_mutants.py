@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Tuple
 
-from ..optimized.vllm_backend import LAYER_MODULE, MODULES, VllmBackend, _vllm
+from ..optimized.vllm_backend import LAYER_MODULE, MODULES, VllmBackend, load_vllm
 from .mutate import Replacement, apply_replacements, mutate
 
 
@@ -22,7 +22,7 @@ class _VllmMutant(VllmBackend):
 
     def __init__(self):
         try:
-            found = _vllm()
+            found = load_vllm()
         except ImportError:
             super().__init__()
             return

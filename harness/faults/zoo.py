@@ -85,7 +85,9 @@ def run_task(task: dict, on_case_start: Optional[Callable[[str], None]] = None) 
     """Run one task (a backend and its cases) in this process; returns its summary.
     `on_case_start(case_id)` is called before each case (a worker announces it, so that a
     case that kills its process is still named)."""
-    from harness.run.runner import run_case
+    from harness import diagnosis
+    from harness.run.runner import run_case, use_diagnosis
+    use_diagnosis(diagnosis)
     policy, backends = _state(task.get("policy"))
     t0 = time.perf_counter()
     out = dict(kind=task["kind"], name=task["name"], target=task["target"], chunk=task.get("chunk", 0),

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from harness.judge.compare import Tolerance
+from harness.config import SUITES_DIR
 from harness.errors import ConfigError
 
-SUITES_DIR = Path(__file__).resolve().parents[2] / "suites"
 DEFAULT_POLICY = SUITES_DIR / "tolerances.toml"
 SUPPORTED_VERSIONS = (1,)
 

@@ -17,7 +17,8 @@ import torch
 from harness.layouts.projection import qkv_to_mixed, split_mixed_qkv
 from harness.layouts.tp import RankParams, local_mixed_ba
 from harness.reference.layer import migrate_spec_state
-from harness.cases.scenario import PAD_SLOT_ID, EntryPlan, NormConfig
+from harness.batch import PAD_SLOT_ID, EntryPlan
+from harness.config import NormConfig
 
 
 def _tokens(entries: List[EntryPlan], device) -> torch.Tensor:
@@ -48,7 +49,7 @@ def backend_step(ops, p: RankParams, mixed_qkvz: torch.Tensor, mixed_ba: torch.T
     if core_entry is not None:
         core = core_entry(mixed_qkvz, mixed_ba, p, entries, conv_state, ssm_state, norm)
     else:
-        core = _core(ops, p, qkv_to_mixed(q, k, v), a, b, entries, conv_state, ssm_state,
+        core = core_step(ops, p, qkv_to_mixed(q, k, v), a, b, entries, conv_state, ssm_state,
                      ssm_state_layout, decode_path, T, dev)
     normed = ops.rms_norm_gated(core.reshape(-1, loc.V), p.norm_weight, z.reshape(-1, loc.V), eps=norm.eps,
                                 group_size=norm.group_size, norm_before_gate=norm.norm_before_gate,
@@ -56,7 +57,7 @@ def backend_step(ops, p: RankParams, mixed_qkvz: torch.Tensor, mixed_ba: torch.T
     return dict(q=q, k=k, v=v, z=z, b=b, a=a, core=core, normed=normed, out=normed @ p.out_proj.T)
 
 
-def _core(ops, p, mixed_qkv, a, b, entries, conv_state, ssm_state, layout, decode_path, T, dev):
+def core_step(ops, p, mixed_qkv, a, b, entries, conv_state, ssm_state, layout, decode_path, T, dev):
     loc = p.local
     core = torch.zeros(T, loc.HV, loc.V, dtype=mixed_qkv.dtype, device=dev)
     # zero-draft decodes after accepted drafts read at an offset: the spec path's calls

@@ -49,6 +49,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from harness.batch import PAD_SLOT_ID
 from ..errors import INDEX_DTYPES, InputError, check_tensor
 from ..layouts.state import check_ssm_layout
 from ..reference.conv import check_conv_args, check_conv_fn_args
@@ -59,7 +60,6 @@ from .interpret import gpu_kernels, interpret_triton
 
 interpret_triton()      # before triton.jit wraps fla's kernels (i.e. before fla is imported)
 
-PAD_SLOT_ID = -1
 _FLA: Dict[str, object] = {}
 _FLA_ERROR: List[str] = []
 

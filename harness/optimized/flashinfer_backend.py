@@ -56,11 +56,11 @@ from typing import Dict, List, Optional
 
 import torch
 
+from harness.batch import PAD_SLOT_ID
 from ..errors import InputError
 from .api import Backend, gate_to, import_once, package_modules
 from .vllm_backend import _with_null_block
 
-PAD_SLOT_ID = -1
 MODULES = dict(prefill="flashinfer.gdn_prefill", decode="flashinfer.gdn_decode")
 _CACHE: Dict[str, object] = {}
 _ERROR: List[str] = []

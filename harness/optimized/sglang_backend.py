@@ -48,11 +48,11 @@ from typing import Dict, List, Optional
 
 import torch
 
+from harness.batch import PAD_SLOT_ID
 from ..errors import InputError
 from .api import Backend, import_once, package_modules, source_functions
 from .flashinfer_backend import flat_tokens, spec_rows
 
-PAD_SLOT_ID = -1
 DISPATCHER_MODULE = "sglang.srt.layers.attention.linear.gdn_backend"
 MODULES = dict(triton="sglang.srt.layers.attention.linear.kernels.gdn_triton",
                utils="sglang.srt.layers.attention.linear.utils",

@@ -1,7 +1,7 @@
 """`vllm`: thin adapters over an installed vLLM's GDN kernels (vLLM 0.33).
 
 Validated on vLLM 0.33.0's own sources on an H200 (docs/findings.md). Every vLLM import is
-lazy (`_vllm()`), so this module imports without vLLM and `unavailable()` then says
+lazy (`load_vllm()`), so this module imports without vLLM and `unavailable()` then says
 "vLLM is not importable: <error>". The adapters only convert conventions; what vLLM
 computes (including what it leaves in PAD rows) reaches the harness untouched.
 
@@ -48,11 +48,10 @@ from typing import Dict, List, Literal, Optional
 
 import torch
 
+from harness.batch import NULL_BLOCK_ID, PAD_SLOT_ID
 from ..errors import InputError
 from .api import DECODE_PATHS, Backend, import_once, package_modules, source_functions
 
-PAD_SLOT_ID = -1
-NULL_BLOCK_ID = 0            # vLLM's reserved slot
 
 MODULES = dict(
     ops="vllm.third_party.flash_linear_attention.ops",
@@ -71,7 +70,7 @@ _CACHE: Dict[str, object] = {}
 _ERROR: List[str] = []
 
 
-def _vllm() -> Dict[str, object]:
+def load_vllm() -> Dict[str, object]:
     """vLLM's version and kernel modules (None where this vLLM lacks one); raises ImportError."""
     return import_once(_CACHE, _ERROR, _load_vllm)
 
@@ -159,7 +158,7 @@ class VllmBackend(Backend):
         self._platform = platform
         self._source: Optional[str] = None
         try:
-            found = _vllm() if modules is None or layer_source is None else {}
+            found = load_vllm() if modules is None or layer_source is None else {}
         except ImportError:
             return
         self._mods = {k: v for k, v in found.items() if k in MODULES}
@@ -175,12 +174,12 @@ class VllmBackend(Backend):
         self.decode_paths = tuple(p for p in self.decode_paths if all(self.implements(o) for o in DECODE_PATHS[p]))
 
     def _m(self, key: str):
-        return self._mods[key] if self._mods else _vllm()[key]
+        return self._mods[key] if self._mods else load_vllm()[key]
 
     def unavailable(self, device: str) -> Optional[str]:
         if not self._mods:
             try:
-                _vllm()
+                load_vllm()
             except ImportError as e:
                 return f"vLLM is not importable: {e}"
         if self.variant == "flashinfer" and importlib.util.find_spec("flashinfer") is None:

@@ -12,10 +12,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from harness.batch import PAD_SLOT_ID
 from ..errors import INDEX_DTYPES, InputError, check_tensor
 from .gating import acc_dtype
 
-PAD_SLOT_ID = -1
 
 
 def _activate(y: torch.Tensor, activation) -> torch.Tensor:

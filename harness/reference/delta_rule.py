@@ -20,12 +20,12 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from harness.batch import PAD_SLOT_ID
 from ..errors import INDEX_DTYPES, InputError, check_tensor
 from ..layouts.state import check_ssm_layout
 from .gating import acc_dtype, fused_gdn_gating
 from .norm import l2norm
 
-PAD_SLOT_ID = -1
 
 
 def _check_inputs(q, k, v, g, beta, cu_seqlens):

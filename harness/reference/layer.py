@@ -16,7 +16,8 @@ import torch
 from ..layouts.projection import qkv_to_mixed, split_mixed_qkv, unpack_qkvz_ba
 from ..layouts.tp import (RankParams, all_ranks, gather_conv_channels, gather_heads, local_mixed_ba,
                           reduce_partials)
-from harness.cases.scenario import EntryPlan, NormConfig, Scenario
+from harness.batch import EntryPlan
+from harness.config import NormConfig
 from .conv import causal_conv1d_fn, causal_conv1d_update
 from .delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
 from .gating import fused_gdn_gating
@@ -158,7 +159,7 @@ class OracleResult:
     ssm_pool: torch.Tensor                 # [num_slots, HV, V, K] fp64
 
 
-def _local_pools(sc: Scenario, conv_pool, ssm_pool, p: RankParams):
+def _local_pools(sc, conv_pool, ssm_pool, p: RankParams):
     """A rank's slice of the global pools: its q|k|v channel sections and its value heads."""
     loc, tp, r = p.local, p.tp, p.rank
     kd, vd = sc.dims.key_dim, sc.dims.value_dim
@@ -168,7 +169,7 @@ def _local_pools(sc: Scenario, conv_pool, ssm_pool, p: RankParams):
     return conv, ssm
 
 
-def run_oracle(sc: Scenario, weights, hidden: List[torch.Tensor], conv_pool: torch.Tensor,
+def run_oracle(sc, weights, hidden: List[torch.Tensor], conv_pool: torch.Tensor,
                ssm_pool: torch.Tensor, tp: Optional[int] = None, chunked: bool = False,
                projections: Optional[List] = None, device=None,
                unpacked: Optional[List[tuple]] = None, ops: Optional[Dict[str, Callable]] = None,
@@ -201,7 +202,7 @@ def run_oracle(sc: Scenario, weights, hidden: List[torch.Tensor], conv_pool: tor
     return OracleResult(steps=steps, conv_pool=conv, ssm_pool=ssm)
 
 
-def _gather_step(sc: Scenario, per_rank: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+def _gather_step(sc, per_rank: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
     if len(per_rank) == 1:
         return per_rank[0]
     get = lambda key: [r[key] for r in per_rank]  # noqa: E731

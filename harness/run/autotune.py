@@ -34,9 +34,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
+from harness.config import AUTOTUNE_POLICIES
 from harness.run import phases
 
-POLICIES = ("pinned", "sweep", "native")
+POLICIES = AUTOTUNE_POLICIES
 DEFAULT_PINS = Path(__file__).with_name("autotune_pins.json")
 PINS_SCHEMA = "gdn-harness-autotune-pins/1"
 AUTOTUNE_LOCK_S = 600.0      # longest wait for another worker's autotuning of a kernel

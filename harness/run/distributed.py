@@ -253,7 +253,7 @@ def distributed_pairs(case: Case, backend, ops, device: str, oracle_device: Opti
     import torch.distributed as dist
 
     from harness.cases.inputs import make_inputs
-    from harness.cases.layercheck import _rank_pools, full_weight_projection_pairs, oracle_pairs, rank_step
+    from harness.cases.layercheck import rank_pools, full_weight_projection_pairs, oracle_pairs, rank_step
     from harness.layouts.tp import gather_heads, shard_params
     from harness.cases.scenario import mix_scenario
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -265,7 +265,7 @@ def distributed_pairs(case: Case, backend, ops, device: str, oracle_device: Opti
                           state_dtype=case.state_dtype, conv_state_layout=conv_layout, ba=ba)
         inp = make_inputs(sc)       # seeded: every rank draws the same layer, then keeps its shard
         p = (sharder or getattr(backend, "shard_params", None) or shard_params)(inp.weights, case.dims, case.layout, world, rank, ba).to(device)
-        pools = _rank_pools(sc, inp.conv_pool, inp.ssm_pool, p, conv_layout, ssm_layout, device)
+        pools = rank_pools(sc, inp.conv_pool, inp.ssm_pool, p, conv_layout, ssm_layout, device)
         return sc, (inp if rank == 0 else None), p, pools
 
     sc, inp, p, (conv, ssm) = _agree(setup)

@@ -5,19 +5,43 @@ An exception inside a case becomes an ``error`` record; the run goes on.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
+import os
 import time
 import traceback
 from typing import Callable, Dict, Iterable, List, Optional
 
 from harness.run import autotune
 from harness.cases.case import Case
+from harness.errors import HarnessError
 from harness.judge.compare import compare
 from harness.run.phases import Phases, TimedBackend, hook_compiles
 from harness.judge.policy import Policy
 from harness.cases.selfcheck import CHECKS
 
 SPEC_EQUIVALENCE = "spec_one_accepted"   # layer-level pseudo-mix: spec path vs decode path, exact
+
+# The diagnosis stage sits above run (it re-runs the oracle, reads cases): the CLI, the zoo and
+# the tests plug it in. Child processes (workers, ranks) inherit the module name through the
+# environment and import it themselves.
+PLUGIN_ENV = "GDN_DIAGNOSIS_MODULE"
+_diagnosis = None
+
+
+def use_diagnosis(module) -> None:
+    """Plug the diagnosis stage (``harness.diagnosis``) into run_case, here and in child processes."""
+    global _diagnosis
+    _diagnosis = module
+    os.environ[PLUGIN_ENV] = module.__name__
+
+
+def diagnosis_stage():
+    """The plugged diagnosis module, or None when none was plugged in."""
+    global _diagnosis
+    if _diagnosis is None and os.environ.get(PLUGIN_ENV):
+        _diagnosis = importlib.import_module(os.environ[PLUGIN_ENV])
+    return _diagnosis
 
 
 def repro_command(case: Case, suite: str) -> str:
@@ -105,8 +129,11 @@ def declared_pad_rows(case: Case, backend, pairs, rec: dict):
     record says which outputs were masked and why (`pad_rows_not_compared`)."""
     if getattr(backend, "pad_row_outputs", "zeros") != "unspecified":
         return pairs
-    from harness.diagnosis import mask_pad_rows
-    pairs, masked = mask_pad_rows(case, pairs, backend.ssm_state_layout)
+    stage = diagnosis_stage()
+    if stage is None:
+        raise HarnessError(f"backend {backend.name} leaves PAD-row outputs unspecified: masking them needs the "
+                           "diagnosis stage (harness.run.runner.use_diagnosis(harness.diagnosis))")
+    pairs, masked = stage.mask_pad_rows(case, pairs, backend.ssm_state_layout)
     if masked:
         rec["pad_rows_not_compared"] = dict(outputs=masked, reason=backend.pad_row_outputs_reason)
     return pairs
@@ -161,8 +188,11 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
     # a failure of a swept config only: the case's own outputs pass, nothing to diagnose in them
     diagnosable = (rec["status"] == "fail" and not sweep_only) or rec.get("structural") in DIAGNOSABLE_STRUCTURAL
     if pairs and diagnosable and case.level in ("op", "layer"):
-        from harness import diagnosis
-        if diagnosis.enabled() if diagnose is None else diagnose:
+        diagnosis = diagnosis_stage()
+        if diagnose and diagnosis is None:
+            raise HarnessError("run_case(diagnose=True) without a diagnosis stage: "
+                               "harness.run.runner.use_diagnosis(harness.diagnosis) first")
+        if diagnosis is not None and (diagnosis.enabled() if diagnose is None else diagnose):
             _diagnose(rec, case, pairs, policy, backends, diagnosis)
             phases.add("diagnosis", rec.get("diagnosis_s", 0.0))
     rec["duration_s"] = round(time.perf_counter() - t0, 4)

@@ -410,8 +410,8 @@ def run_and_write(case: Case, args, out: str) -> int:
 
 
 def cmd_shrink(args) -> int:
-    from harness.cli import _find_case
-    case, _ = _find_case(args.case, args.results)
+    from harness.report.paths import find_case
+    case, _ = find_case(args.case, args.results)
     if args.device:
         case.device = args.device
     return run_and_write(case, args, args.out)

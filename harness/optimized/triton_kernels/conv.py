@@ -14,11 +14,11 @@ import torch
 import triton
 import triton.language as tl
 
+from harness.batch import PAD_SLOT_ID
 from ...errors import INDEX_DTYPES, InputError, check_tensor
 from ...reference.conv import check_conv_args, check_conv_fn_args
 from ...reference.gating import acc_dtype
 
-PAD_SLOT_ID = -1
 
 # INIT_MODE: where the prior W-1 inputs come from
 _INIT_ZEROS, _INIT_FLAG, _INIT_STATE = 0, 1, 2

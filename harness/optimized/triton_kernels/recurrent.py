@@ -19,13 +19,13 @@ import torch
 import triton
 import triton.language as tl
 
+from harness.batch import PAD_SLOT_ID
 from ...errors import INDEX_DTYPES, InputError, check_tensor
 from ...layouts.state import check_ssm_layout
 from ...reference.delta_rule import check_pool_args
 from ...reference.gating import acc_dtype
 from .common import _log1p
 
-PAD_SLOT_ID = -1
 # Largest V tile. 32 as in vLLM; tests lower it to exercise several V blocks.
 BV_MAX = 32
 # Value checks on indices / cu_seqlens (one host sync). Off only for timing runs.

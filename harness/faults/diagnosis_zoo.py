@@ -7,15 +7,14 @@ class is checked against the fault's `diagnosis_class`, mapped onto the diagnosi
 vocabulary by `CATALOGUE_CLASSES`. The faults are only the test subjects here: no
 hypothesis uses their code.
 
-``python -m harness.diagnosis --zoo [--suite smoke] [--fault NAME] [--per-fault N] [--out FILE]``
+Command line: ``scripts/experiments/diagnosis_zoo.py --zoo [--suite smoke] [--fault NAME] [--per-fault N] [--out FILE]``
 """
 from __future__ import annotations
 
-import json
 import time
 from typing import Callable, Iterable, List, Optional
 
-from .core import CLASSES
+from harness.diagnosis.core import CLASSES
 
 # the catalogue's diagnosis_class strings -> CLASSES ids
 CATALOGUE_CLASSES = {
@@ -51,7 +50,7 @@ assert set(CATALOGUE_CLASSES.values()) <= set(CLASSES)
 
 
 def _fault_cases(suite: dict, fault, level: Optional[str] = None) -> list:
-    from ..faults.zoo import backend_cases, unchanged_ops
+    from harness.faults.zoo import backend_cases, unchanged_ops
     same = set(unchanged_ops(fault))
     return [c for c in backend_cases(suite, fault.target) if not (c.level == "op" and c.check in same)
             and level in (None, c.level)]
@@ -59,7 +58,9 @@ def _fault_cases(suite: dict, fault, level: Optional[str] = None) -> list:
 
 def diagnose_fault(fault, suite: dict, policy, backends, per_fault: int = 1, level: Optional[str] = None) -> dict:
     """Run `fault`'s cases until `per_fault` have failed; the diagnosis of each against the fault's class."""
-    from harness.run.runner import run_case
+    from harness import diagnosis
+    from harness.run.runner import run_case, use_diagnosis
+    use_diagnosis(diagnosis)
     want = CATALOGUE_CLASSES.get(fault.diagnosis_class)
     out = dict(fault=fault.name, diagnosis_class=fault.diagnosis_class, expected=want, cases=[])
     for case in _fault_cases(suite, fault, level):
@@ -138,8 +139,8 @@ def measure_heldout(suite_name: str = "smoke", faults: Optional[Iterable[str]] =
     """The held-out faults (`harness.faults.heldout`): each fault's first `per_fault`
     failing cases (of `level` only, when given) diagnosed and scored by `score_heldout`
     (the first one decides the fault)."""
-    from ..faults.heldout import HELDOUT_FAULTS
-    from ..optimized.interpret import interpret_triton
+    from harness.faults.heldout import HELDOUT_FAULTS
+    from harness.optimized.interpret import interpret_triton
     from harness.judge.policy import Policy
     from harness.run.runner import BackendCache, run_case
     from harness.cases.suite import load_suite
@@ -180,8 +181,8 @@ def measure(suite_name: str = "smoke", faults: Optional[Iterable[str]] = None, p
     """Per fault: its first detection(s) diagnosed; ``fraction`` = faults whose first
     detection's top hypothesis names the fault's class. `level` ("op" / "layer") keeps
     only that level's cases (how well each level's hypotheses do on their own)."""
-    from ..faults.catalogue import FAULTS
-    from ..optimized.interpret import interpret_triton
+    from harness.faults.catalogue import FAULTS
+    from harness.optimized.interpret import interpret_triton
     from harness.judge.policy import Policy
     from harness.run.runner import BackendCache
     from harness.cases.suite import load_suite
@@ -202,57 +203,3 @@ def measure(suite_name: str = "smoke", faults: Optional[Iterable[str]] = None, p
                 fraction=len(correct) / len(results) if results else 0.0,
                 case_fraction=(sum(c["correct"] for c in cases) / len(cases)) if cases else 0.0,
                 missed=[r["fault"] for r in results if not r["correct"]], wall_s=round(time.perf_counter() - t0, 1))
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m harness.diagnosis", description="diagnosis accuracy on the fault zoo")
-    ap.add_argument("--zoo", action="store_true", required=True, help="measure on the fault zoo")
-    ap.add_argument("--suite", default="smoke")
-    ap.add_argument("--fault", action="append", help="only these faults (repeatable)")
-    ap.add_argument("--per-fault", type=int, default=1, help="diagnose the first N failing cases of each fault")
-    ap.add_argument("--level", choices=["op", "layer"], default=None, help="only this level's cases")
-    ap.add_argument("--out", default=None, help="write the result as JSON here")
-    ap.add_argument("--min-fraction", type=float, default=0.0, help="exit 1 below this fraction")
-    ap.add_argument("--heldout", action="store_true",
-                    help="measure on the held-out faults (harness.faults.heldout) instead of the public zoo")
-    args = ap.parse_args(argv)
-    if args.heldout:
-        return _main_heldout(args)
-
-    def show(r):
-        first = r["cases"][0] if r["cases"] else {}
-        mark = "ok  " if r["correct"] else "MISS"
-        print(f"{mark} {r['fault']:36} want {r['expected']!s:24} got {first.get('top')!s:24} "
-              f"({sum(c['correct'] for c in r['cases'])}/{len(r['cases'])} cases; "
-              f"{first.get('diagnosis_s')} s) {first.get('case', '')[:80]}", flush=True)
-
-    res = measure(args.suite, args.fault, args.per_fault, show, args.level)
-    print(f"diagnosis names the fault class for {res['correct']}/{res['total']} faults "
-          f"({100 * res['fraction']:.0f} %) at their first {args.level or ''} detection; over all diagnosed cases "
-          f"{100 * res['case_fraction']:.0f} %; missed: {', '.join(res['missed']) or '-'}; {res['wall_s']} s")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1, default=str)
-    return 0 if res["fraction"] >= args.min_fraction else 1
-
-
-def _main_heldout(args) -> int:
-    def show(r):
-        c = r["cases"][0] if r["cases"] else {}
-        mark = "named" if r["named"] else "MISDESCRIBED" if r["misdescribed"] else "localised" if r["localised"] \
-            else "missed" if r["detected"] else "undetected"
-        print(f"{mark:12} {r['fault']:36} op {c.get('op')!s:40} top {c.get('top')!s:28} "
-              f"sig {'; '.join(c.get('signatures') or [])[:140]} ({c.get('diagnosis_s')} s)", flush=True)
-
-    res = measure_heldout(args.suite, args.fault, args.per_fault, show, args.level)
-    d = res["detected"] or 1
-    print(f"held-out: {res['detected']}/{res['total']} detected; named right {res['named']}/{res['detected']} "
-          f"({100 * res['named'] / d:.0f} %), localised right {res['localised']}/{res['detected']}, misdescribed "
-          f"{res['misdescribed']}/{res['detected']}; of {res['cases']} diagnosed cases "
-          f"{res['cases_with_op_and_structure']} name an op and a structure (hypothesis or signature), {res['cases_with_op_and_where']} an op and a "
-          f"structure or where the divergence starts; {res['wall_s']} s")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=1, default=str)
-    return 0 if res["named"] / d >= args.min_fraction else 1
