@@ -214,10 +214,11 @@ def attribute_layer(case, backend, policy, deadline: float) -> Optional[dict]:
 def _attribute_core(case, backend, ops, policy, core) -> Optional[dict]:
     found: Dict[str, dict] = {}
 
-    def checked_core(mixed_qkvz, mixed_ba, p, entries, conv_state, ssm_state, norm):
+    def checked_core(mixed_qkvz, mixed_ba, p, batch, conv_state, ssm_state, norm):
         conv0 = conv_state.detach().to("cpu", F64).clone()
         ssm0 = ssm_convert(ssm_state.detach().cpu(), backend.ssm_state_layout, "vk").to(F64).clone()
-        out = core(mixed_qkvz, mixed_ba, p, entries, conv_state, ssm_state, norm)
+        out = core(mixed_qkvz, mixed_ba, p, batch, conv_state, ssm_state, norm)
+        entries = batch.entries()
         if "first" in found:
             return out
         loc = p.local

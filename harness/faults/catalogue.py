@@ -106,8 +106,9 @@ class _TritonCore(TritonBackend):
         """The projection layout the core unpacks with."""
         return p.layout
 
-    def gdn_core(self, mixed_qkvz, mixed_ba, p, entries, conv_state, ssm_state, norm):
+    def gdn_core(self, mixed_qkvz, mixed_ba, p, batch, conv_state, ssm_state, norm):
         ops = self._ops()
+        entries = batch.entries()
         q, k, v, z, b, a = ops.unpack_qkvz_ba(mixed_qkvz, mixed_ba, p.local, self._layout(p))
         return self._run_core(ops, p, q, k, v, a, b, entries, conv_state, ssm_state, mixed_qkvz.shape[0],
                               mixed_qkvz.device)

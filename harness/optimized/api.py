@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from harness.batch import CoreBatch  # noqa: F401 - part of the plugin API (docs/backends.md)
 from ..errors import InputError
 
 OPS: Tuple[str, ...] = (
@@ -56,17 +57,6 @@ def gate_to(domain: str, g: torch.Tensor) -> torch.Tensor:
     if domain == "log2":
         return g * (1.0 / math.log(2.0))
     raise InputError("gate domain", "one of", "log / linear / log2", domain)
-
-
-@dataclass
-class CoreBatch:
-    """Batch metadata handed to `Backend.gdn_core` (vLLM's GDN attention metadata)."""
-    kinds: List[str]                        # per entry: prefill / decode / spec / pad
-    query_start_loc: torch.Tensor           # [N+1] token offsets of the entries
-    has_initial_state: torch.Tensor         # [N] bool
-    state_indices: torch.Tensor             # [N, num_spec+1] slots (column 0 for non-spec; -1 PAD)
-    num_accepted_tokens: torch.Tensor       # [N] (1 for non-spec entries)
-    num_spec: int
 
 
 class Backend:

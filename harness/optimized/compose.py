@@ -17,7 +17,7 @@ import torch
 from harness.layouts.projection import qkv_to_mixed, split_mixed_qkv
 from harness.layouts.tp import RankParams, local_mixed_ba
 from harness.reference.layer import migrate_spec_state
-from harness.batch import PAD_SLOT_ID, EntryPlan
+from harness.batch import PAD_SLOT_ID, CoreBatch, EntryPlan
 from harness.config import NormConfig
 
 
@@ -47,7 +47,8 @@ def backend_step(ops, p: RankParams, mixed_qkvz: torch.Tensor, mixed_ba: torch.T
     mixed_ba = local_mixed_ba(p, mixed_ba)
     q, k, v, z, b, a = ops.unpack_qkvz_ba(mixed_qkvz, mixed_ba, loc, p.layout)
     if core_entry is not None:
-        core = core_entry(mixed_qkvz, mixed_ba, p, entries, conv_state, ssm_state, norm)
+        core = core_entry(mixed_qkvz, mixed_ba, p, CoreBatch.from_plan(entries, num_spec, dev), conv_state,
+                          ssm_state, norm)
     else:
         core = core_step(ops, p, qkv_to_mixed(q, k, v), a, b, entries, conv_state, ssm_state,
                      ssm_state_layout, decode_path, T, dev)
