@@ -58,14 +58,3 @@ def check_tensor(
     if device is not None and t.device != torch.device(device):
         raise InputError(name, "device", torch.device(device), t.device)
     return t
-
-
-def check_same_device(**tensors: Optional[torch.Tensor]) -> None:
-    """All given tensors (None skipped) live on one device."""
-    items = [(n, t) for n, t in tensors.items() if t is not None]
-    if not items:
-        return
-    first_name, first = items[0]
-    for n, t in items[1:]:
-        if t.device != first.device:
-            raise InputError(n, f"device (same as {first_name})", first.device, t.device)

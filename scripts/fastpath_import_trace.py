@@ -46,7 +46,7 @@ def main():
     for m in args.module or MODULES:
         try:
             importlib.import_module(m)
-        except Exception as e:  # noqa: BLE001  the trace reports, never stops
+        except Exception as e:  # noqa: BLE001 - the trace reports, never stops
             failed[m] = f"{type(e).__name__}: {e}"
     new = sorted({m.split(".")[0] for m in set(sys.modules) - before if not m.startswith("_")}
                  - set(sys.stdlib_module_names))

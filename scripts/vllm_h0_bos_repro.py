@@ -21,7 +21,7 @@ storage = torch.randn(8, HV, V, K, device=dev)          # rows 3.. are not the s
 h0 = storage[:N]
 o, _ = fused_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=h0, inplace_final_state=False,
                                         cu_seqlens=cu, use_qk_l2norm_in_kernel=True)
-f64 = lambda t: t.double()  # noqa: E731
+f64 = lambda t: t.double()
 want, _ = ref(f64(q), f64(k), f64(v), f64(g), f64(beta), initial_state=f64(h0), cu_seqlens=cu,
               use_qk_l2norm_in_kernel=True)
 bos_rows = storage[cu[:-1].long()]                      # what the kernel reads

@@ -53,7 +53,7 @@ def fi_chunk_gated_delta_rule(q, k, v, g=None, beta=None, scale=None, initial_st
                               max_seqlen=None):
     assert cu_seqlens is not None, "cu_seqlens is required for varlen mode"
     assert q.dim() == 3 and g.dtype == F32 and beta.dtype == F32
-    T, HV, D = q.shape[0], v.shape[1], q.shape[2]
+    HV, D = v.shape[1], q.shape[2]
     assert v.shape[2] == D, "state is [.., head_size, head_size]"
     N = cu_seqlens.shape[0] - 1
     log_g = torch.log(g)                              # FlashInfer's g is the decay alpha

@@ -2,24 +2,24 @@
 BLOCK=8 is wrong: pinned runs the pinned config and benchmarks nothing, sweep runs every
 config and fails the case naming the bad one, records say which config ran; the per-phase
 breakdown (harness/run/phases.py) is in every record."""
-from tests.triton_device import DEVICE  # noqa: E402  (before triton's first import)
+from tests.triton_device import DEVICE
 
-import json  # noqa: E402
+import json
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
+import pytest
+import torch
+import triton
+import triton.language as tl
 
-from harness.run import autotune  # noqa: E402
-from harness.tools.bench import suite_breakdown, suite_breakdown_markdown  # noqa: E402
-from harness.cases.case import Case  # noqa: E402
-from harness.config import get_preset  # noqa: E402
-from harness.optimized.triton_backend import TritonBackend  # noqa: E402
-from harness.run.phases import PHASES, Phases  # noqa: E402
-from harness.judge.policy import Policy  # noqa: E402
-from harness.reference.gating import fused_gdn_gating  # noqa: E402
-from harness.run.runner import run_case  # noqa: E402
+from harness.run import autotune
+from harness.tools.bench import suite_breakdown, suite_breakdown_markdown
+from harness.cases.case import Case
+from harness.config import get_preset
+from harness.optimized.triton_backend import TritonBackend
+from harness.run.phases import PHASES, Phases
+from harness.judge.policy import Policy
+from harness.reference.gating import fused_gdn_gating
+from harness.run.runner import run_case
 
 DIMS = get_preset("qwen3.5-27b").shrink(H=2, K=12, V=20)
 CONFIGS = [triton.Config({"BLOCK": 4}), triton.Config({"BLOCK": 8}), triton.Config({"BLOCK": 16})]

@@ -17,17 +17,17 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")   # before fla's kernels are jitted
 
-import pytest  # noqa: E402
+import pytest
 
-from harness.config import GDNDims  # noqa: E402
-from harness.judge.compare import compare  # noqa: E402
-from harness.cases.opcheck import OP_INFOS, run_op_case  # noqa: E402
-from harness.optimized.registry import load_backend  # noqa: E402
-from harness.judge.policy import Policy  # noqa: E402
-from harness.reference import conv as ref_conv  # noqa: E402
-from harness.reference import delta_rule as ref_dr  # noqa: E402
-from harness.reference import gating as ref_gating  # noqa: E402
-from harness.reference import norm as ref_norm  # noqa: E402
+from harness.config import GDNDims
+from harness.judge.compare import compare
+from harness.cases.opcheck import OP_INFOS, run_op_case
+from harness.optimized.registry import load_backend
+from harness.judge.policy import Policy
+from harness.reference import conv as ref_conv
+from harness.reference import delta_rule as ref_dr
+from harness.reference import gating as ref_gating
+from harness.reference import norm as ref_norm
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
@@ -84,7 +84,7 @@ def _delta(lengths, H=2, r=2, K=8, V=12, dtype=torch.float32, seed=0, batched=Fa
     g = -torch.rand(B, T, HV, generator=G) * 2.0
     beta = torch.rand(B, T, HV, generator=G)
     cu = None if batched else torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
-    to = lambda x: x.to(DEV, dtype)  # noqa: E731
+    to = lambda x: x.to(DEV, dtype)
     return to(q), to(k), to(v), g.to(DEV), to(beta), None if cu is None else cu.to(DEV)
 
 
@@ -99,7 +99,7 @@ def _close(a, b, rtol=2e-5, atol=2e-5):
 
 def _ref(fn, *args, **kw):
     """The reference on fp64 copies (tensors upcast, index tensors kept)."""
-    up = lambda x: x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x  # noqa: E731
+    up = lambda x: x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
     return fn(*[up(a) for a in args], **{k: up(v) for k, v in kw.items()})
 
 

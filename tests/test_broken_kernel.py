@@ -1,13 +1,13 @@
 """A deliberately broken Triton kernel - the recurrent state stored [K, V] in a [V, K]
 pool (the NPU incident) - fails, and the report names the output and the location."""
 
-from tests.triton_device import DEVICE  # noqa: E402  (before triton's first import)
+from tests.triton_device import DEVICE
 
-from harness.cases.case import Case  # noqa: E402
-from harness.config import get_preset  # noqa: E402
-from harness.optimized.triton_kernels import recurrent  # noqa: E402
-from harness.judge.policy import Policy  # noqa: E402
-from harness.run.runner import run_case  # noqa: E402
+from harness.cases.case import Case
+from harness.config import get_preset
+from harness.optimized.triton_kernels import recurrent
+from harness.judge.policy import Policy
+from harness.run.runner import run_case
 
 DIMS = get_preset("qwen3.5-27b").shrink(H=2, K=12, V=20)     # K != V: a transpose cannot hide
 

@@ -10,9 +10,9 @@ import torch
 
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
-from harness.evals import canary_train as ct  # noqa: E402
-from harness.evals.hf_model import gdn_dims  # noqa: E402
-from harness.layouts.weights import convert_checkpoint  # noqa: E402
+from harness.evals import canary_train as ct
+from harness.evals.hf_model import gdn_dims
+from harness.layouts.weights import convert_checkpoint
 
 # Held-out problems answered in the accuracy tests: enough for >= 0.9 to mean something,
 # few enough for seconds on one CPU thread.

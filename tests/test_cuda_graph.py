@@ -21,7 +21,7 @@ def _backend():
         pytest.skip("CUDA graphs need a CUDA device (this machine has none)")
     try:
         be = load_backend(BACKEND)
-    except Exception as e:               # backend not installed here
+    except Exception as e:  # noqa: BLE001 - backend not installed here
         pytest.skip(f"backend {BACKEND} does not load: {e}")
     why = why_not(be, "cuda") or be.unavailable("cuda")
     if why:

@@ -37,7 +37,7 @@ def test_batched_b_gt_1_equals_varlen():
     d = make_delta_inputs(dims, [20, 20], seed=1)
     o_v, s_v = recurrent_gated_delta_rule(d["q"], d["k"], d["v"], d["g"], d["beta"],
                                           initial_state=d["initial_state"], cu_seqlens=d["cu_seqlens"])
-    fold = lambda x: x.reshape(2, 20, *x.shape[2:])  # noqa: E731
+    fold = lambda x: x.reshape(2, 20, *x.shape[2:])
     o_b, s_b = recurrent_gated_delta_rule(*(fold(d[k]) for k in ("q", "k", "v", "g", "beta")),
                                           initial_state=d["initial_state"])
     assert torch.equal(o_b.reshape(o_v.shape), o_v) and torch.equal(s_b, s_v)

@@ -8,21 +8,21 @@ import json
 import re
 from pathlib import Path
 
-from tests.triton_device import DEVICE  # noqa: E402  (before triton's first import)
+from tests.triton_device import DEVICE
 
-import pytest  # noqa: E402
+import pytest
 
-from harness import diagnosis  # noqa: E402
-from harness.cases.case import Case  # noqa: E402
-from harness.faults.diagnosis_zoo import CATALOGUE_CLASSES  # noqa: E402
-from harness.faults import catalogue  # noqa: E402
-from harness.faults.catalogue import FAULTS  # noqa: E402
-from harness.optimized.reference_backend import ReferenceBackend  # noqa: E402
-from harness.judge.policy import Policy  # noqa: E402
-from harness.report.results import summary_markdown  # noqa: E402
-from harness.report.junit import failure_body, failure_message  # noqa: E402
-from harness.run.runner import BackendCache, run_case  # noqa: E402
-from harness.cases.suite import parse_dims  # noqa: E402
+from harness import diagnosis
+from harness.cases.case import Case
+from harness.faults.diagnosis_zoo import CATALOGUE_CLASSES
+from harness.faults import catalogue
+from harness.faults.catalogue import FAULTS
+from harness.optimized.reference_backend import ReferenceBackend
+from harness.judge.policy import Policy
+from harness.report.results import summary_markdown
+from harness.report.junit import failure_body, failure_message
+from harness.run.runner import BackendCache, run_case
+from harness.cases.suite import parse_dims
 
 DIMS = parse_dims("qwen3.5-27b:shrunk:H=2,K=12,V=20")     # the smoke suite's op dims (r = 3, K != V)
 POLICY = Policy()

@@ -8,8 +8,8 @@ import json
 import pytest
 
 pytest.importorskip("lm_eval")
-from harness.cli import main  # noqa: E402
-from harness.evals.canary_train import QWEN35_DIR, QWEN3NEXT_DIR  # noqa: E402
+from harness.cli import main
+from harness.evals.canary_train import QWEN35_DIR, QWEN3NEXT_DIR
 
 FAULT = "harness.faults.catalogue:InterleavedCoreOnFlat"
 pytestmark = pytest.mark.skipif(not (QWEN35_DIR / "model.safetensors").is_file(),

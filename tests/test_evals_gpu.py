@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
+from tests.test_evals_model import ARCHS, REL_LOGITS, _prompts, hf_torch  # noqa: F401 - hf_torch: a fixture, used by name
+from tests.tiny_gdn_models import make_model_dir
+
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
-
-from tests.test_evals_model import ARCHS, REL_LOGITS, _prompts, hf_torch  # noqa: E402,F401
-from tests.tiny_gdn_models import make_model_dir  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def no_tf32(monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_reference_logits_equal_transformers_on_cuda(arch, model_dirs, hf_torch, no_tf32):
+def test_reference_logits_equal_transformers_on_cuda(arch, model_dirs, hf_torch, no_tf32):  # noqa: F811 - the fixture imported above
     from harness.evals.hf_model import load_model
     hm = load_model(model_dirs[arch], backend=None, device="cuda")
     prompts = _prompts(hm.config.vocab_size)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("lm_eval")
-from harness.cli import main  # noqa: E402
-from harness.evals.gsm8k import TASK, summarize, task_config, wilson_lower  # noqa: E402
-from tests.tiny_gdn_models import make_model_dir  # noqa: E402
+from harness.cli import main
+from harness.evals.gsm8k import TASK, summarize, task_config, wilson_lower
+from tests.tiny_gdn_models import make_model_dir
 
 FAULT = "harness.faults.catalogue:InterleavedCoreOnFlat"
 QUESTIONS = [("What is 3 plus 4?", "3+4=7\n#### 7"), ("What is 12 minus 5?", "12-5=7\n#### 7"),

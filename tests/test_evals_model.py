@@ -9,8 +9,8 @@ from harness.errors import ConfigError, InputError
 from tests.tiny_gdn_models import make_model_dir
 
 pytest.importorskip("transformers")
-from harness.evals.canary_train import hf_torch_gdn  # noqa: E402
-from harness.evals.hf_model import HarnessGDN, gdn_modules, load_model  # noqa: E402
+from harness.evals.canary_train import hf_torch_gdn
+from harness.evals.hf_model import HarnessGDN, gdn_modules, load_model
 
 ARCHS = ("qwen3_5", "qwen3_next")
 # fp32 logits, ours vs transformers: both chunk the prefill delta rule (different forms:

@@ -157,7 +157,7 @@ def zero_draft_conv_case(fn, device="cpu"):
     w = torch.ones(dim, W, device=device)
     x = torch.full((1, dim), 100.0, device=device)
     st = state.clone()
-    ids = lambda *v: torch.tensor(v, dtype=torch.int32, device=device)  # noqa: E731
+    ids = lambda *v: torch.tensor(v, dtype=torch.int32, device=device)
     y = fn(x, st, w, None, None, conv_state_indices=ids(0), num_accepted_tokens=ids(3), query_start_loc=ids(0, 1))
     assert torch.equal(y[0], state[0, :, 2:4].sum(-1) + 100.0)
     assert torch.equal(st[0, :, :2], torch.stack([state[0, :, 3], x[0]], dim=-1))

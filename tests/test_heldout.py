@@ -1,17 +1,17 @@
 """The held-out fault set: separate from the public zoo, each fault buildable and carrying
 what a right diagnosis names, and the scoring of a diagnosed case (one cheap op case)."""
-from tests.triton_device import DEVICE  # noqa: E402  (before triton's first import)
+from tests.triton_device import DEVICE
 
-from harness.cases.case import Case  # noqa: E402
-from harness.diagnosis import CLASSES  # noqa: E402
-from harness.diagnosis.signatures import KINDS  # noqa: E402
-from harness.faults.diagnosis_zoo import score_heldout  # noqa: E402
-from harness.faults.catalogue import FAULTS  # noqa: E402
-from harness.faults.heldout import HELDOUT_FAULTS  # noqa: E402
-from harness.optimized.api import OPS  # noqa: E402
-from harness.judge.policy import Policy  # noqa: E402
-from harness.run.runner import BackendCache, run_case  # noqa: E402
-from harness.cases.suite import parse_dims  # noqa: E402
+from harness.cases.case import Case
+from harness.diagnosis import CLASSES
+from harness.diagnosis.signatures import KINDS
+from harness.faults.diagnosis_zoo import score_heldout
+from harness.faults.catalogue import FAULTS
+from harness.faults.heldout import HELDOUT_FAULTS
+from harness.optimized.api import OPS
+from harness.judge.policy import Policy
+from harness.run.runner import BackendCache, run_case
+from harness.cases.suite import parse_dims
 
 
 def test_heldout_set_is_separate_and_well_formed():

@@ -102,14 +102,14 @@ def _hf_torch_fn(*names):
         fn = getattr(mod, name, None)
         if fn is not None:
             return fn
-    import transformers  # noqa: PLC0415
+    import transformers
     pytest.skip(f"transformers {transformers.__version__} qwen3_next has none of {names}")
 
 
 def _fla_naive():
     try:
-        import fla.ops.gated_delta_rule.naive as naive  # noqa: PLC0415
-    except Exception as e:  # ImportError, or triton / driver errors at import time
+        import fla.ops.gated_delta_rule.naive as naive
+    except Exception as e:  # noqa: BLE001 - ImportError, or triton / driver errors at import time
         pytest.skip(f"fla not importable: {type(e).__name__}: {e}")
     return naive
 

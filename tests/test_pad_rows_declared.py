@@ -2,17 +2,17 @@
 then only real rows are compared, the record and the report say so, and any other fault
 still fails and is named."""
 
-from tests.triton_device import DEVICE  # noqa: E402  (before triton's first import)
+from tests.triton_device import DEVICE
 
-import pytest  # noqa: E402
+import pytest
 
-from harness.cases.case import Case  # noqa: E402
-from harness.faults import catalogue  # noqa: E402
-from harness.judge.policy import Policy  # noqa: E402
-from harness.report.results import summary_markdown  # noqa: E402
-from harness.run.runner import BackendCache, run_case  # noqa: E402
-from harness.cases.suite import parse_dims  # noqa: E402
-from tests.test_diagnosis import QkHeadModHPadGarbage  # noqa: E402
+from harness.cases.case import Case
+from harness.faults import catalogue
+from harness.judge.policy import Policy
+from harness.report.results import summary_markdown
+from harness.run.runner import BackendCache, run_case
+from harness.cases.suite import parse_dims
+from tests.test_diagnosis import QkHeadModHPadGarbage
 
 DIMS = parse_dims("qwen3.5-27b:shrunk:H=2,K=12,V=20")
 POLICY = Policy()

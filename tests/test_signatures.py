@@ -170,7 +170,7 @@ def test_norm_shape_groupwise_rescale():
 def test_gate_response_curve():
     z = _t(64, 8) * 2
     e = _t(64, 8, seed=9)
-    ratio = lambda z: torch.sigmoid(z) / torch.nn.functional.silu(z)    # noqa: E731
+    ratio = lambda z: torch.sigmoid(z) / torch.nn.functional.silu(z)
     a = e * ratio(z)
     sig = S.gate_response("y", a, e, z, TOL, curves={"sigmoid instead of silu": ratio})
     assert sig and sig.where["curve"] == "sigmoid instead of silu"

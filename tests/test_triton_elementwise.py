@@ -4,22 +4,22 @@ Without a GPU the kernels run under the Triton interpreter (numpy), so shapes st
 """
 import torch
 
-from tests.triton_device import CUDA, DEVICE  # noqa: E402  (before triton's first import)
+from tests.triton_device import CUDA, DEVICE
 
-import pytest  # noqa: E402
+import pytest
 
 pytest.importorskip("triton")
 
-from harness.config import GDNDims  # noqa: E402
-from harness.errors import ConfigError, InputError  # noqa: E402
-from harness.layouts import projection as ref_proj  # noqa: E402
-from harness.optimized.triton_kernels import conv as tk_conv  # noqa: E402
-from harness.optimized.triton_kernels import gating as tk_gating  # noqa: E402
-from harness.optimized.triton_kernels import norm as tk_norm  # noqa: E402
-from harness.optimized.triton_kernels import unpack as tk_unpack  # noqa: E402
-from harness.reference import conv as ref_conv  # noqa: E402
-from harness.reference import gating as ref_gating  # noqa: E402
-from harness.reference import norm as ref_norm  # noqa: E402
+from harness.config import GDNDims
+from harness.errors import ConfigError, InputError
+from harness.layouts import projection as ref_proj
+from harness.optimized.triton_kernels import conv as tk_conv
+from harness.optimized.triton_kernels import gating as tk_gating
+from harness.optimized.triton_kernels import norm as tk_norm
+from harness.optimized.triton_kernels import unpack as tk_unpack
+from harness.reference import conv as ref_conv
+from harness.reference import gating as ref_gating
+from harness.reference import norm as ref_norm
 
 DEV = torch.device(DEVICE)
 

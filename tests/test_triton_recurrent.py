@@ -14,13 +14,13 @@ Tolerances, all against the reference fed the very same inputs:
 """
 import torch
 
-from tests.triton_device import DEVICE as DEV  # noqa: E402  (before triton's first import)
+from tests.triton_device import DEVICE as DEV
 
-import pytest  # noqa: E402
+import pytest
 
-from harness.errors import InputError  # noqa: E402
-from harness.reference import delta_rule as ref  # noqa: E402
-from harness.optimized.triton_kernels import recurrent as tri  # noqa: E402
+from harness.errors import InputError
+from harness.reference import delta_rule as ref
+from harness.optimized.triton_kernels import recurrent as tri
 
 IN_DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEV == "cuda" else [])
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2 ** -10, atol=1e-5),
@@ -47,7 +47,7 @@ def delta_inputs(lengths, H, r, K, V, dtype, seed=0, batched=False):
     g = -torch.rand(B, T, HV, generator=G) * 2.0
     beta = torch.rand(B, T, HV, generator=G)
     cu = None if batched else torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device=DEV)
-    cast = lambda x: x.to(DEV, dtype)  # noqa: E731
+    cast = lambda x: x.to(DEV, dtype)
     return cast(q), cast(k), cast(v), cast(g), cast(beta), cu
 
 
@@ -213,7 +213,7 @@ def test_bad_indices_raise_like_reference():
     q, k, v, g, beta, cu = delta_inputs([2, 1], 1, 1, 8, 8, torch.float32, seed=51)
     q3, k3, v3, g3, b3, cu3 = delta_inputs([3, 1], 1, 1, 8, 8, torch.float32, seed=53)
     pool = state((4, 1, 8, 8), torch.float32, 52)
-    t = lambda *x: torch.tensor(x, device=DEV)  # noqa: E731
+    t = lambda *x: torch.tensor(x, device=DEV)
     two = t([0, 1], [2, 3])
     cases = [
         ((q, k, v, g, beta, cu), dict(ssm_state_indices=two, num_accepted_tokens=t(1, 3))),   # read col 2

@@ -8,17 +8,17 @@ import json
 import os
 from pathlib import Path
 
-from tests.triton_device import DEVICE  # noqa: E402  (before triton's first import)
+from tests.triton_device import DEVICE
 
-import pytest  # noqa: E402
+import pytest
 
-from harness.cli import main as cli_main  # noqa: E402
-from harness.faults.catalogue import FAULTS, class_name  # noqa: E402
-from harness.faults.mutate import MutationError, apply_replacements, kernel_module, mutate  # noqa: E402
-from harness.faults import zoo as zoo_module  # noqa: E402
-from harness.faults.zoo import run_zoo  # noqa: E402
-from harness.optimized.registry import load_backend  # noqa: E402
-from harness.cases.suite import load_suite  # noqa: E402
+from harness.cli import main as cli_main
+from harness.faults.catalogue import FAULTS, class_name
+from harness.faults.mutate import MutationError, apply_replacements, kernel_module, mutate
+from harness.faults import zoo as zoo_module
+from harness.faults.zoo import run_zoo
+from harness.optimized.registry import load_backend
+from harness.cases.suite import load_suite
 
 JOBS = int(os.environ.get("GDN_ZOO_JOBS", min(2, os.cpu_count() or 1)))
 

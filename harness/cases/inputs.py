@@ -94,7 +94,7 @@ def make_delta_inputs(dims: GDNDims, lengths: List[int], seed: int = 0, initial_
     gen = _gen(seed)
     w = make_small_params(dims, seed)
     T = sum(lengths)
-    rnd = lambda *shape: torch.randn(*shape, dtype=torch.float64, generator=gen)  # noqa: E731
+    rnd = lambda *shape: torch.randn(*shape, dtype=torch.float64, generator=gen)
     g, beta = fused_gdn_gating(w["A_log"], rnd(1, T, dims.HV), rnd(1, T, dims.HV), w["dt_bias"])
     out = dict(q=rnd(1, T, dims.H, dims.K), k=rnd(1, T, dims.H, dims.K), v=rnd(1, T, dims.HV, dims.V),
                g=g, beta=beta, cu_seqlens=torch.tensor([0] + list(torch.tensor(lengths).cumsum(0).tolist())),

@@ -66,7 +66,7 @@ def full_weight_projection_pairs(sc: Scenario, inp, unpacked, device) -> List[Pa
         h = inp.hidden[s].to(device)
         full = [t.cpu() for t in unpack_qkvz_ba(h @ w_qkvz.T, h @ w_ba.T, sc.dims, sc.layout)]
         for name, idx in (("qkvz", (0, 1, 2, 3)), ("ba", (4, 5))):
-            flat = lambda ts: torch.cat([ts[i].reshape(ts[i].shape[0], -1) for i in idx], dim=1)  # noqa: E731
+            flat = lambda ts: torch.cat([ts[i].reshape(ts[i].shape[0], -1) for i in idx], dim=1)
             pairs.append((f"step{s}.proj_{name}", flat(got), flat(full), 0, "tp.projections"))
     return pairs
 

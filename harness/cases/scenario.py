@@ -227,10 +227,6 @@ class Scenario:
         return plans
 
 
-def step_tokens(plan: List[EntryPlan]) -> int:
-    return plan[-1].eos if plan else 0
-
-
 def mixed_scenario(dims: GDNDims, layout: str = "flat", tp: int = 1, seed: int = 0,
                    num_spec: int = 2, long: int = 70, **kw) -> Scenario:
     """Three steps mixing every kind: fresh and continued prefills (one of 1 token, one
@@ -266,8 +262,8 @@ def _mix_zero_draft():
     K 1-2 after the first spec step), accepted drafts followed by zero-draft decodes, and
     spec steps again after those (vllm #39273: ngram / prompt-lookup proposers return no
     drafts for some requests some steps)."""
-    spec = lambda s, n, acc: {"seq": s, "kind": "spec", "tokens": n, "accepted": acc}  # noqa: E731
-    dec = lambda s: {"seq": s, "kind": "decode"}  # noqa: E731
+    spec = lambda s, n, acc: {"seq": s, "kind": "spec", "tokens": n, "accepted": acc}
+    dec = lambda s: {"seq": s, "kind": "decode"}
     return [[{"seq": 0, "kind": "prefill", "tokens": 5}, {"seq": 1, "kind": "prefill", "tokens": 3},
              {"seq": 2, "kind": "prefill", "tokens": 1}, dec(3)],
             [spec(0, 4, 3), spec(1, 2, 2), spec(2, 3, 1), spec(3, 3, 3)],
@@ -279,8 +275,8 @@ def _mix_zero_draft():
 def _mix_pad_slot0():
     """PAD rows around the sequence that owns slot 0 (its conv slot and ssm column 0) in
     every step - prefill, decode, spec, zero-draft decode - in the same kernel calls as it."""
-    spec = lambda s, n, acc: {"seq": s, "kind": "spec", "tokens": n, "accepted": acc}  # noqa: E731
-    dec = lambda s: {"seq": s, "kind": "decode"}  # noqa: E731
+    spec = lambda s, n, acc: {"seq": s, "kind": "spec", "tokens": n, "accepted": acc}
+    dec = lambda s: {"seq": s, "kind": "decode"}
     pad = {"kind": "pad"}
     return [[pad, {"seq": 0, "kind": "prefill", "tokens": 6}, pad, dec(1), {"seq": 2, "kind": "prefill", "tokens": 1}],
             [pad, dec(0), dec(1), pad, dec(2)],

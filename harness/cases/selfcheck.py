@@ -240,7 +240,7 @@ def check_device_agreement(c: Case) -> List[Pair]:
     dev = {k: (v.to(c.device) if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
     pairs = []
     for fn in (recurrent_gated_delta_rule, chunk_gated_delta_rule):
-        kw = lambda x: dict(initial_state=x["initial_state"], cu_seqlens=x["cu_seqlens"],  # noqa: E731
+        kw = lambda x: dict(initial_state=x["initial_state"], cu_seqlens=x["cu_seqlens"],
                             use_qk_l2norm_in_kernel=True)
         o_c, s_c = fn(d["q"], d["k"], d["v"], d["g"], d["beta"], **kw(d))
         o_d, s_d = fn(dev["q"], dev["k"], dev["v"], dev["g"], dev["beta"], **kw(dev))

@@ -12,7 +12,6 @@ import shlex
 import signal
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import List, Optional
 
@@ -20,7 +19,7 @@ from harness.tools.bisect import add_parser as add_bisect_parser
 from harness.config import PRESET_LAYOUT, PRESETS
 from harness.diagnosis.cli import add_diagnosis_arguments, apply_diagnosis_arguments, print_hypotheses
 from harness.errors import HarnessError
-from harness.report.paths import DEFAULT_REPORTS, find_case, point_latest, report_dir as new_report_dir
+from harness.report.paths import find_case, point_latest, report_dir as new_report_dir
 from harness.tools.bench import add_parser as add_bench_parser
 from harness.evals.gsm8k import add_parser as add_gsm8k_parser
 from harness.faults.zoo import add_parser as add_zoo_parser

@@ -176,7 +176,7 @@ def _contiguous_conv(c: LayerContext):
     from ..layouts.tp import gather_conv_channels, shard_rows
     w = c.inp.weights
     tp = c.sc.tp
-    cat = lambda t: None if t is None else gather_conv_channels(  # noqa: E731
+    cat = lambda t: None if t is None else gather_conv_channels(
         [shard_rows(t, tp, r) for r in range(tp)], c.sc.dims, dim=0)
     return dataclasses.replace(w, conv_weight=cat(w.conv_weight), conv_bias=cat(w.conv_bias))
 

@@ -18,7 +18,6 @@ RECURRENT_OPS = ("fused_recurrent_gated_delta_rule", "fused_sigmoid_gating_delta
 DELTA_OPS = RECURRENT_OPS + ("chunk_gated_delta_rule",)
 GATED_OPS = ("fused_gdn_gating", "fused_sigmoid_gating_delta_rule_update",
              "fused_recurrent_gated_delta_rule_packed_decode")
-CONV_OPS = ("causal_conv1d_fn", "causal_conv1d_update")
 CONTIGUOUS = "_read_contiguous"      # pseudo-op key: inputs read ignoring their strides
 
 
@@ -244,7 +243,7 @@ def checkpoint_variant(kind: str) -> dict:
 
 def call_op(op: str, kw: dict, ops: dict):
     """The op of `kw` composed from reference ops, each replaceable through `ops`."""
-    get = lambda name, default: ops.get(name, default)  # noqa: E731
+    get = lambda name, default: ops.get(name, default)
     if op == "fused_recurrent_gated_delta_rule":
         return get(V.RECURRENT, ref.recurrent_gated_delta_rule)(**kw)
     if op == "fused_sigmoid_gating_delta_rule_update":

@@ -135,7 +135,7 @@ def per_question(runs: Dict[str, dict], baseline: str, tokenizer) -> List[dict]:
                 continue
             i = _first_divergence(toks[baseline], toks[b])
             if i is not None:
-                pick = lambda ts: (None if i >= len(ts) else [ts[i], tokenizer.decode([ts[i]])])  # noqa: E731
+                pick = lambda ts: (None if i >= len(ts) else [ts[i], tokenizer.decode([ts[i]])])
                 row["divergence"][b] = dict(index=i, baseline_token=pick(toks[baseline]), token=pick(toks[b]))
         row["tokens_agree"] = not row["divergence"]
         row["answers_agree"] = len({(a["strict"], a["flexible"]) for a in row["answers"].values()}) == 1
@@ -314,7 +314,7 @@ def cmd_gsm8k(args) -> int:
             runs[b] = run_backend(hm, tokenizer, b, cfg, args)
         except HarnessError:
             raise
-        except Exception as e:     # a crashing backend fails the gate; the report is still written
+        except Exception as e:  # noqa: BLE001 - a crashing backend fails the gate; the report is still written
             runs[b] = dict(samples={}, seconds=0.0, generations={}, filled_ops=[], error=f"{type(e).__name__}: {e}")
     ok_runs = {b: r for b, r in runs.items() if not r.get("error")}
     base = baseline if baseline in ok_runs else next(iter(ok_runs), None)

@@ -15,13 +15,13 @@ from . import set_offline
 
 set_offline()
 
-import torch  # noqa: E402
-from lm_eval.api.model import TemplateLM  # noqa: E402
-from lm_eval.api.registry import register_model  # noqa: E402
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window  # noqa: E402
+import torch  # noqa: E402 - after set_offline(): HF libraries read the offline switch at import
+from lm_eval.api.model import TemplateLM  # noqa: E402 - as above
+from lm_eval.api.registry import register_model  # noqa: E402 - as above
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window  # noqa: E402 - as above
 
-from ..errors import ConfigError  # noqa: E402
-from .hf_model import HarnessModel, load_model, text_config  # noqa: E402
+from ..errors import ConfigError  # noqa: E402 - as above
+from .hf_model import HarnessModel, load_model, text_config  # noqa: E402 - as above
 
 
 @register_model("gdn-harness", "gdn_harness")

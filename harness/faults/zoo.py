@@ -95,7 +95,7 @@ def run_task(task: dict, on_case_start: Optional[Callable[[str], None]] = None) 
                time_to_first_kill_s=None, records=[])
     try:
         backends.get(task["target"])
-    except Exception as e:          # a fault that cannot be built is broken, not killed
+    except Exception as e:  # noqa: BLE001 - a fault that cannot be built is broken, not killed
         out["broken"] = f"{type(e).__name__}: {e}"
         out["wall_s"] = round(time.perf_counter() - t0, 3)
         return out
@@ -158,7 +158,7 @@ def _tasks(suite: dict, base_names: Sequence[str], faults: list, device: str, st
         if skip_unchanged:
             try:
                 same = set(unchanged_ops(f))
-            except Exception:       # cannot be built: the worker reports it broken
+            except Exception:  # noqa: BLE001 - cannot be built: the worker reports it broken
                 same = set()
             cases = [c for c in cases if not (c.level == "op" and c.check in same)]
         fault_tasks.append(dict(kind="fault", name=f.name, target=f.target, cases=[c.to_dict() for c in cases],

@@ -138,7 +138,7 @@ def local_mixed_ba(p: RankParams, mixed_ba: torch.Tensor) -> torch.Tensor:
     start, count = p.ba_heads
     lead = mixed_ba.shape[:-1]
     b, a = b[..., start:start + count], a[..., start:start + count]
-    zeros = lambda n, d: mixed_ba.new_zeros(*lead, n, d)  # noqa: E731  q/k/v/z are not used here
+    zeros = lambda n, d: mixed_ba.new_zeros(*lead, n, d)
     loc = p.local
     _, ba = pack_qkvz_ba(zeros(loc.H, loc.K), zeros(loc.H, loc.K), zeros(loc.HV, loc.V), zeros(loc.HV, loc.V),
                          b, a, loc, p.layout)

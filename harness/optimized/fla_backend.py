@@ -376,14 +376,14 @@ class FlaBackend(Backend):
             qsl = [int(c) for c in query_start_loc.tolist()]
             spans = list(zip(qsl, qsl[1:]))
             dim = x.shape[1]
-            tokens = lambda i: x[spans[i][0]:spans[i][1]]           # noqa: E731  [L, dim]
+            tokens = lambda i: x[spans[i][0]:spans[i][1]]
         else:
             if x.dim() not in (2, 3):
                 raise InputError("x", "shape", "[B, dim] or [B, dim, seqlen]", tuple(x.shape))
             dim = x.shape[1]
             xs = x if x.dim() == 3 else x.unsqueeze(-1)
             spans = [None] * x.shape[0]
-            tokens = lambda i: xs[i].T                               # noqa: E731  [L, dim]
+            tokens = lambda i: xs[i].T
         Bn = len(spans)
         W = check_conv_args(dim, weight, bias, conv_state, "conv_state")
         L_state = conv_state.shape[2]

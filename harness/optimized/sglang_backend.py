@@ -172,7 +172,7 @@ class SglangBackend(Backend):
         dtype = initial_state.dtype if initial_state is not None else torch.float32
         pool = (initial_state.clone().contiguous() if initial_state is not None
                 else torch.zeros(N, HV, V, K, dtype=dtype, device=q.device))
-        one = lambda t: flat(t)[None]            # noqa: E731  [1, T, ...]
+        one = lambda t: flat(t)[None]
         res = self.dispatcher(K, V, dtype).extend(
             one(q), one(k), one(v), one(g), one(beta), ssm_states=pool,
             cache_indices=torch.arange(N, dtype=torch.int32, device=q.device), query_start_loc=cu.to(torch.int32))
@@ -195,11 +195,11 @@ class SglangBackend(Backend):
         flat, cu, spans = flat_tokens(q, cu_seqlens)
         HV, V, K = v.shape[2], v.shape[3], q.shape[3]
         pool = initial_state if inplace_final_state else initial_state.clone()
-        one = lambda t: flat(t)[None]            # noqa: E731  [1, T, ...]
+        one = lambda t: flat(t)[None]
         qsl = cu.to(torch.int32)
         disp = self.dispatcher(K, V, pool.dtype)
-        pad = lambda s: -1 if s == pad_slot_id or s < 0 else s   # noqa: E731  SGLang's PAD is -1
-        ids = lambda xs: torch.tensor(xs, dtype=torch.int32, device=q.device)   # noqa: E731
+        pad = lambda s: -1 if s == pad_slot_id or s < 0 else s
+        ids = lambda xs: torch.tensor(xs, dtype=torch.int32, device=q.device)
         a2, b2 = a.reshape(-1, HV), b.reshape(-1, HV)
         if ssm_state_indices.dim() == 1:
             o = disp.decode(one(q), one(k), one(v), a2, b2, A_log=A_log, dt_bias=dt_bias, ssm_states=pool,

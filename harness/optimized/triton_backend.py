@@ -19,7 +19,7 @@ from .interpret import gpu_kernels, interpret_triton
 
 interpret_triton()      # before triton.jit wraps the kernels below
 
-from .triton_kernels import conv, gating, norm, recurrent, unpack  # noqa: E402
+from .triton_kernels import conv, gating, norm, recurrent, unpack  # noqa: E402 - after interpret_triton()
 
 
 def _fla_chunk():
@@ -28,7 +28,7 @@ def _fla_chunk():
         return None     # fla's chunk kernel is for the GPU; on the CPU the layer fills it from the reference
     try:
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk
-    except Exception:
+    except Exception:  # noqa: BLE001 - fla absent or its import fails on this device: the layer fills chunk from the reference
         return None
 
     def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=True,

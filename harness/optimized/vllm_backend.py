@@ -216,7 +216,7 @@ class VllmBackend(Backend):
         if self._layer is not None and torch.cuda.is_available():
             try:
                 d.update(prefill_backend_k128=self.prefill_backend(128, 128))
-            except Exception as e:  # noqa: BLE001  describing never fails a run
+            except Exception as e:  # noqa: BLE001 - describing never fails a run
                 d.update(prefill_backend_k128=f"unresolved: {type(e).__name__}: {e}")
         return d
 

@@ -152,14 +152,14 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
         if qsl[0] != 0 or qsl[-1] > x.shape[0] or any(b < a for a, b in seqs):
             raise InputError("query_start_loc", f"non-decreasing offsets within {x.shape[0]} tokens",
                              "[0, ...]", qsl)
-        tokens = lambda i: x[seqs[i][0]:seqs[i][1]].T  # noqa: E731  [dim, L]
+        tokens = lambda i: x[seqs[i][0]:seqs[i][1]].T
         B = len(seqs)
     else:
         if x.dim() not in (2, 3):
             raise InputError("x", "shape", "[B, dim] or [B, dim, seqlen]", tuple(x.shape))
         dim, B = x.shape[1], x.shape[0]
         xs = x if x.dim() == 3 else x.unsqueeze(-1)
-        tokens = lambda i: xs[i]  # noqa: E731
+        tokens = lambda i: xs[i]
     W = check_conv_args(dim, weight, bias, conv_state, "conv_state")
     if conv_state_indices is not None:
         check_tensor("conv_state_indices", conv_state_indices, shape=(B,), dtype=INDEX_DTYPES)

@@ -205,7 +205,7 @@ def run_oracle(sc, weights, hidden: List[torch.Tensor], conv_pool: torch.Tensor,
 def _gather_step(sc, per_rank: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
     if len(per_rank) == 1:
         return per_rank[0]
-    get = lambda key: [r[key] for r in per_rank]  # noqa: E731
+    get = lambda key: [r[key] for r in per_rank]
     out = {key: gather_heads(get(key), dim=1) for key in ("z", "b", "a", "g", "beta", "core")}
     for key in ("mixed_qkv", "conv_out"):
         out[key] = gather_conv_channels(get(key), sc.dims, dim=1)

@@ -152,12 +152,6 @@ def failure_body(r: dict) -> str:
 # ----------------------------------------------------------------------------- Buildkite
 
 
-def buildkite_style(records: List[dict]) -> str:
-    """The ``--style`` for ``buildkite-agent annotate``: error when anything failed or errored."""
-    c = counts(records)
-    return "error" if c["fail"] or c["error"] else "success"
-
-
 def buildkite_markdown(records: List[dict], meta: dict) -> str:
     c = counts(records)
     ok = not (c["fail"] or c["error"])

@@ -213,7 +213,7 @@ class CollectiveError(RuntimeError):
 def _coll(fn, *args, **kw):
     try:
         return fn(*args, **kw)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise CollectiveError(f"{fn.__name__} failed: {type(e).__name__}: {e}") from e
 
 

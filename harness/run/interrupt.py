@@ -17,7 +17,6 @@ import os
 import select
 import signal
 import threading
-import time
 from contextlib import contextmanager
 from typing import Callable, Optional
 

@@ -61,7 +61,7 @@ class BackendCache:
             from harness.optimized.registry import load_backend   # only the runner touches backends
             try:
                 self._loaded[name] = load_backend(name)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a backend that fails to load fails its cases, with the error
                 self._loaded[name] = e
         got = self._loaded[name]
         if isinstance(got, Exception):
@@ -182,7 +182,7 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
                 sweep_only = passed and rec["status"] == "fail"
     except NotImplementedError as e:   # the backend cannot express this variant
         rec.update(status="skip", error=f"backend {case.backend} does not support this case: {e}")
-    except Exception as e:  # a crash costs one case, never the run
+    except Exception as e:  # noqa: BLE001 - a crash costs one case, never the run
         rec.update(status="error", structural="exception", error=f"{type(e).__name__}: {e}",
                    traceback=traceback.format_exc()[-4000:])
     # a failure of a swept config only: the case's own outputs pass, nothing to diagnose in them
@@ -265,7 +265,7 @@ def _diagnose(rec: dict, case: Case, pairs, policy: Policy, backends: BackendCac
             words = found["sentence"]
         if words:
             rec["diagnosis"] = f"{rec['diagnosis']}; {words}" if rec.get("diagnosis") else words
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - a crash in the diagnosis is noted; the verdict stays
         rec["hypotheses"] = []
         rec["diagnosis_error"] = f"{type(e).__name__}: {e}"
     rec["diagnosis_s"] = round(time.perf_counter() - t0, 4)

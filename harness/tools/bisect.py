@@ -193,7 +193,7 @@ def cmd_bisect_check(args) -> int:
         raise                         # exit 2 through the CLI
     except KeyboardInterrupt:
         code, case_id, why = UNTESTABLE, args.case, "interrupted before a decision"
-    except BaseException as e:        # the harness itself failed: this commit was not judged
+    except BaseException as e:  # noqa: BLE001 - the harness itself failed: this commit was not judged
         code, case_id, why = UNTESTABLE, args.case, f"bisect-check could not run the case: {type(e).__name__}: {e}"
     print(f"bisect-check: {WORDS[code]} (exit {code}) - {case_id} on {args.backend or 'its backend'}: "
           + " ".join(why.split())[:1500], flush=True)

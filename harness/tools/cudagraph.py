@@ -74,7 +74,7 @@ def graph_replay_pairs(backend, ops, dims: GDNDims, dtype: str = "bfloat16", sta
     gen = torch.Generator().manual_seed(seed + 7)
     slots = pad_batch + 2                                           # two slots nobody owns
     B = pad_batch
-    rnd = lambda *s: torch.randn(*s, generator=gen).to(device=device, dtype=dt)  # noqa: E731
+    rnd = lambda *s: torch.randn(*s, generator=gen).to(device=device, dtype=dt)
     conv0 = rnd(slots, dims.conv_dim, dims.W - 1)
     ssm0 = (0.3 * torch.randn(slots, dims.HV, dims.V, dims.K, generator=gen)).to(device=device, dtype=st)
     buf = dict(mq=rnd(B, dims.qkvz_dim), mb=rnd(B, 2 * dims.HV), conv=conv0.clone(), ssm=ssm0.clone(),

@@ -317,7 +317,7 @@ def shrink_case(case: Case, budget_s: float = 120.0, max_evals: int = 400, contr
             seen.add(key)
             try:
                 size = case_size(cand)
-            except Exception:       # not a valid case (a spec-only sequence gone non-spec, a sample too short)
+            except Exception:  # noqa: BLE001 - not a valid case (a spec-only sequence gone non-spec, a sample too short)
                 continue
             if size >= res.size:
                 continue

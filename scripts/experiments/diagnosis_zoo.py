@@ -12,7 +12,7 @@ from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from harness.faults.diagnosis_zoo import measure, measure_heldout  # noqa: E402 - after the path line
+from harness.faults.diagnosis_zoo import measure, measure_heldout
 
 
 def main(argv: Optional[List[str]] = None) -> int:
