@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
-from harness.evals import canary_train as ct
+from harness.evals import canary_task as ct
 from harness.evals.hf_model import gdn_dims
 from harness.layouts.weights import convert_checkpoint
 

@@ -9,11 +9,11 @@ import pytest
 
 pytest.importorskip("lm_eval")
 from harness.cli import main
-from harness.evals.canary_train import QWEN35_DIR, QWEN3NEXT_DIR
+from harness.evals.canary_task import QWEN35_DIR, QWEN3NEXT_DIR
 
 FAULT = "harness.faults.catalogue:InterleavedCoreOnFlat"
 pytestmark = pytest.mark.skipif(not (QWEN35_DIR / "model.safetensors").is_file(),
-                                reason="canary weights not built (python -m harness.evals.canary_train)")
+                                reason="canary weights not built (scripts/experiments/canary_train.py)")
 
 
 def _run(tmp_path, name, *argv):

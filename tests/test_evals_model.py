@@ -9,7 +9,7 @@ from harness.errors import ConfigError, InputError
 from tests.tiny_gdn_models import make_model_dir
 
 pytest.importorskip("transformers")
-from harness.evals.canary_train import hf_torch_gdn
+from harness.evals.canary_task import hf_torch_gdn
 from harness.evals.hf_model import HarnessGDN, gdn_modules, load_model
 
 ARCHS = ("qwen3_5", "qwen3_next")
@@ -138,7 +138,7 @@ def test_qwen35_vision_language_checkpoint(tmp_path, hf_torch):
     logits of the full VL model on text."""
     from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
-    from harness.evals.canary_train import save_tokenizer
+    from harness.evals.canary_task import save_tokenizer
     from tests.tiny_gdn_models import COMMON, char_tokenizer
     tok = char_tokenizer()
     cfg = Qwen3_5Config(text_config=dict(vocab_size=len(tok), eos_token_id=tok.eos_token_id, **COMMON),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from harness.evals.canary_train import build_tokenizer, save_tokenizer
+from harness.evals.canary_task import build_tokenizer, save_tokenizer
 
 # H = 2 key heads (an interleaved / flat mix-up shows only with >= 2), r = 2, K != V
 GDN = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,

@@ -257,7 +257,7 @@ def add_parser(sub) -> None:
 
 
 def _canary_defaults(args) -> None:
-    from .canary_train import HELDOUT_FILE, QWEN35_DIR
+    from .canary_task import HELDOUT_FILE, QWEN35_DIR
     args.model = args.model or str(QWEN35_DIR)
     args.data = args.data or str(Path(args.model) / HELDOUT_FILE)
     args.device = args.device or "cpu"

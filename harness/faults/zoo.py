@@ -13,7 +13,7 @@ subprocesses (``python -m harness.faults.zoo --worker``; each keeps one BackendC
 one Policy for all its tasks), so a caller's unguarded ``__main__`` is never re-imported.
 
 Command line: ``gdn-harness zoo --suite smoke --jobs 2`` (each fault stops at its first detection;
-``--full`` runs every case on every fault), the same as ``python -m harness.faults.zoo``.
+``--full`` runs every case on every fault).
 """
 from __future__ import annotations
 
@@ -571,22 +571,7 @@ def cmd_zoo(args) -> int:
     return 0 if res["base_passed"] and not res["survivors"] and not res.get("not_run") else 1
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m harness.faults.zoo``: the same as ``gdn-harness zoo`` (plus the worker mode)."""
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m harness.faults.zoo", description=__doc__.split("\n")[0])
-    _add_arguments(ap)
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.worker:
-        return _worker_main()
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return cmd_zoo(args)
-    except HarnessError as e:
-        print(f"python -m harness.faults.zoo: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":      # the zoo's worker processes only; the command line is `gdn-harness zoo`
+    if sys.argv[1:] != ["--worker"]:
+        sys.exit("python -m harness.faults.zoo is the zoo's worker (--worker); run the zoo with `gdn-harness zoo`")
+    raise SystemExit(_worker_main())
