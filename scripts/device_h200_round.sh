@@ -1,30 +1,33 @@
 #!/usr/bin/env bash
-# One H200, after `scripts/device_fastpaths.sh put 1..3` (issue 18, 19, 20 GPU work in two calls):
-#   round a  carry .whl/fastpath.part4 .whl/fastpath.sha256 .whl/fastpath_extra .whl/test:
-#            put part 4; concurrently: the three fast-path backends' cold suites (vllm: FlashInfer prefill on SM90),
-#            fla's autotuner recording pins (MODE=record), the nightly drift_10000 lane + its plot
-#   round b  carry .whl/fastpath_extra .whl/test: warm suites of the three fast-path backends + the
-#            variants / fastpath-mutant kill run
-# Everything lands under $OUT/<part>/ (the scripts' own tgz files).
+# One H200, the fast-path parts (scripts/fetch_fastpath_packages.sh, 3 parts of 48 MiB) put one per
+# call, each call also doing one piece of issue 18 / 20 GPU work. Calls back to back (a warm
+# machine keeps /tmp for ~30 s after a call):
+#   round 1  carry .whl/fastpath.part1 .whl/fastpath.sha256 .whl/test: put 1; fla's autotuner runs the
+#            ci suite and records its configs (MODE=record) -> $OUT/rec/autotune_pins.json (+ /tmp/pins.json)
+#   round 2  carry .whl/fastpath.part2 .whl/fastpath.sha256 .whl/test: put 2; `bench --suite-cost ci`
+#            with those pins (cold / warm, 1 / $JOBS jobs) -> $OUT/bench/
+#   round 3  carry .whl/fastpath.part3 .whl/fastpath.sha256 .whl/test: put 3 (assembles, installs);
+#            the ci suite against vllm (FlashInfer prefill on SM90), flashinfer, sglang: cold, then warm
+# Everything lands under $OUT/<part>/.
 set -o pipefail
-ROUND=${1:?usage: scripts/device_h200_round.sh a | b}
+ROUND=${1:?usage: scripts/device_h200_round.sh 1 | 2 | 3}
+bash scripts/device_fastpaths.sh put "$ROUND" > "$OUT/put.log" 2>&1 || { cat "$OUT/put.log"; exit 3; }
 case $ROUND in
-  a)
-    bash scripts/device_fastpaths.sh put 4 || exit 3
-    mkdir -p "$OUT/fp" "$OUT/rec" "$OUT/drift"
-    (OUT=$OUT/fp LIMIT_S=${FP_LIMIT:-240} bash scripts/device_fastpaths.sh suite cold > "$OUT/fp.log" 2>&1) &
-    (OUT=$OUT/rec MODE=record JOBS=4 BENCH_LIMIT=${REC_LIMIT:-520} SUITE_LIMIT=${REC_SUITE:-420} \
-        bash scripts/device_suite_cost.sh > "$OUT/rec.log" 2>&1) &
-    (sleep 30; export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1   # the wheels device_suite_cost.sh installed
-     timeout -s INT ${DRIFT_LIMIT:-480} python3 -m harness.cli run --suite nightly --backend triton --device cuda \
-         --mix drift_10000 --report-dir /tmp/drift -q > "$OUT/drift.log" 2>&1; echo "drift rc $?" >> "$OUT/drift.log"
-     python3 -m harness.report.drift /tmp/drift >> "$OUT/drift.log" 2>&1
-     (cd /tmp/drift && tar czf "$OUT/drift/drift.tgz" summary.md results.json drift.* 2>/dev/null)) &
-    wait ;;
-  b)
-    mkdir -p "$OUT/warm" "$OUT/extra"
-    (OUT=$OUT/warm LIMIT_S=${WARM_LIMIT:-200} bash scripts/device_fastpaths.sh suite warm > "$OUT/warm.log" 2>&1) &
-    (OUT=$OUT/extra LIMIT_S=${EXTRA_LIMIT:-240} bash scripts/device_fastpaths.sh extra > "$OUT/extra.log" 2>&1) &
-    wait ;;
+  1)
+    mkdir -p "$OUT/rec"
+    OUT=$OUT/rec MODE=record JOBS=${JOBS:-4} BENCH_LIMIT=${REC_LIMIT:-260} SUITE_LIMIT=${REC_SUITE:-220} \
+        bash scripts/device_suite_cost.sh > "$OUT/rec.log" 2>&1
+    cp "$OUT/rec/autotune_pins.json" /tmp/pins.json ;;
+  2)
+    mkdir -p "$OUT/bench"
+    GDN_AUTOTUNE_PINS=${GDN_AUTOTUNE_PINS:-/tmp/pins.json} OUT=$OUT/bench JOBS=${JOBS:-4} \
+        BENCH_LIMIT=${BENCH_LIMIT:-400} SUITE_LIMIT=${SUITE_LIMIT:-75} \
+        bash scripts/device_suite_cost.sh > "$OUT/bench.log" 2>&1 ;;
+  3)
+    mkdir -p "$OUT/fp"
+    for tag in cold warm; do   # vllm first in each: it is the one without a committed ci report
+      OUT=$OUT/fp SUITES=ci BACKENDS="vllm flashinfer sglang" LIMIT_S=${FP_LIMIT:-200} \
+          bash scripts/device_fastpaths.sh suite $tag > "$OUT/fp-$tag.log" 2>&1
+    done ;;
 esac
 tail -n 5 "$OUT"/*.log

@@ -369,6 +369,7 @@ class FakePlatform:
 
 def vllm_modules():
     def l2norm_fwd(x, eps: float = 1e-6, output_dtype: Optional[torch.dtype] = None):
+        x.view(-1, x.shape[-1])      # as vLLM's l2norm_fwd: a strided split raises here
         return ref.l2norm(x, eps).to(output_dtype or x.dtype)
     return dict(l2norm=types.SimpleNamespace(l2norm_fwd=l2norm_fwd),
                 ops=types.SimpleNamespace(chunk_gated_delta_rule=None))

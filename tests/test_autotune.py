@@ -187,3 +187,21 @@ def test_a_suite_names_its_autotune_policy(tmp_path):
                    'dims = ["qwen3-next-80b-a3b:shrunk"]\n')
     with pytest.raises(ConfigError, match="fastest"):
         load_suite(str(bad))
+
+
+def test_a_key_without_a_pin_takes_the_nearest_pinned_key(pins, monkeypatch, tmp_path):
+    """Unpinned sizes of a pinned kernel run the nearest key's pin (no benchmark to wait for);
+    a different dtype is not 'near' and tunes natively."""
+    monkeypatch.setenv("GDN_AUTOTUNE", "pinned")
+    path = tmp_path / "near.json"
+    far, near = repr((10 ** 9, "torch.float32", "torch.float32")), repr((100, "torch.float32", "torch.float32"))
+    other_dtype = repr((64, "torch.float16", "torch.float16"))
+    path.write_text(json.dumps(dict(schema=autotune.PINS_SCHEMA, kernels={KERNEL: {
+        far: autotune.config_dict(CONFIGS[1]), near: autotune.config_dict(CONFIGS[2]),
+        other_dtype: autotune.config_dict(CONFIGS[0])}})))
+    monkeypatch.setenv("GDN_AUTOTUNE_PINS", str(path))
+    rec = run_case(gating_case(), Policy(), "test", diagnose=False)
+    (ran,) = rec["autotune"]["configs"]
+    assert rec["status"] == "pass" and ran["config"]["kwargs"] == {"BLOCK": 16}
+    assert ran["source"] == f"pinned (nearest key {near})"
+    assert rec["phases"]["autotuned"] == 0

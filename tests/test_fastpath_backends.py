@@ -26,6 +26,7 @@ from tests import fastpath_fakes as ff
 FAKES = "tests.fastpath_fakes:"
 SMALL = GDNDims(hidden=32, H=1, HV=2, K=16, V=16, W=4, name="kv16")        # FlashInfer's prefill: K == V
 DECODE = GDNDims(hidden=64, H=1, HV=2, K=128, V=128, W=4, name="kv128")    # its decode: K, V >= 128
+KV128 = DECODE                       # FlashInfer's SM90 prefill (vLLM's selection there): K == V == 128
 POLICY = Policy()
 SIGMOID = "fused_sigmoid_gating_delta_rule_update"
 CHUNK = "chunk_gated_delta_rule"
@@ -200,8 +201,30 @@ def test_vllm_prefill_selection():
 @pytest.mark.parametrize("variant,dtype,state_dtype", [("varlen", "bfloat16", "float32"),
                                                        ("long", "float16", "bfloat16")])
 def test_vllm_flashinfer_chunk(variant, dtype, state_dtype, fake_flashinfer_package, backends):
-    rec = _op("fake_vllm_flashinfer", CHUNK, variant, SMALL, dtype, state_dtype, backends)
+    rec = _op("fake_vllm_flashinfer", CHUNK, variant, KV128, dtype, state_dtype, backends)
     assert rec["status"] == "pass", (rec.get("error"), _failed(rec))
+
+
+def test_vllm_flashinfer_prefill_head_dim_64_says_vllm_cannot_serve(fake_flashinfer_package):
+    """vLLM 0.33 selects FlashInfer's prefill on SM90 for any head dim; its SM90 kernel takes 128 only."""
+    be = ff.fake_vllm_flashinfer(cc=90, variant=None)
+    q = torch.zeros(1, 4, 1, 64, dtype=torch.bfloat16)
+    with pytest.raises(NotImplementedError, match="supports 128 only"):
+        be.chunk_gated_delta_rule(q, q, q.repeat(1, 1, 2, 1), torch.zeros(1, 4, 2), torch.zeros(1, 4, 2),
+                                  cu_seqlens=torch.tensor([0, 4], dtype=torch.int32))
+
+
+def test_vllm_flashinfer_prefill_takes_strided_splits(fake_flashinfer_package):
+    """The layer composition splits q / k / v out of one buffer; vLLM's own layer makes them
+    contiguous before its wrapper (whose l2norm_fwd .view()s them), so the adapter does too."""
+    be = ff.fake_vllm_flashinfer(cc=90, variant=None)
+    mixed = torch.randn(1, 4, 6 * 128, dtype=torch.bfloat16)          # H = 2 key heads, HV = 2
+    q, k, v = (t.unflatten(-1, (2, 128)) for t in mixed.split([256, 256, 256], dim=-1))
+    assert not q.is_contiguous()
+    o, final = be.chunk_gated_delta_rule(q, k, v, -torch.rand(1, 4, 2), torch.rand(1, 4, 2),
+                                         cu_seqlens=torch.tensor([0, 4], dtype=torch.int32),
+                                         use_qk_l2norm_in_kernel=True)
+    assert o.shape == v.shape and torch.isfinite(o.float()).all()
 
 
 def test_vllm_forced_flashinfer_skips_where_vllm_falls_back(fake_flashinfer_package):
@@ -227,7 +250,7 @@ def test_planted_conversion_bug_fails(backend, op, variant, dims, state_dtype, o
 
 def test_vllm_wrapper_gate_bug_fails_and_is_named(fake_flashinfer_package, backends):
     """vLLM's wrapper without exp(g): all-NaN outputs, named a gate-domain fault."""
-    rec = _op("vllm_wrapper_gate_not_exp", CHUNK, "varlen", SMALL, backends=backends, diagnose=True)
+    rec = _op("vllm_wrapper_gate_not_exp", CHUNK, "varlen", KV128, backends=backends, diagnose=True)
     assert rec["status"] == "fail" and {"o", "final_state"} <= set(_failed(rec))
     assert rec["hypotheses"][0]["class"] == "gate_domain" and rec["hypotheses"][0]["matched"]
 

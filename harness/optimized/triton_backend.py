@@ -22,12 +22,43 @@ interpret_triton()      # before triton.jit wraps the kernels below
 from .triton_kernels import conv, gating, norm, recurrent, unpack  # noqa: E402 - after interpret_triton()
 
 
+def import_skipping_inits(module: str, packages):
+    """Import `module` without running the __init__ of `packages` (fla.ops' imports every fla op
+    and torch's inductor: seconds per worker process). Afterwards the stand-ins and what was
+    imported beneath them leave sys.modules (the caller keeps the module it got), so a later
+    plain `import fla.ops` builds the real package as if this never ran."""
+    import importlib
+    import sys
+    import types
+    before = set(sys.modules)
+    added = []
+    for name in packages:
+        if name in sys.modules:
+            continue
+        spec = importlib.util.find_spec(name)
+        stub = types.ModuleType(name)
+        stub.__path__, stub.__spec__, stub.__package__ = list(spec.submodule_search_locations), spec, name
+        sys.modules[name] = stub
+        added.append(name)
+    try:
+        return importlib.import_module(module)
+    finally:
+        for name in set(sys.modules) - before:
+            if any(name == p or name.startswith(p + ".") for p in added):
+                del sys.modules[name]
+        for name in added:
+            parent, _, child = name.rpartition(".")
+            if parent in sys.modules and getattr(sys.modules[parent], child, None) is not None:
+                delattr(sys.modules[parent], child)
+
+
 def _fla_chunk():
     """fla's chunk kernel as a function of the reference's signature, or None."""
     if not gpu_kernels():
         return None     # fla's chunk kernel is for the GPU; on the CPU the layer fills it from the reference
     try:
-        from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk
+        fla_chunk = import_skipping_inits("fla.ops.gated_delta_rule.chunk", ("fla.ops", "fla.modules"))
+        fla_chunk = fla_chunk.chunk_gated_delta_rule
     except Exception:  # noqa: BLE001 - fla absent or its import fails on this device: the layer fills chunk from the reference
         return None
 

@@ -258,6 +258,13 @@ class VllmBackend(Backend):
             raise NotImplementedError(f"vLLM 0.33 would run its {chosen!r} GDN prefill here "
                                       f"(gdn_prefill_backend={self.variant or 'auto'})")
         if chosen == "flashinfer":
+            if q.shape[-1] != 128 or v.shape[-1] != 128:
+                # vLLM 0.33 picks FlashInfer's prefill on SM90 for any head_k_dim (its SM10x / 12x
+                # branches require 128); FlashInfer's SM90 kernel then raises (docs/findings.md).
+                raise NotImplementedError(
+                    f"vLLM 0.33 selects FlashInfer's GDN prefill on SM90 for head dims K={q.shape[-1]}, "
+                    f"V={v.shape[-1]}, whose SM90 kernel supports 128 only: vLLM cannot serve these dims "
+                    "(docs/findings.md; vllm@triton judges the Triton prefill)")
             if importlib.util.find_spec("flashinfer") is None:
                 raise NotImplementedError("vLLM 0.33 runs FlashInfer's GDN prefill here and FlashInfer is not "
                                           "importable (vllm@triton judges the Triton prefill alone)")
@@ -284,6 +291,9 @@ class VllmBackend(Backend):
         N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
         h0 = initial_state if initial_state is not None else torch.zeros(
             N, v.shape[2], v.shape[3], K, dtype=torch.float32, device=q.device)
+        # vLLM's layer hands the wrapper contiguous q / k / v (rearrange_mixed_qkv); the
+        # wrapper's l2norm_fwd .view()s them, so a strided split would fail there, not in vLLM.
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         o, final = self._glue_fns()["fi_chunk_gated_delta_rule"](
             q=q, k=k, v=v, g=g, beta=beta, initial_state=h0, output_final_state=output_final_state,
             cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=use_qk_l2norm)

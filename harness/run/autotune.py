@@ -6,8 +6,9 @@ one GPU at once cost the ci suite most of its time, so which config runs is chos
 * ``pinned`` (default): each Triton autotuner (ours, fla's, ...) runs the config recorded
   for its kernel and key in the pins file (``GDN_AUTOTUNE_PINS``, default
   ``harness/run/autotune_pins.json``) - deterministic, nothing benchmarked. A key with no
-  pin (or a pin that is no longer one of the kernel's configs) is autotuned natively and
-  the record says so (``source: "native (no pin)"``).
+  pin runs the pin of the kernel's nearest pinned key (same dtypes, closest sizes; the record
+  says ``pinned (nearest key ...)``); one with no such key (or a pin that is no longer one of
+  the kernel's configs) is autotuned natively and the record says so (``native (no pin)``).
 * ``sweep``: the case runs once per config index i, every autotuned kernel pinned to its
   config ``i mod n``: every config of every kernel the case touches is run and judged
   against the oracle; a failing config fails the case and is named.
@@ -175,12 +176,50 @@ def choose(tuner, key: tuple, pol: str):
     if _sweep_index is not None:
         return tuner.configs[_sweep_index % len(tuner.configs)], f"sweep {_sweep_index % len(tuner.configs)}"
     if pol in ("pinned", "sweep"):        # sweep: the case's own run is the pinned one, then one per config
-        pin = load_pins().get(kernel_name(tuner), {}).get(key_str(key))
+        kernel_pins = load_pins().get(kernel_name(tuner), {})
+        pin = kernel_pins.get(key_str(key))
         match = [c for c in tuner.configs if pin is not None and config_dict(c) == pin]
         if match:
             return match[0], "pinned"
+        near = nearest_pin(tuner, key, kernel_pins)
+        if near is not None:
+            return near
         return None, "native (no pin)" if pin is None else "native (stale pin)"
     return None, "native"
+
+
+def _key_parts(key_text: str):
+    """(numbers, everything else) of a key as the pins file writes it (repr of a tuple)."""
+    import ast
+    try:
+        key = ast.literal_eval(key_text)
+    except (ValueError, SyntaxError):
+        return None
+    nums = [float(v) for v in key if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return nums, [v for v in key if not (isinstance(v, (int, float)) and not isinstance(v, bool))]
+
+
+def nearest_pin(tuner, key: tuple, kernel_pins: dict):
+    """A key with no pin of its own runs the pinned config of the kernel's nearest pinned key
+    (same dtypes and flags, closest sizes on a log scale) instead of autotuning natively:
+    still one deterministic config per kernel and key, and never a benchmark that workers on
+    one GPU would wait for. None when no pinned key of the kernel has the same non-size parts."""
+    import math
+    mine = _key_parts(key_str(key))
+    if mine is None:
+        return None
+    best = None
+    for text, pin in kernel_pins.items():
+        other = _key_parts(text)
+        if other is None or other[1] != mine[1] or len(other[0]) != len(mine[0]):
+            continue
+        match = [c for c in tuner.configs if config_dict(c) == pin]
+        if not match:
+            continue
+        dist = sum(abs(math.log2(max(a, 1.0)) - math.log2(max(b, 1.0))) for a, b in zip(mine[0], other[0]))
+        if best is None or dist < best[0]:
+            best = (dist, match[0], text)
+    return None if best is None else (best[1], f"pinned (nearest key {best[2]})")
 
 
 def install(load: bool = False) -> None:

@@ -1,0 +1,25 @@
+"""import_skipping_inits: a kernel module imported without its heavy parent package's __init__,
+and the parent importable in full afterwards (the triton backend's fla import on the GPU)."""
+import sys
+
+from harness.optimized.triton_backend import import_skipping_inits
+
+
+def test_submodule_without_parent_init_then_parent_in_full(tmp_path, monkeypatch):
+    pkg = tmp_path / "heavypkg"
+    (pkg / "ops").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "ops" / "__init__.py").write_text("import heavypkg.marker\nFULL = True\n")
+    (pkg / "ops" / "kernel.py").write_text("VALUE = 3\n")
+    (pkg / "marker.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        mod = import_skipping_inits("heavypkg.ops.kernel", ("heavypkg.ops",))
+        assert mod.VALUE == 3
+        assert "heavypkg.marker" not in sys.modules          # ops/__init__ did not run
+        assert "heavypkg.ops" not in sys.modules              # the stand-in is gone
+        import heavypkg.ops.kernel
+        assert heavypkg.ops.FULL and heavypkg.ops.kernel.VALUE == 3     # the real package, as if never stubbed
+    finally:
+        for name in [n for n in sys.modules if n.startswith("heavypkg")]:
+            del sys.modules[name]
