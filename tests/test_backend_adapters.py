@@ -65,9 +65,9 @@ def test_fla_op_cases(op, variant, dtype):
     policy = Policy()
     pairs = run_op_case(be, op, variant, DIMS, dtype, "float32", 0, DEV)
     assert pairs
-    for name, out, ref, token_dim, key in pairs:
-        m = compare(name, out, ref, policy.lookup(key, dtype, "float32"), token_dim)
-        assert m.passed, f"{op}[{variant}] {name}: rel_rms {m.rel_rms:.3g} vs {m.tolerance}, max |diff| {m.max_abs:.3g}"
+    for c in pairs:
+        m = compare(c.output, c.actual, c.expected, policy.lookup(c.policy_key, dtype, "float32"), c.token_dim)
+        assert m.passed, f"{op}[{variant}] {c.output}: rel_rms {m.rel_rms:.3g} vs {m.tolerance}, max |diff| {m.max_abs:.3g}"
 
 
 # ---------------------------------------------------------------- fla: direct adapter checks

@@ -60,3 +60,16 @@ def test_gdn_core_receives_a_core_batch(mix):
     assert rec["status"] == "pass", rec.get("error") or [m for m in rec["metrics"] if not m["passed"]]
     assert CoreOnly.got and all(isinstance(b, CoreBatch) for b in CoreOnly.got)
     assert any(k == "spec" for b in CoreOnly.got for k in b.kinds) == (mix != "decode_only")
+
+
+def test_layer_comparisons_carry_kind_and_step():
+    """What an output is travels as fields (kind, step), not in its name."""
+    from harness.cases.layercheck import run_layer_case
+    be = ReferenceBackend()
+    pairs = run_layer_case(be, be, DIMS, "mixed", "flat", 1, "float32", "float32", 0, "cpu")
+    kinds = {c.kind for c in pairs}
+    assert {"out", "state", "untouched", "pad_rows"} <= kinds, kinds
+    assert all(c.step is not None for c in pairs if c.kind in ("out", "pad_rows"))
+    assert all(c.step is None for c in pairs if c.kind in ("state", "untouched"))
+    with pytest.raises(ValueError):
+        type(pairs[0])("x", None, None, None, "layer.out", kind="outputs")

@@ -111,5 +111,5 @@ def test_backend_sharding_is_used_and_checked_against_full_weights():
     dims = get_preset("qwen3-next-80b-a3b").shrink(H=4)
     for backend, bad in ((ReferenceBackend(), set()), (Loader(), {"step0.proj_ba", "step1.proj_ba"})):
         pairs = run_layer_case(backend, backend, dims, "decode_only", "interleaved", 2, "float32", "float32", 0, "cpu")
-        wrong = {n for n, a, b, _, _ in pairs if (a.double() - b.double()).abs().max() > 1e-4}
+        wrong = {c.output for c in pairs if (c.actual.double() - c.expected.double()).abs().max() > 1e-4}
         assert wrong == bad, wrong

@@ -7,7 +7,7 @@ projections and the caches, the oracle starts from exactly the same projections
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import List, Tuple
+from typing import List
 
 import torch
 
@@ -20,9 +20,9 @@ from harness.layouts.state import conv_dim_first_view, ssm_convert
 from harness.layouts.tp import all_ranks, gather_conv_channels, gather_heads, local_mixed_ba
 from harness.reference.layer import run_oracle
 from harness.batch import NULL_BLOCK_ID
+from harness.cases.comparison import Comparison
 from harness.cases.scenario import Scenario, accepted_as_decodes, mix_scenario
 
-Pair = Tuple[str, torch.Tensor, torch.Tensor, object, str]   # name, actual, expected, token_dim, policy op
 
 
 def rank_pools(sc: Scenario, conv_pool, ssm_pool, p, conv_layout: str, ssm_layout: str, device):
@@ -38,7 +38,7 @@ def rank_pools(sc: Scenario, conv_pool, ssm_pool, p, conv_layout: str, ssm_layou
 
 def run_layer_case(backend, ops, dims: GDNDims, mix: str, layout: str, tp: int, dtype: str, state_dtype: str,
                    seed: int, device: str, decode_path: str = "recurrent", conv_layout: str = "dim_first",
-                   ba: str = "sharded", oracle_device: str = None, scenario: dict = None) -> List[Pair]:
+                   ba: str = "sharded", oracle_device: str = None, scenario: dict = None) -> List[Comparison]:
     sc = mix_scenario(mix, dims, scenario, layout=layout, tp=tp, seed=seed, dtype=dtype, state_dtype=state_dtype,
                       conv_state_layout=conv_layout, ba=ba)
     inp = make_inputs(sc)
@@ -56,18 +56,18 @@ def run_layer_case(backend, ops, dims: GDNDims, mix: str, layout: str, tp: int, 
     return pairs
 
 
-def full_weight_projection_pairs(sc: Scenario, inp, unpacked, device) -> List[Pair]:
+def full_weight_projection_pairs(sc: Scenario, inp, unpacked, device) -> List[Comparison]:
     """The ranks' projections (`unpacked`: per step, gathered over ranks) vs the TP=1 layer's,
     one GEMM over the full weights (vllm #35504: a loader sharding in_proj_ba wrongly passes
     every check that starts from the ranks' own projections)."""
-    pairs: List[Pair] = []
+    pairs: List[Comparison] = []
     w_qkvz, w_ba = (w.to(device) for w in inp.weights.packed_in_proj(sc.dims, sc.layout))
     for s, got in enumerate(unpacked):
         h = inp.hidden[s].to(device)
         full = [t.cpu() for t in unpack_qkvz_ba(h @ w_qkvz.T, h @ w_ba.T, sc.dims, sc.layout)]
         for name, idx in (("qkvz", (0, 1, 2, 3)), ("ba", (4, 5))):
             flat = lambda ts: torch.cat([ts[i].reshape(ts[i].shape[0], -1) for i in idx], dim=1)
-            pairs.append((f"step{s}.proj_{name}", flat(got), flat(full), 0, "tp.projections"))
+            pairs.append(Comparison(f"step{s}.proj_{name}", flat(got), flat(full), 0, "tp.projections", step=s))
     return pairs
 
 
@@ -94,14 +94,14 @@ def _backend_run(backend, ops, sc: Scenario, inp, ranks, conv_layout: str, decod
 
 
 def spec_invariance_pairs(backend, ops, sc: Scenario, inp, steps_out, ranks, conv_layout: str, decode_path: str,
-                          device) -> List[Pair]:
+                          device) -> List[Comparison]:
     """Spec decoding never changes the outputs (vllm #39273): the backend's core over the
     spec run `sc` (`steps_out`) at its accepted tokens == its core when the same tokens come
     as plain decodes (`accepted_as_decodes`), from the same pools; exact, as spec_one_accepted."""
     dec, sources = accepted_as_decodes(sc)
     dec_out, _, _ = _backend_run(backend, ops, dec, inp, ranks, conv_layout, decode_path, device, sources)
-    return [(f"spec_invariance.step{s}[decode step {d}].core", steps_out[s]["core"][rows], dec_out[d]["core"], 0,
-             "layer.spec_invariance") for d, (s, rows) in enumerate(sources)]
+    return [Comparison(f"spec_invariance.step{s}[decode step {d}].core", steps_out[s]["core"][rows], dec_out[d]["core"],
+                       0, "layer.spec_invariance") for d, (s, rows) in enumerate(sources)]
 
 
 def rank_step(backend, ops, p, h, entries, conv, ssm, sc: Scenario, conv_layout: str, decode_path: str, rows=None):
@@ -120,7 +120,7 @@ def rank_step(backend, ops, p, h, entries, conv, ssm, sc: Scenario, conv_layout:
 
 
 def oracle_pairs(sc: Scenario, inp, steps_out, unpacked, pools, conv_layout: str, ssm_layout: str,
-                 device) -> List[Pair]:
+                 device) -> List[Comparison]:
     """The TP=1 fp64 oracle from the gathered projections `unpacked` (per step), and the
     pairs comparing it with the per-step outputs and the ranks' final `pools`."""
     oracle = run_oracle(replace(sc, tp=1), inp.weights, inp.hidden, inp.conv_pool, inp.ssm_pool, tp=1,
@@ -130,8 +130,8 @@ def oracle_pairs(sc: Scenario, inp, steps_out, unpacked, pools, conv_layout: str
     return _pairs(sc, inp, steps_out, oracle, pools, conv_layout, ssm_layout)
 
 
-def _pairs(sc, inp, steps_out, oracle, pools, conv_layout, ssm_layout) -> List[Pair]:
-    pairs: List[Pair] = []
+def _pairs(sc, inp, steps_out, oracle, pools, conv_layout, ssm_layout) -> List[Comparison]:
+    pairs: List[Comparison] = []
     plans = sc.plan()
     null_block = sc.pad_slot == "null_block"
     for s, (got, ref) in enumerate(zip(steps_out, oracle.steps)):
@@ -141,22 +141,22 @@ def _pairs(sc, inp, steps_out, oracle, pools, conv_layout, ssm_layout) -> List[P
             # PAD rows ran against the null block: their outputs are the engine's to drop
             out, core = out.clone(), core.clone()
             out[pad], core[pad] = 0, 0
-        pairs.append((f"step{s}.out", out, ref["out"], 0, "layer.out"))
-        pairs.append((f"step{s}.core", core, ref["core"], 0, "layer.core"))
+        pairs.append(Comparison(f"step{s}.out", out, ref["out"], 0, "layer.out", step=s))
+        pairs.append(Comparison(f"step{s}.core", core, ref["core"], 0, "layer.core", step=s))
         if pad and not null_block:
             rows = got["out"][pad]
-            pairs.append((f"step{s}.pad_rows", rows, torch.zeros_like(rows), 0, "layer.pad_rows"))
+            pairs.append(Comparison(f"step{s}.pad_rows", rows, torch.zeros_like(rows), 0, "layer.pad_rows", "pad_rows", s))
     conv = gather_conv_channels([conv_dim_first_view(c, conv_layout).cpu() for c, _ in pools], sc.dims, dim=1)
     ssm = gather_heads([ssm_convert(m.cpu(), ssm_layout, "vk") for _, m in pools], dim=1)
     if null_block:      # the null block is scratch: what PAD rows leave there is not compared
         conv[NULL_BLOCK_ID], ssm[NULL_BLOCK_ID] = oracle.conv_pool[NULL_BLOCK_ID], oracle.ssm_pool[NULL_BLOCK_ID]
-    pairs.append(("conv_state", conv, oracle.conv_pool.to(conv.dtype), None, "layer.conv_state"))
-    pairs.append(("ssm_state", ssm, oracle.ssm_pool, None, "layer.ssm_state"))
+    pairs.append(Comparison("conv_state", conv, oracle.conv_pool.to(conv.dtype), None, "layer.conv_state", "state"))
+    pairs.append(Comparison("ssm_state", ssm, oracle.ssm_pool, None, "layer.ssm_state", "state"))
     owned = {x for row in sc.slots.values() for x in row}
     spare = [x for x in range(sc.num_slots) if x not in owned and not (null_block and x == NULL_BLOCK_ID)]
     if spare:
-        pairs.append(("untouched.conv", conv[spare], inp.conv_pool[spare], None, "layer.untouched"))
-        pairs.append(("untouched.ssm", ssm[spare], inp.ssm_pool[spare], None, "layer.untouched"))
+        pairs.append(Comparison("untouched.conv", conv[spare], inp.conv_pool[spare], None, "layer.untouched", "untouched"))
+        pairs.append(Comparison("untouched.ssm", ssm[spare], inp.ssm_pool[spare], None, "layer.untouched", "untouched"))
     return pairs
 
 
@@ -171,7 +171,7 @@ def spec_equivalence_scenario(dims: GDNDims, layout: str, dtype: str, state_dtyp
 
 
 def run_spec_equivalence(backend, ops, dims: GDNDims, layout: str, dtype: str, state_dtype: str, seed: int,
-                         device: str, decode_path: str = "recurrent", conv_layout: str = "dim_first") -> List[Pair]:
+                         device: str, decode_path: str = "recurrent", conv_layout: str = "dim_first") -> List[Comparison]:
     """A backend's spec path with one accepted token per step == its plain decode path,
     bit for bit: token 0 of every spec step, the conv window and the ssm slot read next."""
     base = spec_equivalence_scenario(dims, layout, dtype, state_dtype, seed, conv_layout)
@@ -196,10 +196,11 @@ def run_spec_equivalence(backend, ops, dims: GDNDims, layout: str, dtype: str, s
         outs[name] = (tokens, conv_dim_first_view(conv, conv_layout).cpu(), ssm_convert(ssm.cpu(), backend.ssm_state_layout, "vk"))
     (ts, cs, ss), (td, cd, sd) = outs["spec"], outs["decode"]
     W = dims.W
-    pairs: List[Pair] = [(f"step{s}.core[token0]", a.cpu(), b.cpu(), 0, "layer.spec_one_accepted")
+    pairs: List[Comparison] = [Comparison(f"step{s}.core[token0]", a.cpu(), b.cpu(), 0, "layer.spec_one_accepted")
                          for s, (a, b) in enumerate(zip(ts, td)) if s]
     for seq, slots in base.slots.items():
-        pairs.append((f"seq{seq}.conv_window", cs[slots[0], :, :W - 1], cd[slots[0], :, :W - 1], None,
-                      "layer.spec_one_accepted"))
-        pairs.append((f"seq{seq}.ssm_slot", ss[slots[0]], sd[slots[0]], None, "layer.spec_one_accepted"))
+        pairs.append(Comparison(f"seq{seq}.conv_window", cs[slots[0], :, :W - 1], cd[slots[0], :, :W - 1], None,
+                                "layer.spec_one_accepted", "state"))
+        pairs.append(Comparison(f"seq{seq}.ssm_slot", ss[slots[0]], sd[slots[0]], None, "layer.spec_one_accepted",
+                                "state"))
     return pairs

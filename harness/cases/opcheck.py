@@ -21,6 +21,7 @@ import torch
 from harness import reference as ref
 from harness.config import GDNDims
 from harness.errors import ConfigError
+from harness.cases.comparison import Comparison
 from harness.cases.inputs import dtype_of, make_delta_inputs, make_small_params
 from harness.layouts.projection import unpack_qkvz_ba
 from harness.optimized.poison import uninitialized_memory_poisoned
@@ -302,7 +303,7 @@ def run_op_case(backend, op: str, variant: str, dims: GDNDims, dtype: str, state
                 device: str, oracle_device: Optional[str] = None, sample: Optional[dict] = None):
     """Run one op sample on the backend and the fp64 oracle (on `oracle_device`, default
     `device`; the CPU for devices without fp64); return the pairs to compare:
-    (name, actual, expected, token_dim, policy key)."""
+    one `Comparison` per output, state and untouched-slot check."""
     info = OP_INFOS[op]
     dt, st = dtype_of(dtype), dtype_of(state_dtype)
     layout = backend.ssm_state_layout
@@ -318,12 +319,13 @@ def run_op_case(backend, op: str, variant: str, dims: GDNDims, dtype: str, state
         if name is None:
             continue
         key = f"op.{op}.exact" if name in info.exact_outputs else f"op.{op}"
-        pairs.append((name, a.detach().cpu(), b.detach().cpu(), None, key))
+        pairs.append(Comparison(name, a.detach().cpu(), b.detach().cpu(), None, key))
     for name in got.states:
         a, b = got.kwargs[name].detach().cpu(), want_kw[name].detach().cpu()
         key = "op.conv_state" if "conv" in name else f"op.{op}.state"
-        pairs.append((state_output(name), a, b, None, key))
+        pairs.append(Comparison(state_output(name), a, b, None, key, "state"))
         spare = [s for s in range(a.shape[0]) if s not in set((got.touched or {}).get(name, []))]
         if spare:
-            pairs.append((f"{state_output(name)}.untouched", a[spare], stale[name][spare], None, "op.untouched"))
+            pairs.append(Comparison(f"{state_output(name)}.untouched", a[spare], stale[name][spare], None, "op.untouched",
+                                    "untouched"))
     return pairs

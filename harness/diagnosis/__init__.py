@@ -94,7 +94,7 @@ def analyse(case, pairs, policy, backend=None, ssm_layout: str = "vk", budget: f
 
 def mask_pad_rows(case, pairs, ssm_layout: str = "vk"):
     """For a backend that declares PAD-row outputs unspecified: `pairs` with every output's
-    PAD rows set to the expected values and the layer's `.pad_rows` checks dropped, and the
+    PAD rows set to the expected values and the layer's PAD-row checks dropped, and the
     names of the outputs so masked. States and real rows are compared as before."""
     if case.level == "op":
         from . import op
@@ -105,8 +105,9 @@ def mask_pad_rows(case, pairs, ssm_layout: str = "vk"):
         masked = layer.pad_rows_masked(pairs, case_scenario(case)) or {}
     else:
         return pairs, []
-    out = [(n, masked[n][0] if n in masked else a, r, t, k) for n, a, r, t, k in pairs if not n.endswith(".pad_rows")]
-    return out, sorted(n for n in masked if not n.endswith(".pad_rows"))
+    out = [c.with_actual(masked[c.output][0]) if c.output in masked else c for c in pairs if c.kind != "pad_rows"]
+    pad_checks = {c.output for c in pairs if c.kind == "pad_rows"}
+    return out, sorted(n for n in masked if n not in pad_checks)
 
 
 def _unpad(actual, masked):

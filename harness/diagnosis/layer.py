@@ -396,15 +396,15 @@ def pad_rows_masked(pairs, sc: Scenario, hyp: Optional[dict] = None) -> Optional
     """`pad_rows_expected` given the case's scenario alone."""
     plans = sc.plan()
     exp = {}
-    for name, actual, refv, _, _ in pairs:
-        e = (hyp or {}).get(name, refv)
-        if not name.startswith("step") or isinstance(e, tuple):
+    for c in pairs:
+        name, actual = c.output, c.actual
+        e = (hyp or {}).get(name, c.expected)
+        if c.step is None or isinstance(e, tuple):
             continue
-        s = int(name[4:].split(".")[0])
-        pad = [t for e_ in plans[s] if e_.kind == "pad" for t in range(e_.bos, e_.eos)]
+        pad = [t for e_ in plans[c.step] if e_.kind == "pad" for t in range(e_.bos, e_.eos)]
         if not pad:
             continue
-        if name.endswith(".pad_rows"):
+        if c.kind == "pad_rows":
             exp[name] = (e.to(actual), e)
         else:
             a = actual.clone()

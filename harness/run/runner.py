@@ -14,6 +14,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 from harness.run import autotune
 from harness.cases.case import Case
+from harness.cases.comparison import Comparison
 from harness.errors import HarnessError
 from harness.judge.compare import compare
 from harness.run.phases import Phases, TimedBackend, hook_compiles
@@ -89,10 +90,10 @@ def _skip_reason(case: Case, backend) -> Optional[str]:
 
 
 def _pairs(case: Case, backends: BackendCache, rec: dict, oracle_device=None, phases: Optional[Phases] = None):
-    """(name, actual, expected, token_dim, policy key) for the case, or None when skipped.
+    """The case's `Comparison`s, or None when skipped.
     With `phases`, the backend's op calls are timed into it."""
     if case.level == "self":
-        return [(n, a, b, t, f"self.{case.check}") for n, a, b, t in CHECKS[case.check][0](case)]
+        return [Comparison(n, a, b, t, f"self.{case.check}") for n, a, b, t in CHECKS[case.check][0](case)]
     with phases.timed("import") if phases is not None else contextlib.nullcontext():
         backend = backends.get(case.backend)
     reason = _skip_reason(case, backend)
@@ -170,7 +171,7 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
         if pairs is not None:
             broken = structural_problems(pairs)
             with phases.timed("compare"):
-                _judge(rec, [p for p in pairs if p[0] not in broken], policy, case)
+                _judge(rec, [c for c in pairs if c.output not in broken], policy, case)
             if broken:
                 rec.update(status="error", structural="shape" if any("shape" in b for b in broken.values())
                            else "output type", diagnosis=None,
@@ -212,7 +213,7 @@ def _sweep(rec: dict, case: Case, backends: BackendCache, policy: Policy, oracle
             with autotune.sweeping(i):
                 got = _pairs(case, backends, scratch, oracle_device)
             broken = structural_problems(got)
-            _judge(scratch, [p for p in got if p[0] not in broken], policy, case)
+            _judge(scratch, [c for c in got if c.output not in broken], policy, case)
             if broken:
                 scratch.update(status="error", error="; ".join(f"output {n}: {b}" for n, b in broken.items()))
         except Exception as e:  # noqa: BLE001 - a config that crashes is that config's finding
@@ -234,13 +235,14 @@ def structural_problems(pairs) -> Dict[str, str]:
     the reference's, complex or integer where the reference is real floating point."""
     import torch
     found = {}
-    for name, out, ref, _, _ in pairs:
+    for c in pairs:
+        out, ref = c.actual, c.expected
         if not isinstance(out, torch.Tensor):
-            found[name] = f"expected a tensor, got {type(out).__name__}"
+            found[c.output] = f"expected a tensor, got {type(out).__name__}"
         elif tuple(out.shape) != tuple(ref.shape):
-            found[name] = f"expected shape {tuple(ref.shape)}, got {tuple(out.shape)}"
+            found[c.output] = f"expected shape {tuple(ref.shape)}, got {tuple(out.shape)}"
         elif ref.is_floating_point() and not out.is_floating_point():
-            found[name] = f"expected a real floating-point dtype (as {ref.dtype}), got {out.dtype}"
+            found[c.output] = f"expected a real floating-point dtype (as {ref.dtype}), got {out.dtype}"
     return found
 
 
@@ -273,11 +275,11 @@ def _diagnose(rec: dict, case: Case, pairs, policy: Policy, backends: BackendCac
 
 def _judge(rec: dict, pairs, policy: Policy, case: Case) -> None:
     metrics, tolerances = [], {}
-    for name, out, ref, token_dim, key in pairs:
-        tol = policy.lookup(key, case.dtype, case.state_dtype)
-        tolerances[key] = dict(kind=tol.kind, value=tol.value, reason=tol.reason, source=tol.source)
-        m = compare(name, out, ref, tol, token_dim)
-        m.notes.append(key)
+    for c in pairs:
+        tol = policy.lookup(c.policy_key, case.dtype, case.state_dtype)
+        tolerances[c.policy_key] = dict(kind=tol.kind, value=tol.value, reason=tol.reason, source=tol.source)
+        m = compare(c.output, c.actual, c.expected, tol, c.token_dim)
+        m.notes.append(c.policy_key)
         metrics.append(m)
     rec["metrics"] = [m.to_dict() for m in metrics]
     rec["tolerance"] = tolerances
