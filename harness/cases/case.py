@@ -4,12 +4,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 from harness.config import GDNDims
 from harness.errors import ConfigError
 
 LEVELS = ("self", "op", "layer")
+# The layer-level pseudo-mix: a backend's spec path with one accepted token == its decode path, exact.
+SPEC_EQUIVALENCE = "spec_one_accepted"
 
 
 @dataclass
@@ -32,6 +34,27 @@ class Case:
     def __post_init__(self):
         if self.scenario is not None and self.level == "self":
             raise ConfigError("case.scenario", "only op and layer cases take an explicit scenario")
+
+    # A layer case's variant names its decode path, conv-state layout and ba sharding
+    # ("recurrent.dim_first.sharded"); read them here, never by splitting the string elsewhere.
+    def _layer_axes(self) -> Tuple[str, str, str]:
+        parts = self.variant.split(".")
+        if self.level != "layer" or len(parts) != 3:
+            raise ConfigError("case.variant", f"a layer case's decode_path.conv_layout.ba, got {self.variant!r} "
+                              f"({self.level} case)")
+        return parts[0], parts[1], parts[2]
+
+    @property
+    def decode_path(self) -> str:
+        return self._layer_axes()[0]
+
+    @property
+    def conv_layout(self) -> str:
+        return self._layer_axes()[1]
+
+    @property
+    def ba(self) -> str:
+        return self._layer_axes()[2]
 
     @property
     def scenario_tag(self) -> str:

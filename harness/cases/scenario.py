@@ -396,6 +396,6 @@ def accepted_as_decodes(sc: Scenario):
 def case_scenario(case) -> Scenario:
     """A layer case's scenario (its mix, or its shrunk `scenario`, with its layout, TP, seed,
     dtypes and the conv-state layout and ba sharding named in its variant)."""
-    _, conv, ba = case.variant.split(".")
     return mix_scenario(case.check, case.dims, getattr(case, "scenario", None), layout=case.layout, tp=case.tp,
-                        seed=case.seed, dtype=case.dtype, state_dtype=case.state_dtype, conv_state_layout=conv, ba=ba)
+                        seed=case.seed, dtype=case.dtype, state_dtype=case.state_dtype,
+                        conv_state_layout=case.conv_layout, ba=case.ba)

@@ -13,7 +13,9 @@ from typing import Dict, List, Optional
 
 from harness.cases.case import LEVELS, Case
 from harness.config import AUTOTUNE_POLICIES, SUITES_DIR, GDNDims, get_preset
+from harness.cases.case import SPEC_EQUIVALENCE
 from harness.errors import ConfigError, HarnessError
+from harness.optimized.api import DECODE_PATHS as BACKEND_DECODE_PATHS
 from harness.cases.inputs import DTYPES
 from harness.layouts.projection import LAYOUTS
 from harness.cases.opcheck import OP_INFOS
@@ -22,7 +24,7 @@ from harness.cases.selfcheck import CHECKS
 
 GROUP_KEYS = {"level", "checks", "ops", "mixes", "dims", "layout", "tp", "seed", "dtype", "state_dtype",
               "decode_path", "conv_layout", "ba", "variants"}
-DECODE_PATHS = ("recurrent", "sigmoid_gating", "packed")
+DECODE_PATHS = tuple(BACKEND_DECODE_PATHS)
 
 
 def parse_dims(spec: str) -> GDNDims:
@@ -89,7 +91,7 @@ def load_suite(name_or_path: str) -> dict:
         names = g.get(what[0])
         if names != ["*"]:
             allowed = set(what[1]) | ({n for n in names if str(n).startswith(("history_", "drift_"))}
-                                      | {"spec_one_accepted"}
+                                      | {SPEC_EQUIVALENCE}
                                       if what[0] == "mixes" else set())
             _check_values(f"{where}.{what[0]}", names, allowed, what[0])
         for key, allowed in (("layout", LAYOUTS), ("dtype", DTYPES), ("state_dtype", DTYPES),

@@ -18,6 +18,8 @@ from typing import List, Optional
 
 import torch
 
+from harness.cases.case import SPEC_EQUIVALENCE
+
 from .core import CLASSES, coverage_note, run_hypotheses, sentence
 
 DEFAULT_BUDGET_S = 60.0
@@ -54,7 +56,7 @@ def diagnose(case, pairs, policy, ssm_layout: str = "vk", budget: float = DEFAUL
             return sigs[h.build(c)]() if h in op.SIGNATURES else op.expected_of(h, c)
         hyps = op.SIGNATURES + op.HYPOTHESES
         unpad = _unpad(actual, lambda hyp=None: op.pad_rows_expected(pairs, ctx, hyp))
-    elif case.level == "layer" and case.check != "spec_one_accepted":
+    elif case.level == "layer" and case.check != SPEC_EQUIVALENCE:
         from . import layer
         ctx = layer.context(case, actual)
         fmt = layer.fmt(ctx, case.state_dtype)

@@ -9,6 +9,8 @@ from typing import List, Optional
 
 import torch
 
+from harness.cases.case import SPEC_EQUIVALENCE
+
 from . import signatures as S
 from . import structure
 
@@ -156,7 +158,7 @@ def analyse(case, pairs, policy, backend, ssm_layout: str, deadline: float) -> d
         first = out.pop("first_token", None)     # the op's token axis, which the op pairs do not carry
         if first:
             out["divergence"] = dict(first, worst_rel_rms=out["divergence"].get("worst_rel_rms", 0.0))
-    elif case.level == "layer" and case.check != "spec_one_accepted":
+    elif case.level == "layer" and case.check != SPEC_EQUIVALENCE:
         if backend is not None and time.perf_counter() < deadline:
             from .attribution import attribute_layer
             try:

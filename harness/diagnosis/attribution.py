@@ -154,7 +154,7 @@ def _describe_slot(slot: int, entries, what: str) -> str:
 def _run(case, backend, checked: _Checked, core=None):
     """The layer check's run (run_layer_case) through `checked`; returns the pairs."""
     sc = case_scenario(case)
-    path, conv_layout, ba = case.variant.split(".")
+    path, conv_layout, ba = case.decode_path, case.conv_layout, case.ba
     inp = make_inputs(sc)
     ranks = [p.to(case.device) for p in all_ranks(inp.weights, case.dims, case.layout, case.tp, ba)]
     pools = [rank_pools(sc, inp.conv_pool, inp.ssm_pool, p, conv_layout, backend.ssm_state_layout, case.device)

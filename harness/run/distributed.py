@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from harness.cases.case import Case
+from harness.cases.case import SPEC_EQUIVALENCE, Case
 from harness.errors import HarnessError
 from harness.run.isolate import share_cpus
 from harness.optimized.interpret import interpret_triton
@@ -61,7 +61,7 @@ def select_cases(cases: List[Case], tp_args, device: str) -> tuple:
         if have < world:
             raise HarnessError(f"--distributed --tp {world} --device {device}: needs {world} GPUs (one per rank), "
                                f"found {have}")
-    picked = [c for c in cases if c.level == "layer" and c.tp == world and c.check != "spec_one_accepted"]
+    picked = [c for c in cases if c.level == "layer" and c.tp == world and c.check != SPEC_EQUIVALENCE]
     if not picked:
         raise HarnessError(f"--distributed --tp {world}: no layer case at TP {world} in the selection "
                            "(op / self cases and the spec_one_accepted pseudo-mix run in process)")
@@ -257,7 +257,7 @@ def distributed_pairs(case: Case, backend, ops, device: str, oracle_device: Opti
     from harness.layouts.tp import gather_heads, shard_params
     from harness.cases.scenario import mix_scenario
     rank, world = dist.get_rank(), dist.get_world_size()
-    path, conv_layout, ba = case.variant.split(".")
+    path, conv_layout, ba = case.decode_path, case.conv_layout, case.ba
     ssm_layout = backend.ssm_state_layout
 
     def setup():

@@ -13,7 +13,7 @@ import traceback
 from typing import Callable, Dict, Iterable, List, Optional
 
 from harness.run import autotune
-from harness.cases.case import Case
+from harness.cases.case import SPEC_EQUIVALENCE, Case
 from harness.cases.comparison import Comparison
 from harness.errors import HarnessError
 from harness.judge.compare import compare
@@ -21,7 +21,6 @@ from harness.run.phases import Phases, TimedBackend, hook_compiles
 from harness.judge.policy import Policy
 from harness.cases.selfcheck import CHECKS
 
-SPEC_EQUIVALENCE = "spec_one_accepted"   # layer-level pseudo-mix: spec path vs decode path, exact
 
 # The diagnosis stage sits above run (it re-runs the oracle, reads cases): the CLI, the zoo and
 # the tests plug it in. Child processes (workers, ranks) inherit the module name through the
@@ -81,7 +80,7 @@ def _skip_reason(case: Case, backend) -> Optional[str]:
     if case.level == "op" and not backend.implements(case.check):
         return f"backend {case.backend} does not implement {case.check}"
     if case.level == "layer":
-        path, conv, _ = case.variant.split(".")
+        path, conv = case.decode_path, case.conv_layout
         if path not in backend.decode_paths:
             return f"backend {case.backend} has no {path} decode path (has {list(backend.decode_paths)})"
         if conv not in backend.conv_state_layouts:
@@ -112,7 +111,7 @@ def _pairs(case: Case, backends: BackendCache, rec: dict, oracle_device=None, ph
         return declared_pad_rows(case, backend, pairs, rec)
     from harness.cases.layercheck import run_layer_case, run_spec_equivalence
     from harness.optimized.api import FilledOps
-    path, conv, ba = case.variant.split(".")
+    path, conv, ba = case.decode_path, case.conv_layout, case.ba
     ops = FilledOps(backend, backends.get("reference"))
     if case.check == SPEC_EQUIVALENCE:
         pairs = run_spec_equivalence(backend, ops, case.dims, case.layout, case.dtype, case.state_dtype, case.seed,

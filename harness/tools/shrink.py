@@ -40,12 +40,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple
 
-from harness.cases.case import Case
+from harness.cases.case import SPEC_EQUIVALENCE, Case
 from harness.config import GDNDims
 from harness.errors import HarnessError
 
 SUITE = "shrink"
-SPEC_EQUIVALENCE = "spec_one_accepted"       # its scenario is fixed: only the dims shrink
 
 
 # ---------------------------------------------------------------- size
@@ -76,8 +75,8 @@ def case_size(case: Case, sample: Optional[dict] = None) -> int:
 def _scenario(case: Case):
     if case.check == SPEC_EQUIVALENCE:
         from harness.cases.layercheck import spec_equivalence_scenario
-        conv = case.variant.split(".")[1]
-        return spec_equivalence_scenario(case.dims, case.layout, case.dtype, case.state_dtype, case.seed, conv)
+        return spec_equivalence_scenario(case.dims, case.layout, case.dtype, case.state_dtype, case.seed,
+                                         case.conv_layout)
     from harness.cases.scenario import case_scenario
     return case_scenario(case)
 
