@@ -28,12 +28,13 @@ def _tol(policy, key, case) -> float:
 
 def _failing(pairs, policy, case):
     from harness.judge.compare import compare
-    for name, a, e, td, key in pairs:
+    for c in pairs:
+        name, a, e, key = c.output, c.actual, c.expected, c.policy_key
         if tuple(a.shape) != tuple(e.shape):
             continue
-        m = compare(name, a, e.to(a.device), policy.lookup(key, case.dtype, case.state_dtype), td)
+        m = compare(name, a, e.to(a.device), policy.lookup(key, case.dtype, case.state_dtype), c.token_dim)
         if not m.passed:
-            yield name, a, e, key, m
+            yield c, m
 
 
 def op_signatures(case, pairs, policy, ssm_layout: str) -> dict:
@@ -48,17 +49,18 @@ def op_signatures(case, pairs, policy, ssm_layout: str) -> dict:
     hints = structure.hints_for_call(case.check, kw, d.H, d.HV, d.K, d.V)
     sigs, checked = [], False
     reruns, first = None, None
-    for name, a, e, key, m in _failing(pairs, policy, case):
+    for c, m in _failing(pairs, policy, case):
+        name, a, e, key = c.output, c.actual, c.expected, c.policy_key
         base = name.split(".")[0]
         hint = dict(hints.get(base, {}))
         td = structure._dim(hint.get("token_dim"), a)
         if td is not None and first is None and tuple(a.shape) == tuple(e.shape):
             wrong = S.wrong_along(a, e, td, _tol(policy, key, case))
             first = dict(output=name, token=wrong[0]) if wrong else None
-        before = kw[base].detach().cpu() if base in s.states and not name.endswith(".untouched") else None
+        before = kw[base].detach().cpu() if base in s.states and c.kind != "untouched" else None
         tol = _tol(policy, key, case)
         found = structure.scan(name, a, e, hint, tol, d.H, d.HV, before)
-        if m.rel_rms < 0.1 and not name.endswith(".untouched"):
+        if m.rel_rms < 0.1 and c.kind != "untouched":
             if reruns is None:
                 reruns = structure.precision_reruns(OP_INFOS[case.check].reference,
                                                     {n: upcast(v) for n, v in kw.items()},
@@ -75,7 +77,7 @@ def op_signatures(case, pairs, policy, ssm_layout: str) -> dict:
         sigs += [dict(x.to_dict(), op=case.check, step=None) for x in found]
     return dict(signatures=_rank(sigs), precision_checked=checked, first_token=first,
                 attribution=dict(op=case.check, how="op case", step=None,
-                                 outputs=[n for n, *_ in _failing(pairs, policy, case)]))
+                                 outputs=[c.output for c, _ in _failing(pairs, policy, case)]))
 
 
 def _state_one_token_earlier(op: str, fn, kw) -> Optional[torch.Tensor]:
@@ -107,11 +109,12 @@ def layer_signatures(case, pairs, policy) -> List[dict]:
     d = sc.dims
     qkv = {"q": (0, d.key_dim), "k": (d.key_dim, 2 * d.key_dim), "v": (2 * d.key_dim, 2 * d.key_dim + d.value_dim)}
     sigs = []
-    for name, a, e, key, m in _failing(pairs, policy, case):
+    for c, m in _failing(pairs, policy, case):
+        name, a, e, key = c.output, c.actual, c.expected, c.policy_key
         before = None
-        if name.startswith("step"):
-            s = int(name[4:].split(".")[0])
-            if name.endswith(".pad_rows"):
+        if c.step is not None:
+            s = c.step
+            if c.kind == "pad_rows":
                 continue
             es = plans[s]
             hint = dict(token_dim=0, starts=[x.bos for x in es if x.tokens],
@@ -138,7 +141,8 @@ def divergence(pairs, policy, case) -> dict:
     """Where the failing outputs start to diverge: the earliest first divergent token of a
     token-major output (else the worst output's max |diff| index), and the worst rel_rms."""
     best, worst = None, 0.0
-    for name, a, e, key, m in _failing(pairs, policy, case):
+    for c, m in _failing(pairs, policy, case):
+        name = c.output
         rel = m.rel_rms if math.isfinite(m.rel_rms) else math.inf
         worst = max(worst, rel)
         if m.first_divergent_token is not None and (best is None or "token" not in best or

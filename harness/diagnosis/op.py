@@ -355,7 +355,7 @@ def pad_rows_expected(pairs, c: OpContext, hyp: Optional[dict] = None) -> Option
 
 def untouched_expected(pairs) -> Optional[Dict[str, torch.Tensor]]:
     """Everything but the slots no sequence owns must match."""
-    exp = {name: actual.to(refv.dtype) for name, actual, refv, _, _ in pairs if name.endswith(".untouched")}
+    exp = {c.output: c.actual.to(c.expected.dtype) for c in pairs if c.kind == "untouched"}
     return exp or None
 
 
