@@ -297,6 +297,18 @@ class BetaRoundedBf16(_TritonMutant):
     )
 
 
+class ReadoutBufferFp16(_TritonMutant):
+    """The delta rule's read-out o = S q written through a float16 buffer whatever the
+    activation dtype (a scratch buffer sized for fp16 serving): 11-bit outputs in an fp32 /
+    bf16 run, and Inf wherever |o| passes 65504 - over long horizons or large values a
+    readout that overflows while the fp32 state is fine. Lives in the Triton recurrent
+    kernel's output store."""
+    name = "readout_buffer_fp16"
+    module = "recurrent"
+    mutations = (("        tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_v)",
+                  "        tl.store(p_o, b_o.to(tl.float16).to(o.dtype.element_ty), mask=m_v)"),)
+
+
 class QkL2normSkipped(_TritonMutant):
     """The in-kernel q / k l2norm skipped (use_qk_l2norm_in_kernel not honoured): q and k
     enter the delta rule unnormalised, so the state update ``u = beta (v - S k)`` no longer
@@ -515,6 +527,19 @@ class CheckpointEveryChunkNotBlock(_ReferenceCheckpointMutant):
     )
 
 
+class CheckpointStoredBf16(_ReferenceCheckpointMutant):
+    """Prefix-cache checkpoints stored through bfloat16 while the cold run keeps its state in
+    fp32: a request restored from a checkpoint resumes from a state 2^-9 off the one the cold
+    run carried on with. Within the fp32 chunk tolerance of the checkpoints themselves (8
+    u_tf32), caught by the exact check that the checkpoint at a sequence's end equals the
+    cold run's final state. Lives in the checkpointing prefill's source."""
+    name = "checkpoint_stored_bf16"
+    mutations = (
+        ("                state_checkpoints[c] = S[0].to(state_checkpoints.dtype)",
+         "                state_checkpoints[c] = S[0].to(torch.bfloat16).to(state_checkpoints.dtype)"),
+    )
+
+
 # ------------------------------------------------------------------ batch metadata (gdn_core)
 class SpecUngatheredAb(_TritonCore):
     """Spec path using un-gathered a / b (vLLM's spec-decode gating bug): the spec tokens'
@@ -690,6 +715,9 @@ _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
      "state precision"),
     (BetaRoundedBf16, "triton", "triton-source", "beta rounded to bf16 every step (long-horizon drift lane)",
      "gating precision"),
+    (ReadoutBufferFp16, "triton", "triton-source",
+     "an fp16 read-out buffer overflowing (o = S q stored through fp16 whatever the dtype; long-horizon drift lane)",
+     "output precision"),
     (QkL2normSkipped, "triton", "triton-source", "in-kernel q/k l2norm skipped", "q/k norm"),
     (ScaleAppliedToK, "triton", "triton-source", "attention scale applied to k instead of q", "q/k scale"),
     (SoftplusThresholdInverted, "triton", "triton-source", "softplus threshold inverted", "gating math"),
@@ -715,6 +743,9 @@ _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
      "prefix-cache checkpoint taken at its block's start instead of its end", "prefix-cache checkpoints"),
     (CheckpointEveryChunkNotBlock, "reference", "reference-source",
      "checkpoints every 64-token chunk where the block size was asked (chunk vs block size mixed up)",
+     "prefix-cache checkpoints"),
+    (CheckpointStoredBf16, "reference", "reference-source",
+     "prefix-cache checkpoint stored in bf16 while the cold run keeps an fp32 state (restored state narrower)",
      "prefix-cache checkpoints"),
     (SpecUngatheredAb, "triton", "gdn_core", "spec path gating with un-gathered a/b rows",
      "spec decode: token gather"),
