@@ -266,9 +266,11 @@ def cmd_list(args) -> int:
             steps = build()
             print(f"{name:22} steps={len(steps)} num_spec={num_spec} entries={sum(len(s) for s in steps)}")
     elif args.what == "mutants":
-        from .faults.catalogue import FAULTS
+        from .faults.catalogue import FAULTS, GRAPH_FAULTS
         for name, f in FAULTS.items():
             print(f"{name:36} base={f.base:9} {f.incident}")
+        for name, f in GRAPH_FAULTS.items():    # not run by `gdn-harness zoo`: no suite case can kill them
+            print(f"{name:36} base={f.base:9} {f.incident} [GPU only: python -m harness.cudagraph --zoo]")
     elif args.what == "presets":
         for name, d in PRESETS.items():
             print(f"{name:22} hidden={d.hidden:<5} H={d.H:<3} HV={d.HV:<3} K={d.K} V={d.V} W={d.W} "
