@@ -376,11 +376,11 @@ class ConvWritesPadSlot(_TritonMutant):
     name = "conv_writes_pad_slot"
     module = "conv"
     mutations = ((
-        "    slots = conv_state_indices.tolist() if conv_state_indices is not None else list(range(B))\n",
+        "    L_state = conv_state.shape[2]\n",
         "    if conv_state_indices is not None:   # PAD (-1) wraps to the last slot\n"
         "        conv_state_indices = torch.where(conv_state_indices == pad_slot_id, conv_state.shape[0] - 1,\n"
         "                                         conv_state_indices).to(conv_state_indices.dtype)\n"
-        "    slots = conv_state_indices.tolist() if conv_state_indices is not None else list(range(B))\n",
+        "    L_state = conv_state.shape[2]\n",
     ),)
 
 
