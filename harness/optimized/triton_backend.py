@@ -79,6 +79,7 @@ class TritonBackend(Backend):
     name = "triton"
     description = "gdn-harness's own Triton kernels (chunked prefill via fla when installed)"
     decode_paths = ("recurrent", "sigmoid_gating", "packed")
+    cuda_graphs = True      # value checks skipped and sizes from shapes under capture (triton_kernels.common)
 
     unpack_qkvz_ba = staticmethod(unpack.unpack_qkvz_ba)
     causal_conv1d_fn = staticmethod(conv.causal_conv1d_fn)
