@@ -38,3 +38,19 @@ def test_smoke_leaves_them_out_and_they_cover_every_op():
 def test_reference_op_matches_the_oracle(case):
     rec = run_case(case, _POLICY, "smoke", _BACKENDS)
     assert rec["status"] == "pass", f"{rec['status']}: {rec.get('error') or rec['diagnosis']}\nrepro: {rec['repro']}"
+
+
+def test_exclude_backends_is_checked_and_honoured(tmp_path):
+    from harness.errors import ConfigError
+    group = ('[[group]]\nlevel = "op"\nops = ["fused_gdn_gating"]\ndims = ["qwen3.5-27b:shrunk:H=2,K=12,V=20"]\n'
+             'variants = ["contiguous"]\n')
+    ok = tmp_path / "ok.toml"
+    ok.write_text(group + 'exclude_backends = ["reference"]\n')
+    assert [c.backend for c in expand(load_suite(str(ok)), ["reference", "triton", "reference@x"])] == ["triton"]
+    for bad, words in ((group + 'exclude_backends = ["referenc"]\n', "unknown backend 'referenc'"),
+                       ('[[group]]\nlevel = "self"\nchecks = ["tp_reduce"]\ndims = ["qwen3.5-27b:shrunk"]\n'
+                        'exclude_backends = ["reference"]\n', "self checks run on no backend")):
+        path = tmp_path / "bad.toml"
+        path.write_text(bad)
+        with pytest.raises(ConfigError, match=words):
+            load_suite(str(path))
