@@ -15,9 +15,11 @@ from typing import Optional
 import torch
 
 from .api import Backend
-from .interpret import gpu_kernels, interpret_triton
+from .interpret import fast_interpreter, gpu_kernels, interpret_triton
 
 interpret_triton()      # before triton.jit wraps the kernels below
+if os.environ.get("TRITON_INTERPRET") == "1":
+    fast_interpreter()  # cached lookups in Triton's interpreter (harness/optimized/interpret.py)
 
 from .triton_kernels import conv, gating, norm, recurrent, unpack  # noqa: E402
 
