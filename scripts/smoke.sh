@@ -6,4 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh triton
 py="${VIRTUAL_ENV:-$PWD/.venv}/bin"
-exec "$py/gdn-harness" run --suite smoke --backend reference --backend triton "$@"
+# one worker per core (at most 8; each gets cores / jobs torch threads); --jobs N overrides
+jobs=$(nproc 2>/dev/null || echo 1); [ "$jobs" -gt 8 ] && jobs=8
+case " $* " in *" --no-isolate "*|*" --distributed "*) jobs=1 ;; esac
+exec "$py/gdn-harness" run --suite smoke --backend reference --backend triton --jobs "$jobs" "$@"

@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh dev,fla,triton,eval
 py="${VIRTUAL_ENV:-$PWD/.venv}/bin"
+# one torch / OpenMP thread per xdist worker (-n auto starts one per core), unless set
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec "$py/python" -m pytest -n auto "$@"

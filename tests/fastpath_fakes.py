@@ -447,3 +447,55 @@ def vllm_wrapper_gate_not_exp():
     from harness.faults.fastpath_mutants import VllmFiWrapperGateNotExp
     return _on_cpu(VllmFiWrapperGateNotExp(modules=vllm_modules(), layer_source=VLLM_LAYER_SOURCE,
                                            platform=FakePlatform(90)))
+
+
+# ------------------------------------------------------------------ vLLM 0.33's weight loaders
+class FakeMergedColumnParallelLinear(torch.nn.Module):
+    """vLLM 0.33's ``MergedColumnParallelLinear`` as its ``weight_loader(self, param,
+    loaded_weight, loaded_shard_id=None)`` uses it: ``output_sizes`` (global), ``tp_rank``,
+    ``tp_size``, ``param.output_dim``. Shard id None: the checkpoint tensor is fused on disk
+    and each output size is loaded as its own shard; an int: that output size's rows, the
+    rank's 1/tp slice of them, at the section's offset inside the rank's parameter."""
+
+    def weight_loader(self, param, loaded_weight, loaded_shard_id=None):
+        dim = param.output_dim
+        if loaded_shard_id is None:
+            at = 0
+            for i, size in enumerate(self.output_sizes):
+                self.weight_loader(param, loaded_weight.narrow(dim, at, size), i)
+                at += size
+            return
+        size = self.output_sizes[loaded_shard_id] // self.tp_size
+        offset = sum(self.output_sizes[:loaded_shard_id]) // self.tp_size
+        param.data.narrow(dim, offset, size).copy_(loaded_weight.narrow(dim, self.tp_rank * size, size))
+
+
+class FakeMergedTwoShards(FakeMergedColumnParallelLinear):
+    """vllm #35504's kind of loader bug: a fused interleaved weight (one output size) loaded
+    as two equal shards, each sliced per rank - in_proj_ba as the flat layout's [b | a]
+    (and in_proj_qkvz likewise cut in halves)."""
+
+    def weight_loader(self, param, loaded_weight, loaded_shard_id=None):
+        if loaded_shard_id is None and len(self.output_sizes) == 1:
+            self.output_sizes = [self.output_sizes[0] // 2] * 2
+        return super().weight_loader(param, loaded_weight, loaded_shard_id)
+
+
+def fake_mamba_v2_sharded_weight_loader(shard_spec, tp_size, tp_rank):
+    """vLLM 0.33's ``mamba_v2_sharded_weight_loader(shard_spec, tp_size, tp_rank)`` -> loader(param,
+    loaded_weight): per (full_dim, extra, duplicate_groups) section, the rank's (or rank 0's
+    when duplicated) 1/tp rows, packed section after section along dim 0."""
+    def loader(param, loaded_weight):
+        at, src = 0, 0
+        for full_dim, extra, duplicate in shard_spec:
+            size = (full_dim + extra) // tp_size
+            rank = 0 if duplicate else tp_rank
+            take = min(size, full_dim - rank * size)
+            param.data[at:at + take] = loaded_weight[src + rank * size:src + rank * size + take]
+            at += size
+            src += full_dim - extra
+    return loader
+
+
+def vllm_loaders(merged=FakeMergedColumnParallelLinear):
+    return dict(merged=merged, mamba_v2=fake_mamba_v2_sharded_weight_loader, version="0.33.0 (fake loaders)")

@@ -1,6 +1,8 @@
-"""CUDA-graph capture / replay of a backend's decode step (issue 19 item 2). GPU only: on
-a CPU machine every test here is a named skip. On a GPU:
+"""CUDA-graph capture / replay of a backend's decode and spec-verify steps (issue 19 item 2).
+GPU only: on a CPU machine every test here is a named skip (the CPU-checkable parts are in
+tests/test_cuda_graph_zoo.py). On a GPU:
 
+    .venv/bin/python -m pytest tests/test_cuda_graph.py -q -rs                       # triton
     GDN_GRAPH_BACKEND=vllm .venv/bin/python -m pytest tests/test_cuda_graph.py -q -rs
 """
 import os
@@ -9,9 +11,12 @@ import pytest
 import torch
 
 from harness.config import get_preset
-from harness.tools.cudagraph import graph_replay_pairs, why_not
+from harness.tools.cudagraph import CAPTURES, check_backend, failing, graph_replay_pairs, main, why_not
+from harness.faults.catalogue import GRAPH_FAULTS
 
-BACKEND = os.environ.get("GDN_GRAPH_BACKEND", "vllm")
+pytestmark = pytest.mark.gpu
+BACKEND = os.environ.get("GDN_GRAPH_BACKEND", "triton")
+DIMS = get_preset("qwen3-next-80b-a3b")
 
 
 def _backend():
@@ -29,64 +34,23 @@ def _backend():
     return be, FilledOps(be, load_backend("reference"))
 
 
-class _FrozenSize:
-    """A decode step whose batch size is read once (at capture) and frozen: the rows it
-    processes are the real rows of the first call (vLLM's num_actual_tokens taken on the host)."""
-    def __init__(self, ops):
-        self._ops, self._n = ops, None
-
-    def __getattr__(self, name):
-        return getattr(self._ops, name)
-
-    def fused_recurrent_gated_delta_rule(self, q, k, v, g, beta, cu_seqlens=None, ssm_state_indices=None, **kw):
-        if self._n is None:
-            self._n = int((ssm_state_indices >= 0).sum())       # host read at warm-up, frozen after
-        n = self._n
-        o, s = self._ops.fused_recurrent_gated_delta_rule(q[:, :n], k[:, :n], v[:, :n], g[:, :n], beta[:, :n],
-                                                          cu_seqlens=cu_seqlens[:n + 1],
-                                                          ssm_state_indices=ssm_state_indices[:n], **kw)
-        full = torch.zeros(*q.shape[:2], *o.shape[2:], dtype=o.dtype, device=o.device)
-        full[:, :n] = o
-        return full, s
-
-
-class _HostBranch:
-    """A host-side branch on the batch's contents: without PAD rows (as at capture) the
-    slot index is taken as the row number; the graph keeps that branch for every replay."""
-    def __init__(self, ops):
-        self._ops, self._plain = ops, None
-
-    def __getattr__(self, name):
-        return getattr(self._ops, name)
-
-    def fused_recurrent_gated_delta_rule(self, *a, ssm_state_indices=None, **kw):
-        if self._plain is None:
-            self._plain = bool((ssm_state_indices >= 0).all())
-        if self._plain:
-            ssm_state_indices = torch.arange(ssm_state_indices.shape[0], dtype=ssm_state_indices.dtype,
-                                             device=ssm_state_indices.device)
-        return self._ops.fused_recurrent_gated_delta_rule(*a, ssm_state_indices=ssm_state_indices, **kw)
-
-
-def _failing(pairs):
-    return [n for n, a, b, _, _ in pairs if not torch.equal(a, b)]
-
-
-@pytest.mark.parametrize("capture_real", [8, 2])
-def test_graph_replay_equals_eager(capture_real):
+@pytest.mark.parametrize("step, capture_real", CAPTURES)
+def test_graph_replay_equals_eager(step, capture_real):
     be, ops = _backend()
-    pairs = graph_replay_pairs(be, ops, get_preset("qwen3-next-80b-a3b"), capture_real=capture_real)
-    assert _failing(pairs) == []
+    assert failing(graph_replay_pairs(be, ops, DIMS, capture_real=capture_real, step=step)) == []
 
 
-@pytest.mark.parametrize("fault, capture_real", [(_FrozenSize, 2), (_HostBranch, 8)])
-def test_graph_faults_are_caught(fault, capture_real):
-    be, ops = _backend()
-    pairs = graph_replay_pairs(be, fault(ops), get_preset("qwen3-next-80b-a3b"), capture_real=capture_real)
-    assert _failing(pairs), f"{fault.__name__} passed the graph-replay check"
+@pytest.mark.parametrize("fault", sorted(GRAPH_FAULTS))
+def test_graph_faults_are_killed(fault):
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA graphs need a CUDA device (this machine has none)")
+    runs = check_backend(GRAPH_FAULTS[fault].make, DIMS)
+    assert any(bad for _, _, bad in runs), f"{fault} passed every capture: {runs}"
 
 
-def test_without_cuda_the_check_says_why():
-    from harness.optimized.reference_backend import ReferenceBackend
-    reason = why_not(ReferenceBackend(), "cpu")
-    assert reason and ("CUDA" in reason or "cuda_graphs" in reason)
+def test_zoo_command_kills_every_graph_fault(capsys):
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA graphs need a CUDA device (this machine has none)")
+    assert main(["--zoo"]) == 0
+    out = capsys.readouterr().out
+    assert f"CUDA-graph kill score {len(GRAPH_FAULTS)}/{len(GRAPH_FAULTS)}; base passes: True" in out

@@ -286,7 +286,7 @@ def test_html_groups_identical_failures_and_shows_op_layouts(run):
 
 def test_op_cases_carry_their_real_layout():
     from harness.cases.suite import expand, load_suite
-    cases = [c for c in expand(load_suite("smoke"), ["reference"]) if c.check == "unpack_qkvz_ba"]
+    cases = [c for c in expand(load_suite("smoke"), ["triton"]) if c.check == "unpack_qkvz_ba"]
     assert cases and all(c.layout == c.variant.split("-")[0] for c in cases)
     assert {c.layout for c in cases} == {"interleaved", "flat"}
 

@@ -62,3 +62,68 @@ def test_layer_unpack_from_vllm_source(layout):
     assert all(torch.equal(a, b) for a, b in zip(be.unpack_qkvz_ba(mq, mb, DIMS, layout), want))
     bad = vllm_mutants.VllmInterleavedUnpackOnFlat().unpack_qkvz_ba(mq, mb, DIMS, layout)
     assert all(torch.equal(a, b) for a, b in zip(bad, want)) == (layout == "interleaved")
+
+
+# ------------------------------------------------------------------ weight loading (issue 19 item 5)
+from harness.layouts.tp import shard_params  # noqa: E402 - imports of the weight-loading section, kept with it
+from harness.cases.inputs import make_weights  # noqa: E402 - as above
+from tests import fastpath_fakes as ff  # noqa: E402 - as above
+
+TP_DIMS = GDNDims(hidden=32, H=4, HV=12, K=8, V=12, W=4, name="vllm-tp-test")   # two key heads per rank at TP 2
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "flat"])
+@pytest.mark.parametrize("tp", [1, 2, 4])
+@pytest.mark.parametrize("ba", ["sharded", "replicated"])
+def test_vllm_loaders_shard_as_the_harness_rules(layout, tp, ba):
+    """vLLM's loaders (stand-ins with their signatures) give every rank the harness's shards."""
+    w = make_weights(TP_DIMS, 0)
+    for rank in range(tp):
+        got = vllm_backend.vllm_shard_params(ff.vllm_loaders(), w, TP_DIMS, layout, tp, rank, ba)
+        want = shard_params(w, TP_DIMS, layout, tp, rank, ba)
+        for name in ("w_qkvz", "w_ba", "conv_weight", "A_log", "dt_bias", "out_proj", "norm_weight"):
+            assert torch.equal(getattr(got, name), getattr(want, name)), (name, rank)
+        assert got.ba_heads == want.ba_heads
+
+
+def test_backend_shards_with_the_loaders_it_is_given():
+    w = make_weights(TP_DIMS, 0)
+    be = vllm_backend.VllmBackend(loaders=ff.vllm_loaders(ff.FakeMergedTwoShards))
+    assert "MergedColumnParallelLinear" in be.describe()["weight_loading"]
+    good = shard_params(w, TP_DIMS, "interleaved", 2, 1)
+    bad = be.shard_params(w, TP_DIMS, "interleaved", 2, 1)
+    assert not torch.equal(bad.w_ba, good.w_ba) and torch.equal(bad.conv_weight, good.conv_weight)
+
+
+def test_a_loader_bug_fails_the_full_weight_projection_check():
+    """The layer check runs on the backend's shards and compares every rank's projections with
+    the full-weight TP=1 GEMM: vLLM's loaders pass, a #35504-style loader fails there."""
+    from harness.cases.layercheck import run_layer_case
+    from harness.optimized.api import FilledOps
+    from harness.optimized.reference_backend import ReferenceBackend
+
+    def failing(loaders):
+        be = ReferenceBackend()
+        be.shard_params = vllm_backend.VllmBackend(loaders=loaders).shard_params
+        pairs = run_layer_case(be, FilledOps(be, ReferenceBackend()), TP_DIMS, "decode_only", "interleaved", 2,
+                               "float32", "float32", 0, "cpu")
+        return sorted({n.split(".", 1)[1] for n, a, b, _, key in pairs
+                       if n.startswith("step") and "proj" in n and not torch.allclose(a.double(), b.double())})
+
+    assert failing(ff.vllm_loaders()) == []
+    assert "proj_ba" in failing(ff.vllm_loaders(ff.FakeMergedTwoShards))
+
+
+def test_without_vllm_loaders_the_harness_sharding_is_used_and_said(monkeypatch):
+    monkeypatch.setattr(vllm_backend, "_LOADERS", {})
+    monkeypatch.setattr(vllm_backend, "_LOADER_ERROR", [])
+    monkeypatch.setattr(vllm_backend, "LOADER_MODULES", dict(linear="vllm_no_such_module.linear"))
+    be = vllm_backend.VllmBackend()
+    loaders, why = be.weight_loaders()
+    assert loaders is None and "not importable" in why and "harness's TP sharding" in why
+    assert be.describe()["weight_loading"] == why
+    w = make_weights(TP_DIMS, 0)
+    got, want = be.shard_params(w, TP_DIMS, "flat", 2, 0), shard_params(w, TP_DIMS, "flat", 2, 0)
+    assert torch.equal(got.w_qkvz, want.w_qkvz) and torch.equal(got.conv_weight, want.conv_weight)
+    if not HAS_VLLM:
+        assert be.unavailable("cpu").startswith("vLLM is not importable: ")

@@ -198,6 +198,19 @@ def _chunk_checkpoints(variant, dims, dt, st, layout, seed, device, sample=None)
     return Sample(kw, ("o", "final_state"), ("state_checkpoints",), {"state_checkpoints": list(range(n))})
 
 
+def checkpoint_ends(kwargs) -> Tuple[List[int], List[int]]:
+    """(checkpoint index, sequence index) of each checkpoint written at its sequence's end
+    (the block divides the length): that checkpoint is the cold run's final state."""
+    every, cu = kwargs["checkpoint_every"], [int(x) for x in kwargs["cu_seqlens"].tolist()]
+    cks, seqs, at = [], [], 0
+    for n, L in enumerate(b - a for a, b in zip(cu, cu[1:])):
+        at += L // every
+        if L and L % every == 0:
+            cks.append(at - 1)
+            seqs.append(n)
+    return cks, seqs
+
+
 def _pool_and_indices(g, dims, variant, st, layout, device, keep):
     pool = _rand(g, 10, dims.HV, dims.V, dims.K, scale=0.3)
     if variant == "spec":
@@ -328,4 +341,19 @@ def run_op_case(backend, op: str, variant: str, dims: GDNDims, dtype: str, state
         if spare:
             pairs.append(Comparison(f"{state_output(name)}.untouched", a[spare], stale[name][spare], None, "op.untouched",
                                     "untouched"))
+    if op == "chunk_gated_delta_rule_checkpoints":
+        pairs += _checkpoint_end(got.kwargs, out_b[1])
     return pairs
+
+
+def _checkpoint_end(kwargs, final) -> list:
+    """The checkpoint written at a sequence's end against the backend's own final state of
+    that cold run, exactly in the state dtype: a restore from it must resume bit-for-bit
+    where the cold run stopped (a checkpoint stored narrower passes the fp32 tolerance of
+    `state_checkpoints` but not this)."""
+    cks, seqs = checkpoint_ends(kwargs)
+    if not cks or final is None:
+        return []
+    ck = kwargs["state_checkpoints"].detach().cpu()
+    return [Comparison("checkpoint_end", ck[cks], final.detach().cpu()[seqs].to(ck.dtype), None, "op.checkpoint_end",
+                       "state")]

@@ -3,6 +3,8 @@
 A suite is a list of ``[[group]]`` tables, each one level (self / op / layer) and the
 values of the axes it runs over; a case is every combination. Axes a group leaves out
 take their defaults. TP degrees that do not divide a dims' heads are not cases of it.
+``exclude_backends`` drops a group's cases for the backends it names (``--backend`` names,
+variants included), e.g. the reference's op cases, which compare the oracle with itself.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from harness.cases.scenario import MIXES
 from harness.cases.selfcheck import CHECKS
 
 GROUP_KEYS = {"level", "checks", "ops", "mixes", "dims", "layout", "tp", "seed", "dtype", "state_dtype",
-              "decode_path", "conv_layout", "ba", "variants"}
+              "decode_path", "conv_layout", "ba", "variants", "exclude_backends"}
 DECODE_PATHS = tuple(BACKEND_DECODE_PATHS)
 
 
@@ -99,6 +101,11 @@ def load_suite(name_or_path: str) -> dict:
                              ("ba", ("sharded", "replicated"))):
             if key in g:
                 _check_values(f"{where}.{key}", g[key], allowed, key)
+        if "exclude_backends" in g:
+            if g["level"] == "self":
+                raise ConfigError(f"{where}.exclude_backends", "self checks run on no backend; drop the key")
+            from harness.optimized.registry import backend_names
+            _check_values(f"{where}.exclude_backends", g["exclude_backends"], set(backend_names()), "backend")
     data.setdefault("name", path.stem)
     data["path"] = str(path)
     return data
@@ -107,6 +114,11 @@ def load_suite(name_or_path: str) -> dict:
 def _names(g: dict, key: str, table) -> List[str]:
     names = g[key]
     return list(table) if names == ["*"] else names
+
+
+def _excluded(backend: str, names: List[str]) -> bool:
+    """`backend` (a --backend spec, maybe with an @variant) is one of `names`."""
+    return backend in names or backend.split("@")[0] in names
 
 
 def expand(suite: dict, backends: List[str], device: str = "cpu", seeds: Optional[List[int]] = None) -> List[Case]:
@@ -135,6 +147,8 @@ def expand(suite: dict, backends: List[str], device: str = "cpu", seeds: Optiona
                     add(Case("self", chk, d, lay, tp, seed, device))
             continue
         for be in backends:
+            if _excluded(be, g.get("exclude_backends", [])):
+                continue
             dts, sts = g.get("dtype", ["float32"]), g.get("state_dtype", ["float32"])
             if g["level"] == "op":
                 for op in _names(g, "ops", OP_INFOS):

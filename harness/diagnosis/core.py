@@ -23,6 +23,7 @@ CLASSES: Dict[str, str] = {
     "weight_sharding": "weight loading: TP shards",
     "prefix_checkpoints": "prefix-cache checkpoints",
     "state_precision": "state precision",
+    "output_precision": "output precision (read-out buffer)",
     "qk_norm": "q/k L2 norm",
     "qk_scale": "q/k scale",
     "gating_math": "gating math",

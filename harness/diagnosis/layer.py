@@ -337,6 +337,10 @@ HYPOTHESES = [
     H("beta_truncated_bf16_decode", "gating_precision",
       "matches when the decode / spec (recurrent) kernel truncates beta to bfloat16 every step",
       lambda c: dict(ops=V.beta_bf16(scope="decode", truncate=True)), _has("decode", "spec")),
+    H("readout_buffer_fp16_decode", "output_precision",
+      "matches when the decode / spec (recurrent) kernel's read-out o = S q goes through a float16 buffer "
+      "(rounded to 11 bits, Inf past 65504) whatever the activation dtype",
+      lambda c: dict(ops=V.readout_fp16(scope="decode")), _has("decode", "spec")),
     H("norm_gemma_weight", "gated_norm", "matches when RMSNormGated uses a Gemma-style (1 + w) weight",
       lambda c: dict(ops=V.norm_variant("gemma"))),
     H("norm_before_gate_flipped", "gated_norm", "matches when RMSNormGated's norm_before_gate is flipped",

@@ -116,12 +116,19 @@ HYPOTHESES = [
     H("beta_truncated_bf16", "gating_precision",
       "matches when beta is truncated to bfloat16 before the update u = beta (v - S k)",
       lambda c: V.beta_bf16(truncate=True), _ops("fused_recurrent_gated_delta_rule")),
+    H("readout_buffer_fp16", "output_precision",
+      "matches when the read-out o = S q goes through a float16 buffer (rounded to 11 bits, Inf past 65504) "
+      "whatever the activation dtype ({dtype} here)", lambda c: V.readout_fp16(), _ops(*RECURRENT_OPS)),
     H("checkpoint_at_block_start", "prefix_checkpoints",
       "matches when each prefix-cache checkpoint is the state at its block's start instead of its end",
       lambda c: checkpoint_variant("block_start"), _ops("chunk_gated_delta_rule_checkpoints")),
     H("checkpoint_every_chunk", "prefix_checkpoints",
       "matches when checkpoints are taken every 64-token chunk instead of every block (chunk size and block "
       "size mixed up)", lambda c: checkpoint_variant("chunk_grid"), _ops("chunk_gated_delta_rule_checkpoints")),
+    H("checkpoint_stored_bf16", "prefix_checkpoints",
+      "matches when the prefix-cache checkpoints are stored through bfloat16 while the cold run keeps its "
+      "{state_dtype} state: a restore resumes from a narrower state than the cold run carried on with",
+      lambda c: checkpoint_variant("bf16"), _ops("chunk_gated_delta_rule_checkpoints")),
     # gated norm
     H("norm_gemma_weight", "gated_norm", "matches when RMSNormGated scales by a Gemma-style (1 + w) instead of w",
       lambda c: V.norm_variant("gemma"), _ops("rms_norm_gated")),
@@ -211,11 +218,21 @@ HYPOTHESES = [
 
 
 # ------------------------------------------------------------------ running an op under overrides
+CHECKPOINT_STORE = "_checkpoint_store"    # pseudo-op key: how a checkpoint is stored from the running state
+
+
 def checkpoint_variant(kind: str) -> dict:
     """Prefix-cache checkpoints gone wrong: ``block_start`` (each saved at its block's start:
-    the sequence's initial state, then the previous checkpoint) or ``chunk_grid`` (saved every
-    64 tokens: checkpoint j at (j+1) * 64)."""
+    the sequence's initial state, then the previous checkpoint), ``chunk_grid`` (saved every
+    64 tokens: checkpoint j at (j+1) * 64) or ``bf16`` (stored rounded to bfloat16)."""
     op = "chunk_gated_delta_rule_checkpoints"
+    if kind == "bf16":
+        def fn(**kw):
+            out = ref.chunk_gated_delta_rule_checkpoints(**kw)
+            ck = kw["state_checkpoints"]
+            ck.copy_(_bf16(ck))
+            return out
+        return {op: fn, CHECKPOINT_STORE: _bf16}
 
     def fn(**kw):
         ck, every = kw["state_checkpoints"], kw["checkpoint_every"]
@@ -239,6 +256,26 @@ def checkpoint_variant(kind: str) -> dict:
             at += m
         return out
     return {op: fn}
+
+
+def _bf16(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.bfloat16).to(x.dtype)
+
+
+def _checkpoint_end_expected(c: OpContext, s, exp: dict, ops: dict) -> None:
+    """`checkpoint_end` (the backend's end checkpoints vs its own final states) under a
+    hypothesis: stored from the final state the way the hypothesis stores checkpoints, or
+    excused when the hypothesis itself puts the end checkpoint elsewhere."""
+    from harness.cases.opcheck import checkpoint_ends
+    if "checkpoint_end" not in c.actual or "final_state" not in c.actual:
+        return
+    cks, seqs = checkpoint_ends(s.kwargs)
+    store = ops.get(CHECKPOINT_STORE)
+    if store is not None:
+        fin = c.actual["final_state"][seqs]
+        exp["checkpoint_end"] = store(fin.to(torch.float32)).to(c.actual["checkpoint_end"].dtype)
+    elif not torch.allclose(exp["state_checkpoints"][cks], exp["final_state"][seqs].to(exp["state_checkpoints"])):
+        exp["checkpoint_end"] = c.actual["checkpoint_end"]
 
 
 def call_op(op: str, kw: dict, ops: dict):
@@ -297,6 +334,8 @@ def expected_of(h: H, c: OpContext) -> Optional[Dict[str, torch.Tensor]]:
         spare = [x for x in range(exp[name].shape[0]) if x not in touched]
         if spare:
             exp[f"{name}.untouched"] = exp[name][spare]
+    if c.op == "chunk_gated_delta_rule_checkpoints":
+        _checkpoint_end_expected(c, s, exp, ops)
     return exp
 
 
@@ -378,4 +417,4 @@ def fmt(c: OpContext) -> dict:
     a, b = ("V", "K") if c.ssm_layout == "vk" else ("K", "V")
     layout = c.layout if c.op == "unpack_qkvz_ba" else "flat"
     return dict(layout=layout, other=V.other_layout(layout), tile_right=f"[{a}, {b}]", tile_wrong=f"[{b}, {a}]",
-                state_dtype=c.state_dtype)
+                state_dtype=c.state_dtype, dtype=c.dtype)

@@ -297,6 +297,19 @@ def beta_bf16(scope: str = "all", op: str = RECURRENT, truncate: bool = False) -
     return {op: fn}
 
 
+def readout_fp16(scope: str = "all", op: str = RECURRENT) -> Ops:
+    """The delta rule's read-out o = S q passed through a float16 buffer whatever the
+    activation dtype: rounded to fp16's 11 bits, Inf past 65504."""
+    base = getattr(ref, op)
+
+    def fn(*args, **kw):
+        o, final = base(*args, **kw)
+        if _in_scope(scope, kw):
+            o = o.to(torch.float16).to(o.dtype)
+        return o, final
+    return {op: fn}
+
+
 # ------------------------------------------------------------------ gated norm
 def norm_variant(kind: str) -> Ops:
     """RMSNormGated gone wrong: ``gemma`` ((1 + w)), ``flipped`` (norm_before_gate the other

@@ -298,6 +298,18 @@ class BetaRoundedBf16(_TritonMutant):
     )
 
 
+class ReadoutBufferFp16(_TritonMutant):
+    """The delta rule's read-out o = S q written through a float16 buffer whatever the
+    activation dtype (a scratch buffer sized for fp16 serving): 11-bit outputs in an fp32 /
+    bf16 run, and Inf wherever |o| passes 65504 - over long horizons or large values a
+    readout that overflows while the fp32 state is fine. Lives in the Triton recurrent
+    kernel's output store."""
+    name = "readout_buffer_fp16"
+    module = "recurrent"
+    mutations = (("        tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_v)",
+                  "        tl.store(p_o, b_o.to(tl.float16).to(o.dtype.element_ty), mask=m_v)"),)
+
+
 class QkL2normSkipped(_TritonMutant):
     """The in-kernel q / k l2norm skipped (use_qk_l2norm_in_kernel not honoured): q and k
     enter the delta rule unnormalised, so the state update ``u = beta (v - S k)`` no longer
@@ -365,11 +377,11 @@ class ConvWritesPadSlot(_TritonMutant):
     name = "conv_writes_pad_slot"
     module = "conv"
     mutations = ((
-        "    slots = conv_state_indices.tolist() if conv_state_indices is not None else list(range(B))\n",
+        "    L_state = conv_state.shape[2]\n",
         "    if conv_state_indices is not None:   # PAD (-1) wraps to the last slot\n"
         "        conv_state_indices = torch.where(conv_state_indices == pad_slot_id, conv_state.shape[0] - 1,\n"
         "                                         conv_state_indices).to(conv_state_indices.dtype)\n"
-        "    slots = conv_state_indices.tolist() if conv_state_indices is not None else list(range(B))\n",
+        "    L_state = conv_state.shape[2]\n",
     ),)
 
 
@@ -513,6 +525,19 @@ class CheckpointEveryChunkNotBlock(_ReferenceCheckpointMutant):
         ("            hi = min(lo + checkpoint_every, eos)", "            hi = min(lo + 64, eos)"),
         ("            if hi - lo == checkpoint_every:",
          "            if hi - lo == 64 and c < count and (lo - bos) // 64 < (eos - bos) // checkpoint_every:"),
+    )
+
+
+class CheckpointStoredBf16(_ReferenceCheckpointMutant):
+    """Prefix-cache checkpoints stored through bfloat16 while the cold run keeps its state in
+    fp32: a request restored from a checkpoint resumes from a state 2^-9 off the one the cold
+    run carried on with. Within the fp32 chunk tolerance of the checkpoints themselves (8
+    u_tf32), caught by the exact check that the checkpoint at a sequence's end equals the
+    cold run's final state. Lives in the checkpointing prefill's source."""
+    name = "checkpoint_stored_bf16"
+    mutations = (
+        ("                state_checkpoints[c] = S[0].to(state_checkpoints.dtype)",
+         "                state_checkpoints[c] = S[0].to(torch.bfloat16).to(state_checkpoints.dtype)"),
     )
 
 
@@ -663,6 +688,59 @@ class ConvWeightSplitContiguous(TritonBackend):
         return p
 
 
+# ------------------------------------------------------------------ CUDA-graph capture (GPU only)
+def _host_value(holder, key: str, t: torch.Tensor, fn):
+    """What an engine keeps in host metadata: `fn(t)` read on the host on an eager call, and
+    under CUDA-graph capture (no host reads there) the value the last eager call saw - which
+    the captured graph then keeps for every replay."""
+    from ..optimized.triton_kernels.common import capturing
+    if not capturing(t):
+        holder.__dict__[key] = fn(t)
+    return holder.__dict__[key]
+
+
+class SizeFrozenAtCapture(TritonBackend):
+    """A batch size read on the host and frozen into the captured graph (vLLM's
+    num_actual_tokens taken from host metadata at capture): the recurrent step processes the
+    real rows the capture-time batch had, so a replay with more real rows leaves the extra
+    rows' outputs zero and their states stale. Right in eager mode (read every call). GPU
+    only: killed by `python -m harness.tools.cudagraph --zoo`."""
+    name = "size_frozen_at_capture"
+    cuda_graphs = True
+
+    def fused_recurrent_gated_delta_rule(self, q, k, v, g, beta, cu_seqlens=None, ssm_state_indices=None, **kw):
+        def real(idx):      # rows up to the last real one, and their tokens
+            col = idx.reshape(idx.shape[0], -1)[:, 0]
+            n = int((col >= 0).nonzero().max()) + 1 if bool((col >= 0).any()) else 0
+            return n, int(cu_seqlens[n])
+        n, t = _host_value(self, "_frozen", ssm_state_indices, real)
+        o = torch.zeros(*q.shape[:2], *v.shape[2:], dtype=v.dtype, device=v.device)
+        if n:
+            o[:, :t], _ = super().fused_recurrent_gated_delta_rule(
+                q[:, :t], k[:, :t], v[:, :t], g[:, :t], beta[:, :t], cu_seqlens=cu_seqlens[:n + 1],
+                ssm_state_indices=ssm_state_indices[:n], **{**kw, "num_accepted_tokens": (
+                    kw["num_accepted_tokens"][:n] if kw.get("num_accepted_tokens") is not None else None)})
+        return o, kw.get("initial_state")
+
+
+class HostBranchOnPadRows(TritonBackend):
+    """A host-side branch on the batch's contents: without PAD rows the slot of row i is
+    taken to be i (a fast path skipping the index gather), else the indices are used. In
+    eager mode the branch is taken per call and right whenever it is taken; a graph captured
+    on a batch without PAD rows keeps the fast path, so replays write PAD rows into slots
+    nobody owns. GPU only: killed by `python -m harness.tools.cudagraph --zoo`."""
+    name = "host_branch_on_pad_rows"
+    cuda_graphs = True
+
+    def fused_recurrent_gated_delta_rule(self, *a, ssm_state_indices=None, **kw):
+        plain = _host_value(self, "_plain", ssm_state_indices, lambda idx: bool(
+            (idx == torch.arange(idx.numel(), dtype=idx.dtype, device=idx.device).reshape(idx.shape)).all()))
+        if plain:
+            ssm_state_indices = torch.arange(ssm_state_indices.numel(), dtype=ssm_state_indices.dtype,
+                                             device=ssm_state_indices.device).reshape(ssm_state_indices.shape)
+        return super().fused_recurrent_gated_delta_rule(*a, ssm_state_indices=ssm_state_indices, **kw)
+
+
 # ------------------------------------------------------------------ the catalogue
 _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
     # class, base, where, incident, diagnosis class
@@ -691,6 +769,9 @@ _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
      "state precision"),
     (BetaRoundedBf16, "triton", "triton-source", "beta rounded to bf16 every step (long-horizon drift lane)",
      "gating precision"),
+    (ReadoutBufferFp16, "triton", "triton-source",
+     "an fp16 read-out buffer overflowing (o = S q stored through fp16 whatever the dtype; long-horizon drift lane)",
+     "output precision"),
     (QkL2normSkipped, "triton", "triton-source", "in-kernel q/k l2norm skipped", "q/k norm"),
     (ScaleAppliedToK, "triton", "triton-source", "attention scale applied to k instead of q", "q/k scale"),
     (SoftplusThresholdInverted, "triton", "triton-source", "softplus threshold inverted", "gating math"),
@@ -717,6 +798,9 @@ _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
     (CheckpointEveryChunkNotBlock, "reference", "reference-source",
      "checkpoints every 64-token chunk where the block size was asked (chunk vs block size mixed up)",
      "prefix-cache checkpoints"),
+    (CheckpointStoredBf16, "reference", "reference-source",
+     "prefix-cache checkpoint stored in bf16 while the cold run keeps an fp32 state (restored state narrower)",
+     "prefix-cache checkpoints"),
     (SpecUngatheredAb, "triton", "gdn_core", "spec path gating with un-gathered a/b rows",
      "spec decode: token gather"),
     (FreshOneTokenPrefillAsDecode, "triton", "gdn_core",
@@ -735,9 +819,23 @@ _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
 ]
 
 
-def _build() -> Dict[str, Fault]:
+# Faults that exist only under CUDA-graph capture: no suite case can kill them (eager they are
+# right), so the suite zoo lists them and leaves them to `python -m harness.tools.cudagraph --zoo`.
+_GRAPH_INCIDENTS: List[Tuple[type, str, str, str, str]] = [
+    (SizeFrozenAtCapture, "triton", "cuda-graph",
+     "a batch size read on the host at capture and frozen into the graph (replays process the capture's rows)",
+     "CUDA graph: frozen size"),
+    (HostBranchOnPadRows, "triton", "cuda-graph",
+     "a host-side branch on batch contents (no PAD rows -> slot = row) kept by the graph for every replay",
+     "CUDA graph: host branch"),
+]
+GRAPH_ONLY = ("GPU only: exists only under CUDA-graph capture (eager it is right); killed by "
+              "`python -m harness.tools.cudagraph --zoo`, not by a suite")
+
+
+def _build(incidents=None) -> Dict[str, Fault]:
     faults = {}
-    for cls, base, where, incident, diag in _INCIDENTS:
+    for cls, base, where, incident, diag in (_INCIDENTS if incidents is None else incidents):
         assert class_name(cls.name) == cls.__name__, (cls.name, cls.__name__)
         assert cls.__doc__, cls.__name__
         faults[cls.name] = Fault(name=cls.name, base=base, incident=incident, diagnosis_class=diag, make=cls,
@@ -746,17 +844,19 @@ def _build() -> Dict[str, Fault]:
 
 
 FAULTS: Dict[str, Fault] = _build()
+GRAPH_FAULTS: Dict[str, Fault] = _build(_GRAPH_INCIDENTS)
 
 
 def fault_of(backend_name: str) -> Fault:
     """The fault whose backend is `backend_name` (its fault name or its load spec)."""
-    for f in FAULTS.values():
+    for f in (*FAULTS.values(), *GRAPH_FAULTS.values()):
         if backend_name in (f.name, f.target):
             return f
     raise KeyError(backend_name)
 
 
-__all__ = ["Fault", "FAULTS", "class_name", "fault_of"] + [cls.__name__ for cls, *_ in _INCIDENTS]
+__all__ = ["Fault", "FAULTS", "GRAPH_FAULTS", "GRAPH_ONLY", "class_name", "fault_of"] + \
+    [cls.__name__ for cls, *_ in (*_INCIDENTS, *_GRAPH_INCIDENTS)]
 
 # sanity: names are snake_case
-assert all(re.fullmatch(r"[a-z0-9_]+", n) for n in FAULTS)
+assert all(re.fullmatch(r"[a-z0-9_]+", n) for n in (*FAULTS, *GRAPH_FAULTS))

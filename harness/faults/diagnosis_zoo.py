@@ -29,6 +29,7 @@ CATALOGUE_CLASSES = {
     "weight loading: TP shards": "weight_sharding",
     "prefix-cache checkpoints": "prefix_checkpoints",
     "state precision": "state_precision",
+    "output precision": "output_precision",
     "q/k norm": "qk_norm",
     "q/k scale": "qk_scale",
     "gating math": "gating_math",

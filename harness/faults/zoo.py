@@ -537,6 +537,8 @@ def summary_lines(res: dict) -> List[str]:
                  f"bases pass: {res['base_passed']}; wall {res['wall_s']:.1f}s"
                  + (f"; survivors: {', '.join(res['survivors'])}" if res["survivors"] else "")
                  + (f"; INTERRUPTED, not run: {', '.join(res['not_run'])}" if res.get("not_run") else ""))
+    from .catalogue import GRAPH_FAULTS, GRAPH_ONLY
+    lines.append(f"not in this zoo: {', '.join(GRAPH_FAULTS)} ({GRAPH_ONLY})")
     return lines
 
 

@@ -100,6 +100,9 @@ class Backend:
     # shard_params(weights: GDNWeights, dims, layout, tp, rank, ba) -> RankParams: the backend's
     # own weight loading / TP sharding (as layouts.tp.shard_params); None: the harness's (vLLM's).
     shard_params = None
+    # True: the decode and spec-verify steps' ops can be captured in a CUDA graph (no host
+    # syncs, no Python decisions on tensor values); checked by harness.tools.cudagraph (GPU only).
+    cuda_graphs = False
 
     variant: Optional[str] = None
 

@@ -56,9 +56,11 @@ from ..reference.conv import check_conv_args, check_conv_fn_args
 from ..reference.delta_rule import check_pool_args
 from ..reference.norm import check_norm_args
 from .api import Backend, import_once
-from .interpret import gpu_kernels, interpret_triton
+from .interpret import fast_interpreter, gpu_kernels, interpret_triton
 
 interpret_triton()      # before triton.jit wraps fla's kernels (i.e. before fla is imported)
+if os.environ.get("TRITON_INTERPRET") == "1":
+    fast_interpreter()  # cached lookups in Triton's interpreter (harness/optimized/interpret.py)
 
 _FLA: Dict[str, object] = {}
 _FLA_ERROR: List[str] = []

@@ -12,9 +12,23 @@ silenced here: it says nothing about the backend).
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 
 import torch
+
+
+def _set_deterministic(mode: bool, warn_only: bool) -> None:
+    """torch.use_deterministic_algorithms, without importing Inductor (seconds per worker)
+    only to set its `deterministic` flag: that flag is set where Inductor is loaded already."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:      # a torch without the private setter: the public call
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+        return
+    cfg = sys.modules.get("torch._inductor.config")
+    if cfg is not None:
+        cfg.deterministic = mode
+    setter(mode, warn_only=warn_only)
 
 
 @contextlib.contextmanager
@@ -23,7 +37,7 @@ def uninitialized_memory_poisoned():
     was_on = torch.are_deterministic_algorithms_enabled()
     was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     was_fill = torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    _set_deterministic(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = True
     try:
         with warnings.catch_warnings():
@@ -31,5 +45,5 @@ def uninitialized_memory_poisoned():
             warnings.filterwarnings("ignore", message=".*CUBLAS_WORKSPACE_CONFIG.*")
             yield
     finally:
-        torch.use_deterministic_algorithms(was_on, warn_only=was_warn_only)
+        _set_deterministic(was_on, was_warn_only)
         torch.utils.deterministic.fill_uninitialized_memory = was_fill

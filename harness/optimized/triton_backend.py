@@ -15,9 +15,11 @@ from typing import Optional
 import torch
 
 from .api import Backend
-from .interpret import gpu_kernels, interpret_triton
+from .interpret import fast_interpreter, gpu_kernels, interpret_triton
 
 interpret_triton()      # before triton.jit wraps the kernels below
+if os.environ.get("TRITON_INTERPRET") == "1":
+    fast_interpreter()  # cached lookups in Triton's interpreter (harness/optimized/interpret.py)
 
 from .triton_kernels import conv, gating, norm, recurrent, unpack  # noqa: E402 - after interpret_triton()
 
@@ -79,6 +81,7 @@ class TritonBackend(Backend):
     name = "triton"
     description = "gdn-harness's own Triton kernels (chunked prefill via fla when installed)"
     decode_paths = ("recurrent", "sigmoid_gating", "packed")
+    cuda_graphs = True      # value checks skipped and sizes from shapes under capture (triton_kernels.common)
 
     unpack_qkvz_ba = staticmethod(unpack.unpack_qkvz_ba)
     causal_conv1d_fn = staticmethod(conv.causal_conv1d_fn)

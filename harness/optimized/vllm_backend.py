@@ -32,6 +32,17 @@ What is called, as vLLM 0.33's Qwen GDN layer (qwen_gdn_linear_attn.py) calls it
 - rms_norm_gated: fla ops ``layernorm_guard.layer_norm_fwd`` (what the layer's
   ``_rms_norm_gated_cuda`` calls).
 
+Weight loading (issue 19 item 5, vllm #35504): `shard_params` loads every rank's weights
+with vLLM's own loaders where vLLM has them - ``MergedColumnParallelLinear.weight_loader``
+for in_proj_qkvz / in_proj_ba (output sizes as the layer's ``create_qkvz_proj`` /
+``create_ba_proj``: one fused shard on the interleaved layout, per-section shards on the
+flat one) and ``mamba_v2_sharded_weight_loader`` for conv1d (per q | k | v section).
+A_log / dt_bias (vLLM's ``sharded_weight_loader(0)``, a plain row slice), out_proj
+(RowParallel) and the replicated norm weight stay the harness's sharding, as does the
+replicated-ba variant. Without vLLM's loader modules (not installed, or failing at import)
+the harness's sharding is used and `describe()` says why; the kernels' own import failure
+makes the backend `unavailable`.
+
 Slots: vLLM 0.33 reserves pool slot 0 as the null block (``NULL_BLOCK_ID = 0``: padded
 rows carry it; the recurrent kernels skip ``slot <= 0``). The harness numbers slots from 0
 with PAD = -1, so harness slot s is vLLM slot s + 1 of a pool with a null block in front
@@ -66,8 +77,13 @@ LAYER_METHODS = ("prepare_gdn_attention_core_inputs", "rearrange_mixed_qkv")
 LAYER_FUNCTIONS = ("_resolve_gdn_prefill_backend", "fi_chunk_gated_delta_rule")
 PREFILL_BACKENDS = ("triton", "flashinfer")      # what the adapter can run of vLLM's prefills
 
+LOADER_MODULES = dict(linear="vllm.model_executor.layers.linear",
+                      mixer2="vllm.model_executor.layers.mamba.mamba_mixer2")
+
 _CACHE: Dict[str, object] = {}
 _ERROR: List[str] = []
+_LOADERS: Dict[str, object] = {}
+_LOADER_ERROR: List[str] = []
 
 
 def load_vllm() -> Dict[str, object]:
@@ -77,6 +93,78 @@ def load_vllm() -> Dict[str, object]:
 
 def _load_vllm() -> Dict[str, object]:
     return dict(package_modules("vllm", MODULES), layer_source=_layer_source())
+
+
+def _vllm_loaders() -> Dict[str, object]:
+    """vLLM's weight loaders: ``merged`` (MergedColumnParallelLinear) and ``mamba_v2``
+    (mamba_v2_sharded_weight_loader); raises ImportError (kept) when vLLM's modules do not import."""
+    def load():
+        m = package_modules("vllm", LOADER_MODULES)
+        return dict(merged=m["linear"].MergedColumnParallelLinear,
+                    mamba_v2=m["mixer2"].mamba_v2_sharded_weight_loader, version=m["version"])
+    return import_once(_LOADERS, _LOADER_ERROR, load)
+
+
+def _merged_layer(cls, output_sizes: List[int], hidden: int, tp: int, rank: int):
+    """A MergedColumnParallelLinear as its weight_loader sees it, built without __init__ (which
+    needs vLLM's TP group): the attributes the loader reads, for rank `rank` of `tp`."""
+    layer = cls.__new__(cls)
+    if isinstance(layer, torch.nn.Module):
+        torch.nn.Module.__init__(layer)
+    per = [n // tp for n in output_sizes]
+    for k, v in dict(output_sizes=list(output_sizes), tp_rank=rank, tp_size=tp, input_size=hidden,
+                     output_size=sum(output_sizes), output_size_per_partition=sum(per),
+                     output_partition_sizes=per, disable_tp=False, quant_method=None, quant_config=None,
+                     params_dtype=None, gather_output=False, skip_bias_add=False, return_bias=True,
+                     bias=None).items():
+        try:
+            setattr(layer, k, v)
+        except (AttributeError, TypeError):      # a property in this vLLM: its own value stands
+            pass
+    return layer
+
+
+def _column_param(rows: int, w: torch.Tensor) -> torch.nn.Parameter:
+    """A rank's [rows, hidden] weight as vLLM creates it (output_dim 0, input_dim 1), NaN until loaded."""
+    p = torch.nn.Parameter(torch.full((rows, w.shape[1]), float("nan"), dtype=w.dtype, device=w.device),
+                           requires_grad=False)
+    p.output_dim, p.input_dim = 0, 1
+    return p
+
+
+def vllm_shard_params(loaders: Dict[str, object], w, dims, layout: str, tp: int = 1, rank: int = 0,
+                      ba: str = "sharded"):
+    """`harness.layouts.tp.shard_params` with in_proj_qkvz / in_proj_ba / conv1d loaded by
+    vLLM's loaders (`loaders`: `_vllm_loaders()` or a stand-in with their signatures)."""
+    from ..layouts.tp import shard_params
+    p = shard_params(w, dims, layout, tp, rank, ba)          # A_log, dt_bias, out_proj, norm: the harness's
+    kd, vd, HV, hid = dims.key_dim, dims.value_dim, dims.HV, w.wq.shape[1]
+    merged = loaders["merged"]
+    qkvz_sizes = [2 * kd + 2 * vd] if layout == "interleaved" else [kd, kd, vd, vd]
+    lay = _merged_layer(merged, qkvz_sizes, hid, tp, rank)
+    param = _column_param(sum(qkvz_sizes) // tp, w.wq)
+    if layout == "interleaved":          # one fused checkpoint tensor, loaded without a shard id
+        merged.weight_loader(lay, param, w.packed_in_proj(dims, layout)[0])
+    else:                                # Qwen3.5's separate in_proj_qkv / in_proj_z, shard by shard
+        for i, part in enumerate((w.wq, w.wk, w.wv, w.wz)):
+            merged.weight_loader(lay, param, part, i)
+    p.w_qkvz = param.data
+    if ba == "sharded":
+        ba_sizes = [2 * HV] if layout == "interleaved" else [HV, HV]
+        lay = _merged_layer(merged, ba_sizes, hid, tp, rank)
+        param = _column_param(2 * HV // tp, w.wb)
+        if layout == "interleaved":
+            merged.weight_loader(lay, param, w.packed_in_proj(dims, layout)[1])
+        else:
+            for i, part in enumerate((w.wb, w.wa)):
+                merged.weight_loader(lay, param, part, i)
+        p.w_ba = param.data
+    conv = torch.nn.Parameter(torch.full((w.conv_weight.shape[0] // tp, 1, w.conv_weight.shape[1]), float("nan"),
+                                         dtype=w.conv_weight.dtype, device=w.conv_weight.device), requires_grad=False)
+    loader = loaders["mamba_v2"]([(kd, 0, False), (kd, 0, False), (vd, 0, False)], tp, rank)
+    loader(conv, w.conv_weight.unsqueeze(1))          # vLLM's conv1d weight is [conv_dim, 1, W]
+    p.conv_weight = conv.data.squeeze(1)
+    return p
 
 
 def _layer_source() -> Optional[str]:
@@ -147,11 +235,13 @@ class VllmBackend(Backend):
     gate_domains = {"chunk_gated_delta_rule": "log"}    # the wrapper takes log-space g; exp(g) is its own
 
     def __init__(self, variant: Optional[str] = None, modules: Optional[Dict[str, object]] = None,
-                 layer_source: Optional[str] = None, platform=None):
-        """`modules` / `layer_source` / `platform` replace vLLM's kernel modules (keys of
-        MODULES, plus "l2norm" for the wrapper), the layer file's text or
-        ``vllm.platforms.current_platform``; without vLLM the declarations stay and every case skips."""
+                 layer_source: Optional[str] = None, platform=None, loaders: Optional[Dict[str, object]] = None):
+        """`modules` / `layer_source` / `platform` / `loaders` replace vLLM's kernel modules (keys of
+        MODULES, plus "l2norm" for the wrapper), the layer file's text,
+        ``vllm.platforms.current_platform`` or its weight loaders (keys "merged", "mamba_v2");
+        without vLLM the declarations stay and every case skips."""
         self.take_variant(variant)
+        self._loaders = loaders
         self._mods: Dict[str, object] = {}
         self._layer = None
         self._glue: Dict[str, object] = {}
@@ -172,6 +262,24 @@ class VllmBackend(Backend):
         if self._layer is None:
             self.unpack_qkvz_ba = None
         self.decode_paths = tuple(p for p in self.decode_paths if all(self.implements(o) for o in DECODE_PATHS[p]))
+
+    def weight_loaders(self):
+        """(vLLM's weight loaders or None, why not): the stand-ins given, else vLLM's own."""
+        if self._loaders is not None:
+            return self._loaders, None
+        try:
+            return _vllm_loaders(), None
+        except ImportError as e:
+            return None, f"vLLM's weight loaders are not importable ({e}): the harness's TP sharding is used"
+
+    def shard_params(self, w, dims, layout, tp=1, rank=0, ba="sharded"):
+        """Every rank's weights as vLLM's loaders shard them (module docstring); the harness's
+        sharding where the loaders do not import."""
+        from ..layouts.tp import shard_params
+        loaders, _ = self.weight_loaders()
+        if loaders is None:
+            return shard_params(w, dims, layout, tp, rank, ba)
+        return vllm_shard_params(loaders, w, dims, layout, tp, rank, ba)
 
     def _m(self, key: str):
         return self._mods[key] if self._mods else load_vllm()[key]
@@ -210,6 +318,10 @@ class VllmBackend(Backend):
 
     def describe(self) -> Dict:
         d = super().describe()
+        loaders, why = self.weight_loaders()
+        d.update(weight_loading="vLLM's MergedColumnParallelLinear.weight_loader (in_proj_qkvz, in_proj_ba), "
+                 "mamba_v2_sharded_weight_loader (conv1d); A_log, dt_bias, out_proj, norm: the harness's"
+                 if loaders is not None else why)
         if _CACHE:
             d.update(vllm_version=_CACHE.get("version"),
                      vllm_modules={k: getattr(m, "__name__", "?") for k, m in self._mods.items()})

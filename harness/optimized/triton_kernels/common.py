@@ -1,6 +1,14 @@
 """Triton helpers shared by the kernels."""
+import torch
 import triton
 import triton.language as tl
+
+
+def capturing(t) -> bool:
+    """A CUDA graph is being captured on the current stream (tensor `t` on a CUDA device): no
+    host reads of tensor values then (a sync is illegal, and a value read once would be
+    frozen into every replay) - value checks are skipped and sizes come from shapes."""
+    return t is not None and t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 @triton.jit

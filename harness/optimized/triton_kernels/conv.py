@@ -18,6 +18,7 @@ from harness.batch import PAD_SLOT_ID
 from ...errors import INDEX_DTYPES, InputError, check_tensor
 from ...reference.conv import check_conv_args, check_conv_fn_args
 from ...reference.gating import acc_dtype
+from .common import capturing
 
 
 # INIT_MODE: where the prior W-1 inputs come from
@@ -216,16 +217,22 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
     PAD slots: state untouched, output rows zero. Returns x's shape in x.dtype.
     """
     check_tensor("x", x)
+    # Under CUDA-graph capture nothing reads tensor values on the host: lengths are bounded
+    # by shapes (the kernel masks each sequence by its own query_start_loc), value checks skipped.
+    graph = capturing(x)
+    qsl = None
     if query_start_loc is not None:
         check_tensor("query_start_loc", query_start_loc, shape=(None,), dtype=INDEX_DTYPES)
         check_tensor("x", x, shape=(None, None))
         dim = x.shape[1]
-        qsl = [int(v) for v in query_start_loc.tolist()]
-        if qsl[0] != 0 or qsl[-1] > x.shape[0] or any(b < a for a, b in zip(qsl, qsl[1:])):
-            raise InputError("query_start_loc", f"non-decreasing offsets within {x.shape[0]} tokens",
-                             "[0, ...]", qsl)
-        B = len(qsl) - 1
-        lens: List[int] = [b - a for a, b in zip(qsl, qsl[1:])]
+        B = query_start_loc.shape[0] - 1
+        lens: Optional[List[int]] = None
+        if not graph:
+            qsl = [int(v) for v in query_start_loc.tolist()]
+            if qsl[0] != 0 or qsl[-1] > x.shape[0] or any(b < a for a, b in zip(qsl, qsl[1:])):
+                raise InputError("query_start_loc", f"non-decreasing offsets within {x.shape[0]} tokens",
+                                 "[0, ...]", qsl)
+            lens = [b - a for a, b in zip(qsl, qsl[1:])]
     else:
         if x.dim() not in (2, 3):
             raise InputError("x", "shape", "[B, dim] or [B, dim, seqlen]", tuple(x.shape))
@@ -236,25 +243,34 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
         check_tensor("conv_state_indices", conv_state_indices, shape=(B,), dtype=INDEX_DTYPES)
     if num_accepted_tokens is not None:
         check_tensor("num_accepted_tokens", num_accepted_tokens, shape=(B,), dtype=INDEX_DTYPES)
-    slots = conv_state_indices.tolist() if conv_state_indices is not None else list(range(B))
-    n_acc = num_accepted_tokens.tolist() if num_accepted_tokens is not None else None
     L_state = conv_state.shape[2]
-    live = [i for i in range(B) if slots[i] != pad_slot_id and lens[i] > 0]
-    for i in live:
-        _check_slot(f"conv_state_indices[{i}]", slots[i], conv_state.shape[0])
-        if n_acc is not None:
-            L, off = lens[i], n_acc[i] - 1
-            if not 0 <= off or off + W - 1 > L_state:      # off >= L: a zero-draft step's offset read
-                raise InputError(f"num_accepted_tokens[{i}]", "in [1, L-W+2] (the window within the state)",
-                                 f"<= {L_state - W + 2}", off + 1)
-            if W - 2 + L > L_state:
-                raise InputError("conv_state", f"state length >= W-2+seqlen ({W - 2 + L})",
-                                 W - 2 + L, L_state)
-    silu = _silu_flag(activation) if live else False
+    silu = _silu_flag(activation)
+    max_len = max(lens, default=0) if lens is not None else x.shape[0]
+    if query_start_loc is not None and num_accepted_tokens is not None:
+        # spec: the window bounds every sequence; eager and captured steps launch the same kernel
+        max_len = min(x.shape[0], L_state - W + 2) if B else 0
+    if not graph:
+        slots = conv_state_indices.tolist() if conv_state_indices is not None else list(range(B))
+        n_acc = num_accepted_tokens.tolist() if num_accepted_tokens is not None else None
+        live = [i for i in range(B) if slots[i] != pad_slot_id and lens[i] > 0]
+        for i in live:
+            _check_slot(f"conv_state_indices[{i}]", slots[i], conv_state.shape[0])
+            if n_acc is not None:
+                L, off = lens[i], n_acc[i] - 1
+                if not 0 <= off or off + W - 1 > L_state:      # off >= L: a zero-draft step's offset read
+                    raise InputError(f"num_accepted_tokens[{i}]", "in [1, L-W+2] (the window within the state)",
+                                     f"<= {L_state - W + 2}", off + 1)
+                if W - 2 + L > L_state:
+                    raise InputError("conv_state", f"state length >= W-2+seqlen ({W - 2 + L})",
+                                     W - 2 + L, L_state)
 
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if query_start_loc is not None:
-        out[qsl[-1]:].zero_()          # tokens past the last sequence belong to nobody
+        if qsl is not None:
+            out[qsl[-1]:].zero_()          # tokens past the last sequence belong to nobody
+        else:                              # the same, on the device
+            past = torch.arange(x.shape[0], device=x.device) >= query_start_loc[-1]
+            out.masked_fill_(past[:, None], 0)
         x_strides = (0, x.stride(0), x.stride(1))
         o_strides = (0, out.stride(0), out.stride(1))
     elif x.dim() == 3:
@@ -264,7 +280,7 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
         x_strides = (x.stride(0), 0, x.stride(1))
         o_strides = (out.stride(0), 0, out.stride(1))
     _launch(x, weight, bias, conv_state, out, query_start_loc, conv_state_indices, num_accepted_tokens,
-            None, B=B, max_len=max(lens, default=0), dim=dim,
+            None, B=B, max_len=max_len, dim=dim,
             seqlen=lens[0] if lens and query_start_loc is None else 0,
             pad_slot_id=pad_slot_id, x_strides=x_strides, o_strides=o_strides, init_mode=_INIT_STATE,
             silu=silu, acc=acc_dtype(x.dtype, conv_state.dtype))

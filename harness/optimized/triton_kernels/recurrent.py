@@ -24,7 +24,7 @@ from ...errors import INDEX_DTYPES, InputError, check_tensor
 from ...layouts.state import check_ssm_layout
 from ...reference.delta_rule import check_pool_args
 from ...reference.gating import acc_dtype
-from .common import _log1p
+from .common import _log1p, capturing
 
 # Largest V tile. 32 as in vLLM; tests lower it to exercise several V blocks.
 BV_MAX = 32
@@ -183,7 +183,7 @@ def _check_qkvgb(q, k, v, g, beta, cu_seqlens, gating: bool):
         if B != 1:
             raise InputError("q", "batch size with cu_seqlens", 1, B)
         check_tensor("cu_seqlens", cu_seqlens, shape=(None,), dtype=INDEX_DTYPES)
-        if VALIDATE:
+        if VALIDATE and not capturing(cu_seqlens):      # value checks read the host: not under capture
             cu = [int(c) for c in cu_seqlens.tolist()]
             if not cu or cu[0] != 0 or cu[-1] != T or any(b < a for a, b in zip(cu, cu[1:])):
                 raise InputError("cu_seqlens", f"non-decreasing offsets from 0 to T={T}", f"[0, ..., {T}]", cu)
@@ -270,7 +270,7 @@ def _run(q, k, v, g, beta, A_log, dt_bias, gating, gate_acc, softplus_beta, thre
         per_token = idx2.shape[1] > 1   # [N, 1] behaves as 1-D, as in the reference
         if N and idx2.shape[1] == 0:
             raise InputError("ssm_state_indices", "at least one column", 1, 0)
-        if VALIDATE and N:
+        if VALIDATE and N and not capturing(idx2):
             lengths = (torch.tensor(cu[1:], device=dev) - torch.tensor(cu[:-1], device=dev)
                        if cu is not None else torch.full((N,), T, device=dev))
             _check_indices(idx2, num_accepted_tokens, lengths, initial_state.shape[0], pad_slot_id, per_token)

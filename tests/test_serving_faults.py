@@ -1,0 +1,95 @@
+"""Issue 19's precision faults: a prefix-cache checkpoint stored narrower than the cold run's
+state (item 1) and an fp16 read-out buffer (item 6). Each is killed by a smoke case and
+named by the diagnosis; the zoo's faults are only the subjects (the diagnosis never runs
+their code)."""
+from tests.triton_device import DEVICE
+
+import pytest
+import torch
+
+from harness.cases.case import Case
+from harness.diagnosis import variants as V
+from harness.faults.catalogue import FAULTS
+from harness.cases.opcheck import checkpoint_ends, run_op_case
+from harness.optimized.reference_backend import ReferenceBackend
+from harness.judge.policy import Policy
+from harness.run.runner import BackendCache, run_case
+from harness.cases.suite import parse_dims
+
+DIMS = parse_dims("qwen3.5-27b:shrunk:H=2,K=12,V=20")     # the smoke suite's op dims
+POLICY = Policy()
+
+
+@pytest.fixture(scope="module")
+def backends():
+    return BackendCache()
+
+
+def _case(fault, op, variant, dtype="float32", level="op", **kw):
+    return Case(level=level, check=op, dims=DIMS, backend=FAULTS[fault].target, dtype=dtype,
+                state_dtype="float32", variant=variant, device=DEVICE, **kw)
+
+
+def _failed(rec):
+    return sorted(m["output"] for m in rec["metrics"] if not m["passed"])
+
+
+def test_checkpoint_end_pair_is_exact_on_the_reference():
+    pairs = run_op_case(ReferenceBackend(), "chunk_gated_delta_rule_checkpoints", "block128", DIMS, "float32",
+                        "float32", 0, "cpu")
+    end = [p for p in pairs if p[0] == "checkpoint_end"]
+    assert len(end) == 1 and end[0][4] == "op.checkpoint_end"
+    assert POLICY.lookup("op.checkpoint_end", "float32", "float32").kind == "exact"
+    assert torch.equal(end[0][1], end[0][2])
+
+
+def test_checkpoint_ends_are_the_sequences_a_block_divides():
+    kw = dict(checkpoint_every=128, cu_seqlens=torch.tensor([0, 256, 385, 448]))
+    assert checkpoint_ends(kw) == ([1], [0])           # 2 + 1 + 0 checkpoints; only seq 0 ends on one
+
+
+def test_checkpoint_stored_bf16_killed_by_the_exact_end_check_and_named(backends):
+    rec = run_case(_case("checkpoint_stored_bf16", "chunk_gated_delta_rule_checkpoints", "block128"), POLICY,
+                   "test", backends, diagnose=True)
+    # inside the checkpoints' fp32 chunk tolerance: only the exact end check sees it
+    assert rec["status"] == "fail" and _failed(rec) == ["checkpoint_end"], rec["metrics"]
+    top = rec["hypotheses"][0]
+    assert top["matched"] and top["hypothesis"] == "checkpoint_stored_bf16" and top["class"] == "prefix_checkpoints"
+
+
+def test_readout_buffer_fp16_killed_in_fp32_and_named(backends):
+    rec = run_case(_case("readout_buffer_fp16", "fused_recurrent_gated_delta_rule", "decode"), POLICY, "test",
+                   backends, diagnose=True)
+    assert rec["status"] == "fail" and "o" in _failed(rec)
+    top = rec["hypotheses"][0]
+    assert top["matched"] and top["class"] == "output_precision", rec["hypotheses"]
+    # an fp16 run already reads out in fp16: the fault is invisible there, as in the field
+    rec16 = run_case(_case("readout_buffer_fp16", "fused_recurrent_gated_delta_rule", "decode", dtype="float16"),
+                     POLICY, "test", backends, diagnose=False)
+    assert rec16["status"] == "pass"
+
+
+def test_readout_buffer_fp16_overflows_where_the_hypothesis_does():
+    """Values past fp16's range: the fault's outputs are Inf exactly where the hypothesis'
+    fp32 re-run through an fp16 buffer is (the fp32 state itself stays finite)."""
+    be = FAULTS["readout_buffer_fp16"].make()
+    g = torch.Generator().manual_seed(0)
+    T, H, HV, K, Vd = 5, 2, 6, 12, 20
+    q, k = torch.randn(1, T, H, K, generator=g), torch.randn(1, T, H, K, generator=g)
+    v = torch.randn(1, T, HV, Vd, generator=g) * 3e5
+    gg, beta = -torch.rand(1, T, HV, generator=g), torch.rand(1, T, HV, generator=g)
+    cu = torch.tensor([0, T], dtype=torch.int32)
+    kw = dict(cu_seqlens=cu, use_qk_l2norm_in_kernel=True, output_final_state=True)
+    o, final = be.fused_recurrent_gated_delta_rule(q, k, v, gg, beta, **kw)
+    assert bool(torch.isinf(o).any()) and bool(torch.isfinite(final).all())
+    want, _ = V.readout_fp16()[V.RECURRENT](q, k, v, gg, beta, **kw)
+    assert torch.equal(torch.isinf(o), torch.isinf(want))
+
+
+def test_readout_buffer_fp16_named_at_layer_level(backends):
+    rec = run_case(Case(level="layer", check="decode_only", dims=parse_dims("qwen3-next-80b-a3b:shrunk"),
+                        backend=FAULTS["readout_buffer_fp16"].target, dtype="float32", state_dtype="float32",
+                        layout="flat", device=DEVICE, variant="recurrent.token_first.sharded"),
+                   POLICY, "test", backends, diagnose=True)
+    assert rec["status"] == "fail"
+    assert any(h["matched"] and h["class"] == "output_precision" for h in rec["hypotheses"]), rec["hypotheses"]
