@@ -5,7 +5,7 @@
 #           `pytest tests -n 8` (GPU tests included) -> $OUT/pytest.log, junit
 #   call 2  carry .whl/fastpath.part2 .whl/fastpath.sha256 .whl/test: the CUDA-graph check and its
 #           fault zoo at Qwen3-Next dims; ci's drift_256 lane (triton) + its plot -> $OUT/graph.log, $OUT/drift/
-#   call 3  carry .whl/fastpath.part3 .whl/fastpath.sha256 .whl/test: put together, install; vllm (its
+#   call 3  carry .whl/fastpath.part3 .whl/fastpath.sha256 .whl/test: put together, install; sglang on ci; vllm (its
 #           FlashInfer prefill on SM90, its own weight loaders) on ci and on fastpath's layer mixes
 set -o pipefail
 CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | 3}
@@ -29,7 +29,7 @@ case $CALL in
     wait; tail -n 20 "$OUT/graph.log" "$OUT/drift.log" ;;
   3)
     mkdir -p "$OUT/fp"
-    (OUT=$OUT/fp SUITES=ci BACKENDS=vllm JOBS=6 LIMIT_S=${FP_LIMIT:-150} \
+    (OUT=$OUT/fp SUITES=ci BACKENDS="vllm sglang" JOBS=4 LIMIT_S=${FP_LIMIT:-150} \
         bash scripts/device_fastpaths.sh suite final > "$OUT/fp-ci.log" 2>&1) &
     (export PYTHONPATH=/tmp/fastpath/vsrc:/tmp/fastpath/site/nvidia_cutlass_dsl/dsl_packages:/tmp/fastpath/site:$PWD
      timeout -s INT ${FP_LIMIT:-150} python3 -m harness.cli run --suite fastpath --backend vllm --device cuda \
