@@ -21,10 +21,11 @@ def assert_check(case: Case):
     failures = []
     pairs = CHECKS[case.check][0](case)
     assert pairs, "a check must compare something"
-    for name, out, ref, tok in pairs:
-        m = compare(name, out, ref, tol, tok)
+    assert {c.policy_key for c in pairs} == {f"self.{case.check}"}
+    for c in pairs:
+        m = compare(c.output, c.actual, c.expected, tol, c.token_dim)
         if not m.passed:
-            failures.append(f"{name}: rel_rms={m.rel_rms:.3g} max_abs={m.max_abs:.3g} at {m.max_abs_index}")
+            failures.append(f"{c.output}: rel_rms={m.rel_rms:.3g} max_abs={m.max_abs:.3g} at {m.max_abs_index}")
     assert not failures, f"{case.id} ({tol.describe()}):\n" + "\n".join(failures)
 
 

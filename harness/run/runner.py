@@ -14,7 +14,6 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 from harness.run import autotune
 from harness.cases.case import SPEC_EQUIVALENCE, Case
-from harness.cases.comparison import Comparison
 from harness.errors import HarnessError
 from harness.judge.compare import compare
 from harness.run.phases import Phases, TimedBackend, hook_compiles
@@ -92,7 +91,7 @@ def _pairs(case: Case, backends: BackendCache, rec: dict, oracle_device=None, ph
     """The case's `Comparison`s, or None when skipped.
     With `phases`, the backend's op calls are timed into it."""
     if case.level == "self":
-        return [Comparison(n, a, b, t, f"self.{case.check}") for n, a, b, t in CHECKS[case.check][0](case)]
+        return CHECKS[case.check][0](case)
     with phases.timed("import") if phases is not None else contextlib.nullcontext():
         backend = backends.get(case.backend)
     reason = _skip_reason(case, backend)
