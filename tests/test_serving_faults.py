@@ -37,10 +37,10 @@ def _failed(rec):
 def test_checkpoint_end_pair_is_exact_on_the_reference():
     pairs = run_op_case(ReferenceBackend(), "chunk_gated_delta_rule_checkpoints", "block128", DIMS, "float32",
                         "float32", 0, "cpu")
-    end = [p for p in pairs if p[0] == "checkpoint_end"]
-    assert len(end) == 1 and end[0][4] == "op.checkpoint_end"
+    end = [c for c in pairs if c.output == "checkpoint_end"]
+    assert len(end) == 1 and end[0].policy_key == "op.checkpoint_end" and end[0].kind == "state"
     assert POLICY.lookup("op.checkpoint_end", "float32", "float32").kind == "exact"
-    assert torch.equal(end[0][1], end[0][2])
+    assert torch.equal(end[0].actual, end[0].expected)
 
 
 def test_checkpoint_ends_are_the_sequences_a_block_divides():

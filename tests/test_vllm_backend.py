@@ -107,8 +107,8 @@ def test_a_loader_bug_fails_the_full_weight_projection_check():
         be.shard_params = vllm_backend.VllmBackend(loaders=loaders).shard_params
         pairs = run_layer_case(be, FilledOps(be, ReferenceBackend()), TP_DIMS, "decode_only", "interleaved", 2,
                                "float32", "float32", 0, "cpu")
-        return sorted({n.split(".", 1)[1] for n, a, b, _, key in pairs
-                       if n.startswith("step") and "proj" in n and not torch.allclose(a.double(), b.double())})
+        return sorted({c.output.split(".", 1)[1] for c in pairs if c.policy_key == "tp.projections"
+                       and not torch.allclose(c.actual.double(), c.expected.double())})
 
     assert failing(ff.vllm_loaders()) == []
     assert "proj_ba" in failing(ff.vllm_loaders(ff.FakeMergedTwoShards))

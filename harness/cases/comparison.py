@@ -7,7 +7,7 @@ back out of the output's name.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 KINDS = ("out", "state", "untouched", "pad_rows")
 
@@ -26,17 +26,6 @@ class Comparison:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"Comparison.kind: one of {KINDS}, got {self.kind!r}")
-
-    def _legacy(self) -> tuple:
-        return self.output, self.actual, self.expected, self.token_dim, self.policy_key
-
-    # Positional access (``name, actual, expected, token_dim, key = c``, ``c[0]``) for readers
-    # still written against the former 5-tuple (diagnosis internals); new code reads the fields.
-    def __iter__(self) -> Iterator:
-        return iter(self._legacy())
-
-    def __getitem__(self, i):
-        return self._legacy()[i]
 
     def with_actual(self, actual) -> "Comparison":
         return replace(self, actual=actual)

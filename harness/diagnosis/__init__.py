@@ -45,7 +45,7 @@ def diagnose(case, pairs, policy, ssm_layout: str = "vk", budget: float = DEFAUL
     fixed, failing, rel_rms, base_rel_rms``); [] when none reproduces anything.
     `pairs` are the case's (name, actual, expected, token_dim, policy key); `coverage`
     receives how many hypotheses the budget allowed (`core.run_hypotheses`)."""
-    actual = {p[0]: p[1] for p in pairs}
+    actual = {c.output: c.actual for c in pairs}
     if case.level == "op":
         from . import op
         ctx = op.context(case, actual, ssm_layout)

@@ -73,13 +73,14 @@ def _rel(m) -> float:
 
 
 def judge(pairs, expected: Dict[str, torch.Tensor], policy, dtype: str, state_dtype: str) -> Verdict:
-    """Compare the backend's outputs (`pairs`: name, actual, reference, token_dim, policy key)
+    """Compare the backend's outputs (`pairs`: the case's `Comparison`s)
     with a hypothesis' `expected` outputs (by name; missing: the reference's; a tuple:
     (actual, expected) both replaced, a signature masking what it explains)."""
     failing = fixed = 0
     worst, base_worst, all_ok = 0.0, 0.0, True
-    for name, actual, ref, token_dim, key in pairs:
-        tol = policy.lookup(key, dtype, state_dtype)
+    for c in pairs:
+        name, actual, ref, token_dim = c.output, c.actual, c.expected, c.token_dim
+        tol = policy.lookup(c.policy_key, dtype, state_dtype)
         base = _compare(name, actual, ref, tol, token_dim)
         got = expected.get(name)
         if isinstance(got, tuple):          # a signature: (actual, expected) with some rows masked out

@@ -428,10 +428,11 @@ def untouched_expected(pairs, c: LayerContext) -> Optional[Dict[str, torch.Tenso
     owned = {x for row in c.sc.slots.values() for x in row}
     spare = [x for x in range(c.sc.num_slots) if x not in owned]
     exp = {}
-    for name, actual, refv, _, _ in pairs:
-        if name.startswith("untouched."):
+    for cmp in pairs:
+        name, actual, refv = cmp.output, cmp.actual, cmp.expected
+        if cmp.kind == "untouched":
             exp[name] = (refv.to(actual.dtype), refv)
-        elif name in ("conv_state", "ssm_state") and spare:
+        elif cmp.kind == "state" and spare:
             a = actual.clone()
             a[spare] = refv[spare].to(actual.dtype)
             exp[name] = (a, refv)

@@ -383,7 +383,8 @@ def pad_rows_expected(pairs, c: OpContext, hyp: Optional[dict] = None) -> Option
     `hyp`'s outputs): everything else must match."""
     masks = c.pad_masks
     exp = {}
-    for name, actual, refv, _, _ in pairs:
+    for cmp in pairs:
+        name, actual, refv = cmp.output, cmp.actual, cmp.expected
         e = (hyp or {}).get(name, refv)
         if name in masks and not isinstance(e, tuple) and tuple(actual.shape) == tuple(e.shape):
             m = masks[name].to(actual.device).expand(actual.shape)     # masks come from the CPU-built sample
