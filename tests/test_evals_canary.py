@@ -37,11 +37,12 @@ def test_reference_answers_canary_and_twin_identically(tmp_path):
 
 @pytest.mark.slow
 def test_interleaved_fault_drops_canary_accuracy(tmp_path):
-    """The issue's done-when. ~2 min on one CPU thread: triton and the fault (triton ops) run
-    under the Triton interpreter, ~5 s per question each."""
-    code, rep = _run(tmp_path, "zoo", "--backends", f"reference,triton,{FAULT}", "--limit", "10")
-    assert _acc(rep, "reference") >= 0.9 and _acc(rep, "triton") >= 0.9
-    assert rep["summary"]["backends"]["triton"]["agreement_with_baseline"] == 1.0
+    """The issue's done-when. ~1 min on one CPU thread: the fault (triton ops) runs under the
+    Triton interpreter, ~5 s per question. Unmutated triton on the canary (>= 0.9, status
+    pass) is the CI step `gdn-harness gsm8k --canary` (.ci/run, 12 questions), and triton's
+    tokens equal the reference's per question in test_evals_gsm8k: not run a third time here."""
+    code, rep = _run(tmp_path, "zoo", "--backends", f"reference,{FAULT}", "--limit", "10")
+    assert _acc(rep, "reference") >= 0.9
     assert _acc(rep, FAULT) < 0.1
     assert code == 1 and rep["summary"]["backends"][FAULT]["status"] == "fail"
-    assert rep["summary"]["backends"]["triton"]["status"] == "pass"
+    assert rep["summary"]["backends"]["reference"]["status"] == "pass"

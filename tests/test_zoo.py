@@ -21,6 +21,10 @@ from harness.optimized.registry import load_backend
 from harness.cases.suite import load_suite
 
 JOBS = int(os.environ.get("GDN_ZOO_JOBS", min(2, os.cpu_count() or 1)))
+# each fault's first-kill case from a full smoke zoo run (`gdn-harness zoo --suite smoke`, its
+# kill_matrix.json faults' first_case): tried first, so a fault found only by the 47th case
+# (a slow layer case) costs one case. Same cases; a stale entry only costs time.
+FIRST_KILLS = Path(__file__).with_name("zoo_first_kills.json")
 
 # the incident classes the catalogue must cover (name fragments of the faults)
 REQUIRED = ["ba_view_from_qkvz", "interleaved_core_on_flat", "chunk_zero_initial_state", "state_stored_transposed",
@@ -35,7 +39,7 @@ def _run_zoo(out_dir):
     CPU also where there is a GPU (the smoke policy's fp32 layer bounds are IEEE fp32; a GPU's
     chunked prefill runs TF32), in worker processes, which turn the interpreter on."""
     rc = cli_main(["zoo", "--suite", "smoke", "--base", "triton", "--jobs", str(max(2, JOBS)),
-                   "--report-dir", str(out_dir)])
+                   "--first-kills", str(FIRST_KILLS), "--report-dir", str(out_dir)])
     res = json.loads((Path(out_dir) / "kill_matrix.json").read_text())
     res["_rc"] = rc
     res["_paths"] = {"md": str(Path(out_dir) / "kill_matrix.md"), "json": str(Path(out_dir) / "kill_matrix.json")}
@@ -79,6 +83,23 @@ def test_catalogue_names_docs_and_coverage():
     assert where.count("triton-source") >= 8 and "gdn_core" in where
     # the head-mapping fault lives in the Triton recurrent kernel's source
     assert FAULTS["qk_head_mod_h"].where == "triton-source"
+
+
+def test_first_kills_name_known_faults():
+    hints = zoo_module.load_first_kills(FIRST_KILLS)
+    assert set(hints) <= set(FAULTS) and all(v.split("[", 1)[0].count(".") == 1 for v in hints.values())
+
+
+def test_first_kill_hint_goes_first():
+    suite = dict(load_suite("smoke"))
+    f = FAULTS["zero_draft_reads_column_zero"]
+    cases = zoo_module.backend_cases(suite, f.target)
+    hint = next(c.id for c in reversed(cases) if c.level == "layer")
+    ordered = zoo_module._hinted_first(cases, hint)
+    group = hint.split("[", 1)[0]
+    assert ordered[0].id == hint and sorted(c.id for c in ordered) == sorted(c.id for c in cases)
+    n = sum(f"{c.level}.{c.check}" == group for c in cases)
+    assert all(f"{c.level}.{c.check}" == group for c in ordered[:n])
 
 
 def test_mutation_helper():

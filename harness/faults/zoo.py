@@ -141,9 +141,28 @@ def unchanged_ops(fault) -> List[str]:
     return [op for op in OPS if getattr(fb, op, None) is getattr(bb, op, None)]
 
 
+def _hinted_first(cases: list, hint: str) -> list:
+    """The same cases, the one a previous run first caught the fault with (`hint`, a case
+    id) first, then the rest of its check group, then the others in suite order: with
+    stop-at-first, a fault is usually killed by its first case instead of after dozens of
+    slow layer cases. A stale hint only costs time; the cases run are still the suite's."""
+    group = hint.split("[", 1)[0]
+    rank = [0 if c.id == hint else 1 if f"{c.level}.{c.check}" == group else 2 for c in cases]
+    return [c for _, c in sorted(zip(rank, cases), key=lambda rc: rc[0])]
+
+
+def load_first_kills(path) -> Dict[str, str]:
+    """{fault: first case id} from a kill_matrix.json (its faults' `first_case`) or a plain
+    {fault: case id} map."""
+    data = json.loads(Path(path).read_text())
+    if isinstance(data.get("faults"), dict):
+        return {n: e.get("first_case") for n, e in data["faults"].items() if e.get("first_case")}
+    return {n: v for n, v in data.items() if isinstance(v, str)}
+
+
 def _tasks(suite: dict, base_names: Sequence[str], faults: list, device: str, stop_at_first: bool,
            seeds, policy: Optional[str], chunk: int, skip_unchanged: bool,
-           oracle_device: Optional[str] = None) -> List[dict]:
+           oracle_device: Optional[str] = None, first_kills: Optional[Dict[str, str]] = None) -> List[dict]:
     base_tasks, fault_tasks = [], []
     for b in base_names:
         target = BASE_TARGETS.get(b, b)
@@ -161,6 +180,8 @@ def _tasks(suite: dict, base_names: Sequence[str], faults: list, device: str, st
             except Exception:  # noqa: BLE001 - cannot be built: the worker reports it broken
                 same = set()
             cases = [c for c in cases if not (c.level == "op" and c.check in same)]
+        if first_kills and first_kills.get(f.name):
+            cases = _hinted_first(cases, first_kills[f.name])
         fault_tasks.append(dict(kind="fault", name=f.name, target=f.target, cases=[c.to_dict() for c in cases],
                                 offset=0, planned=planned, suite=suite["name"], stop_at_first=stop_at_first,
                                 policy=policy, slow=f.where == "gdn_core", oracle_device=oracle_device))
@@ -228,7 +249,8 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
             on_progress: Optional[Callable[[dict], None]] = None, stop_at_first: bool = False,
             faults: Optional[Iterable] = None, bases: Optional[Sequence[str]] = None,
             seeds: Optional[List[int]] = None, policy: Optional[str] = None,
-            skip_unchanged: bool = True, oracle_device: Optional[str] = None) -> dict:
+            skip_unchanged: bool = True, oracle_device: Optional[str] = None,
+            first_kills: Optional[Dict[str, str]] = None) -> dict:
     """Run the suite's op and layer cases on the unmutated base(s) and on every fault.
 
     `base` is always checked; so is every base a selected fault derives from (or exactly
@@ -244,7 +266,8 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
     with its base - the same function object, so the same (passing) result - and goes
     straight to the cases that can see its bug; layer cases always run. The count is
     reported as ``cases_skipped_unchanged``. `oracle_device`: where the fp64 oracle runs
-    (default: `device`), as ``gdn-harness run --oracle-device``."""
+    (default: `device`), as ``gdn-harness run --oracle-device``. `first_kills` ({fault: case
+    id}, `load_first_kills`) runs that case and its check group first for the fault."""
     interpret_triton()      # no GPU; the CPU zoo's workers get it in their env (_run_pool)
     suite = dict(suite_name) if isinstance(suite_name, dict) else load_suite(suite_name)
     suite.setdefault("name", "custom")
@@ -255,7 +278,7 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
     jobs = max(1, int(jobs or 1))
     chunk = BASE_CHUNK if jobs > 1 else 10 ** 9
     tasks = _tasks(suite, base_names, flist, device, stop_at_first, seeds, policy, chunk, skip_unchanged,
-                   oracle_device)
+                   oracle_device, first_kills)
     t0 = time.perf_counter()
     results: List[dict] = []
 
@@ -296,6 +319,7 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
     groups = _matrix_groups(fault_out)
     res = dict(
         suite=suite["name"], device=device, base=base, stop_at_first=stop_at_first, jobs=jobs,
+        first_kills_hinted=sorted(first_kills or {}),
         seeds=seeds, base_passed=all(b["passed"] for b in base_out.values()), bases=base_out,
         faults=fault_out, groups=groups, killed=killed, total=len(flist),
         kill_score=(killed / len(flist)) if flist else math.nan,
@@ -429,6 +453,8 @@ def kill_matrix_markdown(result: dict) -> str:
         for c in b["failures"][:10]:
             lines.append(f"  - {c['status']}: `{c['case']}` {_md_escape(c['detail'])[:200]}")
     mode = "stopping each fault at its first detection" if result["stop_at_first"] else "every case on every fault"
+    if result.get("first_kills_hinted"):
+        mode += f" ({len(result['first_kills_hinted'])} fault(s) tried first on their earlier first-kill case)"
     lines += [f"- {mode}; wall {result['wall_s']:.1f} s, {result['jobs']} job(s)", ""]
     if result["survivors"]:
         lines += ["**Survivors:** " + ", ".join(f"`{s}`" for s in result["survivors"]), ""]
@@ -498,6 +524,9 @@ def _add_arguments(ap) -> None:
                     help="also run op cases of ops a fault shares with its base (same function, same result)")
     ap.add_argument("--report-dir", default="reports/zoo",
                     help="where kill_matrix.md / kill_matrix.json go (default reports/zoo)")
+    ap.add_argument("--first-kills", default=None, metavar="JSON",
+                    help="a previous kill_matrix.json (or {fault: case id}): each fault runs the case that first "
+                         "caught it there, and that case's check group, first (same cases, found sooner)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no line per finished fault / base chunk")
 
 
@@ -562,7 +591,8 @@ def cmd_zoo(args) -> int:
 
     res = run_zoo(args.suite, args.base, args.device, args.jobs, None if args.quiet else progress,
                   stop_at_first=not args.full, faults=faults, policy=args.policy,
-                  skip_unchanged=not args.all_cases, oracle_device=args.oracle_device)
+                  skip_unchanged=not args.all_cases, oracle_device=args.oracle_device,
+                  first_kills=load_first_kills(args.first_kills) if args.first_kills else None)
     res["command"] = "gdn-harness zoo " + " ".join(getattr(args, "argv", None) or [])
     res["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if res["interrupted"]:          # the group's second interrupt: still write the report
