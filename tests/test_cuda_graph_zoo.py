@@ -2,7 +2,7 @@
 registered beside the zoo (listed, never run by the suite zoo), the check and `--zoo` skip
 with the reason on a machine without CUDA, the command's arguments, the captured batches'
 slot layout, and the faults' eager behaviour (right outside a graph: no suite can kill them)."""
-import tests.triton_device  # noqa: F401 - TRITON_INTERPRET set before triton's first import
+from tests.triton_device import DEVICE  # TRITON_INTERPRET set before triton's first import
 
 import pytest
 import torch
@@ -70,7 +70,8 @@ def test_batches_own_their_slots():
 
 
 def _eager_step(backend, step, n_real, dims, r=0):
-    """One eager decode / spec-verify step (the graph check's step, no capture) on CPU."""
+    """One eager decode / spec-verify step (the graph check's step, no capture) where the tests
+    run Triton (the GPU when there is one)."""
     from harness.cases.inputs import make_weights
     from harness.layouts.tp import shard_params
     gen = torch.Generator().manual_seed(3)
@@ -82,8 +83,9 @@ def _eager_step(backend, step, n_real, dims, r=0):
                conv=torch.randn(slots, dims.conv_dim, dims.W - 1 + (S if step == "spec" else 0), generator=gen),
                ssm=0.3 * torch.randn(slots, dims.HV, dims.V, dims.K, generator=gen), idx=idx, acc=acc,
                cu=torch.arange(0, B * w + 1, w, dtype=torch.int32), out=torch.zeros(B * w, dims.hidden))
-    cudagraph.decode_step(FilledOps(backend, ReferenceBackend()), shard_params(make_weights(dims, 0).to(torch.float32), dims, "flat"),
-                          buf)
+    buf = {k: None if v is None else v.to(DEVICE) for k, v in buf.items()}
+    params = shard_params(make_weights(dims, 0).to(torch.float32).to(DEVICE), dims, "flat")
+    cudagraph.decode_step(FilledOps(backend, ReferenceBackend()), params, buf)
     return buf
 
 

@@ -2,6 +2,8 @@
 import copy
 import json
 
+from tests.triton_device import DEVICE  # before triton's first import
+
 import pytest
 
 from harness.cli import main
@@ -13,7 +15,8 @@ def run_dir(tmp_path_factory):
     # smoke's op cases run on triton (a worker process); the layer case on the reference
     assert main(["run", "-q", "--suite", "smoke", "--backend", "reference", "--backend", "triton",
                  "-k", "op.fused_gdn_gating[triton-contiguous",
-                 "-k", "layer.decode_only[reference-qwen3-next-80b-a3b:shrunk-flat-tp1", "--report-dir", str(d)]) == 0
+                 "-k", "layer.decode_only[reference-qwen3-next-80b-a3b:shrunk-flat-tp1", "--device", DEVICE,
+                 "--report-dir", str(d)]) == 0
     return d
 
 
@@ -25,9 +28,12 @@ def _write(path, doc):
 def test_diff_classifies_and_baseline_mode(run_dir, tmp_path, capsys):
     old = json.loads((run_dir / "results.json").read_text())
     new = copy.deepcopy(old)
-    failing, growing = new["cases"][0], new["cases"][1]
+    def grows(m):
+        return isinstance(m["rel_rms"], float) and m["rel_rms"] > 1e-12
+    growing = next(c for c in new["cases"] if any(grows(m) for m in c["metrics"]))
+    failing = next(c for c in new["cases"] if c is not growing)
     failing.update(status="fail", diagnosis="1/9 outputs out of tolerance")
-    m = next(m for m in growing["metrics"] if isinstance(m["rel_rms"], float) and m["rel_rms"] > 1e-12)
+    m = next(m for m in growing["metrics"] if grows(m))
     m["rel_rms"] *= 10
     a, b = _write(tmp_path / "old.json", old), _write(tmp_path / "new.json", new)
     assert main(["diff", a, b]) == 1
@@ -39,7 +45,7 @@ def test_diff_classifies_and_baseline_mode(run_dir, tmp_path, capsys):
     b = _write(tmp_path / "new2.json", new)
     assert main(["diff", a, b, "--baseline"]) == 0 and main(["diff", a, b]) == 1
     # and the reverse direction is a fix
-    old["cases"][0]["status"] = "fail"
+    next(c for c in old["cases"] if c["id"] == failing["id"])["status"] = "fail"
     assert main(["diff", _write(tmp_path / "old2.json", old), str(run_dir)]) == 0
     assert "## Fixed: 1" in capsys.readouterr().out
 

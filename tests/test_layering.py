@@ -1,11 +1,16 @@
 """The pipeline's import direction (DESIGN.md): the import-linter contract in pyproject.toml,
 no import cycles between harness's packages, and no `_private` name imported across them."""
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-import grimp
+import pytest
+
+if not os.environ.get("GDN_REQUIRE_DEV_TOOLS"):     # scripts/test.sh sets it: a skip there would hide the check
+    pytest.importorskip("grimp", reason="the dev extra's grimp / import-linter are not installed here")
+import grimp  # after the skip decision
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = ROOT / "harness"
@@ -13,6 +18,8 @@ HARNESS = ROOT / "harness"
 
 def test_import_linter_contract_kept():
     lint = Path(sys.executable).with_name("lint-imports")
+    if not lint.exists() and not os.environ.get("GDN_REQUIRE_DEV_TOOLS"):
+        pytest.skip("the dev extra's import-linter is not installed here")
     r = subprocess.run([str(lint), "--config", str(ROOT / "pyproject.toml"), "--no-cache"], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

@@ -1,16 +1,21 @@
 """The linter configured in pyproject.toml ([tool.ruff]) passes on the whole tree, so a
 `# noqa` in it names a rule that would fire (RUF100 reports any that does not)."""
 import io
+import os
 import subprocess
 import sys
 import tokenize
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_ruff_clean():
     ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists() and not os.environ.get("GDN_REQUIRE_DEV_TOOLS"):   # scripts/test.sh sets it
+        pytest.skip("the dev extra's ruff is not installed here")
     r = subprocess.run([str(ruff), "check", "--no-cache", "--output-format", "concise", str(ROOT)], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
