@@ -59,8 +59,8 @@ def _fla_chunk():
     if not gpu_kernels():
         return None     # fla's chunk kernel is for the GPU; on the CPU the layer fills it from the reference
     try:
-        fla_chunk = import_skipping_inits("fla.ops.gated_delta_rule.chunk", ("fla.ops", "fla.modules"))
-        fla_chunk = fla_chunk.chunk_gated_delta_rule
+        fla_chunk = import_skipping_inits("fla.ops.gated_delta_rule.chunk",
+                                          ("fla.ops", "fla.modules")).chunk_gated_delta_rule
     except Exception:  # noqa: BLE001 - fla absent or its import fails on this device: the layer fills chunk from the reference
         return None
 

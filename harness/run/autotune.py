@@ -25,9 +25,11 @@ benchmarks nothing) and records, per case, which config each kernel ran.
 """
 from __future__ import annotations
 
+import ast
 import fcntl
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -49,6 +51,7 @@ _ran: List[dict] = []            # this case's (kernel, key, config, source)
 _sweep_index: Optional[int] = None
 _widest = 1                      # the most configs of a kernel this case touched
 _swept: Dict[tuple, tuple] = {}  # (tuner, key) -> the tuner's cache entry before a sweep replaced it
+_pinned_choice: Dict[tuple, tuple] = {}   # (id(tuner), key) -> (the pins it was chosen from, choice)
 
 
 def policy() -> str:
@@ -177,26 +180,28 @@ def choose(tuner, key: tuple, pol: str):
         return tuner.configs[_sweep_index % len(tuner.configs)], f"sweep {_sweep_index % len(tuner.configs)}"
     if pol in ("pinned", "sweep"):        # sweep: the case's own run is the pinned one, then one per config
         kernel_pins = load_pins().get(kernel_name(tuner), {})
-        pin = kernel_pins.get(key_str(key))
-        match = [c for c in tuner.configs if pin is not None and config_dict(c) == pin]
-        if match:
-            return match[0], "pinned"
-        near = nearest_pin(tuner, key, kernel_pins)
-        if near is not None:
-            return near
-        return None, "native (no pin)" if pin is None else "native (stale pin)"
+        cached = _pinned_choice.get((id(tuner), key))
+        if cached is not None and cached[0] is kernel_pins:    # Autotuner.run is called on every launch
+            return cached[1]
+        choice = _pinned(tuner, key, kernel_pins)
+        _pinned_choice[(id(tuner), key)] = (kernel_pins, choice)
+        return choice
     return None, "native"
 
 
-def _key_parts(key_text: str):
-    """(numbers, everything else) of a key as the pins file writes it (repr of a tuple)."""
-    import ast
-    try:
-        key = ast.literal_eval(key_text)
-    except (ValueError, SyntaxError):
-        return None
-    nums = [float(v) for v in key if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return nums, [v for v in key if not (isinstance(v, (int, float)) and not isinstance(v, bool))]
+def _pinned(tuner, key: tuple, kernel_pins: dict):
+    pin = kernel_pins.get(key_str(key))
+    match = [c for c in tuner.configs if pin is not None and config_dict(c) == pin]
+    if match:
+        return match[0], "pinned"
+    return nearest_pin(tuner, key, kernel_pins) or (None, "native (no pin)" if pin is None else "native (stale pin)")
+
+
+def _split(key: tuple):
+    """(sizes, everything else: dtypes, flags) of an autotuning key."""
+    def size(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return [float(v) for v in key if size(v)], [v for v in key if not size(v)]
 
 
 def nearest_pin(tuner, key: tuple, kernel_pins: dict):
@@ -204,19 +209,17 @@ def nearest_pin(tuner, key: tuple, kernel_pins: dict):
     (same dtypes and flags, closest sizes on a log scale) instead of autotuning natively:
     still one deterministic config per kernel and key, and never a benchmark that workers on
     one GPU would wait for. None when no pinned key of the kernel has the same non-size parts."""
-    import math
-    mine = _key_parts(key_str(key))
-    if mine is None:
-        return None
+    sizes, rest = _split(key)
     best = None
     for text, pin in kernel_pins.items():
-        other = _key_parts(text)
-        if other is None or other[1] != mine[1] or len(other[0]) != len(mine[0]):
+        try:
+            other_sizes, other_rest = _split(ast.literal_eval(text))
+        except (ValueError, SyntaxError, TypeError):
             continue
         match = [c for c in tuner.configs if config_dict(c) == pin]
-        if not match:
+        if other_rest != rest or len(other_sizes) != len(sizes) or not match:
             continue
-        dist = sum(abs(math.log2(max(a, 1.0)) - math.log2(max(b, 1.0))) for a, b in zip(mine[0], other[0]))
+        dist = sum(abs(math.log2(max(a, 1.0)) - math.log2(max(b, 1.0))) for a, b in zip(sizes, other_sizes))
         if best is None or dist < best[0]:
             best = (dist, match[0], text)
     return None if best is None else (best[1], f"pinned (nearest key {best[2]})")
