@@ -67,7 +67,8 @@ def full_weight_projection_pairs(sc: Scenario, inp, unpacked, device) -> List[Co
         full = [t.cpu() for t in unpack_qkvz_ba(h @ w_qkvz.T, h @ w_ba.T, sc.dims, sc.layout)]
         for name, idx in (("qkvz", (0, 1, 2, 3)), ("ba", (4, 5))):
             flat = lambda ts: torch.cat([ts[i].reshape(ts[i].shape[0], -1) for i in idx], dim=1)
-            pairs.append(Comparison(f"step{s}.proj_{name}", flat(got), flat(full), 0, "tp.projections", step=s))
+            pairs.append(Comparison(f"step{s}.proj_{name}", flat(got), flat(full), 0, "tp.projections", step=s,
+                                    quantity=f"proj_{name}"))
     return pairs
 
 
@@ -101,7 +102,7 @@ def spec_invariance_pairs(backend, ops, sc: Scenario, inp, steps_out, ranks, con
     dec, sources = accepted_as_decodes(sc)
     dec_out, _, _ = _backend_run(backend, ops, dec, inp, ranks, conv_layout, decode_path, device, sources)
     return [Comparison(f"spec_invariance.step{s}[decode step {d}].core", steps_out[s]["core"][rows], dec_out[d]["core"],
-                       0, "layer.spec_invariance") for d, (s, rows) in enumerate(sources)]
+                       0, "layer.spec_invariance", quantity="spec_invariance.core") for d, (s, rows) in enumerate(sources)]
 
 
 def rank_step(backend, ops, p, h, entries, conv, ssm, sc: Scenario, conv_layout: str, decode_path: str, rows=None):
@@ -141,22 +142,26 @@ def _pairs(sc, inp, steps_out, oracle, pools, conv_layout, ssm_layout) -> List[C
             # PAD rows ran against the null block: their outputs are the engine's to drop
             out, core = out.clone(), core.clone()
             out[pad], core[pad] = 0, 0
-        pairs.append(Comparison(f"step{s}.out", out, ref["out"], 0, "layer.out", step=s))
-        pairs.append(Comparison(f"step{s}.core", core, ref["core"], 0, "layer.core", step=s))
+        pairs.append(Comparison(f"step{s}.out", out, ref["out"], 0, "layer.out", step=s, quantity="out"))
+        pairs.append(Comparison(f"step{s}.core", core, ref["core"], 0, "layer.core", step=s, quantity="core"))
         if pad and not null_block:
             rows = got["out"][pad]
-            pairs.append(Comparison(f"step{s}.pad_rows", rows, torch.zeros_like(rows), 0, "layer.pad_rows", "pad_rows", s))
+            pairs.append(Comparison(f"step{s}.pad_rows", rows, torch.zeros_like(rows), 0, "layer.pad_rows", "pad_rows", s,
+                                    quantity="out"))
     conv = gather_conv_channels([conv_dim_first_view(c, conv_layout).cpu() for c, _ in pools], sc.dims, dim=1)
     ssm = gather_heads([ssm_convert(m.cpu(), ssm_layout, "vk") for _, m in pools], dim=1)
     if null_block:      # the null block is scratch: what PAD rows leave there is not compared
         conv[NULL_BLOCK_ID], ssm[NULL_BLOCK_ID] = oracle.conv_pool[NULL_BLOCK_ID], oracle.ssm_pool[NULL_BLOCK_ID]
-    pairs.append(Comparison("conv_state", conv, oracle.conv_pool.to(conv.dtype), None, "layer.conv_state", "state"))
-    pairs.append(Comparison("ssm_state", ssm, oracle.ssm_pool, None, "layer.ssm_state", "state"))
+    pairs.append(Comparison("conv_state", conv, oracle.conv_pool.to(conv.dtype), None, "layer.conv_state", "state",
+                            cache="conv"))
+    pairs.append(Comparison("ssm_state", ssm, oracle.ssm_pool, None, "layer.ssm_state", "state", cache="ssm"))
     owned = {x for row in sc.slots.values() for x in row}
     spare = [x for x in range(sc.num_slots) if x not in owned and not (null_block and x == NULL_BLOCK_ID)]
     if spare:
-        pairs.append(Comparison("untouched.conv", conv[spare], inp.conv_pool[spare], None, "layer.untouched", "untouched"))
-        pairs.append(Comparison("untouched.ssm", ssm[spare], inp.ssm_pool[spare], None, "layer.untouched", "untouched"))
+        pairs.append(Comparison("untouched.conv", conv[spare], inp.conv_pool[spare], None, "layer.untouched", "untouched",
+                                quantity="conv_state", cache="conv"))
+        pairs.append(Comparison("untouched.ssm", ssm[spare], inp.ssm_pool[spare], None, "layer.untouched", "untouched",
+                                quantity="ssm_state", cache="ssm"))
     return pairs
 
 
@@ -196,11 +201,11 @@ def run_spec_equivalence(backend, ops, dims: GDNDims, layout: str, dtype: str, s
         outs[name] = (tokens, conv_dim_first_view(conv, conv_layout).cpu(), ssm_convert(ssm.cpu(), backend.ssm_state_layout, "vk"))
     (ts, cs, ss), (td, cd, sd) = outs["spec"], outs["decode"]
     W = dims.W
-    pairs: List[Comparison] = [Comparison(f"step{s}.core[token0]", a.cpu(), b.cpu(), 0, "layer.spec_one_accepted")
-                         for s, (a, b) in enumerate(zip(ts, td)) if s]
+    pairs: List[Comparison] = [Comparison(f"step{s}.core[token0]", a.cpu(), b.cpu(), 0, "layer.spec_one_accepted",
+                                          quantity="core[token0]") for s, (a, b) in enumerate(zip(ts, td)) if s]
     for seq, slots in base.slots.items():
         pairs.append(Comparison(f"seq{seq}.conv_window", cs[slots[0], :, :W - 1], cd[slots[0], :, :W - 1], None,
-                                "layer.spec_one_accepted", "state"))
+                                "layer.spec_one_accepted", "state", quantity="conv_window", cache="conv"))
         pairs.append(Comparison(f"seq{seq}.ssm_slot", ss[slots[0]], sd[slots[0]], None, "layer.spec_one_accepted",
-                                "state"))
+                                "state", quantity="ssm_slot", cache="ssm"))
     return pairs

@@ -13,7 +13,7 @@ empty dict passed in is filled with the variant's own.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -54,6 +54,24 @@ class OpInfo:
     variants: Tuple[str, ...]
     build: Callable[..., Sample]            # (variant, dims, dt, st, layout, seed, device, sample) -> Sample
     exact_outputs: Tuple[str, ...] = ()
+    caches: Dict[str, str] = field(default_factory=dict)   # state argument -> the cache it is ("conv" | "ssm")
+
+
+def state_policy_key(op: str, cache: Optional[str]) -> str:
+    """The tolerance entry of an argument `op` updates in place, from the cache it is declared
+    as: conv states share one exact entry, a recurrent state the op's state entry, an in-place
+    output buffer (no cache) the op's own entry."""
+    if cache == "conv":
+        return "op.conv_state"
+    return f"op.{op}.state" if cache == "ssm" else f"op.{op}"
+
+
+def state_cache(op: str, arg: str) -> str:
+    """The cache `op`'s in-place argument `arg` is declared as (an undeclared one is an error, never a guess)."""
+    info = OP_INFOS[op]
+    if arg not in info.caches:
+        raise ConfigError(f"op.{op}.caches", f"the cache ('conv' | 'ssm') of its in-place argument {arg!r}")
+    return info.caches[arg]
 
 
 def _gen(seed):
@@ -284,18 +302,22 @@ OP_INFOS: Dict[str, OpInfo] = {o.name: o for o in [
            _unpack, exact_outputs=("q", "k", "v", "z", "b", "a")),
     OpInfo("fused_gdn_gating", ref.fused_gdn_gating, ("contiguous", "strided"), _gating),
     OpInfo("causal_conv1d_fn", ref.causal_conv1d_fn,
-           tuple(f"{c}-{b}" for c in ("dim_first", "token_first") for b in ("bias", "nobias")), _conv_fn),
+           tuple(f"{c}-{b}" for c in ("dim_first", "token_first") for b in ("bias", "nobias")), _conv_fn,
+           caches={"conv_states": "conv"}),
     OpInfo("causal_conv1d_update", ref.causal_conv1d_update,
-           tuple(f"{k}-{c}" for k in ("decode", "multi", "spec") for c in ("dim_first", "token_first")), _conv_update),
-    OpInfo("chunk_gated_delta_rule", ref.chunk_gated_delta_rule, ("varlen", "long"), _chunk),
+           tuple(f"{k}-{c}" for k in ("decode", "multi", "spec") for c in ("dim_first", "token_first")), _conv_update,
+           caches={"conv_state": "conv"}),
+    OpInfo("chunk_gated_delta_rule", ref.chunk_gated_delta_rule, ("varlen", "long"), _chunk,
+           caches={"initial_state": "ssm"}),
     OpInfo("chunk_gated_delta_rule_checkpoints", ref.chunk_gated_delta_rule_checkpoints,
-           ("block128", "block800", "block1088"), _chunk_checkpoints),
+           ("block128", "block800", "block1088"), _chunk_checkpoints,
+           caches={"state_checkpoints": "ssm", "initial_state": "ssm"}),
     OpInfo("fused_recurrent_gated_delta_rule", ref.recurrent_gated_delta_rule, ("decode", "spec", "varlen"),
-           _recurrent),
+           _recurrent, caches={"initial_state": "ssm"}),
     OpInfo("fused_sigmoid_gating_delta_rule_update", ref.fused_sigmoid_gating_delta_rule_update,
-           ("decode", "spec"), _sigmoid),
+           ("decode", "spec"), _sigmoid, caches={"initial_state": "ssm"}),
     OpInfo("fused_recurrent_gated_delta_rule_packed_decode", ref.fused_recurrent_gated_delta_rule_packed_decode,
-           ("decode",), _packed),
+           ("decode",), _packed, caches={"initial_state": "ssm"}),
     OpInfo("rms_norm_gated", ref.rms_norm_gated,
            tuple(f"{g}-{a}-{gr}" for g in ("before", "after") for a in ("silu", "sigmoid") for gr in ("whole", "group")),
            _norm),
@@ -335,12 +357,13 @@ def run_op_case(backend, op: str, variant: str, dims: GDNDims, dtype: str, state
         pairs.append(Comparison(name, a.detach().cpu(), b.detach().cpu(), None, key))
     for name in got.states:
         a, b = got.kwargs[name].detach().cpu(), want_kw[name].detach().cpu()
-        key = "op.conv_state" if "conv" in name else f"op.{op}.state"
-        pairs.append(Comparison(state_output(name), a, b, None, key, "state"))
+        cache = state_cache(op, name)
+        pairs.append(Comparison(state_output(name), a, b, None, state_policy_key(op, cache), "state",
+                                quantity=name, cache=cache))
         spare = [s for s in range(a.shape[0]) if s not in set((got.touched or {}).get(name, []))]
         if spare:
             pairs.append(Comparison(f"{state_output(name)}.untouched", a[spare], stale[name][spare], None, "op.untouched",
-                                    "untouched"))
+                                    "untouched", quantity=name, cache=cache))
     if op == "chunk_gated_delta_rule_checkpoints":
         pairs += _checkpoint_end(got.kwargs, out_b[1])
     return pairs
@@ -356,4 +379,4 @@ def _checkpoint_end(kwargs, final) -> list:
         return []
     ck = kwargs["state_checkpoints"].detach().cpu()
     return [Comparison("checkpoint_end", ck[cks], final.detach().cpu()[seqs].to(ck.dtype), None, "op.checkpoint_end",
-                       "state")]
+                       "state", cache="ssm")]

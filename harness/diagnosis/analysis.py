@@ -51,7 +51,7 @@ def op_signatures(case, pairs, policy, ssm_layout: str) -> dict:
     reruns, first = None, None
     for c, m in _failing(pairs, policy, case):
         name, a, e, key = c.output, c.actual, c.expected, c.policy_key
-        base = name.split(".")[0]
+        base = c.quantity       # the op's declared output or state argument (hints and inputs are keyed by it)
         hint = dict(hints.get(base, {}))
         td = structure._dim(hint.get("token_dim"), a)
         if td is not None and first is None and tuple(a.shape) == tuple(e.shape):
@@ -120,11 +120,11 @@ def layer_signatures(case, pairs, policy) -> List[dict]:
             hint = dict(token_dim=0, starts=[x.bos for x in es if x.tokens],
                         pad_rows=[t for x in es if x.kind == "pad" for t in range(x.bos, x.eos)],
                         spec_edges=[x.bos for x in es if x.kind == "spec"], chunk=64)
-            if name.endswith(".core"):
+            if c.quantity == "core":
                 hint["head_dim"] = 1
-        elif name == "conv_state":
+        elif c.kind == "state" and c.cache == "conv":
             hint, before = dict(slot_dim=0, channel_dim=1, sections=qkv, label="slot"), inp.conv_pool
-        elif name == "ssm_state":
+        elif c.kind == "state" and c.cache == "ssm":
             hint, before = dict(slot_dim=0, head_dim=1, label="slot"), inp.ssm_pool
         else:
             continue

@@ -22,6 +22,7 @@ from harness.optimized.compose import backend_step
 from harness.judge.compare import compare
 from harness.cases.inputs import make_inputs
 from harness.cases.layercheck import rank_pools, oracle_pairs
+from harness.cases.opcheck import OP_INFOS, state_policy_key
 from ..layouts.projection import unpack_qkvz_ba
 from ..layouts.state import conv_dim_first_view, ssm_convert
 from ..layouts.tp import all_ranks, gather_heads, local_mixed_ba
@@ -87,7 +88,7 @@ class _Checked:
                 pairs.append((n, a, b, key))
         for n in structure.STATE_ARGS:
             if n in before and (not torch.equal(named[n], before[n]) or not torch.equal(rkw[n], _up(before[n]))):
-                key = "op.conv_state" if "conv" in n else (f"op.{op}" if n == "out" else f"op.{op}.state")
+                key = state_policy_key(op, OP_INFOS[op].caches.get(n))    # no cache: an output buffer (out=)
                 pairs.append((n, named[n], rkw[n], key))
         bad = []
         for n, a, b, key in pairs:
