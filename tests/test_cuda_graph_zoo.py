@@ -100,3 +100,29 @@ def test_graph_faults_are_right_in_eager_mode(fault, step):
         got, want = _eager_step(be, step, n_real, dims), _eager_step(TritonBackend(), step, n_real, dims)
         for key in ("out", "conv", "ssm"):
             assert torch.equal(got[key], want[key]), (key, n_real)
+
+
+def test_replay_comparisons_go_through_the_layer_judge():
+    """The graph check's Comparisons are judged by the layer cases' judge (exact entry
+    `graph.replay` of the policy), with the verdict its old bit-equality rule gave: a NaN
+    left in an output, one bit off in a slot, a poisoned slot overwritten each fail."""
+    from harness.cases.comparison import Comparison
+    key = cudagraph.POLICY_KEY
+    out = torch.randn(6, 8)
+    off = out.clone()
+    off[2, 3] = torch.nextafter(off[2, 3], torch.tensor(10.0))
+    nan = out.clone()
+    nan[4, 0] = float("nan")
+    mask = torch.ones(3, 5)
+    pairs = [Comparison("replay0.out[real]", out, out.clone(), 0, key, quantity="out"),
+             Comparison("replay0.out[pad]", torch.zeros(2, 8), torch.zeros(2, 8), 0, key, "pad_rows", quantity="out"),
+             Comparison("replay1.out[real]", nan, out, 0, key, quantity="out"),
+             Comparison("replay1.ssm[real]", off, out, None, key, "state", quantity="ssm_state", cache="ssm"),
+             Comparison("replay1.conv[untouched]", mask.clone().index_fill_(0, torch.tensor([1]), 0.0), mask, None,
+                        key, "untouched", quantity="conv_state", cache="conv")]
+    rec = cudagraph.judged(pairs)
+    assert rec["status"] == "fail" and rec["tolerance"][key]["kind"] == "exact"
+    bad = cudagraph.failing(pairs)
+    assert bad == ["replay1.out[real]", "replay1.ssm[real]", "replay1.conv[untouched]"]
+    assert bad == [c.output for c in pairs if not torch.equal(c.actual, c.expected)]
+    assert cudagraph.failing(pairs[:2]) == []

@@ -314,7 +314,8 @@ def rank_main(job: dict, emit: Optional[Callable[[dict], None]] = None) -> List[
 
     from harness.optimized.api import FilledOps
     from harness.judge.policy import Policy
-    from harness.run.runner import BackendCache, _judge, _skip_reason, declared_pad_rows
+    from harness.judge.verdict import judge_into
+    from harness.run.runner import BackendCache, _skip_reason, declared_pad_rows
     cases = [Case.from_dict(d) for d in job["cases"]]
     policy = Policy(job["policy"]) if job.get("policy") else Policy()
     pg = "nccl" if cases and cases[0].device.startswith("cuda") else "gloo"
@@ -344,7 +345,7 @@ def rank_main(job: dict, emit: Optional[Callable[[dict], None]] = None) -> List[
                 pairs = distributed_pairs(case, backend, ops, device, job.get("oracle_device"), sharder)
                 rec["filled_ops"] = list(ops.filled)
                 if rank == 0:
-                    _judge(rec, declared_pad_rows(case, backend, pairs, rec), policy, case)
+                    judge_into(rec, declared_pad_rows(case, backend, pairs, rec), policy, case.dtype, case.state_dtype)
         except CollectiveError as e:
             if spawned:        # the parent turns the dead world into this case's error record
                 print(f"rank {rank}: {e}", file=sys.stderr, flush=True)

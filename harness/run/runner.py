@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import math
 import os
 import time
 import traceback
@@ -15,9 +14,9 @@ from typing import Callable, Dict, Iterable, List, Optional
 from harness.run import autotune
 from harness.cases.case import SPEC_EQUIVALENCE, Case
 from harness.errors import HarnessError
-from harness.judge.compare import compare
 from harness.run.phases import Phases, TimedBackend, hook_compiles
 from harness.judge.policy import Policy
+from harness.judge.verdict import judge_into
 from harness.cases.selfcheck import CHECKS
 
 
@@ -169,7 +168,7 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
         if pairs is not None:
             broken = structural_problems(pairs)
             with phases.timed("compare"):
-                _judge(rec, [c for c in pairs if c.output not in broken], policy, case)
+                judge_into(rec, [c for c in pairs if c.output not in broken], policy, case.dtype, case.state_dtype)
             if broken:
                 rec.update(status="error", structural="shape" if any("shape" in b for b in broken.values())
                            else "output type", diagnosis=None,
@@ -211,7 +210,7 @@ def _sweep(rec: dict, case: Case, backends: BackendCache, policy: Policy, oracle
             with autotune.sweeping(i):
                 got = _pairs(case, backends, scratch, oracle_device)
             broken = structural_problems(got)
-            _judge(scratch, [c for c in got if c.output not in broken], policy, case)
+            judge_into(scratch, [c for c in got if c.output not in broken], policy, case.dtype, case.state_dtype)
             if broken:
                 scratch.update(status="error", error="; ".join(f"output {n}: {b}" for n, b in broken.items()))
         except Exception as e:  # noqa: BLE001 - a config that crashes is that config's finding
@@ -269,39 +268,6 @@ def _diagnose(rec: dict, case: Case, pairs, policy: Policy, backends: BackendCac
         rec["hypotheses"] = []
         rec["diagnosis_error"] = f"{type(e).__name__}: {e}"
     rec["diagnosis_s"] = round(time.perf_counter() - t0, 4)
-
-
-def _judge(rec: dict, pairs, policy: Policy, case: Case) -> None:
-    metrics, tolerances = [], {}
-    for c in pairs:
-        tol = policy.lookup(c.policy_key, case.dtype, case.state_dtype)
-        tolerances[c.policy_key] = dict(kind=tol.kind, value=tol.value, reason=tol.reason, source=tol.source)
-        m = compare(c.output, c.actual, c.expected, tol, c.token_dim)
-        m.notes.append(c.policy_key)
-        metrics.append(m)
-    rec["metrics"] = [m.to_dict() for m in metrics]
-    rec["tolerance"] = tolerances
-    failed = [m for m in metrics if not m.passed]
-    rec["status"] = "fail" if failed else "pass"
-    rec["margin"] = _fmt(min((m.margin for m in metrics), default=math.inf))
-    if failed:
-        nonfinite = [m for m in failed if m.nan or m.inf]
-        worst = min(failed, key=lambda m: m.margin)
-        where = f" (worst token {worst.worst_token}, first divergent token {worst.first_divergent_token})" \
-            if worst.worst_token is not None else ""
-        rec["diagnosis"] = (f"{len(failed)}/{len(metrics)} outputs out of tolerance: "
-                            f"{', '.join(m.output for m in failed[:6])}; worst {worst.output}: rel_rms "
-                            f"{worst.rel_rms:.3g} vs {worst.tolerance}, max |diff| {worst.max_abs:.3g} at "
-                            f"{worst.max_abs_index}{where}")
-        if nonfinite:
-            rec["structural"] = "nan/inf"
-            rec["diagnosis"] = ("NaN / Inf in the output: " + ", ".join(
-                f"{m.output} has {m.nan} NaN and {m.inf} Inf of {math.prod(m.shape)} values" for m in nonfinite[:6])
-                + "; " + rec["diagnosis"])
-
-
-def _fmt(x: float):
-    return x if math.isfinite(x) else str(x)
 
 
 def run_cases(cases: Iterable[Case], policy: Policy, suite: str,

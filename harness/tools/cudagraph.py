@@ -35,11 +35,14 @@ from typing import List, Optional, Tuple
 import torch
 
 from harness.config import GDNDims
+from harness.cases.comparison import Comparison
 from harness.cases.inputs import dtype_of, make_weights
+from harness.judge.policy import Policy
+from harness.judge.verdict import judge_into
 from harness.layouts.projection import qkv_to_mixed, split_mixed_qkv
 from harness.layouts.tp import shard_params
 
-Pair = Tuple[str, torch.Tensor, torch.Tensor, object, str]
+POLICY_KEY = "graph.replay"     # exact (suites/tolerances.toml)
 
 
 def why_not(backend, device: str) -> Optional[str]:
@@ -93,10 +96,11 @@ def _batch(step: str, B: int, n_real: int, num_spec: int, r: int, device):
 
 def graph_replay_pairs(backend, ops, dims: GDNDims, dtype: str = "bfloat16", state_dtype: str = "float32",
                        seed: int = 0, device: str = "cuda", pad_batch: int = 8, capture_real: int = 8,
-                       real: Tuple[int, ...] = (5, 3, 8), step: str = "decode", num_spec: int = 2) -> List[Pair]:
+                       real: Tuple[int, ...] = (5, 3, 8), step: str = "decode",
+                       num_spec: int = 2) -> List[Comparison]:
     """Capture a `step` ("decode" or "spec": the spec-verify step) at `pad_batch` rows of which
-    `capture_real` are real, replay with `real` real rows (one replay each); pairs (name,
-    actual, expected, token dim, policy key), all exact. Capturing with all rows real
+    `capture_real` are real, replay with `real` real rows (one replay each); the `Comparison`s
+    of every replay, all under the exact entry `POLICY_KEY`. Capturing with all rows real
     catches a host-side branch taken on "no PAD rows"; with fewer than a replay has, a batch
     size frozen at capture."""
     if step not in STEPS:
@@ -125,7 +129,7 @@ def graph_replay_pairs(backend, ops, dims: GDNDims, dtype: str = "bfloat16", sta
     with torch.cuda.graph(graph):
         decode_step(ops, p, buf)
 
-    pairs: List[Pair] = []
+    pairs: List[Comparison] = []
     previous = None
     for r, n_real in enumerate(real):
         mq, mb = rnd(T, dims.qkvz_dim), rnd(T, 2 * dims.HV)
@@ -145,19 +149,23 @@ def graph_replay_pairs(backend, ops, dims: GDNDims, dtype: str = "bfloat16", sta
         graph.replay()
         torch.cuda.synchronize()
         out, t_real = buf["out"].float().cpu(), n_real * w
-        pairs.append((f"replay{r}.out[real]", out[:t_real], ref["out"][:t_real].float().cpu(), 0, "graph.replay"))
-        pairs.append((f"replay{r}.out[pad]", out[t_real:], torch.zeros_like(out[t_real:]), 0, "graph.replay"))
+        pairs.append(Comparison(f"replay{r}.out[real]", out[:t_real], ref["out"][:t_real].float().cpu(), 0, POLICY_KEY,
+                                quantity="out"))
+        pairs.append(Comparison(f"replay{r}.out[pad]", out[t_real:], torch.zeros_like(out[t_real:]), 0, POLICY_KEY,
+                                "pad_rows", quantity="out"))
         for key, owned in (("conv", own_conv), ("ssm", own_ssm)):
             got = buf[key].float().cpu()
-            pairs.append((f"replay{r}.{key}[real]", got[owned], ref[key][owned].float().cpu(), None, "graph.replay"))
+            pairs.append(Comparison(f"replay{r}.{key}[real]", got[owned], ref[key][owned].float().cpu(), None,
+                                    POLICY_KEY, "state", quantity=f"{key}_state", cache=key))
             rest = [s for s in range(slots) if s not in set(owned)]
-            untouched = torch.isnan(got[rest]).float()
-            pairs.append((f"replay{r}.{key}[untouched]", untouched, torch.ones_like(untouched), None,
-                          "graph.replay"))
+            untouched = torch.isnan(got[rest]).float()      # 1 where the poison is still there
+            pairs.append(Comparison(f"replay{r}.{key}[untouched]", untouched, torch.ones_like(untouched), None,
+                                    POLICY_KEY, "untouched", quantity=f"{key}_state", cache=key))
         if previous is not None:
             k = min(t_real, previous.shape[0])
             stale = (out[:k] == previous[:k]).all(-1).float()
-            pairs.append((f"replay{r}.out[not replay{r - 1}'s]", stale, torch.zeros_like(stale), 0, "graph.replay"))
+            pairs.append(Comparison(f"replay{r}.out[not replay{r - 1}'s]", stale, torch.zeros_like(stale), 0, POLICY_KEY,
+                                    quantity="out[not the previous replay's]"))
         previous = out[:t_real].clone()
     return pairs
 
@@ -167,8 +175,17 @@ def graph_replay_pairs(backend, ops, dims: GDNDims, dtype: str = "bfloat16", sta
 CAPTURES = tuple((step, n) for step in STEPS for n in (8, 2))
 
 
-def failing(pairs: List[Pair]) -> List[str]:
-    return [n for n, a, b, _, _ in pairs if not torch.equal(a, b)]
+def judged(pairs: List[Comparison], dtype: str = "bfloat16", state_dtype: str = "float32",
+           policy: Optional[Policy] = None) -> dict:
+    """A record of `pairs` judged as layer cases are (`harness.judge.verdict`): status, metrics, margin."""
+    rec: dict = {}
+    judge_into(rec, pairs, policy or Policy(), dtype, state_dtype)
+    return rec
+
+
+def failing(pairs: List[Comparison], dtype: str = "bfloat16", state_dtype: str = "float32") -> List[str]:
+    """The outputs of `pairs` out of tolerance (all exact here: replay == eager bit for bit)."""
+    return [m["output"] for m in judged(pairs, dtype, state_dtype)["metrics"] if not m["passed"]]
 
 
 def check_backend(make, dims: GDNDims, dtype: str = "bfloat16", device: str = "cuda") -> List[Tuple[str, int, List[str]]]:
@@ -181,7 +198,7 @@ def check_backend(make, dims: GDNDims, dtype: str = "bfloat16", device: str = "c
         be = make()
         pairs = graph_replay_pairs(be, FilledOps(be, load_backend("reference")), dims, dtype, device=device,
                                    capture_real=n, step=step)
-        out.append((step, n, failing(pairs)))
+        out.append((step, n, failing(pairs, dtype)))
     return out
 
 
