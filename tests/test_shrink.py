@@ -63,7 +63,8 @@ def test_op_fault_cli_writes_minimal_case(tmp_path, capsys):
     doc = json.loads(out.read_text())
     m = Case.from_dict(doc["case"])
     assert case_size(m) < case_size(case) and m.dims.K != m.dims.V and m.dims.HV % m.dims.H == 0
-    assert doc["shrink"]["same_failure"] == {"status": "fail", "outputs": ["y"]}
+    assert doc["shrink"]["same_failure"] == {"status": "fail", "outputs": [dict(quantity="y", kind="out", cache=None)]}
+    assert doc["shrink"]["failing_outputs"] == ["y"]
     assert main(["repro", str(out)]) == 1
 
 
@@ -75,16 +76,56 @@ def test_passing_case_is_refused(tmp_path, capsys):
     assert "does not fail" in err and "status pass" in err and not (tmp_path / "min.json").exists()
 
 
+def _m(output, passed=False, quantity=None, kind="out", step=None, cache=None):
+    """A metric as the judge writes it (harness.judge.verdict)."""
+    return dict(output=output, passed=passed, quantity=quantity or output, kind=kind, step=step, cache=cache)
+
+
 def test_same_failure_ignores_step_numbers_only():
-    rec = dict(status="fail", metrics=[dict(output="step3.core", passed=False), dict(output="ssm_state", passed=True)])
+    rec = dict(status="fail", metrics=[_m("step3.core", quantity="core", step=3),
+                                       _m("ssm_state", True, kind="state", cache="ssm")])
     sig = failure_signature(rec)
-    assert sig == {"status": "fail", "outputs": ["step*.core"]}
-    assert same_failure(sig, dict(status="fail", metrics=[dict(output="step0.core", passed=False)]))
-    assert not same_failure(sig, dict(status="fail", metrics=[dict(output="ssm_state", passed=False)]))
-    assert not same_failure(sig, dict(status="error", error="RuntimeError: x", metrics=[]))
-    err = failure_signature(dict(status="error", error="IndexError: out of range"))
-    assert same_failure(err, dict(status="error", error="IndexError: other")) and \
-        not same_failure(err, dict(status="error", error="ValueError: x"))
+    assert sig == {"status": "fail", "outputs": [dict(quantity="core", kind="out", cache=None)]}
+    assert same_failure(sig, dict(status="fail", metrics=[_m("step0.core", quantity="core", step=0)]))
+    assert not same_failure(sig, dict(status="fail", metrics=[_m("ssm_state", kind="state", cache="ssm")]))
+    assert not same_failure(sig, dict(status="error", structural="exception", error_type="RuntimeError",
+                                      error="RuntimeError: x", metrics=[]))
+    err = failure_signature(dict(status="error", structural="exception", error_type="IndexError",
+                                 error="IndexError: out of range"))
+    assert same_failure(err, dict(status="error", structural="exception", error_type="IndexError", error="other")) \
+        and not same_failure(err, dict(status="error", structural="exception", error_type="ValueError", error="x"))
+
+
+def test_same_failure_reads_fields_where_the_name_regex_was_fooled():
+    """The old rule (a regex turning ``step3`` / ``seq1`` in output names into ``step*`` /
+    ``seq*``, and the error text up to its first colon) was fooled both ways; the record's
+    fields are not."""
+    import re
+    regex = lambda name: re.sub(r"\b(step|seq)\d+", r"\1*", name)
+    # 1. the same failure, renamed by a dropped step: the spec-invariance check names its decode step
+    #    "[decode step 2]" (no digit right after "step"), so the regex kept it
+    inv = "spec_invariance.core"
+    before = dict(status="fail", metrics=[_m("spec_invariance.step3[decode step 2].core", quantity=inv)])
+    after = dict(status="fail", metrics=[_m("spec_invariance.step2[decode step 1].core", quantity=inv)])
+    assert regex(before["metrics"][0]["output"]) != regex(after["metrics"][0]["output"])
+    assert same_failure(failure_signature(before), after)
+    # 2. the same shape error one step earlier: the regex took "output step3.core" for the error type
+    shape = lambda s: dict(status="error", structural="shape", error=f"output step{s}.core: expected shape (5, 2, 4), "
+                           "got (5, 8)", broken_outputs=[dict(output=f"step{s}.core", quantity="core", kind="out")])
+    assert shape(3)["error"].split(":", 1)[0] != shape(2)["error"].split(":", 1)[0]
+    assert same_failure(failure_signature(shape(3)), shape(2))
+    assert not same_failure(failure_signature(shape(3)), dict(shape(2), broken_outputs=[
+        dict(output="step2.out", quantity="out", kind="out")]))
+    # 3. two different failures under similar names: garbage in PAD rows reported under the output's own
+    #    name vs wrong values in the output's real rows - one name after the regex, not one failure
+    pad = dict(status="fail", metrics=[_m("step1.out", quantity="out", kind="pad_rows", step=1)])
+    real = dict(status="fail", metrics=[_m("step2.out", quantity="out", step=2)])
+    assert regex("step1.out") == regex("step2.out")
+    assert not same_failure(failure_signature(pad), real)
+    # 4. a conv state and a recurrent state whose names say nothing of which is which
+    conv = dict(status="fail", metrics=[_m("pool", kind="state", cache="conv")])
+    ssm = dict(status="fail", metrics=[_m("pool", kind="state", cache="ssm")])
+    assert not same_failure(failure_signature(conv), ssm)
 
 
 def test_scenario_field_is_backwards_compatible():

@@ -13,7 +13,8 @@ from harness.judge.policy import Policy
 
 def judge_into(rec: dict, pairs, policy: Policy, dtype: str, state_dtype: str) -> None:
     """`rec`'s metrics, tolerances, status (pass / fail), margin and failure sentence from
-    `pairs` (`Comparison`s) judged under `policy` for (dtype, state_dtype)."""
+    `pairs` (`Comparison`s) judged under `policy` for (dtype, state_dtype). Each metric also
+    carries what its output is (`output_fields`), so readers of results.json parse no names."""
     metrics, tolerances = [], {}
     for c in pairs:
         tol = policy.lookup(c.policy_key, dtype, state_dtype)
@@ -21,7 +22,7 @@ def judge_into(rec: dict, pairs, policy: Policy, dtype: str, state_dtype: str) -
         m = compare(c.output, c.actual, c.expected, tol, c.token_dim)
         m.notes.append(c.policy_key)
         metrics.append(m)
-    rec["metrics"] = [m.to_dict() for m in metrics]
+    rec["metrics"] = [dict(m.to_dict(), **output_fields(c)) for m, c in zip(metrics, pairs)]
     rec["tolerance"] = tolerances
     failed = [m for m in metrics if not m.passed]
     rec["status"] = "fail" if failed else "pass"
@@ -40,6 +41,11 @@ def judge_into(rec: dict, pairs, policy: Policy, dtype: str, state_dtype: str) -
             rec["diagnosis"] = ("NaN / Inf in the output: " + ", ".join(
                 f"{m.output} has {m.nan} NaN and {m.inf} Inf of {math.prod(m.shape)} values" for m in nonfinite[:6])
                 + "; " + rec["diagnosis"])
+
+
+def output_fields(c) -> dict:
+    """What a compared output is, as a record's fields (a metric's, a broken output's)."""
+    return dict(quantity=c.quantity, kind=c.kind, step=c.step, cache=c.cache, policy_key=c.policy_key)
 
 
 def _fmt(x: float):

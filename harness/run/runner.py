@@ -16,7 +16,7 @@ from harness.cases.case import SPEC_EQUIVALENCE, Case
 from harness.errors import HarnessError
 from harness.run.phases import Phases, TimedBackend, hook_compiles
 from harness.judge.policy import Policy
-from harness.judge.verdict import judge_into
+from harness.judge.verdict import judge_into, output_fields
 from harness.cases.selfcheck import CHECKS
 
 
@@ -172,7 +172,9 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
             if broken:
                 rec.update(status="error", structural="shape" if any("shape" in b for b in broken.values())
                            else "output type", diagnosis=None,
-                           error="; ".join(f"output {n}: {b}" for n, b in broken.items()))
+                           error="; ".join(f"output {n}: {b}" for n, b in broken.items()),
+                           broken_outputs=[dict(output=c.output, **output_fields(c)) for c in pairs
+                                           if c.output in broken])
             elif rec["autotune"]["policy"] == "sweep" and autotune.widest() > 1:
                 passed = rec["status"] == "pass"
                 with phases.timed("sweep"):
@@ -182,7 +184,7 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
         rec.update(status="skip", error=f"backend {case.backend} does not support this case: {e}")
     except Exception as e:  # noqa: BLE001 - a crash costs one case, never the run
         rec.update(status="error", structural="exception", error=f"{type(e).__name__}: {e}",
-                   traceback=traceback.format_exc()[-4000:])
+                   error_type=type(e).__name__, traceback=traceback.format_exc()[-4000:])
     # a failure of a swept config only: the case's own outputs pass, nothing to diagnose in them
     diagnosable = (rec["status"] == "fail" and not sweep_only) or rec.get("structural") in DIAGNOSABLE_STRUCTURAL
     if pairs and diagnosable and case.level in ("op", "layer"):

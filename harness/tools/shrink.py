@@ -12,9 +12,12 @@ backend, layout, variant (decode path / conv layout / ba), dtypes and seed stay.
 candidate fails the same way when
 
 * its status is the original's (``fail``, or ``error``), and
-* ``fail``: at least one failing output is one the original failed on, with step and
-  sequence numbers ignored (``step3.core`` = ``step*.core``: dropping steps renumbers
-  them); ``error``: the same exception type, and
+* ``fail``: at least one failing output is one the original failed on - the same
+  quantity, kind and cache, the fields the record's metrics carry (`Comparison`): never
+  the output's name, never its step (``step3.core`` and ``step0.core`` are both the
+  layer's core: dropping steps renumbers them); ``error``: the same structural class and
+  exception type (the record's fields, not its message), and for an output that could not
+  be compared the same output, and
 * the control backend passes it (default: the base a zoo fault derives from, else
   ``reference``), so the failure is the backend's and not an artefact of tiny dims.
 
@@ -34,7 +37,6 @@ reports the median size reduction.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -96,17 +98,25 @@ def size_parts(case: Case) -> dict:
 
 
 # ---------------------------------------------------------------- same failure
-def _norm_output(name: str) -> str:
-    return re.sub(r"\b(step|seq)\d+", r"\1*", name)
+def _what(m: dict) -> dict:
+    """What a failing (or broken) output is, from its record fields: its quantity, kind and
+    cache; never its name, and never its step (dropping steps renumbers them). A record
+    written before metrics carried these fields falls back to the name, unparsed."""
+    return dict(quantity=m.get("quantity", m.get("output")), kind=m.get("kind", "out"), cache=m.get("cache"))
+
+
+def _whats(items) -> List[dict]:
+    unique = {json.dumps(w, sort_keys=True): w for w in map(_what, items)}
+    return [unique[k] for k in sorted(unique)]
 
 
 def failure_signature(rec: dict) -> dict:
-    """What 'the same failure' is compared on (see the module doc)."""
+    """What 'the same failure' is compared on (see the module doc): the record's fields."""
     if rec["status"] == "fail":
-        outs = sorted({_norm_output(m["output"]) for m in rec["metrics"] if not m["passed"]})
-        return dict(status="fail", outputs=outs)
+        return dict(status="fail", outputs=_whats(m for m in rec["metrics"] if not m["passed"]))
     if rec["status"] == "error":
-        return dict(status="error", error_type=(rec.get("error") or "").split(":", 1)[0])
+        return dict(status="error", structural=rec.get("structural"), error_type=rec.get("error_type"),
+                    outputs=_whats(rec.get("broken_outputs") or []))
     return dict(status=rec["status"])
 
 
@@ -114,9 +124,18 @@ def same_failure(sig: dict, rec: dict) -> bool:
     got = failure_signature(rec)
     if got["status"] != sig["status"]:
         return False
+    key = lambda outs: {json.dumps(w, sort_keys=True) for w in outs}
     if sig["status"] == "fail":
-        return bool(set(got["outputs"]) & set(sig["outputs"]))
-    return sig["status"] == "error" and got["error_type"] == sig["error_type"]
+        return bool(key(got["outputs"]) & key(sig["outputs"]))
+    return sig["status"] == "error" and (got["structural"], got["error_type"]) == (sig["structural"], sig["error_type"]) \
+        and (not sig["outputs"] or bool(key(got["outputs"]) & key(sig["outputs"])))
+
+
+def failing_outputs(rec: dict) -> List[str]:
+    """The names (for people) of a record's failing / broken outputs."""
+    if rec["status"] == "fail":
+        return [m["output"] for m in rec["metrics"] if not m["passed"]]
+    return [b["output"] for b in rec.get("broken_outputs") or []]
 
 
 # ---------------------------------------------------------------- moves
@@ -254,7 +273,7 @@ class ShrinkResult:
         return dict(original_id=self.original.id, original_case=self.original.to_dict(),
                     original_size=self.original_size, size=self.size, reduction=round(self.reduction, 2),
                     original_parts=size_parts(self.original), parts=size_parts(self.minimal),
-                    same_failure=self.signature, failing_outputs=failure_signature(self.record).get("outputs"),
+                    same_failure=self.signature, failing_outputs=failing_outputs(self.record),
                     control=self.control, evaluations=self.evaluations, control_runs=self.control_runs,
                     seconds=round(self.seconds, 1), stopped=self.stopped, moves=self.accepted)
 
@@ -399,7 +418,7 @@ def run_and_write(case: Case, args, out: str) -> int:
                       Policy(args.policy) if args.policy else None, args.oracle_device, log=print)
     path = write_case(out, res)
     print(f"minimal case: {res.minimal.id}")
-    fails = failure_signature(res.record).get("outputs") or [res.record["status"]]
+    fails = failing_outputs(res.record) or [res.record["status"]]
     print(f"size {res.original_size} -> {res.size} ({res.reduction:.1f}x smaller; {res.evaluations} runs, "
           f"{res.seconds:.0f} s, {res.stopped}); fails {', '.join(fails)}")
     print(f"written to {path}; repro: {repro_line(str(path))}")
