@@ -26,35 +26,30 @@ class Case:
     backend: str = "reference"
     dtype: str = "float64"
     state_dtype: str = "float64"
-    variant: str = ""          # op: sample variant; layer: decode path / conv layout / ba
+    variant: str = ""          # op: sample variant; layer: the label of the three axes below, in ids and records
+                               # ("recurrent.dim_first.sharded"); set from them
     # a shrunk case's explicit inputs: layer {"steps": [...], "num_spec": n} replacing the mix's
     # batches; op {"seqs": [...], "lens": [...]}, the sample's sequences kept and their lengths
     scenario: Optional[dict] = None
+    decode_path: Optional[str] = None   # layer: the backend's decode path (optimized.api.DECODE_PATHS)
+    conv_layout: Optional[str] = None   # layer: how the conv state is stored (layouts.state.CONV_LAYOUTS)
+    ba: Optional[str] = None            # layer: how in_proj_ba is split over TP ranks (layouts.tp.BA_MODES)
 
     def __post_init__(self):
         if self.scenario is not None and self.level == "self":
             raise ConfigError("case.scenario", "only op and layer cases take an explicit scenario")
-
-    # A layer case's variant names its decode path, conv-state layout and ba sharding
-    # ("recurrent.dim_first.sharded"); read them here, never by splitting the string elsewhere.
-    def _layer_axes(self) -> Tuple[str, str, str]:
-        parts = self.variant.split(".")
-        if self.level != "layer" or len(parts) != 3:
-            raise ConfigError("case.variant", f"a layer case's decode_path.conv_layout.ba, got {self.variant!r} "
-                              f"({self.level} case)")
-        return parts[0], parts[1], parts[2]
-
-    @property
-    def decode_path(self) -> str:
-        return self._layer_axes()[0]
-
-    @property
-    def conv_layout(self) -> str:
-        return self._layer_axes()[1]
-
-    @property
-    def ba(self) -> str:
-        return self._layer_axes()[2]
+        axes = (self.decode_path, self.conv_layout, self.ba)
+        if self.level != "layer":
+            if any(a is not None for a in axes):
+                raise ConfigError("case.decode_path", f"only layer cases have a decode path, conv layout and ba "
+                                  f"({self.level} case)")
+            return
+        if all(a is None for a in axes):
+            # a case given by its label (a stored case file, results.json's "case"): its one reading
+            self.decode_path, self.conv_layout, self.ba = _layer_axes(self.variant)
+        elif any(a is None for a in axes):
+            raise ConfigError("case.decode_path", f"a layer case's decode_path, conv_layout and ba together, got {axes}")
+        self.variant = layer_variant(self.decode_path, self.conv_layout, self.ba)
 
     @property
     def scenario_tag(self) -> str:
@@ -75,6 +70,7 @@ class Case:
                 f"{self.state_dtype}-{self.variant}{self.scenario_tag}-s{self.seed}]")
 
     def to_dict(self) -> dict:
+        """The case as stored (repro files, results.json): a layer case's axes as its variant label, as ever."""
         d = dict(level=self.level, check=self.check, dims=self.dims.to_dict(), layout=self.layout, tp=self.tp,
                  seed=self.seed, device=self.device, backend=self.backend, dtype=self.dtype,
                  state_dtype=self.state_dtype, variant=self.variant)
@@ -87,3 +83,15 @@ class Case:
         d = dict(d)
         d["dims"] = GDNDims.from_dict(d["dims"])
         return cls(**d)
+
+
+def layer_variant(decode_path: str, conv_layout: str, ba: str) -> str:
+    """A layer case's variant label in ids and records (what -k filters and stored repro commands match)."""
+    return f"{decode_path}.{conv_layout}.{ba}"
+
+
+def _layer_axes(variant: str) -> Tuple[str, str, str]:
+    parts = variant.split(".")
+    if len(parts) != 3 or not all(parts):
+        raise ConfigError("case.variant", f"a layer case's decode_path.conv_layout.ba, got {variant!r}")
+    return parts[0], parts[1], parts[2]

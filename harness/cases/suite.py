@@ -163,5 +163,6 @@ def expand(suite: dict, backends: List[str], device: str = "cpu", seeds: Optiona
                         _names(g, "mixes", MIXES), dims, g.get("layout", ["flat"]), g.get("tp", [1]), dts, sts, sd,
                         g.get("decode_path", ["recurrent"]), g.get("conv_layout", ["dim_first"]),
                         g.get("ba", ["sharded"])):
-                    add(Case("layer", mix, d, lay, tp, seed, device, be, dt, st, f"{path}.{conv}.{ba}"))
+                    add(Case("layer", mix, d, lay, tp, seed, device, be, dt, st, decode_path=path, conv_layout=conv,
+                             ba=ba))
     return cases
