@@ -58,7 +58,7 @@ def diagnose(case, pairs, policy, ssm_layout: str = "vk", budget: float = DEFAUL
         unpad = _unpad(actual, lambda hyp=None: op.pad_rows_expected(pairs, ctx, hyp))
     elif case.level == "layer" and case.check != SPEC_EQUIVALENCE:
         from . import layer
-        ctx = layer.context(case, actual)
+        ctx = layer.context(case, pairs)
         fmt = layer.fmt(ctx, case.state_dtype)
         sigs = {id(layer.PAD_ROWS): layer.pad_rows_expected, id(layer.UNTOUCHED): layer.untouched_expected}
 

@@ -27,7 +27,7 @@ class LayerContext:
     inp: object
     ranks: list
     proj: list                       # per step, per rank: (mixed_qkvz, local mixed_ba) in the case dtype
-    actual: Dict[str, torch.Tensor]
+    pairs: list                      # the case's Comparisons: a hypothesis' outputs are found by their fields
 
     @property
     def layout(self) -> str:
@@ -37,7 +37,7 @@ class LayerContext:
         return {e.kind for step in self.sc.plan() for e in step}
 
 
-def context(case, actual) -> LayerContext:
+def context(case, pairs) -> LayerContext:
     sc = case_scenario(case)
     inp = make_inputs(sc)
     ranks = all_ranks(inp.weights, case.dims, case.layout, case.tp, sc.ba)
@@ -46,7 +46,7 @@ def context(case, actual) -> LayerContext:
     on_dev = [p.to(case.device) for p in ranks]
     proj = [[((hd @ d.w_qkvz.T).cpu(), local_mixed_ba(p, (hd @ d.w_ba.T).cpu())) for p, d in zip(ranks, on_dev)]
             for hd in (h.to(case.device) for h in inp.hidden)]
-    return LayerContext(sc, inp, ranks, proj, actual)
+    return LayerContext(sc, inp, ranks, proj, list(pairs))
 
 
 def _unpacked(c: LayerContext, unpack=None) -> List[tuple]:
@@ -166,7 +166,7 @@ def _ba_two_shards(c: LayerContext, unpacked):
         parts = [unpack_qkvz_ba(mq, h @ w.T, p.local, c.layout) for p, w, (mq, _) in zip(c.ranks, rows, c.proj[s])]
         b, a = (gather_heads([r[i] for r in parts], dim=1) for i in (4, 5))
         out.append((*u[:4], b, a))
-        proj[f"step{s}.proj_ba"] = torch.cat([b.reshape(b.shape[0], -1), a.reshape(a.shape[0], -1)], dim=1)
+        proj[("proj_ba", s)] = torch.cat([b.reshape(b.shape[0], -1), a.reshape(a.shape[0], -1)], dim=1)
     return out, proj
 
 
@@ -370,20 +370,27 @@ def expected_of(h: H, c: LayerContext) -> Optional[Dict[str, torch.Tensor]]:
                 full = st[key].new_zeros(h.shape[0], *st[key].shape[1:])
                 full[rows] = st[key]
                 st[key] = full
-    return {**_named(c, res), **{k: v for k, v in proj.items() if k in c.actual}}
+    return _named(c, res, proj)
 
 
-def _named(c: LayerContext, res) -> Dict[str, torch.Tensor]:
-    """Oracle results under the layer check's pair names."""
-    exp = {}
-    for s, st in enumerate(res.steps):
-        exp[f"step{s}.out"], exp[f"step{s}.core"] = st["out"], st["core"]
-    exp["conv_state"], exp["ssm_state"] = res.conv_pool, res.ssm_pool
+def _named(c: LayerContext, res, proj: Optional[dict] = None) -> Dict[str, torch.Tensor]:
+    """The oracle run `res` (and re-done projections `proj`, by (quantity, step)) as expected
+    values of the layer check's comparisons, each found by what it is (its fields), keyed by
+    its output name."""
     owned = {x for row in c.sc.slots.values() for x in row}
     spare = [x for x in range(c.sc.num_slots) if x not in owned]
-    if spare:
-        exp["untouched.conv"], exp["untouched.ssm"] = res.conv_pool[spare], res.ssm_pool[spare]
-    return {k: v for k, v in exp.items() if k in c.actual}
+    exp = {}
+    for cmp in c.pairs:
+        pool = {"conv": res.conv_pool, "ssm": res.ssm_pool}.get(cmp.cache)
+        if cmp.kind == "out" and cmp.step is not None and cmp.quantity in ("out", "core") and cmp.step < len(res.steps):
+            exp[cmp.output] = res.steps[cmp.step][cmp.quantity]
+        elif cmp.kind == "out" and (cmp.quantity, cmp.step) in (proj or {}):
+            exp[cmp.output] = proj[(cmp.quantity, cmp.step)]
+        elif cmp.kind == "state" and pool is not None:
+            exp[cmp.output] = pool
+        elif cmp.kind == "untouched" and pool is not None and spare:
+            exp[cmp.output] = pool[spare]
+    return exp
 
 
 PAD_ROWS = H("pad_rows_garbage", "pad_rows",
