@@ -9,7 +9,7 @@ import importlib
 import os
 import time
 import traceback
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from harness.run import autotune
 from harness.cases.case import SPEC_EQUIVALENCE, Case
@@ -170,9 +170,9 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
             with phases.timed("compare"):
                 judge_into(rec, [c for c in pairs if c.output not in broken], policy, case.dtype, case.state_dtype)
             if broken:
-                rec.update(status="error", structural="shape" if any("shape" in b for b in broken.values())
+                rec.update(status="error", structural="shape" if any(k == "shape" for k, _ in broken.values())
                            else "output type", diagnosis=None,
-                           error="; ".join(f"output {n}: {b}" for n, b in broken.items()),
+                           error="; ".join(f"output {n}: {b}" for n, (_, b) in broken.items()),
                            broken_outputs=[dict(output=c.output, **output_fields(c)) for c in pairs
                                            if c.output in broken])
             elif rec["autotune"]["policy"] == "sweep" and autotune.widest() > 1:
@@ -214,7 +214,7 @@ def _sweep(rec: dict, case: Case, backends: BackendCache, policy: Policy, oracle
             broken = structural_problems(got)
             judge_into(scratch, [c for c in got if c.output not in broken], policy, case.dtype, case.state_dtype)
             if broken:
-                scratch.update(status="error", error="; ".join(f"output {n}: {b}" for n, b in broken.items()))
+                scratch.update(status="error", error="; ".join(f"output {n}: {b}" for n, (_, b) in broken.items()))
         except Exception as e:  # noqa: BLE001 - a config that crashes is that config's finding
             scratch.update(status="error", error=f"{type(e).__name__}: {e}")
         runs.append(dict(index=i, status=scratch["status"], margin=scratch["margin"], error=scratch["error"],
@@ -229,19 +229,20 @@ def _sweep(rec: dict, case: Case, backends: BackendCache, policy: Policy, oracle
 DIAGNOSABLE_STRUCTURAL = ("shape", "output type")
 
 
-def structural_problems(pairs) -> Dict[str, str]:
-    """Output name -> what makes it no number to compare: not a tensor, a shape other than
-    the reference's, complex or integer where the reference is real floating point."""
+def structural_problems(pairs) -> Dict[str, Tuple[str, str]]:
+    """Output name -> (structural class, what makes it no number to compare): "output type"
+    (not a tensor; complex or integer where the reference is real floating point) or "shape"
+    (a shape other than the reference's)."""
     import torch
     found = {}
     for c in pairs:
         out, ref = c.actual, c.expected
         if not isinstance(out, torch.Tensor):
-            found[c.output] = f"expected a tensor, got {type(out).__name__}"
+            found[c.output] = ("output type", f"expected a tensor, got {type(out).__name__}")
         elif tuple(out.shape) != tuple(ref.shape):
-            found[c.output] = f"expected shape {tuple(ref.shape)}, got {tuple(out.shape)}"
+            found[c.output] = ("shape", f"expected shape {tuple(ref.shape)}, got {tuple(out.shape)}")
         elif ref.is_floating_point() and not out.is_floating_point():
-            found[c.output] = f"expected a real floating-point dtype (as {ref.dtype}), got {out.dtype}"
+            found[c.output] = ("output type", f"expected a real floating-point dtype (as {ref.dtype}), got {out.dtype}")
     return found
 
 
