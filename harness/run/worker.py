@@ -102,7 +102,9 @@ def _call(job: dict, proto) -> None:
     result = _load(job["call"])(job.get("args"), emit)
     proto.write(json.dumps({"result": result}, default=str) + "\n")
     proto.flush()
-    if _RESTART:
+    # the flag of the importable module: this one runs as __main__, a copy the call never sees
+    from harness.run import worker as imported
+    if imported._RESTART:
         os._exit(EXIT_RESTART)          # as after a case's sticky CUDA error (main)
 
 
