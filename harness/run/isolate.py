@@ -114,7 +114,8 @@ class Worker:
         self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self._err: collections.deque = collections.deque(maxlen=200)
         threading.Thread(target=self._read_out, daemon=True).start()
-        threading.Thread(target=self._read_err, daemon=True).start()
+        self._err_reader = threading.Thread(target=self._read_err, daemon=True)
+        self._err_reader.start()
 
     def _read_out(self):
         for line in self.proc.stdout:
@@ -185,6 +186,7 @@ class Worker:
     def _outcome(self, what: str, seconds: float, limit: float, events: list) -> "Outcome":
         if what == "eof":
             self.proc.wait()
+            self._err_reader.join(2.0)      # its last words (a fatal error's message) before the tail
             return Outcome("crash", None, events, returncode=self.proc.returncode, stderr_tail=self.stderr_tail(),
                            limit=limit, served_before=self.served)
         self.kill()
