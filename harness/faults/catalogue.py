@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 from .. import reference as ref
+from harness.diagnosis.classes import FaultClass
 from harness.optimized.compose import core_step
 from ..layouts.projection import qkv_to_mixed
 from ..layouts.tp import shard_params, shard_rows, shard_sections
@@ -53,11 +54,18 @@ class Fault:
     name: str
     base: str                          # the correct backend it derives from: "triton" | "reference"
     incident: str                      # the real incident class it mirrors
-    diagnosis_class: str               # what a report should point at
+    diagnosis_class: str               # what a report should point at: a `FaultClass` zoo name (or id)
     make: Callable[[], Backend]        # builds the faulty backend
     where: str = ""                    # triton-source | triton-glue | reference-source | python-glue | gdn_core
                                        # | weight-loader
     target: str = ""                   # load_backend spec: "harness.faults.catalogue:<Class>"
+
+    def __post_init__(self):
+        FaultClass.of(self.diagnosis_class)     # an unknown class string fails where declared (at import)
+
+    @property
+    def fault_class(self) -> FaultClass:
+        return FaultClass.of(self.diagnosis_class)
 
 
 def class_name(fault: str) -> str:
