@@ -98,6 +98,16 @@ def test_fault_zoo_finds_it_in_a_kernel_module(new_op):
     assert module_ops(mod) == [OP]
 
 
+def test_op_table_halves_agree():
+    """Every declared op has an OpInfo with the same reference, and no OpInfo lacks a declaration."""
+    assert set(OP_INFOS) == set(op_names())
+    for name, info in OP_INFOS.items():
+        assert info.reference is op_decl(name).reference, name
+        for shape, variant in info.bench.items():
+            assert shape in ("decode", "prefill") and variant in info.variants, (name, shape)
+            assert op_decl(name).has(shape), (name, shape)       # benched only on batch kinds it serves
+
+
 def test_declaration_is_checked():
     with pytest.raises(ValueError, match="kind"):
         gdn_op("x_for_test", kind="attention")(_reference)
