@@ -54,6 +54,8 @@ class FaultClass(StrEnum):
     CUDA_GRAPH_FROZEN_SIZE = ("cuda_graph_frozen_size", None, "CUDA graph: frozen size")
     CUDA_GRAPH_HOST_BRANCH = ("cuda_graph_host_branch", None, "CUDA graph: host branch")
     HELD_OUT = ("held_out", None, "held-out")
+    # a kernel that crashes, aborts or hangs: the pool's structured error names it, no hypothesis
+    PROCESS = ("process", None, "process")
 
     @classmethod
     def of(cls, text: str) -> "FaultClass":
