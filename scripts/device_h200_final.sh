@@ -10,8 +10,8 @@
 #           committed pins (cold / warm, 1 / 4 jobs) -> $OUT/bench/
 #   call 3  carry .whl/fastpath.part3 .whl/fastpath.sha256 .whl/test: put together, install; vllm (its
 #           FlashInfer prefill on SM90, its own weight loaders) on ci and on fastpath's layer mixes
-#   call 4  carry .whl/fastpath.sha256 .whl/test: the fast-path variants and the mutant kill run
-#           (scripts/device_fastpaths.sh extra)
+#           and, beside them, the fast-path variants and the mutant kill run (device_fastpaths.sh extra)
+#   call 4  carry .whl/fastpath.sha256 .whl/test: the extra phase alone (when call 3 ran without it)
 set -o pipefail
 CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | 3 | 4}
 if [ "$CALL" != 4 ]; then
@@ -40,15 +40,17 @@ case $CALL in
     tail -n 30 "$OUT/bench.log" ;;
   3)
     mkdir -p "$OUT/fp"
-    (OUT=$OUT/fp SUITES=ci BACKENDS=vllm JOBS=6 LIMIT_S=${FP_LIMIT:-120} \
+    (OUT=$OUT/fp SUITES=ci BACKENDS=vllm JOBS=4 LIMIT_S=${FP_LIMIT:-120} \
         bash scripts/device_fastpaths.sh suite final > "$OUT/fp-ci.log" 2>&1) &
     (export PYTHONPATH=/tmp/fastpath/vsrc:/tmp/fastpath/site/nvidia_cutlass_dsl/dsl_packages:/tmp/fastpath/site:$PYTHONPATH
      python3 -c "import json; from harness.optimized.registry import load_backend as l; \
 print(json.dumps(l('vllm').describe(), default=str, indent=1))" > "$OUT/vllm-describe.json" 2>&1
      timeout -s INT ${FP_LIMIT:-120} python3 -m harness.cli run --suite fastpath --backend vllm --device cuda \
-        -k layer. --jobs 6 --report-dir /tmp/fp_layer -q > "$OUT/fp-layer.log" 2>&1; echo "rc $?" >> "$OUT/fp-layer.log"
+        -k layer. --jobs 2 --report-dir /tmp/fp_layer -q > "$OUT/fp-layer.log" 2>&1; echo "rc $?" >> "$OUT/fp-layer.log"
      cd /tmp/fp_layer && tar czf "$OUT/fp-layer.tgz" summary.md results.json) &
-    wait; cat "$OUT/vllm-describe.json" | head -40; tail -n 8 "$OUT"/fp-*.log ;;
+    if [ -z "$NO_EXTRA" ]; then (mkdir -p "$OUT/extra"; OUT=$OUT/extra LIMIT_S=${FP_LIMIT:-120} \
+        bash scripts/device_fastpaths.sh extra > "$OUT/extra.log" 2>&1) & fi
+    wait; cat "$OUT/vllm-describe.json" | head -40; tail -n 8 "$OUT"/fp-*.log; tail -n 30 "$OUT/extra.log" ;;
   4)
     mkdir -p "$OUT/extra"
     OUT=$OUT/extra LIMIT_S=${EXTRA_LIMIT:-240} bash scripts/device_fastpaths.sh extra > "$OUT/extra.log" 2>&1

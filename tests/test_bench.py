@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from harness.tools.bench import DECODE_OPS, PREFILL_OPS, bytes_moved
+from harness.tools.bench import bench_ops_of, bytes_moved
 from harness.cli import main
 
 
@@ -16,8 +16,9 @@ def test_quick_bench_report(tmp_path):
     copy = [r for r in rows if r["bench"] == "copy"]
     assert len(copy) == 1 and copy[0]["gbps"] > 0
     ops = [r for r in rows if r["bench"] == "op"]
-    want = {(op, shape, tp) for tp in (1, 2) for shape, names in (("decode", DECODE_OPS), ("prefill", PREFILL_OPS))
-            for op in names}
+    want = {(op, shape, tp) for tp in (1, 2) for shape in ("decode", "prefill") for op in bench_ops_of(shape)}
+    assert {"causal_conv1d_update", "fused_recurrent_gated_delta_rule_packed_decode"} <= set(bench_ops_of("decode"))
+    assert {"causal_conv1d_fn", "chunk_gated_delta_rule"} <= set(bench_ops_of("prefill"))
     assert {(r["op"], r["shape"], r["tp"]) for r in ops} == want
     for r in ops:
         assert r["median_s"] > 0 and r["bytes"] > 0 and r["frac_of_copy"] > 0, r
@@ -36,6 +37,8 @@ def test_bytes_moved_counts_reads_writes_and_inplace_states():
     pool = torch.ones(3, 2, 2)
     # a pool updated in place and returned counts once as read and once as written
     assert bytes_moved(dict(q=x, initial_state=pool), ("initial_state",), (y, pool)) == (24 + 12 + 24 + 12) * 4
+    # so does an out= buffer the op fills and returns
+    assert bytes_moved(dict(q=x, initial_state=pool, out=y), ("initial_state",), y) == (24 + 12 + 24 + 12 + 24) * 4
 
 
 def test_suite_time_to_verdict_rows(tmp_path):

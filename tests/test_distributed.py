@@ -93,7 +93,12 @@ def test_distributed_run_matches_in_process_tp(world, tmp_path, rank_env):
 
 def planted_faults(w, dims, layout, tp, rank, ba="sharded"):
     """Faults by dims name: 'wrong_ba' - rank 1 loads rank 0's in_proj_ba rows (a sharding
-    fault); 'crash' - rank 1 segfaults; 'hang' - rank 1 never returns."""
+    fault); 'crash' - rank 1 segfaults; 'hang' - rank 1 never returns; 'raise' - rank 1
+    raises; 'unsupported' - every rank raises NotImplementedError."""
+    if rank == 1 and dims.name == "raise":
+        raise ValueError("rank 1 cannot shard this")
+    if dims.name == "unsupported":
+        raise NotImplementedError("no such sharding")
     if rank == 1 and dims.name == "crash":
         os.kill(os.getpid(), signal.SIGSEGV)
     if rank == 1 and dims.name == "hang":
@@ -118,7 +123,8 @@ def fault_records():
         mp.chdir(ROOT)
         recs = []
         # the crash case runs in the fresh world started after the hang
-        run_distributed([_case("wrong_ba", "mixed"), _case("hang"), _case("crash")], "tp", None, None,
+        run_distributed([_case("wrong_ba", "mixed"), _case("raise"), _case("unsupported"), _case("hang"),
+                         _case("crash")], "tp", None, None,
                         recs.append, world=2, timeout=8, init_timeout=60,
                         sharder="tests.test_distributed:planted_faults")
     return {r["dims"]["name"]: r for r in recs}
@@ -130,10 +136,22 @@ def test_wrong_ba_shard_is_caught(fault_records):
     assert rec["status"] == "fail" and failed, rec.get("error")
     # the oracle starts from the ranks' projections, so the TP=1 projection check names it
     assert all(name.endswith("proj_ba") for name in failed) and "proj_ba" in rec["diagnosis"]
+    # judged by runner.run_case on rank 0, so diagnosed like an in-process case (conftest plugs the stage in)
+    assert isinstance(rec["hypotheses"], list) and rec["diagnosis_s"] > 0 and "diagnosis_error" not in rec
+    assert rec["phases"] and rec["distributed"] == dict(world_size=2, process_group="gloo")
+
+
+def test_one_rank_raising_is_every_rank_s_error(fault_records):
+    """Agreed on before any collective: rank 1's exception is the case's error (its traceback
+    kept), the world goes on; NotImplementedError on every rank is a skip."""
+    raised, unsupported = fault_records["raise"], fault_records["unsupported"]
+    assert raised["status"] == "error" and raised["error"].startswith("rank 1: ValueError: rank 1 cannot shard this")
+    assert "planted_faults" in raised["traceback"]
+    assert unsupported["status"] == "skip" and "no such sharding" in unsupported["error"]
 
 
 def test_crashed_and_hung_ranks_become_error_records(fault_records):
-    assert len(fault_records) == 3
+    assert len(fault_records) == 5
     hung, crashed = fault_records["hang"], fault_records["crash"]
     assert hung["status"] == crashed["status"] == "error"
     assert "timed out after 8 s" in hung["error"]

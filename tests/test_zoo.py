@@ -190,14 +190,16 @@ def test_interrupted_zoo_still_writes_the_matrix(tmp_path, monkeypatch):
     listed as not run, the bases as incomplete, exit 1, and the matrix is written."""
     suite = tmp_path / "tiny.toml"
     suite.write_text(TINY)
-    real, calls = zoo_module.run_task, []
+    real, calls = zoo_module._run_on_pool, []
 
-    def interrupted_after_one(task, *a, **k):
-        calls.append(task["name"])
-        if len(calls) > 1:
-            raise KeyboardInterrupt
-        return real(task, *a, **k)
-    monkeypatch.setattr(zoo_module, "run_task", interrupted_after_one)
+    def interrupted_after_one(tasks, jobs, timeout, done, device):
+        def once(r):        # Ctrl-C as the second task's result comes in (the pool's calling thread)
+            calls.append(r["name"])
+            if len(calls) > 1:
+                raise KeyboardInterrupt
+            done(r)
+        return real(tasks, jobs, timeout, once, device)
+    monkeypatch.setattr(zoo_module, "_run_on_pool", interrupted_after_one)
     out = tmp_path / "z"
     assert cli_main(["zoo", "--device", DEVICE, "--suite", str(suite), "--fault", "qk_head_mod_h,gemma_norm_weight", "-q",
                      "--report-dir", str(out)]) == 1

@@ -9,7 +9,9 @@ compared exactly against their stale contents.
 
 A builder's optional `sample` (a shrunk case's ``Case.scenario``) keeps a subset of the
 variant's sequences (``seqs``: their indices) with other token counts (``lens``); an
-empty dict passed in is filled with the variant's own.
+empty dict passed in is filled with the variant's own. ``slots`` (one per kept sequence)
+replaces the state slots of a decode / prefill variant, the pool grown to hold them:
+`bench_sample` scales a variant so to the bench shapes named in `OpInfo.bench`.
 """
 from __future__ import annotations
 
@@ -55,6 +57,9 @@ class OpInfo:
     build: Callable[..., Sample]            # (variant, dims, dt, st, layout, seed, device, sample) -> Sample
     exact_outputs: Tuple[str, ...] = ()
     caches: Dict[str, str] = field(default_factory=dict)   # state argument -> the cache it is ("conv" | "ssm")
+    # bench shape ("decode": many 1-token sequences, "prefill": a few long ones) -> the variant
+    # `gdn-harness bench` scales to it (`bench_sample`); an op without one is not timed
+    bench: Dict[str, str] = field(default_factory=dict)
 
 
 def state_policy_key(op: str, cache: Optional[str]) -> str:
@@ -108,6 +113,27 @@ def _keep(sample: Optional[dict], lens: List[int], *per_seq: list) -> tuple:
     return (list(new), *([p[i] for i in idx] for p in per_seq))
 
 
+def _slots(sample: Optional[dict], slots: List[int], pool: int) -> Tuple[List[int], int]:
+    """(slots, pool size): the sample's own ``slots`` (the pool grown to hold them) or the variant's."""
+    mine = (sample or {}).get("slots")
+    if mine is None:
+        return slots, pool
+    if len(mine) != len(slots) or any(not isinstance(i, int) for i in mine):
+        raise ConfigError("case.scenario.slots", f"{len(slots)} slot indices, got {mine}")
+    return list(mine), max([pool] + [i + 1 for i in mine])
+
+
+def bench_sample(info: "OpInfo", variant: str, seqs: int, tokens: int) -> dict:
+    """The `sample` that scales `variant` to `seqs` sequences of `tokens` tokens, each in its own
+    state slot (a variant of one sequence: one of seqs * tokens tokens)."""
+    own: dict = {}            # filled with the variant's own sequences (tiny dims: a probe)
+    info.build(variant, GDNDims(hidden=32, H=2, HV=4, K=8, V=12, W=4, name="probe"), torch.float32, torch.float32,
+               "vk", 0, "cpu", own)
+    if len(own["seqs"]) == 1:
+        return dict(seqs=own["seqs"], lens=[seqs * tokens])
+    return dict(seqs=[own["seqs"][0]] * seqs, lens=[tokens] * seqs, slots=list(range(seqs)))
+
+
 # ---------------------------------------------------------------- samples
 def _unpack(variant, dims, dt, st, layout, seed, device, sample=None):
     g = _gen(seed)
@@ -145,9 +171,10 @@ def _conv_fn(variant, dims, dt, st, layout, seed, device, sample=None):
     w = make_small_params(dims, seed, conv_bias=True)
     conv_layout, bias = variant.split("-")
     lens, slots, init = _keep(sample, [5, 1, 70, 2, 3], [4, 0, 6, -1, 2], [True, False, True, True, False])
+    slots, size = _slots(sample, slots, 8)
     total = sum(lens)
     x = _to(_rand(g, total, dims.conv_dim), dt, device).T          # channel-first view, as vLLM passes it
-    pool = _conv_pool(g, dims, 8, dims.W - 1, dt, device, conv_layout)
+    pool = _conv_pool(g, dims, size, dims.W - 1, dt, device, conv_layout)
     return Sample(dict(x=x, weight=_to(w["conv_weight"], dt, device),
                        bias=_to(w["conv_bias"], dt, device) if bias == "bias" else None, conv_states=pool,
                        query_start_loc=torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32,
@@ -173,8 +200,10 @@ def _conv_update(variant, dims, dt, st, layout, seed, device, sample=None):
                   query_start_loc=torch.arange(0, S * len(slots) + 1, S, dtype=torch.int32, device=device))
     else:
         _, slots = _keep(sample, [1 if kind == "decode" else 2] * 4, [3, -1, 0, 5])
+        slots, size = _slots(sample, slots, 7)
         shape = (len(slots), dims.conv_dim) if kind == "decode" else (len(slots), dims.conv_dim, 2)
-        kw = dict(x=_to(_rand(g, *shape), dt, device), conv_state=_conv_pool(g, dims, 7, W - 1, dt, device, conv_layout))
+        kw = dict(x=_to(_rand(g, *shape), dt, device),
+                  conv_state=_conv_pool(g, dims, size, W - 1, dt, device, conv_layout))
     kw.update(weight=_to(w["conv_weight"], dt, device), bias=_to(w["conv_bias"], dt, device), activation="silu",
               conv_state_indices=torch.tensor(slots, dtype=torch.int32, device=device))
     return Sample(kw, ("out",), ("conv_state",), {"conv_state": [s for s in slots if s >= 0]})
@@ -229,13 +258,15 @@ def checkpoint_ends(kwargs) -> Tuple[List[int], List[int]]:
     return cks, seqs
 
 
-def _pool_and_indices(g, dims, variant, st, layout, device, keep):
-    pool = _rand(g, 10, dims.HV, dims.V, dims.K, scale=0.3)
+def _pool_and_indices(g, dims, variant, st, layout, device, keep, sample=None):
+    size = 10
     if variant == "spec":
         idx = torch.tensor([[[2, 7, 4], [0, 9, 5], [8, 1, 3]][i] for i in keep], dtype=torch.int32)
         acc = torch.tensor([[1, 2, 3][i] for i in keep], dtype=torch.int32)
     else:
-        idx, acc = torch.tensor([[6, -1, 2, 8][i] for i in keep], dtype=torch.int32), None
+        slots, size = _slots(sample, [[6, -1, 2, 8][i] for i in keep], size)
+        idx, acc = torch.tensor(slots, dtype=torch.int32), None
+    pool = _rand(g, size, dims.HV, dims.V, dims.K, scale=0.3)
     touched = [int(s) for s in idx.flatten() if s >= 0]
     return (_state_tensor(pool, st, layout, device), idx.to(device),
             None if acc is None else acc.to(device), touched)
@@ -253,7 +284,7 @@ def _recurrent(variant, dims, dt, st, layout, seed, device, sample=None):
     _, keep = _keep(sample, full, list(range(len(full))))
     lens = [full[0]] * len(keep)         # spec rows hold 1 + num_spec tokens, decode rows one
     d, kw = _delta_args(dims, lens, dt, seed, device)
-    pool, idx, acc, touched = _pool_and_indices(g, dims, variant, st, layout, device, keep)
+    pool, idx, acc, touched = _pool_and_indices(g, dims, variant, st, layout, device, keep, sample)
     kw.update(initial_state=pool, inplace_final_state=True, cu_seqlens=_to(d["cu_seqlens"], torch.int32, device),
               ssm_state_indices=idx, num_accepted_tokens=acc, use_qk_l2norm_in_kernel=True, state_layout=layout)
     return Sample(kw, ("o", None), ("initial_state",), {"initial_state": touched})
@@ -276,7 +307,7 @@ def _packed(variant, dims, dt, st, layout, seed, device, sample=None):
     w = make_small_params(dims, seed)
     _, keep = _keep(sample, [1] * 4, list(range(4)))
     B = len(keep)
-    pool, idx, _, touched = _pool_and_indices(g, dims, "decode", st, layout, device, keep)
+    pool, idx, _, touched = _pool_and_indices(g, dims, "decode", st, layout, device, keep, sample)
     kw = dict(mixed_qkv=_to(_rand(g, B, dims.conv_dim), dt, device), a=_to(_rand(g, B, dims.HV, scale=2.0), dt, device),
               b=_to(_rand(g, B, dims.HV), dt, device), A_log=_to(w["A_log"], torch.float32, device),
               dt_bias=_to(w["dt_bias"], dt, device), scale=None, initial_state=pool,
@@ -300,27 +331,28 @@ OP_INFOS: Dict[str, OpInfo] = {o.name: o for o in [
     OpInfo("unpack_qkvz_ba", unpack_qkvz_ba,
            tuple(f"{lay}-{m}" for lay in ("interleaved", "flat") for m in ("contiguous", "strided")),
            _unpack, exact_outputs=("q", "k", "v", "z", "b", "a")),
-    OpInfo("fused_gdn_gating", ref.fused_gdn_gating, ("contiguous", "strided"), _gating),
+    OpInfo("fused_gdn_gating", ref.fused_gdn_gating, ("contiguous", "strided"), _gating,
+           bench=dict(decode="contiguous", prefill="contiguous")),
     OpInfo("causal_conv1d_fn", ref.causal_conv1d_fn,
            tuple(f"{c}-{b}" for c in ("dim_first", "token_first") for b in ("bias", "nobias")), _conv_fn,
-           caches={"conv_states": "conv"}),
+           caches={"conv_states": "conv"}, bench=dict(prefill="dim_first-nobias")),
     OpInfo("causal_conv1d_update", ref.causal_conv1d_update,
            tuple(f"{k}-{c}" for k in ("decode", "multi", "spec") for c in ("dim_first", "token_first")), _conv_update,
-           caches={"conv_state": "conv"}),
+           caches={"conv_state": "conv"}, bench=dict(decode="decode-dim_first")),
     OpInfo("chunk_gated_delta_rule", ref.chunk_gated_delta_rule, ("varlen", "long"), _chunk,
-           caches={"initial_state": "ssm"}),
+           caches={"initial_state": "ssm"}, bench=dict(prefill="varlen")),
     OpInfo("chunk_gated_delta_rule_checkpoints", ref.chunk_gated_delta_rule_checkpoints,
            ("block128", "block800", "block1088"), _chunk_checkpoints,
            caches={"state_checkpoints": "ssm", "initial_state": "ssm"}),
     OpInfo("fused_recurrent_gated_delta_rule", ref.recurrent_gated_delta_rule, ("decode", "spec", "varlen"),
-           _recurrent, caches={"initial_state": "ssm"}),
+           _recurrent, caches={"initial_state": "ssm"}, bench=dict(decode="decode")),
     OpInfo("fused_sigmoid_gating_delta_rule_update", ref.fused_sigmoid_gating_delta_rule_update,
-           ("decode", "spec"), _sigmoid, caches={"initial_state": "ssm"}),
+           ("decode", "spec"), _sigmoid, caches={"initial_state": "ssm"}, bench=dict(decode="decode")),
     OpInfo("fused_recurrent_gated_delta_rule_packed_decode", ref.fused_recurrent_gated_delta_rule_packed_decode,
-           ("decode",), _packed, caches={"initial_state": "ssm"}),
+           ("decode",), _packed, caches={"initial_state": "ssm"}, bench=dict(decode="decode")),
     OpInfo("rms_norm_gated", ref.rms_norm_gated,
            tuple(f"{g}-{a}-{gr}" for g in ("before", "after") for a in ("silu", "sigmoid") for gr in ("whole", "group")),
-           _norm),
+           _norm, bench=dict(decode="before-silu-whole", prefill="before-silu-whole")),
 ]}
 
 

@@ -10,37 +10,7 @@ import torch
 
 from harness.judge.compare import compare
 
-# The fault classes a diagnosis can name: id -> what a report calls it.
-CLASSES: Dict[str, str] = {
-    "projection_layout_ba": "projection layout: b, a",
-    "projection_layout_core": "projection layout: core (q, k, v, b, a)",
-    "ssm_state_layout": "ssm state layout",
-    "gva_head_mapping": "GVA head mapping",
-    "strides": "strides (non-contiguous inputs)",
-    "pad_rows": "PAD rows",
-    "pad_slots": "PAD / untouched slots",
-    "pad_slot0": "PAD slots: live slot 0",
-    "weight_sharding": "weight loading: TP shards",
-    "prefix_checkpoints": "prefix-cache checkpoints",
-    "state_precision": "state precision",
-    "output_precision": "output precision (read-out buffer)",
-    "qk_norm": "q/k L2 norm",
-    "qk_scale": "q/k scale",
-    "gating_math": "gating math",
-    "gating_precision": "gating precision",
-    "conv_state": "conv state",
-    "spec_accepted_offset": "spec decode: accepted-token offset",
-    "spec_token_gather": "spec decode: token gather",
-    "spec_zero_draft": "spec decode: zero-draft state",
-    "spec_ragged_width": "spec decode: ragged widths",
-    "gated_norm": "gated norm (RMSNormGated)",
-    "state_init_chunked": "state init: chunked prefill / history",
-    "state_init_fresh": "state init: fresh sequence",
-    "batch_shape": "batch shape",
-    "chunk_boundary": "chunk boundary",
-    "varlen_isolation": "varlen isolation",
-    "gate_domain": "gate domain (log / linear / log2)",
-}
+from .classes import CLASSES, FaultClass
 
 
 @dataclass
@@ -50,13 +20,15 @@ class Hypothesis:
     `build(ctx)` returns whatever the level's runner needs (override ops, an input / plan
     transform); `when(ctx)` says whether it can tell anything on this case."""
     name: str
-    cls: str
+    cls: FaultClass                 # given as its id string: an unknown one fails at import
     words: str                      # str.format'ed with the context's `fmt` fields
     build: Callable
     when: Callable = field(default=lambda ctx: True)
 
     def __post_init__(self):
-        assert self.cls in CLASSES, self.cls
+        self.cls = FaultClass(self.cls)
+        if not self.cls.diagnosable:
+            raise ValueError(f"hypothesis {self.name}: {self.cls} is no class a diagnosis names")
 
 
 @dataclass

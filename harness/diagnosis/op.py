@@ -10,14 +10,11 @@ import torch
 from .. import reference as ref
 from harness.cases.inputs import dtype_of
 from harness.cases.opcheck import OP_INFOS, as_tuple, upcast, state_output
+from harness.reference.ops import has_role
 from . import variants as V
 from .core import Hypothesis as H
 
-RECURRENT_OPS = ("fused_recurrent_gated_delta_rule", "fused_sigmoid_gating_delta_rule_update",
-                 "fused_recurrent_gated_delta_rule_packed_decode")
-DELTA_OPS = RECURRENT_OPS + ("chunk_gated_delta_rule",)
-GATED_OPS = ("fused_gdn_gating", "fused_sigmoid_gating_delta_rule_update",
-             "fused_recurrent_gated_delta_rule_packed_decode")
+CONTIGUOUS = "_read_contiguous"      # pseudo-op key: inputs read ignoring their strides
 CONTIGUOUS = "_read_contiguous"      # pseudo-op key: inputs read ignoring their strides
 
 
@@ -40,7 +37,7 @@ class OpContext:
 
     @property
     def family(self) -> str:
-        return V.CHUNK if self.op == "chunk_gated_delta_rule" else V.RECURRENT
+        return V.CHUNK if has_role(self.op, "chunk") and not has_role(self.op, "checkpoints") else V.RECURRENT
 
     @property
     def layout(self) -> str:        # the projection layout of an unpack sample
@@ -57,12 +54,31 @@ class OpContext:
                           self.ssm_layout, self.seed, "cpu", self.sample)
 
 
-def _ops(*names):
-    return lambda c: c.op in names
+def _role(*roles, but: str = ""):
+    """The case's op has all of `roles` (kinds count as roles; harness.reference.ops), not `but`."""
+    return lambda c: all(has_role(c.op, r) for r in roles) and not (but and has_role(c.op, but))
+
+
+def _any_role(*roles):
+    return lambda c: any(has_role(c.op, r) for r in roles)
+
+
+# the delta-rule ops the variants re-run as one of two families (chunked / per-token);
+# the checkpointing op is judged by its own hypotheses
+_delta = _any_role("chunk", "recurrent")
+
+
+def _delta_ops(c):
+    return _delta(c) and not has_role(c.op, "checkpoints")
+
+
+def _delta_ungated(c):
+    """Delta-rule ops that take g / beta as computed (no gating inside)."""
+    return _delta_ops(c) and not has_role(c.op, "gating")
 
 
 def _spec(c):
-    return c.op in RECURRENT_OPS + ("causal_conv1d_update",) and "spec" in c.variant
+    return has_role(c.op, "spec") and "spec" in c.variant
 
 
 def _strided(c):
@@ -87,130 +103,130 @@ HYPOTHESES = [
       "b and a reproduce when mixed_ba is unpacked with the {other} layout on this {layout}-layout sample: the b/a "
       "split does not follow the model's layout (b/a view taken from mixed_qkvz's groups, or a [b | a] two-shard "
       "split on an interleaved model)",
-      lambda c: V.unpack_with(ba=V.other_layout(c.layout)), _ops("unpack_qkvz_ba")),
+      lambda c: V.unpack_with(ba=V.other_layout(c.layout)), _role("projection")),
     H("core_other_layout", "projection_layout_core",
       "matches the reference when the {other} unpack is applied to this {layout}-layout sample (q, k, v, b, a): "
       "the path assumes the {other} in_proj layout",
-      lambda c: V.unpack_with(qkv=V.other_layout(c.layout), ba=V.other_layout(c.layout)), _ops("unpack_qkvz_ba")),
+      lambda c: V.unpack_with(qkv=V.other_layout(c.layout), ba=V.other_layout(c.layout)), _role("projection")),
     H("qkvz_other_layout", "projection_layout_core",
       "matches the reference when mixed_qkvz is unpacked with the {other} layout on this {layout}-layout sample",
-      lambda c: V.unpack_with(qkv=V.other_layout(c.layout), z=V.other_layout(c.layout)), _ops("unpack_qkvz_ba")),
+      lambda c: V.unpack_with(qkv=V.other_layout(c.layout), z=V.other_layout(c.layout)), _role("projection")),
     H("all_other_layout", "projection_layout_core",
       "matches the reference when everything is unpacked with the {other} layout on this {layout}-layout sample",
       lambda c: V.unpack_with(V.other_layout(c.layout), V.other_layout(c.layout), V.other_layout(c.layout)),
-      _ops("unpack_qkvz_ba")),
+      _role("projection")),
     # gating
     H("softplus_linear", "gating_math",
       "matches when softplus(x) is taken as x for ordinary inputs: the softplus threshold test is inverted "
-      "(or the linear branch always taken)", lambda c: V.gating_variant("linear_softplus"), _ops(*GATED_OPS)),
+      "(or the linear branch always taken)", lambda c: V.gating_variant("linear_softplus"), _role("gating")),
     H("dt_bias_after_softplus", "gating_math",
       "matches when dt_bias is added after the softplus: g = -exp(A_log) * (softplus(a) + dt_bias)",
-      lambda c: V.gating_variant("dt_bias_after"), _ops(*GATED_OPS)),
+      lambda c: V.gating_variant("dt_bias_after"), _role("gating")),
     H("dt_bias_dropped", "gating_math", "matches when dt_bias is not added: g = -exp(A_log) * softplus(a)",
-      lambda c: V.gating_variant("dt_bias_dropped"), _ops(*GATED_OPS)),
+      lambda c: V.gating_variant("dt_bias_dropped"), _role("gating")),
     H("A_log_not_exp", "gating_math", "matches when A_log is used without exp: g = -A_log * softplus(a + dt_bias)",
-      lambda c: V.gating_variant("A_not_exp"), _ops(*GATED_OPS)),
+      lambda c: V.gating_variant("A_not_exp"), _role("gating")),
     H("beta_rounded_bf16", "gating_precision",
       "matches when beta is rounded to bfloat16 before the update u = beta (v - S k)",
-      lambda c: V.beta_bf16(), _ops("fused_recurrent_gated_delta_rule")),
+      lambda c: V.beta_bf16(), _role("recurrent", but="gating")),
     H("beta_truncated_bf16", "gating_precision",
       "matches when beta is truncated to bfloat16 before the update u = beta (v - S k)",
-      lambda c: V.beta_bf16(truncate=True), _ops("fused_recurrent_gated_delta_rule")),
+      lambda c: V.beta_bf16(truncate=True), _role("recurrent", but="gating")),
     H("readout_buffer_fp16", "output_precision",
       "matches when the read-out o = S q goes through a float16 buffer (rounded to 11 bits, Inf past 65504) "
-      "whatever the activation dtype ({dtype} here)", lambda c: V.readout_fp16(), _ops(*RECURRENT_OPS)),
+      "whatever the activation dtype ({dtype} here)", lambda c: V.readout_fp16(), _role("recurrent")),
     H("checkpoint_at_block_start", "prefix_checkpoints",
       "matches when each prefix-cache checkpoint is the state at its block's start instead of its end",
-      lambda c: checkpoint_variant("block_start"), _ops("chunk_gated_delta_rule_checkpoints")),
+      lambda c: checkpoint_variant("block_start"), _role("checkpoints")),
     H("checkpoint_every_chunk", "prefix_checkpoints",
       "matches when checkpoints are taken every 64-token chunk instead of every block (chunk size and block "
-      "size mixed up)", lambda c: checkpoint_variant("chunk_grid"), _ops("chunk_gated_delta_rule_checkpoints")),
+      "size mixed up)", lambda c: checkpoint_variant("chunk_grid"), _role("checkpoints")),
     H("checkpoint_stored_bf16", "prefix_checkpoints",
       "matches when the prefix-cache checkpoints are stored through bfloat16 while the cold run keeps its "
       "{state_dtype} state: a restore resumes from a narrower state than the cold run carried on with",
-      lambda c: checkpoint_variant("bf16"), _ops("chunk_gated_delta_rule_checkpoints")),
+      lambda c: checkpoint_variant("bf16"), _role("checkpoints")),
     # gated norm
     H("norm_gemma_weight", "gated_norm", "matches when RMSNormGated scales by a Gemma-style (1 + w) instead of w",
-      lambda c: V.norm_variant("gemma"), _ops("rms_norm_gated")),
+      lambda c: V.norm_variant("gemma"), _role("norm")),
     H("norm_before_gate_flipped", "gated_norm",
       "matches when norm_before_gate is flipped: rmsnorm(x * act(z)) * w vs rmsnorm(x) * w * act(z)",
-      lambda c: V.norm_variant("flipped"), _ops("rms_norm_gated")),
+      lambda c: V.norm_variant("flipped"), _role("norm")),
     H("norm_activation_swapped", "gated_norm", "matches when the gate activation is swapped (silu <-> sigmoid)",
-      lambda c: V.norm_variant("act_swapped"), _ops("rms_norm_gated")),
+      lambda c: V.norm_variant("act_swapped"), _role("norm")),
     H("norm_group_ignored", "gated_norm", "matches when group_size is ignored (the whole head normalised at once)",
-      lambda c: V.norm_variant("group_ignored"), _ops("rms_norm_gated")),
+      lambda c: V.norm_variant("group_ignored"), _role("norm")),
     # conv
     H("conv_state_frozen_on_decode", "conv_state",
       "matches when the decode conv computes its output but never shifts its state window: conv state not "
-      "updated on decode", lambda c: V.conv_frozen_on_decode(), _ops("causal_conv1d_update")),
+      "updated on decode", lambda c: V.conv_frozen_on_decode(), _role("conv", "decode")),
     H("conv_history_ignored", "state_init_chunked",
       "matches when the prefill conv ignores has_initial_state and starts from zeros: the conv history of a "
-      "continued prefill is dropped", lambda c: V.conv_history("zero"), _ops("causal_conv1d_fn")),
+      "continued prefill is dropped", lambda c: V.conv_history("zero"), _role("conv", "prefill")),
     H("conv_history_always_read", "state_init_fresh",
       "matches when the prefill conv reads its slot's history also for fresh sequences (stale window)",
-      lambda c: V.conv_history("stale"), _ops("causal_conv1d_fn")),
+      lambda c: V.conv_history("stale"), _role("conv", "prefill")),
     *_accepted_offsets("conv", "the spec conv window starts at num_accepted instead of num_accepted - 1",
                        "the spec conv window starts at num_accepted - 2", ssm=False),
     # delta rule: state
     H("state_transposed", "ssm_state_layout",
       "matches when the ssm state is read and written as the transposed tile ({tile_wrong} inside the "
       "{tile_right} pool): the kernel's state addressing is transposed", lambda c: V.state_variant(
-          "transposed", op=c.family), _ops(*DELTA_OPS)),
+          "transposed", op=c.family), _delta_ops),
     H("state_read_transposed", "ssm_state_layout",
       "matches when the ssm state is read as the transposed tile ({tile_wrong} inside the {tile_right} pool) "
-      "and written right", lambda c: V.state_variant("read_transposed", op=c.family), _ops(*DELTA_OPS)),
+      "and written right", lambda c: V.state_variant("read_transposed", op=c.family), _delta_ops),
     H("state_write_transposed", "ssm_state_layout",
       "matches when the ssm state is read right and written as the transposed tile ({tile_wrong} inside the "
-      "{tile_right} pool)", lambda c: V.state_variant("write_transposed", op=c.family), _ops(*DELTA_OPS)),
+      "{tile_right} pool)", lambda c: V.state_variant("write_transposed", op=c.family), _delta_ops),
     H("state_stored_bf16", "state_precision",
       "matches when every ssm state the kernel writes is rounded to bfloat16 (the pool is {state_dtype}): the "
-      "state store casts through bf16", lambda c: V.state_variant("bf16", op=c.family), _ops(*DELTA_OPS)),
+      "state store casts through bf16", lambda c: V.state_variant("bf16", op=c.family), _delta_ops),
     H("state_stored_bf16_truncated", "state_precision",
       "matches when every ssm state the kernel writes is truncated to bfloat16 (the pool is {state_dtype}): the "
-      "state store casts through bf16", lambda c: V.state_variant("bf16_trunc", op=c.family), _ops(*DELTA_OPS)),
+      "state store casts through bf16", lambda c: V.state_variant("bf16_trunc", op=c.family), _delta_ops),
     H("initial_state_ignored", "state_init_chunked",
       "matches when the initial state is ignored (zeros): a chunked prefill / prefill with history forgets "
       "everything before the chunk", lambda c: V.state_variant("zero_init", op=c.family),
-      _ops("chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule")),
+      _delta_ungated),
     *_accepted_offsets("ssm", "the ssm state is read from slot [num_accepted] instead of [num_accepted - 1]",
                        "the ssm state is read from slot [num_accepted - 2]", conv=False),
     H("gate_log_as_linear", "gate_domain",
       "matches when the log-space g reaches a kernel that takes the linear-space decay (alpha = exp(g), "
       "FlashInfer's chunk_gated_delta_rule) unconverted: the decay is g itself, NaN / garbage for every g < 0; "
       "the adapter's gate-domain conversion is missing", lambda c: V.gate_domain_variant("log_as_linear", op=c.family),
-      _ops(*DELTA_OPS)),
+      _delta_ops),
     # delta rule: q / k
     H("qk_heads_tiled", "gva_head_mapping",
       "matches when value head hv uses q/k head hv % H (tiled) instead of hv // r (grouped, repeat_interleave): "
-      "the GVA head mapping is wrong", lambda c: V.qk_variant("tiled", op=c.family), _ops(*DELTA_OPS)),
+      "the GVA head mapping is wrong", lambda c: V.qk_variant("tiled", op=c.family), _delta_ops),
     H("qk_l2norm_skipped", "qk_norm",
       "matches when the in-kernel q/k L2 norm is skipped (use_qk_l2norm_in_kernel not honoured)",
-      lambda c: V.qk_variant("norm_skipped", op=c.family), _ops(*DELTA_OPS)),
+      lambda c: V.qk_variant("norm_skipped", op=c.family), _delta_ops),
     H("qk_l2norm_eps_outside", "qk_norm",
       "matches when the q/k L2 norm puts eps outside the sqrt: x / (sqrt(sum x^2) + eps)",
-      lambda c: V.qk_variant("eps_outside", op=c.family), _ops(*DELTA_OPS)),
+      lambda c: V.qk_variant("eps_outside", op=c.family), _delta_ops),
     H("scale_on_k", "qk_scale", "matches when the K^-0.5 scale multiplies k instead of q",
-      lambda c: V.qk_variant("scale_on_k", op=c.family), _ops(*DELTA_OPS)),
+      lambda c: V.qk_variant("scale_on_k", op=c.family), _delta_ops),
     # chunked prefill over a varlen batch
     H("varlen_state_leak", "varlen_isolation",
       "matches when each sequence of the varlen batch starts from the previous sequence's final state: the "
-      "state leaks across cu_seqlens boundaries", lambda c: V.chunk_variant("leak"), _ops("chunk_gated_delta_rule")),
+      "state leaks across cu_seqlens boundaries", lambda c: V.chunk_variant("leak"), _role("chunk", but="checkpoints")),
     H("chunk_tail_repeat", "chunk_boundary",
       "matches when the last partial 64-token chunk is padded with its last token instead of zeros (an unmasked "
       "tail load): the final state of a sequence whose length % 64 != 0 is wrong",
-      lambda c: V.chunk_variant("tail_repeat"), _ops("chunk_gated_delta_rule")),
+      lambda c: V.chunk_variant("tail_repeat"), _role("chunk", but="checkpoints")),
     H("chunk_tail_next", "chunk_boundary",
       "matches when the last partial 64-token chunk is filled with the tokens that follow in the packed batch "
-      "(an unmasked tail load)", lambda c: V.chunk_variant("tail_next"), _ops("chunk_gated_delta_rule")),
+      "(an unmasked tail load)", lambda c: V.chunk_variant("tail_next"), _role("chunk", but="checkpoints")),
     H("batch_axis_squeezed", "batch_shape",
       "matches when the results' size-1 leading axis is squeezed away: a one-sequence batch loses its sequence "
       "axis (final state [HV, ...] instead of [1, HV, ...])",
-      lambda c: V.chunk_variant("squeeze"), _ops("chunk_gated_delta_rule")),
+      lambda c: V.chunk_variant("squeeze"), _role("chunk", but="checkpoints")),
     # slots, rows, strides
     H("pad_slot_wraps", "pad_slots",
       "matches when PAD_SLOT_ID (-1) is used as a Python index: PAD rows read from and write into the pool's "
       "last slot, which another sequence may own", lambda c: V.pad_wraps(),
-      _ops("causal_conv1d_update", "causal_conv1d_fn", *RECURRENT_OPS)),
+      _any_role("conv", "recurrent")),
     H("inputs_read_contiguous", "strides",
       "matches when the non-contiguous inputs are read with contiguous strides: the kernel ignores its inputs' "
       "strides (vLLM passes views into the conv output / wider buffers)", lambda c: {CONTIGUOUS: True}, _strided),

@@ -9,25 +9,32 @@ evidence on which a diff is called precision.
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 import torch
+
+from harness.reference.ops import op_decl, op_names
 
 from . import signatures as S
 
 F64 = torch.float64
-# op -> the names of its return values (None: not compared), as the op checks name them
-OUTPUTS = {
-    "unpack_qkvz_ba": ("q", "k", "v", "z", "b", "a"),
-    "causal_conv1d_fn": ("out",),
-    "causal_conv1d_update": ("out",),
-    "fused_gdn_gating": ("g", "beta"),
-    "chunk_gated_delta_rule": ("o", "final_state"),
-    "fused_recurrent_gated_delta_rule": ("o", "final_state"),
-    "fused_sigmoid_gating_delta_rule_update": ("o", None),
-    "fused_recurrent_gated_delta_rule_packed_decode": (None,),
-    "rms_norm_gated": ("y",),
-}
+
+
+class _Returns(Mapping):
+    """op -> the names of its return values (None: not compared), as declared with its
+    reference (harness.reference.ops), read live."""
+
+    def __getitem__(self, op: str):
+        return op_decl(op).returns
+
+    def __iter__(self):
+        return iter(op_names())
+
+    def __len__(self):
+        return len(op_names())
+
+
+OUTPUTS: Mapping = _Returns()
 STATE_ARGS = ("conv_states", "conv_state", "initial_state", "out")
 # the ratio a swapped gate activation gives (rms_norm_gated's gate response)
 GATE_CURVES = {

@@ -27,6 +27,8 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 from .. import reference as ref
+from harness.diagnosis.classes import FaultClass
+from harness.reference.ops import op_names
 from harness.optimized.compose import core_step
 from ..layouts.projection import qkv_to_mixed
 from ..layouts.tp import shard_params, shard_rows, shard_sections
@@ -37,15 +39,10 @@ from .mutate import Replacement, kernel_module, mutate
 
 MODULE = __name__
 
-# which ops each kernel module of triton_kernels provides
-_MODULE_OPS = {
-    "unpack": ("unpack_qkvz_ba",),
-    "conv": ("causal_conv1d_fn", "causal_conv1d_update"),
-    "gating": ("fused_gdn_gating",),
-    "norm": ("rms_norm_gated",),
-    "recurrent": ("fused_recurrent_gated_delta_rule", "fused_sigmoid_gating_delta_rule_update",
-                  "fused_recurrent_gated_delta_rule_packed_decode"),
-}
+
+def module_ops(mod) -> List[str]:
+    """The declared ops a (mutant) kernel module defines itself (not the ones it imports)."""
+    return [op for op in op_names() if getattr(getattr(mod, op, None), "__module__", None) == mod.__name__]
 
 
 @dataclass(frozen=True)
@@ -53,11 +50,18 @@ class Fault:
     name: str
     base: str                          # the correct backend it derives from: "triton" | "reference"
     incident: str                      # the real incident class it mirrors
-    diagnosis_class: str               # what a report should point at
+    diagnosis_class: str               # what a report should point at: a `FaultClass` zoo name (or id)
     make: Callable[[], Backend]        # builds the faulty backend
     where: str = ""                    # triton-source | triton-glue | reference-source | python-glue | gdn_core
                                        # | weight-loader
     target: str = ""                   # load_backend spec: "harness.faults.catalogue:<Class>"
+
+    def __post_init__(self):
+        FaultClass.of(self.diagnosis_class)     # an unknown class string fails where declared (at import)
+
+    @property
+    def fault_class(self) -> FaultClass:
+        return FaultClass.of(self.diagnosis_class)
 
 
 def class_name(fault: str) -> str:
@@ -74,7 +78,7 @@ class _TritonMutant(TritonBackend):
     def __init__(self):
         super().__init__()
         mod = mutate(kernel_module(self.module), self.mutations, self.append, tag=self.name)
-        for op in _MODULE_OPS[self.module]:
+        for op in module_ops(mod):
             setattr(self, op, getattr(mod, op))
 
 

@@ -14,40 +14,8 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable, List, Optional
 
-from harness.diagnosis.core import CLASSES
-
-# the catalogue's diagnosis_class strings -> CLASSES ids
-CATALOGUE_CLASSES = {
-    "projection layout: b, a": "projection_layout_ba",
-    "projection layout: core": "projection_layout_core",
-    "ssm state layout": "ssm_state_layout",
-    "GVA head mapping": "gva_head_mapping",
-    "strides": "strides",
-    "PAD rows": "pad_rows",
-    "PAD slots": "pad_slots",
-    "PAD slots: live slot 0": "pad_slot0",
-    "weight loading: TP shards": "weight_sharding",
-    "prefix-cache checkpoints": "prefix_checkpoints",
-    "state precision": "state_precision",
-    "output precision": "output_precision",
-    "q/k norm": "qk_norm",
-    "q/k scale": "qk_scale",
-    "gating math": "gating_math",
-    "gating precision": "gating_precision",
-    "conv state": "conv_state",
-    "spec decode: accepted-token offset": "spec_accepted_offset",
-    "spec decode: token gather": "spec_token_gather",
-    "spec decode: zero-draft state": "spec_zero_draft",
-    "spec decode: ragged widths": "spec_ragged_width",
-    "gated norm": "gated_norm",
-    "state init: chunked prefill": "state_init_chunked",
-    "state init: fresh sequence": "state_init_fresh",
-    "batch shape": "batch_shape",
-    "chunk boundary": "chunk_boundary",
-    "varlen isolation": "varlen_isolation",
-    "gate domain": "gate_domain",
-}
-assert set(CATALOGUE_CLASSES.values()) <= set(CLASSES)
+# the catalogue's class strings -> diagnosis ids, from the one vocabulary
+from harness.diagnosis.classes import CATALOGUE_CLASSES
 
 
 def _fault_cases(suite: dict, fault, level: Optional[str] = None) -> list:

@@ -8,9 +8,12 @@ caught it, how many cases it took and how long. A case that fails or errors coun
 detection; a fault whose backend cannot even be built is reported ``broken``, never killed.
 
 With ``stop_at_first=True`` each fault stops at its first detection (the CI mode of the
-zoo); the bases always run every case. ``jobs > 1`` spreads the work over worker
-subprocesses (``python -m harness.faults.zoo --worker``; each keeps one BackendCache and
-one Policy for all its tasks), so a caller's unguarded ``__main__`` is never re-imported.
+zoo); the bases always run every case. The tasks (a backend and its cases) run on `jobs`
+workers of the pool (`harness.run.isolate`; each worker keeps one BackendCache and one
+Policy for all its tasks), so a case that crashes its process (a segfault, an abort, an
+``os._exit``) or hangs past the per-case `timeout` costs only its worker: it is that task's
+error - for a fault, its detection - and the next task gets a fresh worker. A sticky CUDA
+error ends its task there and the worker is restarted. ``isolate=False`` runs in process.
 
 Command line: ``gdn-harness zoo --suite smoke --jobs 2`` (each fault stops at its first detection;
 ``--full`` runs every case on every fault).
@@ -19,11 +22,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,10 +32,12 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 from harness.cases.case import Case
 from ..errors import HarnessError
 from ..optimized.interpret import interpret_triton
+from harness.run.worker import request_restart, sticky_cuda_error
 from harness.cases.suite import expand, load_suite
 
 BASE_TARGETS = {"triton": "triton", "reference": "reference"}
 BASE_CHUNK = 6          # base cases per task when spread over workers
+CASE_TIMEOUT_S = 600.0  # a zoo case that runs longer hangs (as `gdn-harness run --timeout`'s default)
 
 
 def backend_cases(suite: dict, target: str, device: str = "cpu", seeds: Optional[List[int]] = None) -> List[Case]:
@@ -46,13 +48,6 @@ def backend_cases(suite: dict, target: str, device: str = "cpu", seeds: Optional
 
 # ---------------------------------------------------------------- worker side
 _STATE: Dict[str, object] = {}
-
-
-def _worker_init(threads: Optional[int] = None) -> None:
-    interpret_triton()      # a worker of a CPU zoo has it on already (_run_pool's env)
-    if threads:
-        import torch
-        torch.set_num_threads(threads)
 
 
 def _state(policy_path: Optional[str]):
@@ -114,6 +109,12 @@ def run_task(task: dict, on_case_start: Optional[Callable[[str], None]] = None) 
             if out["first_kill_index"] is None:
                 out["first_kill_index"] = task.get("offset", 0) + i + 1
                 out["time_to_first_kill_s"] = round(time.perf_counter() - t0, 3)
+            if sticky_cuda_error(rec):
+                # every later case in this process would fail with it: the task ends here, and a
+                # pool worker is replaced after it
+                out["cuda_error_stopped"] = rec["id"]
+                request_restart()
+                break
             if task.get("stop_at_first"):
                 break
     out["statuses"] = dict(counts)
@@ -250,7 +251,8 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
             faults: Optional[Iterable] = None, bases: Optional[Sequence[str]] = None,
             seeds: Optional[List[int]] = None, policy: Optional[str] = None,
             skip_unchanged: bool = True, oracle_device: Optional[str] = None,
-            first_kills: Optional[Dict[str, str]] = None) -> dict:
+            first_kills: Optional[Dict[str, str]] = None, timeout: float = CASE_TIMEOUT_S,
+            isolate: bool = True) -> dict:
     """Run the suite's op and layer cases on the unmutated base(s) and on every fault.
 
     `base` is always checked; so is every base a selected fault derives from (or exactly
@@ -267,8 +269,10 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
     straight to the cases that can see its bug; layer cases always run. The count is
     reported as ``cases_skipped_unchanged``. `oracle_device`: where the fp64 oracle runs
     (default: `device`), as ``gdn-harness run --oracle-device``. `first_kills` ({fault: case
-    id}, `load_first_kills`) runs that case and its check group first for the fault."""
-    interpret_triton()      # no GPU; the CPU zoo's workers get it in their env (_run_pool)
+    id}, `load_first_kills`) runs that case and its check group first for the fault.
+    The tasks run on `jobs` pool workers, each case within `timeout` seconds; a case that
+    hangs or kills its worker is its task's error (`isolate=False`: in process, no limit)."""
+    interpret_triton()      # no GPU; the CPU zoo's workers get it in their env (_pool_env)
     suite = dict(suite_name) if isinstance(suite_name, dict) else load_suite(suite_name)
     suite.setdefault("name", "custom")
     if not any(g["level"] != "self" for g in suite["group"]):
@@ -287,19 +291,18 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
         if on_progress:
             on_progress({k: v for k, v in r.items() if k != "records"})
 
-    stop = threading.Event()
+    interrupted = False
     try:
-        if jobs == 1:
+        if isolate:
+            _run_on_pool(tasks, jobs, timeout, done, device)
+        else:
             for t in tasks:
                 done(run_task(t))
-        else:
-            threads = max(1, (os.cpu_count() or 1) // jobs)
-            _run_pool(tasks, jobs, threads, done, stop, device)
     except KeyboardInterrupt:       # Ctrl-C / timeout -s INT: report what finished
-        stop.set()
+        interrupted = True
     # `timeout -s INT` signals the process and then its group: a second interrupt must not
     # cut the report short
-    prev = signal.signal(signal.SIGINT, signal.SIG_IGN) if stop.is_set() else None
+    prev = signal.signal(signal.SIGINT, signal.SIG_IGN) if interrupted else None
     wall = time.perf_counter() - t0
     by_base: Dict[str, List[dict]] = {}
     fault_results: Dict[str, dict] = {}
@@ -324,114 +327,57 @@ def run_zoo(suite_name: str = "smoke", base: str = "triton", device: str = "cpu"
         faults=fault_out, groups=groups, killed=killed, total=len(flist),
         kill_score=(killed / len(flist)) if flist else math.nan,
         survivors=[n for n, e in fault_out.items() if not e["killed"]],
-        interrupted=stop.is_set(), not_run=not_run,
+        interrupted=interrupted, not_run=not_run,
         wall_s=round(wall, 3), cpu_s=round(sum(r["wall_s"] for r in results), 3))
     if prev is not None:
         signal.signal(signal.SIGINT, prev)
     return res
 
 
-RESULT_TAG = "@@gdn-zoo@@ "
-CASE_TAG = "@@gdn-zoo-case@@ "
+def pool_task(task: dict, emit: Callable[[str], None]) -> dict:
+    """A task on a pool worker (``{"call": "harness.faults.zoo:pool_task"}``): each case's
+    id is emitted as it starts, so a case that kills or hangs its worker is still named."""
+    return run_task(task, emit)
 
 
-def _worker_main() -> int:
-    """``python -m harness.faults.zoo --worker``: one task (JSON) per stdin line, one tagged
-    result line per task on stdout."""
-    _worker_init(int(os.environ.get("GDN_ZOO_THREADS", "0")) or None)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)    # the parent decides what an interrupt means
-
-    def announce(case_id: str):
-        sys.stdout.write(CASE_TAG + case_id + "\n")
-        sys.stdout.flush()
-
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        res = run_task(json.loads(line), announce)
-        sys.stdout.write(RESULT_TAG + json.dumps(res, default=str) + "\n")
-        sys.stdout.flush()
-    return 0
-
-
-def _died(task: dict, started: List[str], why: str, wall: float) -> dict:
-    """A task whose worker process died inside a case (a segfault, an abort): that case is
-    an error - for a fault, its detection. Cases before it passed or were skipped (a
+def _died(task: dict, started: List[str], why: str, wall: Optional[float]) -> dict:
+    """A task whose worker died or hung inside a case (a segfault, an abort, a hang): that
+    case is an error - for a fault, its detection. Cases before it passed or were skipped (a
     stop-at-first fault task would have returned at an earlier detection); their records
     died with the worker."""
     case_id = started[-1] if started else (task["cases"][0]["check"] if task["cases"] else task["name"])
-    err = dict(case=case_id, status="error", outputs=[], detail=f"the case killed its worker process: {why}")
+    err = dict(case=case_id, status="error", outputs=[], detail=why)
+    wall = round(wall or 0.0, 3)
     return dict(kind=task["kind"], name=task["name"], target=task["target"], chunk=task.get("chunk", 0),
                 statuses={"error": 1, "pass or skip": max(0, len(started) - 1)}, caught_by=[err],
                 cases_run=len(started), broken=None, first_kill_index=task.get("offset", 0) + max(1, len(started)),
-                time_to_first_kill_s=round(wall, 3), records=[], wall_s=round(wall, 3))
+                time_to_first_kill_s=wall, records=[], wall_s=wall)
 
 
-def _run_pool(tasks: List[dict], jobs: int, threads: int, done: Callable[[dict], None],
-              stop: Optional[threading.Event] = None, device: str = "cpu") -> None:
-    """Run tasks on `jobs` worker subprocesses (no multiprocessing: a caller's unguarded
-    __main__ is never re-imported); results go to `done` in the calling thread's lock."""
-    todo = list(tasks)
-    lock = threading.Lock()
-    env = interpret_triton(device, dict(os.environ, GDN_ZOO_THREADS=str(threads)))
-    cwd = str(Path(__file__).resolve().parents[2])
+def _pool_env(device: str, jobs: int) -> Dict[str, str]:
+    from harness.run.isolate import case_env
+    return case_env(device, jobs)
 
-    def start():
-        return subprocess.Popen([sys.executable, "-m", "harness.faults.zoo", "--worker"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
 
-    def drain(proc, buf):
-        for ln in proc.stderr:
-            buf.append(ln)
-            del buf[:-40]
+def _run_on_pool(tasks: List[dict], jobs: int, timeout: float, done: Callable[[dict], None], device: str) -> None:
+    """Run tasks on `jobs` pool workers; results (or the crash / hang of a case) go to `done`
+    in the calling thread. A KeyboardInterrupt propagates, the finished tasks delivered."""
+    from harness.run.isolate import Job, run_jobs
+    env = _pool_env(device, jobs)
+    t0: Dict[int, float] = {}
 
-    def work():
-        proc, err = None, []
-        try:
-            while True:
-                with lock:
-                    if not todo or (stop is not None and stop.is_set()):
-                        return
-                    task = todo.pop(0)
-                if proc is None or proc.poll() is not None:
-                    proc, err = start(), []
-                    threading.Thread(target=drain, args=(proc, err), daemon=True).start()
-                res, started, t0 = None, [], time.perf_counter()
-                try:
-                    proc.stdin.write(json.dumps(task) + "\n")
-                    proc.stdin.flush()
-                    for ln in proc.stdout:
-                        if ln.startswith(CASE_TAG):
-                            started.append(ln[len(CASE_TAG):].rstrip("\n"))
-                        elif ln.startswith(RESULT_TAG):
-                            res = json.loads(ln[len(RESULT_TAG):])
-                            break
-                except (BrokenPipeError, OSError):
-                    pass
-                if res is None and stop is not None and stop.is_set():
-                    return          # interrupted: the worker's death is not a detection
-                if res is None:
-                    proc.wait()
-                    res = _died(task, started, f"exit code {proc.returncode}; stderr tail: {''.join(err)[-1500:]}",
-                                time.perf_counter() - t0)
-                    proc = None
-                with lock:
-                    if stop is None or not stop.is_set():
-                        done(res)
-        finally:
-            if proc is not None and proc.poll() is None:
-                proc.stdin.close()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+    def finished(job, got) -> None:
+        if got.kind == "result":
+            done(got.value)
+            return
+        tail = " ".join(got.stderr_tail.split())[-1500:]
+        why = f"the case killed its worker process: {got.error}" if got.kind == "crash" else \
+            f"the case hung: {got.error}"
+        done(_died(job.tag, got.events, why + (f"; stderr tail: {tail}" if tail else ""),
+                   time.perf_counter() - t0.get(id(job), time.perf_counter())))
 
-    workers = [threading.Thread(target=work, daemon=True) for _ in range(min(jobs, len(tasks)))]
-    for w in workers:
-        w.start()
-    for w in workers:       # join with a timeout, so that Ctrl-C reaches this thread
-        while w.is_alive():
-            w.join(0.5)
+    run_jobs([Job(dict(call="harness.faults.zoo:pool_task", args=t), t) for t in tasks], lambda job, i: env,
+             finished, jobs, timeout, lambda job: t0.__setitem__(id(job), time.perf_counter()))
 
 
 # ---------------------------------------------------------------- reports
@@ -603,7 +549,5 @@ def cmd_zoo(args) -> int:
     return 0 if res["base_passed"] and not res["survivors"] and not res.get("not_run") else 1
 
 
-if __name__ == "__main__":      # the zoo's worker processes only; the command line is `gdn-harness zoo`
-    if sys.argv[1:] != ["--worker"]:
-        sys.exit("python -m harness.faults.zoo is the zoo's worker (--worker); run the zoo with `gdn-harness zoo`")
-    raise SystemExit(_worker_main())
+if __name__ == "__main__":      # the command line is `gdn-harness zoo`; its workers are the pool's
+    sys.exit("run the zoo with `gdn-harness zoo`")

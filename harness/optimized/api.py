@@ -1,8 +1,9 @@
 """The Backend interface: what a fast path under test declares and implements.
 
-A backend implements any subset of `OPS`; method and argument names mirror vLLM's
-kernel functions, and each op has exactly the semantics of the reference function of
-the same name (harness.reference, docs/semantics.md), so adapters stay thin. Ops a
+A backend implements any subset of `OPS` (the ops declared in harness.reference.ops);
+method and argument names mirror vLLM's kernel functions, and each op has exactly the
+semantics of the reference function declared with it (harness.reference,
+docs/semantics.md), so adapters stay thin. Ops a
 backend lacks are skipped at op level and filled in by the reference at layer level
 (the report lists them). An optional whole-core entry, `gdn_core`, takes the packed
 projections, batch metadata and caches, as fused ROCm / XPU paths do.
@@ -18,19 +19,15 @@ import torch
 
 from harness.batch import CoreBatch  # noqa: F401 - part of the plugin API (docs/backends.md)
 from ..errors import InputError
+from ..reference.ops import op_names
 
-OPS: Tuple[str, ...] = (
-    "unpack_qkvz_ba",                                   # (mixed_qkvz, mixed_ba, dims, layout)
-    "causal_conv1d_fn",                                 # varlen prefill conv
-    "causal_conv1d_update",                             # decode / spec conv
-    "fused_gdn_gating",
-    "chunk_gated_delta_rule",                           # prefill delta rule
-    "chunk_gated_delta_rule_checkpoints",               # prefill + states at block boundaries (prefix cache)
-    "fused_recurrent_gated_delta_rule",                 # decode / spec, pool + indices
-    "fused_sigmoid_gating_delta_rule_update",           # gating fused into the update
-    "fused_recurrent_gated_delta_rule_packed_decode",   # one token from the packed conv output
-    "rms_norm_gated",
-)
+
+def __getattr__(name: str):
+    # `OPS`: the declared ops' names, read live from the op table (harness.reference.ops)
+    if name == "OPS":
+        return op_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # How a layer runs its decodes; a backend lists the paths it implements.
 DECODE_PATHS = {
@@ -83,7 +80,8 @@ class Backend:
     # selects; the constructor gets ``variant=``. Empty: the backend has none.
     variants: Dict[str, str] = {}
 
-    # Ops: None means "not implemented". Subclasses override with the reference's signature.
+    # Ops: None (or no attribute) means "not implemented". Subclasses override with the
+    # reference's signature; the ops named here are the ones declared in harness.reference.ops.
     unpack_qkvz_ba = None
     causal_conv1d_fn = None
     causal_conv1d_update = None
@@ -127,7 +125,7 @@ class Backend:
         return getattr(self, op, None) is not None
 
     def implemented_ops(self) -> List[str]:
-        return [op for op in OPS if self.implements(op)]
+        return [op for op in op_names() if self.implements(op)]
 
     def describe(self) -> Dict:
         return dict(name=self.name, description=self.description, devices=list(self.devices),
@@ -146,7 +144,7 @@ class FilledOps:
     filled: List[str] = field(default_factory=list)
 
     def __getattr__(self, op: str):
-        if op not in OPS:
+        if op not in op_names():
             raise AttributeError(op)
         if self.backend.implements(op):
             return getattr(self.backend, op)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from harness.batch import PAD_SLOT_ID
 from ..errors import INDEX_DTYPES, InputError, check_tensor
 from .gating import acc_dtype
+from .ops import gdn_op
 
 
 
@@ -83,6 +84,7 @@ def check_conv_fn_args(x, weight, bias, conv_states, query_start_loc, cache_indi
     return dim, total, W, qsl, N
 
 
+@gdn_op(kind="conv", roles=("prefill",), returns=("out",))
 def causal_conv1d_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                      conv_states: torch.Tensor, query_start_loc: torch.Tensor,
                      cache_indices: Optional[torch.Tensor] = None,
@@ -122,6 +124,7 @@ def causal_conv1d_fn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     return out.to(x.dtype)
 
 
+@gdn_op(kind="conv", roles=("decode", "spec"), returns=("out",))
 def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
                          bias: Optional[torch.Tensor] = None, activation=None,
                          conv_state_indices: Optional[torch.Tensor] = None,

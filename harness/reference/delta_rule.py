@@ -25,6 +25,7 @@ from ..errors import INDEX_DTYPES, InputError, check_tensor
 from ..layouts.state import check_ssm_layout
 from .gating import acc_dtype, fused_gdn_gating
 from .norm import l2norm
+from .ops import gdn_op
 
 
 
@@ -92,6 +93,8 @@ def _step(S, q, k, v, g, beta):
     return S, torch.einsum("hvk,hk->hv", S, q)
 
 
+@gdn_op("fused_recurrent_gated_delta_rule", kind="recurrent", roles=("decode", "spec"),
+        returns=("o", "final_state"))
 def recurrent_gated_delta_rule(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
     scale: Optional[float] = None, initial_state: Optional[torch.Tensor] = None,
@@ -184,6 +187,7 @@ def recurrent_gated_delta_rule(
     return o, torch.stack([store(S, out_dtype) for S in finals]) if finals else None
 
 
+@gdn_op(kind="chunk", roles=("prefill",), returns=("o", "final_state"))
 def chunk_gated_delta_rule(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
     scale: Optional[float] = None, initial_state: Optional[torch.Tensor] = None,
@@ -256,6 +260,7 @@ def chunk_gated_delta_rule(
     return o, torch.stack(finals).to(out_dtype)
 
 
+@gdn_op(kind="chunk", roles=("prefill", "checkpoints"), returns=("o", "final_state"))
 def chunk_gated_delta_rule_checkpoints(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
     state_checkpoints: torch.Tensor, checkpoint_every: int, scale: Optional[float] = None,
@@ -302,6 +307,7 @@ def chunk_gated_delta_rule_checkpoints(
     return o, (final if initial_state is None else final.to(initial_state.dtype))
 
 
+@gdn_op(kind="recurrent", roles=("decode", "spec", "gating"), returns=("o", None))
 def fused_sigmoid_gating_delta_rule_update(
     A_log: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dt_bias: torch.Tensor,
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: float = 1.0, threshold: float = 20.0,
@@ -325,6 +331,7 @@ def fused_sigmoid_gating_delta_rule_update(
                                       inplace_final_state, use_qk_l2norm_in_kernel, state_layout)
 
 
+@gdn_op(kind="recurrent", roles=("decode", "gating"), returns=(None,))
 def fused_recurrent_gated_delta_rule_packed_decode(
     mixed_qkv: torch.Tensor, a: torch.Tensor, b: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor,
     scale: Optional[float], initial_state: torch.Tensor, out: torch.Tensor,

@@ -6,6 +6,7 @@ from typing import Tuple
 import torch
 
 from ..errors import InputError, check_tensor
+from .ops import gdn_op
 
 
 def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -20,6 +21,7 @@ def softplus(x: torch.Tensor, beta: float = 1.0, threshold: float = 20.0) -> tor
     return torch.where(bx > threshold, x, soft)
 
 
+@gdn_op(kind="gating", roles=("prefill", "decode"), returns=("g", "beta"))
 def fused_gdn_gating(A_log: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dt_bias: torch.Tensor,
                      beta: float = 1.0, threshold: float = 20.0) -> Tuple[torch.Tensor, torch.Tensor]:
     """Gates of the delta rule.

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError, check_tensor
 from .gating import acc_dtype
+from .ops import gdn_op
 
 ACTIVATIONS = ("silu", "swish", "sigmoid")
 
@@ -40,6 +41,7 @@ def check_norm_args(x, weight, z, group_size):
     return N, gs
 
 
+@gdn_op(kind="norm", roles=("prefill", "decode"), returns=("y",))
 def rms_norm_gated(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tensor] = None,
                    eps: float = 1e-6, group_size: Optional[int] = None,
                    norm_before_gate: bool = True, activation: str = "silu",

@@ -4,15 +4,18 @@ Each rank is its own process holding only its shard (`harness.layouts.tp`) and i
 slice of the cache pools; it runs the backend's layer composition
 (`harness.optimized.compose`) over the case's multi-step scenario; the out_proj partials are
 all-reduced (in fp32, as the tolerance policy assumes). Rank 0 gathers the per-rank core
-outputs, projections and final caches, runs the TP=1 fp64 oracle and judges the case
-with the normal compare / policy path. It also checks the gathered projections against
+outputs, projections and final caches, runs the TP=1 fp64 oracle, and the case is judged
+and diagnosed by `runner.run_case` as an in-process case is (the ranks' pairs plugged in
+as its `pairs_fn`; the autotune sweep alone is left out). It also checks the gathered projections against
 the TP=1 layer's own (full-weight) projections, so a rank holding the wrong shard fails
 even though the oracle starts from the projections the ranks computed.
 
 Launch: the parent starts `world` worker processes (``python -m harness.run.distributed``,
 torchrun-style environment; gloo on CPU, NCCL with one GPU per rank) and watches them
 like ``--isolate`` does: a rank that crashes or hangs becomes an ``error`` record with
-every rank's stderr tail and the remaining cases go to a fresh world. Under torchrun the
+every rank's stderr tail and the remaining cases go to a fresh world. (The ranks are a
+gang - one rendezvous, all alive or none - not jobs of `harness.run.isolate`'s pool, whose
+workers each run jobs alone.) Under torchrun the
 ranks run in place and rank 0 writes the report.
 
 Failures inside a rank are agreed on before any data collective (every rank learns
@@ -82,7 +85,11 @@ def _free_port() -> int:
 
 def _record(case: Case, suite: str, world: int, pg: str) -> dict:
     from harness.run.runner import case_record    # one record skeleton for every runner
-    rec = case_record(case, suite)
+    return _distributed(case_record(case, suite), world, pg)
+
+
+def _distributed(rec: dict, world: int, pg: str) -> dict:
+    """`rec` as a distributed run's: its repro command and the world it ran on."""
     rec.update(repro=rec["repro"] + f" --tp {world} --distributed",
                distributed=dict(world_size=world, process_group=pg))
     return rec
@@ -309,13 +316,13 @@ def _rank_device(device: str) -> str:
 
 
 def rank_main(job: dict, emit: Optional[Callable[[dict], None]] = None) -> List[dict]:
-    """A rank's loop over the job's cases (all ranks run the same cases in the same order)."""
+    """A rank's loop over the job's cases (all ranks run the same cases in the same order).
+    Each case goes through `runner.run_case` with the ranks' pairs: rank 0 judges and
+    diagnoses it as an in-process case would."""
     import torch.distributed as dist
 
-    from harness.optimized.api import FilledOps
+    from harness.run.runner import BackendCache, run_case
     from harness.judge.policy import Policy
-    from harness.judge.verdict import judge_into
-    from harness.run.runner import BackendCache, _skip_reason, declared_pad_rows
     cases = [Case.from_dict(d) for d in job["cases"]]
     policy = Policy(job["policy"]) if job.get("policy") else Policy()
     pg = "nccl" if cases and cases[0].device.startswith("cuda") else "gloo"
@@ -329,38 +336,21 @@ def rank_main(job: dict, emit: Optional[Callable[[dict], None]] = None) -> List[
     sharder = _load(job["sharder"]) if job.get("sharder") else None
     backends = BackendCache()
     records = []
-    broken = None
+    broken: Optional[CollectiveError] = None
     for case in cases:
-        rec = _record(case, job["suite"], world, pg)
-        t0 = time.perf_counter()
-        try:
-            if broken:
-                raise broken
-            backend = _agree(lambda: backends.get(case.backend))
-            ops = FilledOps(backend, backends.get("reference"))
-            reason = _skip_reason(case, backend)
-            if reason:
-                rec.update(status="skip", error=reason)
-            else:
-                pairs = distributed_pairs(case, backend, ops, device, job.get("oracle_device"), sharder)
-                rec["filled_ops"] = list(ops.filled)
-                if rank == 0:
-                    judge_into(rec, declared_pad_rows(case, backend, pairs, rec), policy, case.dtype, case.state_dtype)
-        except CollectiveError as e:
+        raised: List[Exception] = []
+        pairs = _rank_pairs(rank, device, job.get("oracle_device"), sharder, broken, raised)
+        rec = _distributed(run_case(case, policy, job["suite"], backends, job.get("oracle_device"), pairs_fn=pairs),
+                           world, pg)
+        err = raised[0] if raised else None
+        if isinstance(err, CollectiveError):
             if spawned:        # the parent turns the dead world into this case's error record
-                print(f"rank {rank}: {e}", file=sys.stderr, flush=True)
+                print(f"rank {rank}: {err}", file=sys.stderr, flush=True)
                 os._exit(3)
-            broken = broken or CollectiveError(f"process group unusable since case {case.id}: {e}")
-            rec.update(status="error", error=str(e))
-        except RankFailure as e:
-            if e.not_implemented:
-                rec.update(status="skip", error=f"backend {case.backend} does not support this case: {e}")
-            else:
-                first = min(e.errors)
-                rec.update(status="error", error=f"{e}", traceback=e.errors[first][2])
-        except Exception as e:  # noqa: BLE001 - rank 0's own work (oracle, judging)
-            rec.update(status="error", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
-        rec["duration_s"] = round(time.perf_counter() - t0, 4)
+            broken = broken or CollectiveError(f"process group unusable since case {case.id}: {err}")
+            rec.update(status="error", error=str(err))
+        elif isinstance(err, RankFailure) and not err.not_implemented:
+            rec.update(error=f"{err}", traceback=err.errors[min(err.errors)][2])     # the first failing rank's
         if rank == 0:
             records.append(rec)
             if emit:
@@ -372,6 +362,37 @@ def rank_main(job: dict, emit: Optional[Callable[[dict], None]] = None) -> List[
         dist.barrier()
         dist.destroy_process_group()
     return records
+
+
+def _rank_pairs(rank: int, device: str, oracle_device: Optional[str], sharder, broken, raised: List[Exception]):
+    """`run_case`'s pairs_fn on a rank: the case run across the ranks; rank 0 gets the
+    comparisons, the others None. A rank failure or a failed collective is noted in
+    `raised` (rank_main handles it after the record) and raised on."""
+    from harness.optimized.api import FilledOps
+    from harness.run.runner import _skip_reason, declared_pad_rows
+
+    def pairs(case: Case, backends, rec: dict, _oracle_device, _phases):
+        try:
+            if broken:
+                raise broken
+            backend = _agree(lambda: backends.get(case.backend))
+            reason = _skip_reason(case, backend)
+            if reason:
+                rec.update(status="skip", error=reason)
+                return None
+            ops = FilledOps(backend, backends.get("reference"))
+            got = distributed_pairs(case, backend, ops, device, oracle_device, sharder)
+            rec["filled_ops"] = list(ops.filled)
+        except RankFailure as e:
+            raised.append(e)
+            if e.not_implemented:       # run_case: "backend X does not support this case: ..."
+                raise NotImplementedError(str(e)) from e
+            raise
+        except CollectiveError as e:
+            raised.append(e)
+            raise
+        return declared_pad_rows(case, backend, got, rec) if rank == 0 else None
+    return pairs
 
 
 def main() -> int:

@@ -1,15 +1,20 @@
-"""Running cases in a pool of persistent worker processes (the default for any backend
-but the reference; ``--jobs``; ``--no-isolate`` runs in process instead).
+"""The worker pool: every job the harness runs in a child process goes through here -
+the isolated cases of ``gdn-harness run`` (the default for any backend but the reference;
+``--jobs``; ``--no-isolate`` runs in process instead), the fault zoo's tasks and
+``bisect-check``'s case.
 
-A segfault, an illegal memory access, an out-of-memory kill or a hang inside a case
-kills only its worker: the case becomes an ``error`` record ("timed out after N s",
-"worker died: killed by signal 6 (SIGABRT)") carrying the worker's stderr tail, the next
-case gets a fresh worker, and the run goes on. A CUDA error raised inside a case (it
-poisons the context) ends its worker the same way. Workers are reused across cases (and
-across runs of one process, per environment), because a worker's start - imports, CUDA
-context, kernel loads from the Triton cache - costs seconds (10-25 s on an H200), more
-than most cases. Each worker runs in its own session: a terminal's Ctrl-C or ``timeout
--s INT`` reaches only the parent, which stops the workers and writes the report.
+`run_jobs` hands jobs (lines of the `harness.run.worker` protocol: a case, or a call of a
+function by name) to persistent worker processes and gives back one `Outcome` per job: its
+result, or a structured error. A segfault, an illegal memory access, an out-of-memory kill
+or a hang inside a job kills only its worker: the job's outcome is a ``crash`` (exit code
+or signal, in words: "worker died: killed by signal 6 (SIGABRT)") or a ``timeout`` ("timed
+out after N s"), carrying the worker's stderr tail; the next job gets a fresh worker, and
+the run goes on. A CUDA error raised inside a job (it poisons the context) ends its worker
+after the job's result; the next job runs on a fresh one. Workers are reused across jobs
+(and across runs of one process, per environment), because a worker's start - imports,
+CUDA context, kernel loads from the Triton cache - costs seconds (10-25 s on an H200), more
+than most cases. Each worker runs in its own session: a terminal's Ctrl-C or ``timeout -s
+INT`` reaches only the parent, which stops the busy workers and keeps the finished outcomes.
 """
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
 
 from harness.run.autotune import worker_env
 from harness.cases.case import Case
@@ -58,6 +64,41 @@ def death_reason(returncode: int) -> str:
     return f"killed by signal {-returncode} ({name}{hint})"
 
 
+@dataclass
+class Outcome:
+    """What became of one job: ``result`` (`value` holds it), ``timeout``, ``crash`` (the
+    worker died: `returncode`) or ``stopped`` (the run was interrupted; never handed out)."""
+    kind: str
+    value: Any = None
+    events: List[Any] = field(default_factory=list)     # what the job emitted before it ended
+    returncode: Optional[int] = None
+    seconds: Optional[float] = None
+    stderr_tail: str = ""
+    limit: Optional[float] = None       # the timeout the job ran under
+    worker_start_s: Optional[float] = None      # a fresh worker's start, on its first result
+    served_before: int = 0              # results its worker had given before it died
+
+    @property
+    def error(self) -> str:
+        """The words for a timeout or a crash, as error records say them."""
+        if self.kind == "timeout":
+            return f"timed out after {self.limit:g} s (its worker was killed)"
+        if self.kind == "crash":
+            return f"worker died: {death_reason(self.returncode)}"
+        return ""
+
+
+@dataclass
+class Job:
+    """One line of the worker protocol (`payload`) and the caller's own handle on it (`tag`:
+    a case, a task)."""
+    payload: dict
+    tag: Any = None
+
+# the environment of the worker a job needs, from the job and its slot's index (a GPU per slot)
+EnvFor = Callable[[Job, int], Dict[str, str]]
+
+
 class Worker:
     """One ``python -m harness.run.worker`` process and the threads draining its pipes."""
 
@@ -73,7 +114,8 @@ class Worker:
         self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self._err: collections.deque = collections.deque(maxlen=200)
         threading.Thread(target=self._read_out, daemon=True).start()
-        threading.Thread(target=self._read_err, daemon=True).start()
+        self._err_reader = threading.Thread(target=self._read_err, daemon=True)
+        self._err_reader.start()
 
     def _read_out(self):
         for line in self.proc.stdout:
@@ -111,30 +153,45 @@ class Worker:
             if isinstance(got, dict):
                 return got
 
-    def run(self, job: dict, timeout: float, stop: threading.Event):
-        """("record", rec) | ("timeout", seconds) | ("died", returncode) | ("stopped", None)."""
+    def run(self, job: dict, timeout: float, stop: threading.Event) -> "Outcome":
+        """One job on this worker. A case job ends at its record; a call at its ``result``
+        line, each ``event`` line restarting the `timeout` (a per-step limit)."""
         if not self.ready:
             got = self._next(time.monotonic() + max(timeout, STARTUP_S), stop)
             if not isinstance(got, dict):
-                return self._outcome(got, max(timeout, STARTUP_S))
+                return self._outcome(got, max(timeout, STARTUP_S), timeout, [])
             self.ready = True
             self.start_s = time.monotonic() - self.spawned
-        self._err.clear()                    # the tail of a crash is this case's
+        self._err.clear()                    # the tail of a crash is this job's
+        events: List[Any] = []
         try:
             self.proc.stdin.write(json.dumps(job) + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
-            return self._outcome("eof", timeout)
-        t0 = time.monotonic()
-        got = self._next(t0 + timeout, stop)
-        return ("record", got) if isinstance(got, dict) else self._outcome(got, time.monotonic() - t0)
+            return self._outcome("eof", 0.0, timeout, events)
+        t0 = step = time.monotonic()
+        while True:
+            got = self._next(step + timeout, stop)
+            if not isinstance(got, dict):
+                return self._outcome(got, time.monotonic() - step, timeout, events)
+            if "call" in job and "event" in got:
+                events.append(got["event"])
+                step = time.monotonic()
+                continue
+            value = got.get("result") if "call" in job else got
+            self.served += 1
+            return Outcome("result", value, events, seconds=time.monotonic() - t0,
+                           worker_start_s=self.start_s if self.served == 1 else None)
 
-    def _outcome(self, what: str, seconds: float):
+    def _outcome(self, what: str, seconds: float, limit: float, events: list) -> "Outcome":
         if what == "eof":
             self.proc.wait()
-            return "died", self.proc.returncode
+            self._err_reader.join(2.0)      # its last words (a fatal error's message) before the tail
+            return Outcome("crash", None, events, returncode=self.proc.returncode, stderr_tail=self.stderr_tail(),
+                           limit=limit, served_before=self.served)
         self.kill()
-        return ("timeout", seconds) if what == "timeout" else ("stopped", None)
+        return Outcome("timeout" if what == "timeout" else "stopped", None, events, seconds=seconds,
+                       stderr_tail=self.stderr_tail(), limit=limit)
 
     def kill(self) -> None:
         """Kill the worker and anything it started (its own session)."""
@@ -211,6 +268,100 @@ def shared_pool() -> WorkerPool:
     return _SHARED
 
 
+def run_jobs(jobs: List[Job], env: EnvFor, on_done: Callable[[Job, Outcome], None], slots: int = 1,
+             timeout: float = 600.0, on_start: Optional[Callable[[Job], None]] = None,
+             pool: Optional[WorkerPool] = None) -> None:
+    """Run `jobs` on `slots` concurrent workers (each in the environment `env(job, slot)`),
+    each job with a `timeout` in seconds (per step
+    for a call that emits events); `on_done(job, outcome)` for every job, and `on_start(job)`
+    as it goes to a worker, both in the calling thread. A job whose worker ended after an
+    earlier job's CUDA error (`EXIT_RESTART`) runs again on a fresh worker. A
+    KeyboardInterrupt in the calling thread (or raised by a callback) kills the busy workers
+    and propagates: the outcomes handed out so far are the finished jobs."""
+    pool = pool or shared_pool()
+    todo = collections.deque(jobs)
+    stop = threading.Event()
+    lock = threading.Lock()
+    events: "queue.Queue[tuple]" = queue.Queue()
+    nslots = max(1, min(slots, len(jobs)))
+
+    def slot(i: int):
+        worker = None
+        try:
+            while not stop.is_set():
+                with lock:
+                    if not todo:
+                        break
+                    job = todo.popleft()
+                want = env(job, i)
+                if worker is None or not worker.alive() or worker.key != _env_key(want):
+                    if worker is not None:
+                        pool.give(worker)
+                    worker = pool.take(want)
+                events.put(("start", job, None))
+                got = worker.run(job.payload, timeout, stop)
+                if got.kind == "stopped":
+                    break
+                if got.kind == "crash" and got.returncode == EXIT_RESTART and got.served_before and not got.events:
+                    with lock:           # it ended after an earlier job's CUDA error: a fresh one runs this
+                        todo.appendleft(job)
+                    continue
+                events.put(("done", job, got))
+        except BaseException as e:  # noqa: BLE001 - handed to the calling thread
+            events.put(("error", None, e))
+        finally:
+            if worker is not None:
+                pool.give(worker)
+            events.put(("exit", None, None))
+
+    threads = [threading.Thread(target=slot, args=(i,), daemon=True) for i in range(nslots)]
+    for t in threads:
+        t.start()
+    running = len(threads)
+    try:
+        while running:
+            try:
+                what, job, got = events.get(timeout=0.2)     # a get with a timeout lets KeyboardInterrupt in
+            except queue.Empty:
+                continue
+            if what == "exit":
+                running -= 1
+            elif what == "error":
+                raise got
+            elif what == "start":
+                if on_start:
+                    on_start(job)
+            elif not stop.is_set():
+                on_done(job, got)
+    except BaseException:
+        stop.set()
+        pool.kill_busy()
+        raise
+
+
+def run_one(payload: dict, env: Dict[str, str], timeout: float, pool: Optional[WorkerPool] = None) -> Outcome:
+    """One job on a worker of `pool` (default: a pool of its own, closed after)."""
+    own = pool is None
+    pool = pool or WorkerPool()
+    got: List[Outcome] = []
+    try:
+        run_jobs([Job(payload)], lambda job, i: env, lambda job, outcome: got.append(outcome), timeout=timeout,
+                 pool=pool)
+    finally:
+        if own:
+            pool.close()
+    return got[0]
+
+
+def case_env(device: str, slots: int, gpu: Optional[int] = None) -> Dict[str, str]:
+    """A case worker's environment: the interpreter on a CPU device, the host's CPUs shared
+    among `slots` workers, autotuning shared through the Triton cache, one GPU when pinned."""
+    env = worker_env(share_cpus(interpret_triton(device, dict(os.environ)), slots))
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    return env
+
+
 def _error_record(case: Case, suite: str, error: str, stderr: str, seconds: Optional[float], kind: str) -> dict:
     rec = case_record(case, suite)
     rec.update(status="error", structural=kind, error=error, stderr_tail=stderr[-STDERR_TAIL:],
@@ -222,70 +373,20 @@ def run_isolated(cases: List[Case], suite: str, policy: Optional[str], oracle_de
                  on_done: Callable[[dict], None], jobs: int = 1, timeout: float = 600.0, gpus: int = 0,
                  on_start: Optional[Callable[[Case], None]] = None, pool: Optional[WorkerPool] = None) -> None:
     """Run cases in `jobs` concurrent workers, each case with a `timeout` in seconds; every
-    case gets a record (through `on_done`, called under a lock) unless the run is
+    case gets a record (through `on_done`, in the calling thread) unless the run is
     interrupted (KeyboardInterrupt in the calling thread: the busy workers are killed and it
     propagates). With `gpus` > 1 each job slot is pinned to one GPU (CUDA_VISIBLE_DEVICES)."""
-    pool = pool or shared_pool()
-    todo = collections.deque(cases)
-    stop = threading.Event()
-    lock = threading.Lock()
     nslots = max(1, min(jobs, len(cases)))
-    errors: List[BaseException] = []
+    work = [Job(dict(case=c.to_dict(), suite=suite, policy=policy, oracle_device=oracle_device), c) for c in cases]
 
-    def slot(i: int):
-        try:
-            worker = None
-            while not stop.is_set():
-                with lock:
-                    if not todo:
-                        break
-                    case = todo.popleft()
-                    if on_start:
-                        on_start(case)
-                env = worker_env(share_cpus(interpret_triton(case.device, dict(os.environ)), nslots))
-                if gpus > 1:
-                    env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-                if worker is None or not worker.alive() or worker.key != _env_key(env):
-                    if worker is not None:
-                        pool.give(worker)
-                    worker = pool.take(env)
-                job = dict(case=case.to_dict(), suite=suite, policy=policy, oracle_device=oracle_device)
-                what, got = worker.run(job, timeout, stop)
-                if what == "stopped":
-                    break
-                if what == "record":
-                    rec = got
-                    if not worker.served and worker.start_s is not None and "phases" in rec:
-                        rec["phases"]["worker_start_s"] = round(worker.start_s, 4)
-                    worker.served += 1
-                elif what == "timeout":
-                    rec = _error_record(case, suite, f"timed out after {timeout:g} s (its worker was killed)",
-                                        worker.stderr_tail(), got, "timeout")
-                elif got == EXIT_RESTART and worker.served:
-                    with lock:           # it ended after an earlier case's CUDA error: a fresh one runs this
-                        todo.appendleft(case)
-                    continue
-                else:
-                    rec = _error_record(case, suite, f"worker died: {death_reason(got)}", worker.stderr_tail(), None, "crash")
-                with lock:
-                    if not stop.is_set():
-                        on_done(rec)
-            if worker is not None:
-                pool.give(worker)
-        except BaseException as e:  # noqa: BLE001 - handed to the calling thread
-            errors.append(e)
-            stop.set()
+    def done(job: Job, got: Outcome):
+        if got.kind == "result":
+            rec = got.value
+            if got.worker_start_s is not None and "phases" in rec:
+                rec["phases"]["worker_start_s"] = round(got.worker_start_s, 4)
+        else:
+            rec = _error_record(job.tag, suite, got.error, got.stderr_tail, got.seconds, got.kind)
+        on_done(rec)
 
-    threads = [threading.Thread(target=slot, args=(i,), daemon=True) for i in range(nslots)]
-    for t in threads:
-        t.start()
-    try:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.2)              # a join with a timeout lets KeyboardInterrupt in
-    except BaseException:
-        stop.set()
-        pool.kill_busy()
-        raise
-    if errors:
-        raise errors[0]
+    run_jobs(work, lambda job, i: case_env(job.tag.device, nslots, i % gpus if gpus > 1 else None), done, nslots,
+             timeout, (lambda job: on_start(job.tag)) if on_start else None, pool)

@@ -147,14 +147,20 @@ def case_record(case: Case, suite: str) -> dict:
 
 
 def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendCache] = None,
-             oracle_device: Optional[str] = None, diagnose: Optional[bool] = None) -> dict:
+             oracle_device: Optional[str] = None, diagnose: Optional[bool] = None,
+             pairs_fn: Optional[Callable] = None) -> dict:
     """One case -> its record. Structural problems - an exception, an output of the wrong
     shape or kind - make an ``error`` record saying so (``structural``), never diagnosed as
     numerics. A numerical failure of an op / layer case is diagnosed (`harness.diagnosis`)
     unless `diagnose` is False (default: on unless GDN_DIAGNOSE=0). A wrong-shaped output,
     or NaN / Inf (said first, in words), keeps a diagnosis only when a known fault
     reproduces it (a squeezed batch of one, garbage in PAD rows). A diagnosis never
-    changes the verdict; ``duration_s`` includes it (``diagnosis_s``)."""
+    changes the verdict; ``duration_s`` includes it (``diagnosis_s``).
+
+    `pairs_fn(case, backends, rec, oracle_device, phases)` replaces how the case's
+    `Comparison`s are made (None: nothing to judge here, or skipped with the reason in
+    `rec`): the distributed ranks run the case across processes and judge it here. The
+    autotune sweep, which re-runs the case in this process, is left out then."""
     backends = backends or BackendCache()
     rec = case_record(case, suite)
     t0 = time.perf_counter()
@@ -164,7 +170,7 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
     pairs, sweep_only = None, False
     try:
         with phases.timed("oracle"):
-            pairs = _pairs(case, backends, rec, oracle_device, phases)
+            pairs = (pairs_fn or _pairs)(case, backends, rec, oracle_device, phases)
         if pairs is not None:
             broken = structural_problems(pairs)
             with phases.timed("compare"):
@@ -175,7 +181,7 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
                            error="; ".join(f"output {n}: {b}" for n, (_, b) in broken.items()),
                            broken_outputs=[dict(output=c.output, **output_fields(c)) for c in pairs
                                            if c.output in broken])
-            elif rec["autotune"]["policy"] == "sweep" and autotune.widest() > 1:
+            elif rec["autotune"]["policy"] == "sweep" and autotune.widest() > 1 and pairs_fn is None:
                 passed = rec["status"] == "pass"
                 with phases.timed("sweep"):
                     _sweep(rec, case, backends, policy, oracle_device)

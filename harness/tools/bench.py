@@ -4,7 +4,8 @@
   read + written), the ceiling every op is set against.
 * ``op``: each op of each backend at preset dims (TP 1 and a TP shard's local dims) on
   decode-shaped (a batch of 1-token sequences over a state pool) and prefill-shaped
-  (a few long sequences) inputs: median time and achieved bandwidth = the fewest bytes
+  (a few long sequences) inputs, built by the op table's sample builders (the op's
+  `OpInfo.bench` variants, scaled): median time and achieved bandwidth = the fewest bytes
   the op must move (each input read once, each output and updated state written once)
   / time, as a fraction of the copy bandwidth.
 * ``oracle``: the fp64 reference delta rule on one long prefill (the harness's own cost).
@@ -30,14 +31,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from harness.config import GDNDims
-from harness.cases.inputs import dtype_of, make_delta_inputs, make_small_params
+from harness.cases.inputs import dtype_of, make_delta_inputs
+from harness.cases.opcheck import OP_INFOS, bench_sample
 from harness.reference.delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
-from harness.reference.gating import fused_gdn_gating
+from harness.reference.ops import op_names
 
-DECODE_OPS = ("causal_conv1d_update", "fused_gdn_gating", "fused_recurrent_gated_delta_rule",
-              "fused_sigmoid_gating_delta_rule_update", "fused_recurrent_gated_delta_rule_packed_decode",
-              "rms_norm_gated")
-PREFILL_OPS = ("causal_conv1d_fn", "fused_gdn_gating", "chunk_gated_delta_rule", "rms_norm_gated")
 
 
 def _sync(device: torch.device) -> None:
@@ -88,60 +86,25 @@ def copy_bandwidth(device: str, nbytes: int) -> Dict:
 
 # ----------------------------------------------------------------------------- op inputs
 
-def _state(pool: torch.Tensor, layout: str, st: torch.dtype) -> torch.Tensor:
-    """[N, HV, V, K] values as a state in `layout` ("vk" or "kv") and dtype `st`."""
-    return (pool if layout == "vk" else pool.transpose(-1, -2)).contiguous().to(st)
+def bench_ops_of(shape: str) -> List[str]:
+    """The ops timed on `shape` ("decode" / "prefill"): those whose op-table entry names a
+    variant for it (`OpInfo.bench`), in the op table's order."""
+    return [op for op in op_names() if shape in getattr(OP_INFOS.get(op), "bench", {})]
 
 
 def op_inputs(shape: str, dims: GDNDims, seqs: int, tokens: int, dt: torch.dtype, st: torch.dtype,
               state_layout: str, device: str, seed: int = 0) -> Dict[str, tuple]:
-    """Per op of the shape: (kwargs, names of kwargs the op updates in place). Random,
-    physical values (never zeros): gates from real gating, states of a plausible size."""
-    dev = torch.device(device)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    rnd = lambda *s, dtype=dt: torch.randn(*s, generator=gen, device=dev, dtype=torch.float32).to(dtype)
-    w = {k: (v.to(dev) if v is not None else None) for k, v in make_small_params(dims, seed).items()}
-    T = seqs * tokens
-    i32 = dict(dtype=torch.int32, device=dev)
-    cu = torch.arange(0, T + 1, tokens, **i32)
-    slots = torch.arange(seqs, **i32)
-    A_log, dt_bias = w["A_log"].float(), w["dt_bias"].to(dt)
-    a, b = rnd(T, dims.HV), rnd(T, dims.HV)
-    g, beta = fused_gdn_gating(A_log, a, b, dt_bias)
-    qkv = dict(q=rnd(1, T, dims.H, dims.K), k=rnd(1, T, dims.H, dims.K), v=rnd(1, T, dims.HV, dims.V))
-    pool = _state(0.3 * rnd(seqs, dims.HV, dims.V, dims.K, dtype=torch.float32), state_layout, st)
-    common = dict(use_qk_l2norm_in_kernel=True, state_layout=state_layout)
-    conv_w = w["conv_weight"].to(dt)
-    conv_state = rnd(seqs, dims.conv_dim, dims.W - 1)
-    norm = (dict(x=rnd(T * dims.HV, dims.V), weight=w["norm_weight"].to(dt), z=rnd(T * dims.HV, dims.V), eps=1e-6,
-                 group_size=None, norm_before_gate=True, activation="silu"), ())
-    gating = (dict(A_log=A_log, a=a, b=b, dt_bias=dt_bias), ())
-    if shape == "prefill":
-        return {
-            "causal_conv1d_fn": (dict(x=rnd(T, dims.conv_dim).T, weight=conv_w, bias=None, conv_states=conv_state,
-                                      query_start_loc=cu, cache_indices=slots,
-                                      has_initial_state=torch.ones(seqs, dtype=torch.bool, device=dev),
-                                      activation="silu"), ("conv_states",)),
-            "fused_gdn_gating": gating,
-            "chunk_gated_delta_rule": (dict(**qkv, g=g[None], beta=beta[None], initial_state=pool,
-                                            output_final_state=True, cu_seqlens=cu, **common), ()),
-            "rms_norm_gated": norm,
-        }
-    recurrent = dict(**qkv, initial_state=pool, inplace_final_state=True, cu_seqlens=cu, ssm_state_indices=slots,
-                     **common)
-    return {
-        "causal_conv1d_update": (dict(x=rnd(T, dims.conv_dim), conv_state=conv_state, weight=conv_w, bias=None,
-                                      activation="silu", conv_state_indices=slots), ("conv_state",)),
-        "fused_gdn_gating": gating,
-        "fused_recurrent_gated_delta_rule": (dict(recurrent, g=g[None], beta=beta[None]), ("initial_state",)),
-        "fused_sigmoid_gating_delta_rule_update": (dict(recurrent, A_log=A_log, a=a, b=b, dt_bias=dt_bias),
-                                                   ("initial_state",)),
-        "fused_recurrent_gated_delta_rule_packed_decode": (
-            dict(mixed_qkv=rnd(T, dims.conv_dim), a=a, b=b, A_log=A_log, dt_bias=dt_bias, scale=None,
-                 initial_state=pool, out=torch.empty(T, 1, dims.HV, dims.V, dtype=dt, device=dev),
-                 ssm_state_indices=slots, **common), ("initial_state", "out")),
-        "rms_norm_gated": norm,
-    }
+    """Per op of the shape: (kwargs, names of kwargs the op updates in place), built by the op
+    table's own sample builders (the op checks' physical inputs: gates from real gating,
+    states of a plausible size), scaled to `seqs` sequences of `tokens` tokens, one state slot
+    each. Values are drawn in fp64 on the CPU, then cast and moved, as the op checks do."""
+    out = {}
+    for op in bench_ops_of(shape):
+        info = OP_INFOS[op]
+        variant = info.bench[shape]
+        s = info.build(variant, dims, dt, st, state_layout, seed, device, bench_sample(info, variant, seqs, tokens))
+        out[op] = (s.kwargs, tuple(s.states))
+    return out
 
 
 def _tensors(x) -> List[torch.Tensor]:
@@ -157,11 +120,14 @@ def _nbytes(t: torch.Tensor) -> int:
 
 
 def bytes_moved(kwargs: dict, inplace, result) -> int:
-    """Each tensor argument read once, each returned tensor written once (a pool returned
-    as the result counts once), each in-place argument written once."""
+    """Each tensor argument read once, each returned tensor written once (a pool or an `out=`
+    buffer returned as the result counts once), each in-place argument written once."""
     args = _tensors(list(kwargs.values()))
     seen = {t.data_ptr() for t in args}
-    written = [t for t in _tensors(result) if t.data_ptr() not in seen]
+    returned = _tensors(result)
+    written = [t for t in returned if t.data_ptr() not in seen]
+    back = {t.data_ptr() for t in returned}
+    inplace = set(inplace) | {n for n, v in kwargs.items() if isinstance(v, torch.Tensor) and v.data_ptr() in back}
     return sum(map(_nbytes, args)) + sum(map(_nbytes, written)) + sum(_nbytes(kwargs[n]) for n in inplace)
 
 
@@ -180,8 +146,8 @@ def bench_ops(backend_names: List[str], dims: GDNDims, tps: List[int], device: s
             backend, why = None, f"cannot load: {type(e).__name__}: {e}"
         for tp in tps:
             local = dims.local(tp)
-            for shape, seqs, tokens, ops in (("decode", decode_seqs, 1, DECODE_OPS),
-                                             ("prefill", prefill_seqs, prefill_tokens, PREFILL_OPS)):
+            for shape, seqs, tokens in (("decode", decode_seqs, 1), ("prefill", prefill_seqs, prefill_tokens)):
+                ops = bench_ops_of(shape)
                 base = dict(bench="op", backend=name, tp=tp, shape=shape, seqs=seqs, tokens_per_seq=tokens,
                             dims=local.to_dict(), dtype=dtype, state_dtype=state_dtype)
                 inputs = None

@@ -7,16 +7,13 @@ device, the backend cannot run the case) and 2 for a usage error of the command 
 (the same at every commit: check by hand once before bisecting). Never above 127, which
 would abort the bisection. docs/bisect.md shows the workflow.
 
-The case runs in a child process (``python -m harness.run.worker``, the ``--isolate`` worker)
-so that a segfault or an abort of the kernel is judged, not suffered.
+The case runs in a child process (a worker of the pool, `harness.run.isolate`, as ``--isolate``
+runs cases) so that a segfault or an abort of the kernel is judged, not suffered.
 """
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -88,41 +85,19 @@ def judge_exit(returncode: int, stderr: str) -> Tuple[int, str]:
     return BAD, f"the case process exited with code {returncode} without a result"
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Kill the case process and anything it started (its own session)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-
-
 def run_in_child(case, suite: str, policy: Optional[str], oracle_device: Optional[str],
                  timeout: float) -> Tuple[int, str]:
-    """Run `case` in a ``harness.run.worker`` child (own session, killed as a group on timeout);
-    returns (exit code, reason)."""
-    job = json.dumps(dict(cases=[case.to_dict()], suite=suite, policy=policy, oracle_device=oracle_device))
-    proc = subprocess.Popen([sys.executable, "-m", "harness.run.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(job, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _stop(proc)
+    """Run `case` on a worker of the pool (`harness.run.isolate.run_one`: its own session,
+    killed as a group on timeout); returns (exit code, reason)."""
+    from harness.run.isolate import case_env, run_one
+    job = dict(case=case.to_dict(), suite=suite, policy=policy, oracle_device=oracle_device)
+    got = run_one(job, case_env(case.device, 1), timeout)
+    if got.kind == "result":
+        return judge_record(got.value)
+    if got.kind == "timeout":
         return BAD, f"hung: no result within --timeout {timeout:g} s (a hang counts as bad)"
-    finally:
-        if proc.poll() is None:       # interrupted: leave no orphan behind
-            _stop(proc)
-    # the kernel may print to stdout too: the record is the worker's JSON line
-    for line in reversed(out.splitlines()):
-        if line.startswith("{"):
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and "status" in rec:
-                return judge_record(rec)
-    code, why = judge_exit(proc.returncode, err)
-    tail = "\n".join(err.strip().splitlines()[-6:])
+    code, why = judge_exit(got.returncode, got.stderr_tail)
+    tail = "\n".join(got.stderr_tail.strip().splitlines()[-6:])
     return code, why + (f"; stderr tail: {tail}" if tail else "")
 
 
