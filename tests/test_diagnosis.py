@@ -57,6 +57,7 @@ CASES = [
 def test_op_fault_named(fault, op, variant, backends):
     rec = run_case(_op_case(fault, op, variant), POLICY, "test", backends, diagnose=True)
     assert rec["status"] in ("fail", "error"), rec.get("error")
+    assert rec["hypotheses"], (rec.get("diagnosis_error"), rec.get("diagnosis_coverage"), rec.get("diagnosis"))
     top = rec["hypotheses"][0]
     assert top["class"] == CATALOGUE_CLASSES[FAULTS[fault].diagnosis_class], rec["hypotheses"]
     assert top["matched"] and top["words"]

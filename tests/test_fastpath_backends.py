@@ -252,6 +252,7 @@ def test_vllm_wrapper_gate_bug_fails_and_is_named(fake_flashinfer_package, backe
     """vLLM's wrapper without exp(g): all-NaN outputs, named a gate-domain fault."""
     rec = _op("vllm_wrapper_gate_not_exp", CHUNK, "varlen", KV128, backends=backends, diagnose=True)
     assert rec["status"] == "fail" and {"o", "final_state"} <= set(_failed(rec))
+    assert rec["hypotheses"], (rec.get("diagnosis_error"), rec.get("diagnosis_coverage"), rec.get("diagnosis"))
     assert rec["hypotheses"][0]["class"] == "gate_domain" and rec["hypotheses"][0]["matched"]
 
 
