@@ -1,38 +1,34 @@
 #!/usr/bin/env bash
-# One H200, four calls back to back after the fast-path parts (scripts/fetch_fastpath_packages.sh,
+# One H100 / H200, calls back to back after the fast-path parts (scripts/fetch_fastpath_packages.sh,
 # re-split into 3 parts of 48 MiB): the first three each put one part and do one piece of the GPU
-# verification; the fourth needs all parts in place (a warm machine keeps /tmp ~30 s after a call).
-#   call 1  carry .whl/fastpath.part1 .whl/fastpath.sha256 .whl/test: the harness's own tests,
-#           `pytest tests -n 8` (GPU tests included) -> $OUT/pytest.log, junit; beside them the
-#           CUDA-graph check and its fault zoo at Qwen3-Next dims, and nightly's drift_10000 lane on
-#           $DRIFT_K (three cases) + its plot -> $OUT/drift/
+# verification; 4 and 5 need all parts in place (a warm machine keeps /tmp ~30 s after a call).
+# Reports are written under $OUT, so a call cut by its limit still brings back what finished.
+#   call 1  carry .whl/fastpath.part1 .whl/fastpath.sha256 .whl/test: the harness's own tests alone,
+#           `pytest tests -n 8` (GPU tests included) -> $OUT/pytest.log, junit; then the CUDA-graph
+#           check and its fault zoo at Qwen3-Next dims
 #   call 2  carry .whl/fastpath.part2 .whl/fastpath.sha256 .whl/test: `bench --suite-cost ci` with the
 #           committed pins (cold / warm, 1 / 4 jobs) -> $OUT/bench/
 #   call 3  carry .whl/fastpath.part3 .whl/fastpath.sha256 .whl/test: put together, install; vllm (its
 #           FlashInfer prefill on SM90, its own weight loaders) on ci and on fastpath's layer mixes
 #           and, beside them, the fast-path variants and the mutant kill run (device_fastpaths.sh extra)
 #   call 4  carry .whl/fastpath.sha256 .whl/test: the extra phase alone (when call 3 ran without it)
+#   call 5  carry .whl/test: nightly's drift_10000 lane on $DRIFT_K alone + its plot -> $OUT/drift/
 set -o pipefail
-CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | 3 | 4}
-if [ "$CALL" != 4 ]; then
+CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | 3 | 4 | 5}
+if [ "$CALL" -le 3 ]; then
   bash scripts/device_fastpaths.sh put "$CALL" > "$OUT/put.log" 2>&1 || { cat "$OUT/put.log"; exit 3; }
 fi
 source scripts/device_env.sh
 case $CALL in
   1)
+    # the tests alone (beside the drift lane they ran out of time on 2026-12-05), then the graph check
+    timeout -s INT ${TEST_LIMIT:-320} python3 -m pytest tests -n 8 -q -rs --junitxml "$OUT/junit.xml" \
+        > "$OUT/pytest.log" 2>&1; echo "pytest rc $?" >> "$OUT/pytest.log"
     (timeout -s INT ${GRAPH_LIMIT:-100} python3 -m harness.tools.cudagraph --backend triton --device cuda \
         --dims qwen3-next-80b-a3b > "$OUT/graph.log" 2>&1; echo "graph rc $?" >> "$OUT/graph.log"
      timeout -s INT ${GRAPH_LIMIT:-100} python3 -m harness.tools.cudagraph --backend triton --device cuda \
-        --dims qwen3-next-80b-a3b --zoo >> "$OUT/graph.log" 2>&1; echo "graph zoo rc $?" >> "$OUT/graph.log") &
-    (mkdir -p "$OUT/drift"
-     timeout -s INT ${DRIFT_LIMIT:-320} python3 -m harness.cli run --suite nightly --backend triton --device cuda \
-        --mix drift_10000 ${DRIFT_K:--k qwen3-next-80b-a3b-flat-tp1-bfloat16 -k qwen3-next-80b-a3b-flat-tp1-float16-float32} \
-        --jobs 3 --report-dir /tmp/drift -q > "$OUT/drift.log" 2>&1; echo "drift rc $?" >> "$OUT/drift.log"
-     python3 -m harness.report.drift /tmp/drift >> "$OUT/drift.log" 2>&1
-     cd /tmp/drift && cp summary.md results.json drift.* "$OUT/drift/" 2>/dev/null) &
-    timeout -s INT ${TEST_LIMIT:-320} python3 -m pytest tests -n 8 -q -rs --junitxml "$OUT/junit.xml" \
-        > "$OUT/pytest.log" 2>&1; echo "pytest rc $?" >> "$OUT/pytest.log"
-    wait; tail -n 12 "$OUT/pytest.log" "$OUT/graph.log" "$OUT/drift.log" ;;
+        --dims qwen3-next-80b-a3b --zoo >> "$OUT/graph.log" 2>&1; echo "graph zoo rc $?" >> "$OUT/graph.log")
+    tail -n 12 "$OUT/pytest.log" "$OUT/graph.log" ;;
   2)
     mkdir -p "$OUT/bench"
     OUT=$OUT/bench JOBS=${JOBS:-4} BENCH_LIMIT=${BENCH_LIMIT:-400} SUITE_LIMIT=${SUITE_LIMIT:-80} \
@@ -45,12 +41,19 @@ case $CALL in
     (export PYTHONPATH=/tmp/fastpath/vsrc:/tmp/fastpath/site/nvidia_cutlass_dsl/dsl_packages:/tmp/fastpath/site:$PYTHONPATH
      python3 -c "import json; from harness.optimized.registry import load_backend as l; \
 print(json.dumps(l('vllm').describe(), default=str, indent=1))" > "$OUT/vllm-describe.json" 2>&1
+     # the report is written under $OUT: a call cut by its own limit still brings it back
      timeout -s INT ${FP_LIMIT:-120} python3 -m harness.cli run --suite fastpath --backend vllm --device cuda \
-        -k layer. --jobs 2 --report-dir /tmp/fp_layer -q > "$OUT/fp-layer.log" 2>&1; echo "rc $?" >> "$OUT/fp-layer.log"
-     cd /tmp/fp_layer && tar czf "$OUT/fp-layer.tgz" summary.md results.json) &
+        -k layer. --jobs 2 --report-dir "$OUT/fp_layer" -q > "$OUT/fp-layer.log" 2>&1; echo "rc $?" >> "$OUT/fp-layer.log") &
     if [ -z "$NO_EXTRA" ]; then (mkdir -p "$OUT/extra"; OUT=$OUT/extra LIMIT_S=${FP_LIMIT:-120} \
         bash scripts/device_fastpaths.sh extra > "$OUT/extra.log" 2>&1) & fi
     wait; cat "$OUT/vllm-describe.json" | head -40; tail -n 8 "$OUT"/fp-*.log; tail -n 30 "$OUT/extra.log" ;;
+  5)
+    # nightly's drift_10000 lane alone, report under $OUT (its plot: harness.report.drift)
+    timeout -s INT ${DRIFT_LIMIT:-500} python3 -m harness.cli run --suite nightly --backend triton --device cuda \
+        --mix drift_10000 ${DRIFT_K:--k qwen3-next-80b-a3b-flat-tp1-bfloat16 -k qwen3-next-80b-a3b-flat-tp1-float16-float32} \
+        --jobs 3 --report-dir "$OUT/drift" -q > "$OUT/drift.log" 2>&1; echo "drift rc $?" >> "$OUT/drift.log"
+    python3 -m harness.report.drift "$OUT/drift" >> "$OUT/drift.log" 2>&1
+    tail -n 20 "$OUT/drift.log" ;;
   4)
     mkdir -p "$OUT/extra"
     OUT=$OUT/extra LIMIT_S=${EXTRA_LIMIT:-240} bash scripts/device_fastpaths.sh extra > "$OUT/extra.log" 2>&1
