@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from harness.cases.case import Case
 from harness.faults.catalogue import Fault
 from harness.faults.zoo import run_zoo
 from harness.run.isolate import Job, WorkerPool, run_jobs
@@ -122,3 +123,34 @@ def test_zoo_survives_a_fault_that_crashes_or_hangs():
     assert "timed out after 20 s" in f["hangs"]["first_diagnosis"]
     t = f["transposed"]
     assert t["cases_run"] == t["cases_planned"] == 5 and all(c["status"] == "fail" for c in t["caught_by"])
+
+
+def test_slots_keep_to_their_compile_keys():
+    """Two slots over jobs in suite order (A A A B B B, a self check between): each slot keeps
+    to one key, so no two workers compile the same kernels at once; a slot whose keys are
+    used up takes a fresh key, and only then another slot's."""
+    from collections import deque
+
+    from harness.run.isolate import Job, _take
+    todo = deque(Job({}, n, k) for n, k in [("a1", "A"), ("a2", "A"), ("s", None), ("a3", "A"),
+                                             ("b1", "B"), ("b2", "B"), ("b3", "B"), ("c1", "C")])
+    mine, claimed, got = [set(), set()], set(), [[], []]
+    while todo:
+        for i in (0, 1):
+            if todo:
+                job = _take(todo, mine[i], claimed)
+                if job.affinity is not None:
+                    mine[i].add(job.affinity)
+                    claimed.add(job.affinity)
+                got[i].append(job.tag)
+    assert got == [["a1", "a2", "a3", "c1"], ["s", "b1", "b2", "b3"]]
+
+
+def test_compile_affinity_of_cases():
+    from harness.cases.suite import parse_dims
+    from harness.run.isolate import compile_affinity
+    d = parse_dims("qwen3.5-27b:shrunk:H=2,K=12,V=20")
+    op = dict(level="op", check="fused_gdn_gating", dims=d, backend="triton", dtype="float16", state_dtype="float32")
+    assert compile_affinity(Case(**op, variant="contiguous")) == compile_affinity(Case(**op, variant="strided"))
+    assert compile_affinity(Case(**op, variant="contiguous")) != compile_affinity(Case(**{**op, "dtype": "float32"}))
+    assert compile_affinity(Case(level="self", check="tp_reduce", dims=d)) is None

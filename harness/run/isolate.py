@@ -28,8 +28,9 @@ import subprocess
 import sys
 import threading
 import time
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Hashable, List, Optional, Set
 
 from harness.run.autotune import worker_env
 from harness.cases.case import Case
@@ -94,6 +95,33 @@ class Job:
     a case, a task)."""
     payload: dict
     tag: Any = None
+    # jobs of one key compile the same kernels: a slot keeps to its keys (None: no preference)
+    affinity: Optional[Hashable] = None
+
+
+def compile_affinity(case: Case) -> Optional[Hashable]:
+    """The kernels a case compiles, as far as scheduling cares: an op case's op at its dims and
+    dtypes, a layer case's decode path at its dims and dtypes; a self check compiles none."""
+    if case.level == "self":
+        return None
+    what = case.check if case.level == "op" else case.decode_path
+    return (case.backend, case.level, what, dataclasses.astuple(case.dims), case.dtype, case.state_dtype)
+
+
+def _take(todo: "collections.deque[Job]", mine: Set[Hashable], claimed: Set[Hashable]) -> Job:
+    """The next job for a slot that has run jobs of the keys `mine`: one of its own keys first,
+    else one of a key no slot has run yet (so two workers do not compile the same kernels at
+    once, the cold-cache cost of --jobs N on one GPU), else the first."""
+    if mine:
+        for i, job in enumerate(todo):
+            if job.affinity in mine:
+                del todo[i]
+                return job
+    for i, job in enumerate(todo):
+        if job.affinity is None or job.affinity not in claimed:
+            del todo[i]
+            return job
+    return todo.popleft()
 
 # the environment of the worker a job needs, from the job and its slot's index (a GPU per slot)
 EnvFor = Callable[[Job, int], Dict[str, str]]
@@ -284,15 +312,20 @@ def run_jobs(jobs: List[Job], env: EnvFor, on_done: Callable[[Job, Outcome], Non
     lock = threading.Lock()
     events: "queue.Queue[tuple]" = queue.Queue()
     nslots = max(1, min(slots, len(jobs)))
+    claimed: Set[Hashable] = set()      # keys some slot has run
 
     def slot(i: int):
         worker = None
+        mine: Set[Hashable] = set()
         try:
             while not stop.is_set():
                 with lock:
                     if not todo:
                         break
-                    job = todo.popleft()
+                    job = _take(todo, mine, claimed) if nslots > 1 else todo.popleft()
+                    if job.affinity is not None:
+                        mine.add(job.affinity)
+                        claimed.add(job.affinity)
                 want = env(job, i)
                 if worker is None or not worker.alive() or worker.key != _env_key(want):
                     if worker is not None:
@@ -377,7 +410,8 @@ def run_isolated(cases: List[Case], suite: str, policy: Optional[str], oracle_de
     interrupted (KeyboardInterrupt in the calling thread: the busy workers are killed and it
     propagates). With `gpus` > 1 each job slot is pinned to one GPU (CUDA_VISIBLE_DEVICES)."""
     nslots = max(1, min(jobs, len(cases)))
-    work = [Job(dict(case=c.to_dict(), suite=suite, policy=policy, oracle_device=oracle_device), c) for c in cases]
+    work = [Job(dict(case=c.to_dict(), suite=suite, policy=policy, oracle_device=oracle_device), c,
+                compile_affinity(c)) for c in cases]
 
     def done(job: Job, got: Outcome):
         if got.kind == "result":
