@@ -86,6 +86,22 @@ def test_vllm_loaders_shard_as_the_harness_rules(layout, tp, ba):
         assert got.ba_heads == want.ba_heads
 
 
+@pytest.mark.skipif(not HAS_VLLM, reason="needs vLLM's sources importable")
+@pytest.mark.parametrize("layout", ["interleaved", "flat"])
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_vllm_own_loaders_shard_as_the_harness_rules(layout, tp):
+    """vLLM's own MergedColumnParallelLinear.weight_loader and mamba_v2_sharded_weight_loader
+    (the latter compiled from mamba_mixer2's text, whose import needs the flash-attn extension
+    on CUDA) give every rank the harness's shards."""
+    loaders = vllm_backend._vllm_loaders()
+    w = make_weights(TP_DIMS, 0)
+    for rank in range(tp):
+        got = vllm_backend.vllm_shard_params(loaders, w, TP_DIMS, layout, tp, rank, "sharded")
+        want = shard_params(w, TP_DIMS, layout, tp, rank, "sharded")
+        for name in ("w_qkvz", "w_ba", "conv_weight"):
+            assert torch.equal(getattr(got, name), getattr(want, name)), (name, rank)
+
+
 def test_backend_shards_with_the_loaders_it_is_given():
     w = make_weights(TP_DIMS, 0)
     be = vllm_backend.VllmBackend(loaders=ff.vllm_loaders(ff.FakeMergedTwoShards))

@@ -77,8 +77,12 @@ LAYER_METHODS = ("prepare_gdn_attention_core_inputs", "rearrange_mixed_qkv")
 LAYER_FUNCTIONS = ("_resolve_gdn_prefill_backend", "fi_chunk_gated_delta_rule")
 PREFILL_BACKENDS = ("triton", "flashinfer")      # what the adapter can run of vLLM's prefills
 
-LOADER_MODULES = dict(linear="vllm.model_executor.layers.linear",
-                      mixer2="vllm.model_executor.layers.mamba.mamba_mixer2")
+LOADER_MODULES = dict(linear="vllm.model_executor.layers.linear")
+# mamba_v2_sharded_weight_loader is taken from its file's text: importing mamba_mixer2 pulls in
+# vLLM's attention backends and model loader, which on a CUDA platform import the flash-attn
+# extension (v1/attention/backends/fa_utils.py) - absent where vLLM's sources are carried
+# (H100, 2026-12-05: "vllm.vllm_flash_attn requires the CUDA flash attention extensions")
+MIXER2_MODULE = "vllm.model_executor.layers.mamba.mamba_mixer2"
 
 _CACHE: Dict[str, object] = {}
 _ERROR: List[str] = []
@@ -100,8 +104,12 @@ def _vllm_loaders() -> Dict[str, object]:
     (mamba_v2_sharded_weight_loader); raises ImportError (kept) when vLLM's modules do not import."""
     def load():
         m = package_modules("vllm", LOADER_MODULES)
+        text = _module_source(MIXER2_MODULE)
+        if text is None:
+            raise ImportError(f"{MIXER2_MODULE} is not found")
+        mamba_v2 = source_functions(text, ("mamba_v2_sharded_weight_loader",), tag=f"<vLLM {MIXER2_MODULE}>")
         return dict(merged=m["linear"].MergedColumnParallelLinear,
-                    mamba_v2=m["mixer2"].mamba_v2_sharded_weight_loader, version=m["version"])
+                    mamba_v2=mamba_v2["mamba_v2_sharded_weight_loader"], version=m["version"])
     return import_once(_LOADERS, _LOADER_ERROR, load)
 
 
@@ -169,7 +177,12 @@ def vllm_shard_params(loaders: Dict[str, object], w, dims, layout: str, tp: int 
 
 def _layer_source() -> Optional[str]:
     """The text of vLLM's Qwen GDN layer file (found without importing it), or None."""
-    spec = importlib.util.find_spec(LAYER_MODULE)
+    return _module_source(LAYER_MODULE)
+
+
+def _module_source(name: str) -> Optional[str]:
+    """The text of module `name`'s file, found without importing it; None when there is none."""
+    spec = importlib.util.find_spec(name)
     if spec is None or not spec.origin:
         return None
     with open(spec.origin, encoding="utf-8") as f:
