@@ -18,6 +18,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
+import numpy
 import torch
 
 F64 = torch.float64
@@ -371,7 +372,7 @@ def nonfinite(name: str, actual, expected, token_dim: Optional[int] = 0) -> Opti
     bad = ~torch.isfinite(a) & torch.isfinite(e)
     if not bool(bad.any()):
         return None
-    first = [int(i) for i in torch.unravel_index(bad.reshape(-1).nonzero()[0, 0], bad.shape)]
+    first = [int(i) for i in numpy.unravel_index(int(bad.reshape(-1).nonzero()[0, 0]), tuple(bad.shape))]   # not torch's: sympy
     what = "NaN" if bool(torch.isnan(a[bad]).any()) else "Inf"
     where = f"token {first[token_dim]}" if token_dim is not None and a.dim() > token_dim else f"index {first}"
     return Signature("nonfinite", name, f"{what} in {name}: {int(bad.sum())} non-finite values where the reference "
