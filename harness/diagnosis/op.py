@@ -15,7 +15,6 @@ from . import variants as V
 from .core import Hypothesis as H
 
 CONTIGUOUS = "_read_contiguous"      # pseudo-op key: inputs read ignoring their strides
-CONTIGUOUS = "_read_contiguous"      # pseudo-op key: inputs read ignoring their strides
 
 
 @dataclass
@@ -65,11 +64,8 @@ def _any_role(*roles):
 
 # the delta-rule ops the variants re-run as one of two families (chunked / per-token);
 # the checkpointing op is judged by its own hypotheses
-_delta = _any_role("chunk", "recurrent")
-
-
 def _delta_ops(c):
-    return _delta(c) and not has_role(c.op, "checkpoints")
+    return (has_role(c.op, "chunk") or has_role(c.op, "recurrent")) and not has_role(c.op, "checkpoints")
 
 
 def _delta_ungated(c):

@@ -19,7 +19,7 @@ import torch
 
 from harness.batch import CoreBatch  # noqa: F401 - part of the plugin API (docs/backends.md)
 from ..errors import InputError
-from ..reference.ops import op_names
+from ..reference.ops import is_op, op_names
 
 
 def __getattr__(name: str):
@@ -144,7 +144,7 @@ class FilledOps:
     filled: List[str] = field(default_factory=list)
 
     def __getattr__(self, op: str):
-        if op not in op_names():
+        if not is_op(op):
             raise AttributeError(op)
         if self.backend.implements(op):
             return getattr(self.backend, op)

@@ -2,7 +2,7 @@
 (fp32 math for fp16 / bf16 / fp32 inputs, as kernels do)."""
 from __future__ import annotations
 
-from ..reference.ops import op_decl, op_decls, op_names
+from ..reference.ops import is_op, op_decl, op_decls
 from .api import Backend
 
 
@@ -13,7 +13,7 @@ class ReferenceBackend(Backend):
 
     def __getattr__(self, op: str):
         # an op declared after this module was imported (a test's throwaway op)
-        if op in op_names():
+        if is_op(op):
             return op_decl(op).reference
         raise AttributeError(op)
 

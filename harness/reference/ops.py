@@ -80,6 +80,11 @@ def op_decl(name: str) -> OpDecl:
     return _DECLS[name]
 
 
+def is_op(name: str) -> bool:
+    """`name` is a declared op (a dict lookup: FilledOps asks on every op call)."""
+    return name in _DECLS
+
+
 def op_names(*roles: str) -> Tuple[str, ...]:
     """Names of the ops that have every one of `roles` (kinds count as roles), in table order."""
     return tuple(d.name for d in op_decls() if all(d.has(r) for r in roles))

@@ -178,7 +178,7 @@ def run_case(case: Case, policy: Policy, suite: str, backends: Optional[BackendC
             if broken:
                 rec.update(status="error", structural="shape" if any(k == "shape" for k, _ in broken.values())
                            else "output type", diagnosis=None,
-                           error="; ".join(f"output {n}: {b}" for n, (_, b) in broken.items()),
+                           error=broken_error(broken),
                            broken_outputs=[dict(output=c.output, **output_fields(c)) for c in pairs
                                            if c.output in broken])
             elif rec["autotune"]["policy"] == "sweep" and autotune.widest() > 1 and pairs_fn is None:
@@ -220,7 +220,7 @@ def _sweep(rec: dict, case: Case, backends: BackendCache, policy: Policy, oracle
             broken = structural_problems(got)
             judge_into(scratch, [c for c in got if c.output not in broken], policy, case.dtype, case.state_dtype)
             if broken:
-                scratch.update(status="error", error="; ".join(f"output {n}: {b}" for n, (_, b) in broken.items()))
+                scratch.update(status="error", error=broken_error(broken))
         except Exception as e:  # noqa: BLE001 - a config that crashes is that config's finding
             scratch.update(status="error", error=f"{type(e).__name__}: {e}")
         runs.append(dict(index=i, status=scratch["status"], margin=scratch["margin"], error=scratch["error"],
@@ -250,6 +250,11 @@ def structural_problems(pairs) -> Dict[str, Tuple[str, str]]:
         elif ref.is_floating_point() and not out.is_floating_point():
             found[c.output] = ("output type", f"expected a real floating-point dtype (as {ref.dtype}), got {out.dtype}")
     return found
+
+
+def broken_error(broken: Dict[str, Tuple[str, str]]) -> str:
+    """A record's error line for outputs `structural_problems` found no number to compare in."""
+    return "; ".join(f"output {n}: {why}" for n, (_, why) in broken.items())
 
 
 def _diagnose(rec: dict, case: Case, pairs, policy: Policy, backends: BackendCache, diagnosis) -> None:

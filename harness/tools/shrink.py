@@ -105,8 +105,12 @@ def _what(m: dict) -> dict:
     return dict(quantity=m.get("quantity", m.get("output")), kind=m.get("kind", "out"), cache=m.get("cache"))
 
 
+def _key(w: dict) -> tuple:
+    return w["quantity"], w["kind"], w["cache"] or ""
+
+
 def _whats(items) -> List[dict]:
-    unique = {json.dumps(w, sort_keys=True): w for w in map(_what, items)}
+    unique = {_key(w): w for w in map(_what, items)}
     return [unique[k] for k in sorted(unique)]
 
 
@@ -124,7 +128,7 @@ def same_failure(sig: dict, rec: dict) -> bool:
     got = failure_signature(rec)
     if got["status"] != sig["status"]:
         return False
-    key = lambda outs: {json.dumps(w, sort_keys=True) for w in outs}
+    key = lambda outs: set(map(_key, outs))
     if sig["status"] == "fail":
         return bool(key(got["outputs"]) & key(sig["outputs"]))
     return sig["status"] == "error" and (got["structural"], got["error_type"]) == (sig["structural"], sig["error_type"]) \
