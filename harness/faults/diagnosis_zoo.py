@@ -25,11 +25,17 @@ def _fault_cases(suite: dict, fault, level: Optional[str] = None) -> list:
             and level in (None, c.level)]
 
 
-def diagnose_fault(fault, suite: dict, policy, backends, per_fault: int = 1, level: Optional[str] = None) -> dict:
-    """Run `fault`'s cases until `per_fault` have failed; the diagnosis of each against the fault's class."""
+def _diagnosing_run_case():
+    """`run_case` with the diagnosis stage plugged in (run sits below diagnosis)."""
     from harness import diagnosis
     from harness.run.runner import run_case, use_diagnosis
     use_diagnosis(diagnosis)
+    return run_case
+
+
+def diagnose_fault(fault, suite: dict, policy, backends, per_fault: int = 1, level: Optional[str] = None) -> dict:
+    """Run `fault`'s cases until `per_fault` have failed; the diagnosis of each against the fault's class."""
+    run_case = _diagnosing_run_case()
     want = CATALOGUE_CLASSES.get(fault.diagnosis_class)
     out = dict(fault=fault.name, diagnosis_class=fault.diagnosis_class, expected=want, cases=[])
     for case in _fault_cases(suite, fault, level):
@@ -111,9 +117,10 @@ def measure_heldout(suite_name: str = "smoke", faults: Optional[Iterable[str]] =
     from harness.faults.heldout import HELDOUT_FAULTS
     from harness.optimized.interpret import interpret_triton
     from harness.judge.policy import Policy
-    from harness.run.runner import BackendCache, run_case
+    from harness.run.runner import BackendCache
     from harness.cases.suite import load_suite
     interpret_triton()
+    run_case = _diagnosing_run_case()
     suite = load_suite(suite_name)
     policy, backends = Policy(), BackendCache()
     t0, results = time.perf_counter(), []

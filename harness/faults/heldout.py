@@ -108,6 +108,26 @@ class SpecStateWrittenOneColumnLate(_TritonMutant):
                   "slot_t = tl.load(idx + i_n * s_in + tl.minimum(t + 1, L - 1) * s_is).to(tl.int64)"),)
 
 
+class GatedDecodeALogNotExp(_TritonMutant):
+    """The in-kernel gating of the gated decodes (sigmoid-gating, packed) uses A_log as the
+    decay rate without its exp: g = -A_log * softplus(a + dt_bias) (a port that fused the
+    gating into the recurrence and dropped the exp the separate gating kernel has).
+    Written 2026-12-05, after the role-based hypothesis selection."""
+    name = "gated_decode_a_log_not_exp"
+    module = "recurrent"
+    mutations = (("b_g = (-tl.exp(b_A) * sp).to(ACC)", "b_g = (-b_A * sp).to(ACC)"),)
+
+
+class H0ReadAtBatchRow(_TritonMutant):
+    """With state indices, the initial state is read at the sequence's batch row instead of
+    its pool slot (the write still goes to the slot): the h0-indexing kind of vLLM's
+    fused_recurrent `p_h0 = h0 + bos * ...` (docs/findings.md). Written 2026-12-05."""
+    name = "h0_read_at_batch_row"
+    module = "recurrent"
+    mutations = (("        p_h0 = h0 + slot * s_h0n + i_hv * s_h0h + o_v[:, None] * s_h0v + o_k[None, :] * s_h0k\n",
+                  "        p_h0 = h0 + i_n * s_h0n + i_hv * s_h0h + o_v[:, None] * s_h0v + o_k[None, :] * s_h0k\n"),)
+
+
 # ------------------------------------------------------------------ conv kernel
 class ConvTapsReversed(_TritonMutant):
     """The conv weight's taps read in reverse (correlation vs convolution: tap j taken as
@@ -127,6 +147,22 @@ class ConvStateStoredFp16(_TritonMutant):
     mutations = (("tl.store(p_state + o_c[:, None] * stride_s_col, tl.where(from_old, v_old, v_new), mask=m_c)",
                   "tl.store(p_state + o_c[:, None] * stride_s_col, tl.where(from_old, v_old, v_new).to(tl.float16)"
                   ".to(state.dtype.element_ty), mask=m_c)"),)
+
+
+class ConvSiluBeforeBias(_TritonMutant):
+    """The conv's SiLU applied before the bias is added (silu(x * w) + b instead of
+    silu(x * w + b)): an operation-order slip. Written 2026-12-05."""
+    name = "conv_silu_before_bias"
+    module = "conv"
+    mutations = (("""    if HAS_BIAS:
+        acc += tl.load(bias + o_d * stride_bias, mask=m_d, other=0.0).to(ACC)[None, :]
+    if SILU:
+        acc = acc / (1.0 + tl.exp(-acc))
+""", """    if SILU:
+        acc = acc / (1.0 + tl.exp(-acc))
+    if HAS_BIAS:
+        acc += tl.load(bias + o_d * stride_bias, mask=m_d, other=0.0).to(ACC)[None, :]
+"""),)
 
 
 # ------------------------------------------------------------------ gating kernel
@@ -293,6 +329,12 @@ _HELD_OUT: List[tuple] = [
      ("chunk_gated_delta_rule",), ("boundary:chunk", "chunk_boundary")),
     (ChunkIntraDiagonalDropped, "reference", "reference-source", "within-chunk output drops the diagonal term",
      ("chunk_gated_delta_rule",), ("none",)),
+    # written 2026-12-05, after this stop's diagnosis changes (ops by role, outputs by record fields)
+    (GatedDecodeALogNotExp, "triton", "triton-source", "fused in-kernel gating: A_log used without exp",
+     RECURRENT[1:], ("gating_math",)),
+    (H0ReadAtBatchRow, "triton", "triton-source", "initial state read at the batch row, not the pool slot",
+     RECURRENT, ("misrouting",)),
+    (ConvSiluBeforeBias, "triton", "triton-source", "conv SiLU applied before the bias", CONV, ("none",)),
 ]
 
 
