@@ -23,27 +23,50 @@ case $CALL in
   1)
     # the tests alone (beside the drift lane they ran out of time on 2026-12-05), then the graph check
     timeout -s INT ${TEST_LIMIT:-320} python3 -m pytest tests -n 8 -q -rs --junitxml "$OUT/junit.xml" \
-        > "$OUT/pytest.log" 2>&1; echo "pytest rc $?" >> "$OUT/pytest.log"
+        > "$OUT/pytest.log" 2>&1; echo "pytest rc $?" >> "$OUT/pytest.log" &
+    # beside the tests, one process: where a drift step's and a full-dims layer case's seconds go
+    [ -n "$PROFILE" ] && for k in "drift_256 -k qwen3-next-80b-a3b-flat-tp1-bfloat16-float32" \
+        "mixed -k qwen3-next-80b-a3b-interleaved-tp4"; do
+      name=${k%% *}
+      timeout -s INT 150 python3 -m cProfile -o "$OUT/prof-$name.pstats" -m harness.cli run --suite ci \
+          --backend triton --device cuda --mix $k --no-isolate --no-diagnose -q --report-dir "$OUT/prof-$name" \
+          > "$OUT/prof-$name.log" 2>&1
+      python3 -c "import pstats,sys; p=pstats.Stats(sys.argv[1]); p.sort_stats('tottime').print_stats(30); \
+p.sort_stats('cumulative').print_stats(45)" "$OUT/prof-$name.pstats" >> "$OUT/prof-$name.log" 2>&1
+    done
+    # DRIFT=1: nightly's drift_10000 lane on one case beside the tests (call 5's run)
+    [ -n "$DRIFT" ] && (timeout -s INT ${DRIFT_LIMIT:-500} python3 -m harness.cli run --suite nightly --backend triton \
+        --device cuda --mix drift_10000 ${DRIFT_K:--k qwen3-next-80b-a3b-flat-tp1-bfloat16-float32} --no-isolate \
+        --report-dir "$OUT/drift" -q > "$OUT/drift.log" 2>&1; echo "drift rc $?" >> "$OUT/drift.log"
+        python3 -m harness.report.drift "$OUT/drift" >> "$OUT/drift.log" 2>&1) &
+    wait
+    [ -n "$DRIFT" ] && tail -n 20 "$OUT/drift.log"
+    [ -n "$NO_GRAPH" ] && { tail -n 12 "$OUT/pytest.log"; exit 0; }
     (timeout -s INT ${GRAPH_LIMIT:-100} python3 -m harness.tools.cudagraph --backend triton --device cuda \
         --dims qwen3-next-80b-a3b > "$OUT/graph.log" 2>&1; echo "graph rc $?" >> "$OUT/graph.log"
      timeout -s INT ${GRAPH_LIMIT:-100} python3 -m harness.tools.cudagraph --backend triton --device cuda \
         --dims qwen3-next-80b-a3b --zoo >> "$OUT/graph.log" 2>&1; echo "graph zoo rc $?" >> "$OUT/graph.log")
     tail -n 12 "$OUT/pytest.log" "$OUT/graph.log" ;;
   2)
+    if [ -n "$QUICK_CI" ]; then   # one cold ci run, --jobs $JOBS, its report (phases, compiles per case) under $OUT
+      rm -rf /tmp/tcache-q; TRITON_CACHE_DIR=/tmp/tcache-q timeout -s INT ${SUITE_LIMIT:-90} python3 -m harness.cli run \
+          --suite ci --backend triton --device cuda --jobs ${JOBS:-4} -q --report-dir "$OUT/ci-cold-jobs${JOBS:-4}" \
+          > "$OUT/ci-cold.log" 2>&1; echo "rc $?" >> "$OUT/ci-cold.log"; tail -n 8 "$OUT/ci-cold.log"; exit 0
+    fi
     mkdir -p "$OUT/bench"
     OUT=$OUT/bench JOBS=${JOBS:-4} BENCH_LIMIT=${BENCH_LIMIT:-400} SUITE_LIMIT=${SUITE_LIMIT:-80} \
         bash scripts/device_suite_cost.sh > "$OUT/bench.log" 2>&1
     tail -n 30 "$OUT/bench.log" ;;
   3)
     mkdir -p "$OUT/fp"
-    (OUT=$OUT/fp SUITES=ci BACKENDS=vllm JOBS=4 LIMIT_S=${FP_LIMIT:-120} \
+    [ -z "$NO_FP_CI" ] && (OUT=$OUT/fp SUITES=ci BACKENDS=vllm JOBS=4 LIMIT_S=${FP_LIMIT:-120} \
         bash scripts/device_fastpaths.sh suite final > "$OUT/fp-ci.log" 2>&1) &
     (export PYTHONPATH=/tmp/fastpath/vsrc:/tmp/fastpath/site/nvidia_cutlass_dsl/dsl_packages:/tmp/fastpath/site:$PYTHONPATH
      python3 -c "import json; from harness.optimized.registry import load_backend as l; \
 print(json.dumps(l('vllm').describe(), default=str, indent=1))" > "$OUT/vllm-describe.json" 2>&1
      # the report is written under $OUT: a call cut by its own limit still brings it back
      timeout -s INT ${FP_LIMIT:-120} python3 -m harness.cli run --suite fastpath --backend vllm --device cuda \
-        -k layer. --jobs 2 --report-dir "$OUT/fp_layer" -q > "$OUT/fp-layer.log" 2>&1; echo "rc $?" >> "$OUT/fp-layer.log") &
+        -k layer. --jobs ${FP_LAYER_JOBS:-2} --report-dir "$OUT/fp_layer" -q > "$OUT/fp-layer.log" 2>&1; echo "rc $?" >> "$OUT/fp-layer.log") &
     if [ -z "$NO_EXTRA" ]; then (mkdir -p "$OUT/extra"; OUT=$OUT/extra LIMIT_S=${FP_LIMIT:-120} \
         bash scripts/device_fastpaths.sh extra > "$OUT/extra.log" 2>&1) & fi
     wait; cat "$OUT/vllm-describe.json" | head -40; tail -n 8 "$OUT"/fp-*.log; tail -n 30 "$OUT/extra.log" ;;

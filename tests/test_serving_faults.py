@@ -79,6 +79,7 @@ def test_readout_buffer_fp16_overflows_where_the_hypothesis_does():
     v = torch.randn(1, T, HV, Vd, generator=g) * 3e5
     gg, beta = -torch.rand(1, T, HV, generator=g), torch.rand(1, T, HV, generator=g)
     cu = torch.tensor([0, T], dtype=torch.int32)
+    q, k, v, gg, beta, cu = (t.to(DEVICE) for t in (q, k, v, gg, beta, cu))   # the kernel's device
     kw = dict(cu_seqlens=cu, use_qk_l2norm_in_kernel=True, output_final_state=True)
     o, final = be.fused_recurrent_gated_delta_rule(q, k, v, gg, beta, **kw)
     assert bool(torch.isinf(o).any()) and bool(torch.isfinite(final).all())
