@@ -13,6 +13,10 @@
 #           and, beside them, the fast-path variants and the mutant kill run (device_fastpaths.sh extra)
 #   call 4  carry .whl/fastpath.sha256 .whl/test: the extra phase alone (when call 3 ran without it)
 #   call 5  carry .whl/test: nightly's drift_10000 lane on $DRIFT_K alone + its plot -> $OUT/drift/
+# Knobs: TEST_LIMIT (call 1's pytest), PROFILE=1 (call 1: cProfile a drift_256 and a full-dims mixed
+# case beside the tests), DRIFT=1 (call 1: call 5's drift run beside the tests), NO_GRAPH=1 (call 1:
+# skip the CUDA-graph check), QUICK_CI=1 (call 2: one cold ci run at --jobs $JOBS instead of bench),
+# NO_FP_CI=1 / FP_LAYER_JOBS / FP_LIMIT / NO_EXTRA (call 3's vllm ci run, layer run, extra phase).
 set -o pipefail
 CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | 3 | 4 | 5}
 if [ "$CALL" -le 3 ]; then
