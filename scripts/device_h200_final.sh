@@ -23,9 +23,15 @@ if [ "$CALL" -le 3 ]; then
   bash scripts/device_fastpaths.sh put "$CALL" > "$OUT/put.log" 2>&1 || { cat "$OUT/put.log"; exit 3; }
 fi
 source scripts/device_env.sh
+drift_run() {  # nightly's drift_10000 lane on $DRIFT_K ("$@": how it runs), report and plot under $OUT/drift
+  timeout -s INT ${DRIFT_LIMIT:-500} python3 -m harness.cli run --suite nightly --backend triton --device cuda \
+      --mix drift_10000 ${DRIFT_K:--k qwen3-next-80b-a3b-flat-tp1-bfloat16-float32} "$@" --report-dir "$OUT/drift" \
+      -q > "$OUT/drift.log" 2>&1; echo "drift rc $?" >> "$OUT/drift.log"
+  python3 -m harness.report.drift "$OUT/drift" >> "$OUT/drift.log" 2>&1
+}
 case $CALL in
   1)
-    # the tests alone (beside the drift lane they ran out of time on 2026-12-05), then the graph check
+    # the tests (in the background: PROFILE / DRIFT runs go beside them), then the graph check
     timeout -s INT ${TEST_LIMIT:-320} python3 -m pytest tests -n 8 -q -rs --junitxml "$OUT/junit.xml" \
         > "$OUT/pytest.log" 2>&1; echo "pytest rc $?" >> "$OUT/pytest.log" &
     # beside the tests, one process: where a drift step's and a full-dims layer case's seconds go
@@ -39,10 +45,7 @@ case $CALL in
 p.sort_stats('cumulative').print_stats(45)" "$OUT/prof-$name.pstats" >> "$OUT/prof-$name.log" 2>&1
     done
     # DRIFT=1: nightly's drift_10000 lane on one case beside the tests (call 5's run)
-    [ -n "$DRIFT" ] && (timeout -s INT ${DRIFT_LIMIT:-500} python3 -m harness.cli run --suite nightly --backend triton \
-        --device cuda --mix drift_10000 ${DRIFT_K:--k qwen3-next-80b-a3b-flat-tp1-bfloat16-float32} --no-isolate \
-        --report-dir "$OUT/drift" -q > "$OUT/drift.log" 2>&1; echo "drift rc $?" >> "$OUT/drift.log"
-        python3 -m harness.report.drift "$OUT/drift" >> "$OUT/drift.log" 2>&1) &
+    [ -n "$DRIFT" ] && drift_run --no-isolate &
     wait
     [ -n "$DRIFT" ] && tail -n 20 "$OUT/drift.log"
     [ -n "$NO_GRAPH" ] && { tail -n 12 "$OUT/pytest.log"; exit 0; }
@@ -76,10 +79,8 @@ print(json.dumps(l('vllm').describe(), default=str, indent=1))" > "$OUT/vllm-des
     wait; cat "$OUT/vllm-describe.json" | head -40; tail -n 8 "$OUT"/fp-*.log; tail -n 30 "$OUT/extra.log" ;;
   5)
     # nightly's drift_10000 lane alone, report under $OUT (its plot: harness.report.drift)
-    timeout -s INT ${DRIFT_LIMIT:-500} python3 -m harness.cli run --suite nightly --backend triton --device cuda \
-        --mix drift_10000 ${DRIFT_K:--k qwen3-next-80b-a3b-flat-tp1-bfloat16 -k qwen3-next-80b-a3b-flat-tp1-float16-float32} \
-        --jobs 3 --report-dir "$OUT/drift" -q > "$OUT/drift.log" 2>&1; echo "drift rc $?" >> "$OUT/drift.log"
-    python3 -m harness.report.drift "$OUT/drift" >> "$OUT/drift.log" 2>&1
+    DRIFT_K=${DRIFT_K:--k qwen3-next-80b-a3b-flat-tp1-bfloat16 -k qwen3-next-80b-a3b-flat-tp1-float16-float32} \
+        drift_run --jobs 3
     tail -n 20 "$OUT/drift.log" ;;
   4)
     mkdir -p "$OUT/extra"
