@@ -16,10 +16,11 @@
 # Knobs: TEST_LIMIT (call 1's pytest), PROFILE=1 (call 1: cProfile a drift_256 and a full-dims mixed
 # case beside the tests), DRIFT=1 (call 1: call 5's drift run beside the tests), NO_GRAPH=1 (call 1:
 # skip the CUDA-graph check), QUICK_CI=1 (call 2: one cold ci run at --jobs $JOBS instead of bench),
-# NO_FP_CI=1 / FP_LAYER_JOBS / FP_LIMIT / NO_EXTRA (call 3's vllm ci run, layer run, extra phase).
+# NO_FP_CI=1 / FP_LAYER_JOBS / FP_LIMIT / NO_EXTRA (call 3's vllm ci run, layer run, extra phase), NO_PUT=1
+# (calls 1 / 2 without their part, when calls 3 / 4 will not follow).
 set -o pipefail
 CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | 3 | 4 | 5}
-if [ "$CALL" -le 3 ]; then
+if [ "$CALL" -le 3 ] && [ -z "$NO_PUT" ]; then   # NO_PUT=1: no part carried (calls 1 / 2 need none)
   bash scripts/device_fastpaths.sh put "$CALL" > "$OUT/put.log" 2>&1 || { cat "$OUT/put.log"; exit 3; }
 fi
 source scripts/device_env.sh
