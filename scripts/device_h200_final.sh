@@ -13,15 +13,18 @@
 #           and, beside them, the fast-path variants and the mutant kill run (device_fastpaths.sh extra)
 #   call 4  carry .whl/fastpath.sha256 .whl/test: the extra phase alone (when call 3 ran without it)
 #   call 5  carry .whl/test: nightly's drift_10000 lane on $DRIFT_K alone + its plot -> $OUT/drift/
+#   call 6  carry .whl/test (+ part PUT=N): nightly's full-dims serving group (padding, zero-draft) on
+#           triton -> $OUT/serving/
 # Knobs: TEST_LIMIT (call 1's pytest), PROFILE=1 (call 1: cProfile a drift_256 and a full-dims mixed
 # case beside the tests), DRIFT=1 (call 1: call 5's drift run after the tests), NO_GRAPH=1 (call 1:
 # skip the CUDA-graph check), QUICK_CI=1 (call 2: one cold ci run at --jobs $JOBS instead of bench),
 # NO_FP_CI=1 / FP_LAYER_JOBS / FP_LIMIT / NO_EXTRA (call 3's vllm ci run, layer run, extra phase), NO_PUT=1
-# (calls 1 / 2 without their part, when calls 3 / 4 will not follow).
+# (calls 1 / 2 without their part, when calls 3 / 4 will not follow), PUT=N (put part N, any call).
 set -o pipefail
-CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | 3 | 4 | 5}
-if [ "$CALL" -le 3 ] && [ -z "$NO_PUT" ]; then
-  bash scripts/device_fastpaths.sh put "$CALL" > "$OUT/put.log" 2>&1 || { cat "$OUT/put.log"; exit 3; }
+CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | 3 | 4 | 5 | 6}
+PUT=${PUT:-$([ "$CALL" -le 3 ] && [ -z "$NO_PUT" ] && echo "$CALL")}
+if [ -n "$PUT" ]; then
+  bash scripts/device_fastpaths.sh put "$PUT" > "$OUT/put.log" 2>&1 || { cat "$OUT/put.log"; exit 3; }
 fi
 source scripts/device_env.sh
 drift_run() {  # nightly's drift_10000 lane on $DRIFT_K ("$@": how it runs), report and plot under $OUT/drift
@@ -84,6 +87,11 @@ print(json.dumps(l('vllm').describe(), default=str, indent=1))" > "$OUT/vllm-des
     DRIFT_K=${DRIFT_K:--k qwen3-next-80b-a3b-flat-tp1-bfloat16 -k qwen3-next-80b-a3b-flat-tp1-float16-float32} \
         drift_run --jobs 3
     tail -n 20 "$OUT/drift.log" ;;
+  6)
+    timeout -s INT ${SERVING_LIMIT:-300} python3 -m harness.cli run --suite nightly --backend triton --device cuda \
+        --jobs ${JOBS:-4} --mix pad_slot0_live --mix pad_null_block --mix spec_zero_draft \
+        --mix spec_zero_draft_migrate --report-dir "$OUT/serving" -q > "$OUT/serving.log" 2>&1
+    echo "serving rc $?" >> "$OUT/serving.log"; tail -n 12 "$OUT/serving.log" ;;
   4)
     mkdir -p "$OUT/extra"
     OUT=$OUT/extra LIMIT_S=${EXTRA_LIMIT:-240} bash scripts/device_fastpaths.sh extra > "$OUT/extra.log" 2>&1
