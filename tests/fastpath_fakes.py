@@ -52,6 +52,8 @@ def fi_chunk_gated_delta_rule(q, k, v, g=None, beta=None, scale=None, initial_st
                               use_cp="auto", state_indices=None, _cp_chunk_len=None, backend="auto",
                               max_seqlen=None):
     assert cu_seqlens is not None, "cu_seqlens is required for varlen mode"
+    # FlashInfer's documented contract (gdn_prefill.py, _cake_gdn_prefill_seq_lens checks it)
+    assert int(cu_seqlens[-1]) == q.shape[0], "GDN non-CP prefill requires cu_seqlens spanning all input tokens"
     assert q.dim() == 3 and g.dtype == F32 and beta.dtype == F32
     HV, D = v.shape[1], q.shape[2]
     assert v.shape[2] == D, "state is [.., head_size, head_size]"
@@ -143,6 +145,7 @@ def fi_gated_delta_rule_mtp(q, k, v, initial_state, initial_state_indices, A_log
                             replayssm_beta=None):
     disable_state_update = True if disable_state_update is None else disable_state_update
     assert initial_state.dtype == F32 and q.shape[-1] >= 128 and v.shape[-1] >= 128
+    assert A_log.dtype == F32, f"A_log must be float32, got {A_log.dtype}"      # as FlashInfer's
     if ssm_state_indices is not None:
         assert intermediate_states_buffer is None and not disable_state_update
         assert ssm_state_indices.dtype == torch.int32 and ssm_state_indices.shape == q.shape[:2]

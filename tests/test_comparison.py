@@ -107,3 +107,22 @@ def test_comparison_fields():
     assert c.quantity == "core" and Comparison("o", 1, 1, 0, "k").quantity == "o"
     with pytest.raises(ValueError):
         Comparison("x", 1, 1, None, "k", "state", cache="conv_state")
+
+
+def test_tf32_layer_entries_only_for_a_declared_backend_in_fp32_on_cuda():
+    """fla's chunked prefill runs TF32 dots on CUDA (8 u_tf32 at the op); an fp32 layer case
+    there is judged under the ".tf32" entries, on the CPU (IEEE fp32) under the 5e-5 ones."""
+    from harness.cases.layercheck import TF32_KEYS, tf32_dots
+    from harness.judge.policy import Policy
+    from harness.optimized.reference_backend import ReferenceBackend
+    from harness.optimized.triton_backend import TritonBackend
+    assert TritonBackend.fp32_dots_cuda == "tf32" and ReferenceBackend.fp32_dots_cuda == "ieee"
+    assert tf32_dots(TritonBackend, "float32", "cuda") and tf32_dots(TritonBackend, "float32", "cuda:1")
+    assert not tf32_dots(TritonBackend, "float32", "cpu") and not tf32_dots(TritonBackend, "bfloat16", "cuda")
+    assert not tf32_dots(ReferenceBackend, "float32", "cuda")
+    policy = Policy()
+    for key in TF32_KEYS:
+        assert policy.lookup(key + ".tf32", "float32", "float32").value == 0.004       # 8 u_tf32, as the op
+        assert policy.lookup(key, "float32", "float32").value == 5e-05
+        assert policy.lookup(key + ".tf32", "float32", "bfloat16").value == policy.lookup(key, "float32",
+                                                                                            "bfloat16").value

@@ -132,3 +132,31 @@ def test_bad_tensors_name_tensor_expected_and_actual():
                                    initial_state=z(2, 4, 3, 4), ssm_state_indices=z(1))
     with pytest.raises(ConfigError, match="layout"):
         unpack_qkvz_ba(torch.zeros(3, d.qkvz_dim), torch.zeros(3, 8), d, "diagonal")
+
+
+def test_spec_invariance_leaves_pad_rows_out(monkeypatch):
+    """PAD rows (no one's tokens) are not spec decoding's: a backend leaving them unwritten
+    (poisoned NaN, `pad_row_outputs = unspecified`) must not fail "spec never changes the
+    outputs" (seen on an H100: vLLM's spec_zero_draft, decode step 6's PAD row)."""
+    from harness.cases import layercheck
+    from harness.cases.scenario import accepted_as_decodes, mix_scenario
+    sc = mix_scenario("spec_zero_draft", GDNDims(hidden=8, H=1, HV=1, K=2, V=2))
+    plans = sc.plan()
+    pads = [{t for e in plan if e.kind == "pad" for t in range(e.bos, e.eos)} for plan in plans]
+    assert any(pads)
+
+    def core(n, pad_rows):           # row r holds r; PAD rows NaN
+        c = torch.arange(float(n))[:, None, None].expand(n, 1, 2).clone()
+        c[sorted(pad_rows)] = float("nan")
+        return dict(core=c)
+    steps_out = [core(plan[-1].eos, pad) for plan, pad in zip(plans, pads)]
+    dec, sources = accepted_as_decodes(sc)
+
+    def fake_run(backend, ops, dsc, inp, ranks, conv_layout, decode_path, device, srcs=None):
+        return [dict(core=steps_out[s]["core"][rows]) for s, rows in srcs], None, None
+    monkeypatch.setattr(layercheck, "_backend_run", fake_run)
+    pairs = layercheck.spec_invariance_pairs(None, None, sc, None, steps_out, [], "dim_first", "recurrent", "cpu")
+    assert len(pairs) == len(sources)
+    assert all(torch.isfinite(c.actual).all() and torch.equal(c.actual, c.expected) for c in pairs)
+    kept = sum(c.actual.shape[0] for c in pairs)
+    assert kept == sum(len(rows) for _, rows in sources) - sum(len(p) for p in pads)

@@ -47,7 +47,7 @@ def run_layer_case(backend, ops, dims: GDNDims, mix: str, layout: str, tp: int, 
                                     else all_ranks(inp.weights, dims, layout, tp, ba))]
     steps_out, unpacked, pools = _backend_run(backend, ops, sc, inp, ranks, conv_layout, decode_path, device)
     pairs = oracle_pairs(sc, inp, steps_out, unpacked, pools, conv_layout, backend.ssm_state_layout,
-                         oracle_device or device)
+                         oracle_device or device, tf32_dots(backend, dtype, device))
     if sharder is not None or tp > 1:
         # the oracle starts from the ranks' own projections: a rank on a wrong shard shows only here
         pairs += full_weight_projection_pairs(sc, inp, unpacked, device)
@@ -101,8 +101,16 @@ def spec_invariance_pairs(backend, ops, sc: Scenario, inp, steps_out, ranks, con
     as plain decodes (`accepted_as_decodes`), from the same pools; exact, as spec_one_accepted."""
     dec, sources = accepted_as_decodes(sc)
     dec_out, _, _ = _backend_run(backend, ops, dec, inp, ranks, conv_layout, decode_path, device, sources)
-    return [Comparison(f"spec_invariance.step{s}[decode step {d}].core", steps_out[s]["core"][rows], dec_out[d]["core"],
-                       0, "layer.spec_invariance", quantity="spec_invariance.core") for d, (s, rows) in enumerate(sources)]
+    plans = sc.plan()
+    pairs = []
+    for d, (s, rows) in enumerate(sources):
+        # PAD rows are no one's tokens: what they hold is judged by the oracle pairs (or unspecified)
+        pad = {t for e in plans[s] if e.kind == "pad" for t in range(e.bos, e.eos)}
+        keep = [i for i, r in enumerate(rows) if r not in pad]
+        pairs.append(Comparison(f"spec_invariance.step{s}[decode step {d}].core",
+                                steps_out[s]["core"][[rows[i] for i in keep]], dec_out[d]["core"][keep], 0,
+                                "layer.spec_invariance", quantity="spec_invariance.core"))
+    return pairs
 
 
 def rank_step(backend, ops, p, h, entries, conv, ssm, sc: Scenario, conv_layout: str, decode_path: str, rows=None):
@@ -120,15 +128,29 @@ def rank_step(backend, ops, p, h, entries, conv, ssm, sc: Scenario, conv_layout:
     return ref_in, out
 
 
+def tf32_dots(backend, dtype: str, device) -> bool:
+    """Whether an fp32 layer case's chunked prefill ran TF32 tensor-core dots: the backend
+    declares it for CUDA (`fp32_dots_cuda`); the CPU interpreter computes IEEE fp32."""
+    return (dtype == "float32" and torch.device(device).type == "cuda"
+            and getattr(backend, "fp32_dots_cuda", "ieee") == "tf32")
+
+
+# The layer outputs whose bound composes the chunked delta rule's (".tf32" entries: 8 u_tf32)
+TF32_KEYS = ("layer.out", "layer.core", "layer.ssm_state")
+
+
 def oracle_pairs(sc: Scenario, inp, steps_out, unpacked, pools, conv_layout: str, ssm_layout: str,
-                 device) -> List[Comparison]:
+                 device, tf32: bool = False) -> List[Comparison]:
     """The TP=1 fp64 oracle from the gathered projections `unpacked` (per step), and the
-    pairs comparing it with the per-step outputs and the ranks' final `pools`."""
+    pairs comparing it with the per-step outputs and the ranks' final `pools` (`tf32`: judged
+    under the ".tf32" entries, see `tf32_dots`)."""
     oracle = run_oracle(replace(sc, tp=1), inp.weights, inp.hidden, inp.conv_pool, inp.ssm_pool, tp=1,
                         unpacked=unpacked, device=device)
     oracle.steps = [{k: v.cpu() for k, v in st.items()} for st in oracle.steps]
     oracle.conv_pool, oracle.ssm_pool = oracle.conv_pool.cpu(), oracle.ssm_pool.cpu()
-    return _pairs(sc, inp, steps_out, oracle, pools, conv_layout, ssm_layout)
+    pairs = _pairs(sc, inp, steps_out, oracle, pools, conv_layout, ssm_layout)
+    return [replace(c, policy_key=c.policy_key + ".tf32") if tf32 and c.policy_key in TF32_KEYS else c
+            for c in pairs]
 
 
 def _pairs(sc, inp, steps_out, oracle, pools, conv_layout, ssm_layout) -> List[Comparison]:

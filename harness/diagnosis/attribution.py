@@ -21,7 +21,7 @@ import torch
 from harness.optimized.compose import backend_step
 from harness.judge.compare import compare
 from harness.cases.inputs import make_inputs
-from harness.cases.layercheck import rank_pools, oracle_pairs
+from harness.cases.layercheck import rank_pools, oracle_pairs, tf32_dots
 from harness.cases.opcheck import OP_INFOS, state_policy_key
 from ..layouts.projection import unpack_qkvz_ba
 from ..layouts.state import conv_dim_first_view, ssm_convert
@@ -173,7 +173,8 @@ def _run(case, backend, checked: _Checked, core=None):
         unpacked.append(tuple(gather_heads([r[i].cpu() for r in ref_in], dim=1) for i in range(6)))
         steps_out.append(dict(core=gather_heads([r["core"].cpu() for r in per_rank], dim=1),
                               out=sum(r["out"].float().cpu() for r in per_rank)))
-    return oracle_pairs(sc, inp, steps_out, unpacked, pools, conv_layout, backend.ssm_state_layout, case.device)
+    return oracle_pairs(sc, inp, steps_out, unpacked, pools, conv_layout, backend.ssm_state_layout, case.device,
+                        tf32_dots(backend, case.dtype, case.device))
 
 
 def _failing_outputs(pairs, policy, case) -> int:

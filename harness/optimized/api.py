@@ -44,6 +44,14 @@ DECODE_PATHS = {
 GATE_DOMAINS = ("log", "linear", "log2", "in_kernel")
 
 
+def rows_after_end_zeroed(o: torch.Tensor, shape) -> torch.Tensor:
+    """A kernel's packed output `o` (the rows up to the last sequence's end) as `shape`
+    (``[B, T, ...]``), the rows after that end (PAD, never passed to the kernel) zero."""
+    full = o.new_zeros(shape)
+    full.view(-1, *shape[2:])[:o.reshape(-1, *shape[2:]).shape[0]] = o.reshape(-1, *shape[2:])
+    return full
+
+
 def gate_to(domain: str, g: torch.Tensor) -> torch.Tensor:
     """The harness's log-space gate `g` in a kernel's `domain` (fp32, as kernels take it)."""
     g = g.float()
@@ -76,6 +84,10 @@ class Backend:
     # harness's log-space g. The adapter converts (`gate_to`); a wrong conversion is a fault
     # the harness must see (all-NaN or over-decayed outputs), never a tolerance.
     gate_domains: Dict[str, str] = {}
+    # What fp32 dots in the chunked kernels compute on CUDA: "ieee", or "tf32" (Triton's tl.dot
+    # default on tensor cores, fla's chunk_fwd). An fp32 layer case on CUDA is then judged under
+    # the policy's ".tf32" layer entries; the CPU interpreter computes IEEE fp32 either way.
+    fp32_dots_cuda: str = "ieee"
     # Variants a backend takes after "@" in its name (``vllm@flashinfer``): variant -> what it
     # selects; the constructor gets ``variant=``. Empty: the backend has none.
     variants: Dict[str, str] = {}
@@ -133,6 +145,7 @@ class Backend:
                     ssm_state_layout=self.ssm_state_layout, decode_paths=list(self.decode_paths),
                     ops=self.implemented_ops(), gdn_core=self.gdn_core is not None,
                     pad_row_outputs=self.pad_row_outputs, gate_domains=dict(self.gate_domains),
+                    fp32_dots_cuda=self.fp32_dots_cuda,
                     variants=dict(self.variants))
 
 

@@ -216,6 +216,7 @@ class FlaBackend(Backend):
     ssm_state_layout = "vk"                  # fla's state_v_first=True: vLLM's [N, HV, V, K]
     conv_state_layouts = ("dim_first", "token_first")   # the adapter gathers / scatters through views
     decode_paths = ("recurrent", "sigmoid_gating")
+    fp32_dots_cuda = "tf32"                  # fla 0.6's chunk_fwd: tl.dot without allow_tf32=False
 
     def __init__(self):
         # fla's chunked kernels cannot run under the Triton interpreter (module docstring).

@@ -58,7 +58,7 @@ import torch
 
 from harness.batch import PAD_SLOT_ID
 from ..errors import InputError
-from .api import Backend, gate_to, import_once, package_modules
+from .api import Backend, gate_to, import_once, package_modules, rows_after_end_zeroed
 from .vllm_backend import _with_null_block
 
 MODULES = dict(prefill="flashinfer.gdn_prefill", decode="flashinfer.gdn_decode")
@@ -160,6 +160,10 @@ class FlashinferBackend(Backend):
         if chunk_size != 64:
             raise NotImplementedError(f"FlashInfer's chunk size is 64, not {chunk_size}")
         flat, cu, spans = flat_tokens(q, cu_seqlens)
+        # FlashInfer's contract wants cu_seqlens to span every row: rows after the last
+        # sequence stay out, as vLLM's layer cuts them (mixed_qkv[:num_actual_tokens])
+        end = spans[-1][1] if spans else 0
+        flat = (lambda t, f=flat: f(t)[:end])
         N, HV = len(spans), v.shape[2]
         h0 = initial_state
         if h0 is not None and state_layout == "kv":            # the prefill kernel is V-major
@@ -183,7 +187,7 @@ class FlashinferBackend(Backend):
             o, final = fn(**kw, initial_state=h0, output_state=final)
         if state_layout == "kv":
             final = final.transpose(-1, -2).contiguous()
-        return o.reshape(v.shape), (final if output_final_state else None)
+        return rows_after_end_zeroed(o, v.shape), (final if output_final_state else None)
 
     def chunk_gated_delta_rule_checkpoints(self, q, k, v, g, beta, state_checkpoints, checkpoint_every: int,
                                            scale=None, initial_state=None, cu_seqlens=None,
@@ -246,8 +250,9 @@ class FlashinferBackend(Backend):
         flat, _, spans = flat_tokens(q, cu_seqlens)
         rows = spec_rows(ssm_state_indices, num_accepted_tokens, spans)
         tok = dict(q=flat(q), k=flat(k), v=flat(v), a=a.reshape(-1, HV), b=b.reshape(-1, HV))
+        # A_log: fp32 only (vLLM's layer keeps it fp32; a bf16 / fp16 one goes in exactly);
         # dt_bias: bf16 / fp32 only (an fp16 one goes in as fp32, exactly)
-        gates = dict(A_log=A_log, dt_bias=dt_bias if dt_bias.dtype in (torch.bfloat16, torch.float32)
+        gates = dict(A_log=A_log.float(), dt_bias=dt_bias if dt_bias.dtype in (torch.bfloat16, torch.float32)
                      else dt_bias.float(), scale=scale, use_qk_l2norm=use_qk_l2norm_in_kernel)
         pool = _with_null_block(initial_state).contiguous()       # harness slot s = row s + 1
         o = torch.zeros(tok["v"].shape, dtype=v.dtype, device=v.device)

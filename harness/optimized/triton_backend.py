@@ -82,6 +82,7 @@ class TritonBackend(Backend):
     description = "gdn-harness's own Triton kernels (chunked prefill via fla when installed)"
     decode_paths = ("recurrent", "sigmoid_gating", "packed")
     cuda_graphs = True      # value checks skipped and sizes from shapes under capture (triton_kernels.common)
+    fp32_dots_cuda = "tf32"  # the chunked prefill is fla's chunk_fwd: tl.dot without allow_tf32=False
 
     unpack_qkvz_ba = staticmethod(unpack.unpack_qkvz_ba)
     causal_conv1d_fn = staticmethod(conv.causal_conv1d_fn)
