@@ -110,3 +110,59 @@ def test_spec_invariance_bf16_state_passes_the_reference_and_kills_the_stale_rea
     ok, bad = run("reference"), run(FAULTS["zero_draft_reads_column_zero"].target)
     assert ok["status"] == "pass" and 1e-3 < worst(ok) < ok["tolerance"]["layer.spec_invariance"]["value"]
     assert bad["status"] == "fail" and worst(bad) > 0.5
+
+
+def test_nan_neighbour_kills_a_tail_chunk_that_reads_past_its_end_and_names_it(backends):
+    """A chunked prefill whose last partial chunk loads the next rows of the packed batch and
+    masks them by multiplying (FlashInfer 0.7.2's SM90 prefill on an H100) is exact on finite
+    inputs; a NaN neighbour turns rows 64-70 - the 70-token sequence's tail and the 1-token
+    sequence after it - into NaN, as on the GPU, and the diagnosis names the mechanism."""
+    dims = parse_dims("qwen3.5-27b:shrunk:H=2,K=12,V=20")
+
+    def run(backend, variant, diagnose=False):
+        return run_case(Case(level="op", check="chunk_gated_delta_rule", dims=dims, backend=backend, dtype="float32",
+                             state_dtype="float32", variant=variant, device="cpu"), POLICY, "test", backends,
+                        diagnose=diagnose)
+    fault = FAULTS["chunk_tail_reads_past_end"].target
+    assert run("reference", "nan_neighbour")["status"] == "pass"
+    assert run(fault, "varlen")["status"] == "pass" and run(fault, "long")["status"] == "pass"
+    rec = run(fault, "nan_neighbour", diagnose=True)
+    assert rec["status"] == "fail" and rec["hypotheses"][0]["hypothesis"] == "chunk_tail_next_times_zero"
+    assert rec["hypotheses"][0]["class"] == "varlen_isolation" and rec["hypotheses"][0]["matched"]
+    o = next(m for m in rec["metrics"] if m["output"] == "o")
+    assert o["nan"] == 7 * dims.HV * dims.V          # rows 64-70 of the 76 judged (the NaN row left out)
+
+
+class UnwrittenPadRowsTailPastEnd(FAULTS["chunk_tail_reads_past_end"].make):
+    """The FlashInfer-in-vLLM situation on the CPU: the conv leaves PAD rows unwritten (NaN,
+    declared unspecified) and the chunk's tail reads past each sequence's end."""
+    name = "unwritten_pad_rows_tail_past_end"
+    pad_row_outputs = "unspecified"
+    pad_row_outputs_reason = "a test backend whose conv never writes PAD rows"
+
+    @staticmethod
+    def causal_conv1d_fn(x, weight, bias, conv_states, query_start_loc, cache_indices=None, has_initial_state=None,
+                         activation="silu", pad_slot_id=-1):
+        from harness.reference import causal_conv1d_fn
+        out = causal_conv1d_fn(x, weight, bias, conv_states, query_start_loc, cache_indices, has_initial_state,
+                               activation, pad_slot_id)
+        starts = query_start_loc.tolist()
+        for n, slot in enumerate(cache_indices.tolist()):
+            if slot == pad_slot_id:
+                out[:, starts[n]:starts[n + 1]] = float("nan")
+        return out
+
+
+def test_layer_attribution_passes_over_unspecified_pad_rows_to_the_chunk(backends):
+    """A backend's declared-unspecified PAD rows are no evidence against the op that leaves
+    them: the layer's NaN (rows 64-70 of mixed's prefill, as on the H100) is attributed to the
+    chunked prefill that read the PAD row past a sequence's end, not to the conv."""
+    rec = run_case(Case(level="layer", check="mixed", dims=parse_dims("qwen3.5-27b:shrunk:H=2,K=12,V=20"),
+                        backend=f"{__name__}:UnwrittenPadRowsTailPastEnd", dtype="float32", state_dtype="float32",
+                        layout="flat", device="cpu", variant="recurrent.token_first.sharded"),
+                   POLICY, "test", backends, diagnose=True)
+    assert rec["status"] == "fail"
+    step0 = next(m for m in rec["metrics"] if m["output"] == "step0.core")
+    assert step0["nan"] == 7 * 6 * 20 and step0["worst_token"] == 64        # rows 64-70, HV 6, V 20
+    att = rec["attribution"]
+    assert att["op"] == "chunk_gated_delta_rule" and att["confirmed"] and att["step"] == 0, att

@@ -47,6 +47,9 @@ class Sample:
     outputs: Tuple[Optional[str], ...]     # names of return values (None: not compared)
     states: Tuple[str, ...] = ()           # kwargs updated in place
     touched: Dict[str, List[int]] = None   # state kwarg -> slots the op may write
+    # output -> (dim, indices) left out on both sides: the rows of a sequence given non-finite
+    # inputs on purpose (its neighbours are what is judged)
+    skip: Dict[str, Tuple[int, List[int]]] = None
 
 
 @dataclass
@@ -221,13 +224,29 @@ def _delta_args(dims, lens, dt, seed, device):
     return d, args
 
 
+# chunk_gated_delta_rule's variants -> (sequence lengths, which sequences get NaN q / k / v).
+# nan_neighbour: a 1-token sequence of NaN within 64 rows after the 70-token sequence's last
+# chunk start (its tail 64-69, then row 70, then row 71): a kernel that loads a whole 64-row
+# tile past a sequence's end and masks it by multiplying turns the neighbours' rows into NaN
+# (FlashInfer 0.7.2's SM90 prefill in vLLM's layer, an H100, docs/findings.md).
+CHUNK_VARIANTS = {"varlen": ([1, 64, 100, 7], [False] * 4), "long": ([300], [False]),
+                  "nan_neighbour": ([70, 1, 1, 5], [False, False, True, False])}
+
+
 def _chunk(variant, dims, dt, st, layout, seed, device, sample=None):
-    lens, = _keep(sample, [1, 64, 100, 7] if variant == "varlen" else [300])
+    lens, poisoned = _keep(sample, *CHUNK_VARIANTS[variant])
     d, kw = _delta_args(dims, lens, dt, seed, device)
     kw.update(initial_state=_state_tensor(d["initial_state"], st, layout, device), output_final_state=True,
               cu_seqlens=_to(d["cu_seqlens"], torch.int32, device), use_qk_l2norm_in_kernel=True,
               state_layout=layout)
-    return Sample(kw, ("o", "final_state"))
+    bad = [n for n, p in enumerate(poisoned) if p]
+    if not bad:
+        return Sample(kw, ("o", "final_state"))
+    cu = [int(c) for c in d["cu_seqlens"].tolist()]
+    rows = [t for n in bad for t in range(cu[n], cu[n + 1])]
+    for name in ("q", "k", "v"):
+        kw[name][:, rows] = float("nan")
+    return Sample(kw, ("o", "final_state"), skip={"o": (1, rows), "final_state": (0, bad)})
 
 
 def _chunk_checkpoints(variant, dims, dt, st, layout, seed, device, sample=None):
@@ -339,7 +358,7 @@ OP_INFOS: Dict[str, OpInfo] = {o.name: o for o in [
     OpInfo("causal_conv1d_update", ref.causal_conv1d_update,
            tuple(f"{k}-{c}" for k in ("decode", "multi", "spec") for c in ("dim_first", "token_first")), _conv_update,
            caches={"conv_state": "conv"}, bench=dict(decode="decode-dim_first")),
-    OpInfo("chunk_gated_delta_rule", ref.chunk_gated_delta_rule, ("varlen", "long"), _chunk,
+    OpInfo("chunk_gated_delta_rule", ref.chunk_gated_delta_rule, tuple(CHUNK_VARIANTS), _chunk,
            caches={"initial_state": "ssm"}, bench=dict(prefill="varlen")),
     OpInfo("chunk_gated_delta_rule_checkpoints", ref.chunk_gated_delta_rule_checkpoints,
            ("block128", "block800", "block1088"), _chunk_checkpoints,
@@ -354,6 +373,15 @@ OP_INFOS: Dict[str, OpInfo] = {o.name: o for o in [
            tuple(f"{g}-{a}-{gr}" for g in ("before", "after") for a in ("silu", "sigmoid") for gr in ("whole", "group")),
            _norm, bench=dict(decode="before-silu-whole", prefill="before-silu-whole")),
 ]}
+
+
+def without_skipped(sample: Sample, name: str, t: torch.Tensor) -> torch.Tensor:
+    """Output `name` of `sample` without the rows its `skip` leaves out."""
+    if not sample.skip or name not in sample.skip:
+        return t
+    dim, drop = sample.skip[name]
+    keep = [i for i in range(t.shape[dim]) if i not in set(drop)]
+    return t.index_select(dim, torch.tensor(keep, device=t.device))
 
 
 def upcast(v):
@@ -386,7 +414,8 @@ def run_op_case(backend, op: str, variant: str, dims: GDNDims, dtype: str, state
         if name is None:
             continue
         key = f"op.{op}.exact" if name in info.exact_outputs else f"op.{op}"
-        pairs.append(Comparison(name, a.detach().cpu(), b.detach().cpu(), None, key))
+        a, b = without_skipped(got, name, a.detach().cpu()), without_skipped(got, name, b.detach().cpu())
+        pairs.append(Comparison(name, a, b, None, key))
     for name in got.states:
         a, b = got.kwargs[name].detach().cpu(), want_kw[name].detach().cpu()
         cache = state_cache(op, name)

@@ -46,8 +46,11 @@ def _up(v):
 class _Checked:
     """The layer's ops, each call compared with the reference on the same inputs."""
 
-    def __init__(self, ops, policy, dtype: str, state_dtype: str, swap=(), check: bool = True):
+    def __init__(self, ops, policy, dtype: str, state_dtype: str, swap=(), check: bool = True,
+                 pad_unspecified: bool = False):
         self.ops, self.policy, self.dtype, self.state_dtype = ops, policy, dtype, state_dtype
+        # the backend declares PAD-row outputs unspecified: a call's PAD rows are no evidence
+        self.pad_unspecified = pad_unspecified
         self.swap, self.check = set(swap), check
         self.step = self.rank = 0
         self.entries, self.p = [], None
@@ -90,16 +93,21 @@ class _Checked:
             if n in before and (not torch.equal(named[n], before[n]) or not torch.equal(rkw[n], _up(before[n]))):
                 key = state_policy_key(op, OP_INFOS[op].caches.get(n))    # no cache: an output buffer (out=)
                 pairs.append((n, named[n], rkw[n], key))
+        loc = self.p.local
+        hints = structure.hints_for_call(op, named, loc.H, loc.HV, loc.K, loc.V)
         bad = []
         for n, a, b, key in pairs:
             tol = self.policy.lookup(key, self.dtype, self.state_dtype)
-            m = compare(n, a.detach().cpu(), b.detach().cpu().to(F64), tol, None)
+            a, b = a.detach().cpu(), b.detach().cpu().to(F64)
+            pad, td = hints.get(n, {}).get("pad_rows"), hints.get(n, {}).get("token_dim")
+            if self.pad_unspecified and pad and td is not None and a.shape == b.shape:
+                a = a.clone()
+                a.index_copy_(td % a.dim(), torch.tensor(pad), b.index_select(td % b.dim(), torch.tensor(pad)).to(a.dtype))
+            m = compare(n, a, b, tol, None)
             if not m.passed:
                 bad.append((n, a, b, tol, m))
         if not bad:
             return
-        loc = self.p.local
-        hints = structure.hints_for_call(op, named, loc.H, loc.HV, loc.K, loc.V)
         sigs = []
         for n, a, b, tol, m in bad:
             sigs += [dict(s.to_dict(), op=op, step=self.step) for s in structure.scan(
@@ -177,8 +185,12 @@ def _run(case, backend, checked: _Checked, core=None):
                         tf32_dots(backend, case.dtype, case.device))
 
 
-def _failing_outputs(pairs, policy, case) -> int:
-    """How many of the pairs fail (0: the layer passes)."""
+def _failing_outputs(pairs, policy, case, pad_unspecified: bool = False) -> int:
+    """How many of the pairs fail (0: the layer passes); PAD rows masked as the verdict masks
+    them for a backend declaring them unspecified."""
+    if pad_unspecified:
+        from . import mask_pad_rows
+        pairs, _ = mask_pad_rows(case, pairs)
     v = judge(pairs, {}, policy, case.dtype, case.state_dtype)
     return v.failing
 
@@ -190,14 +202,16 @@ def attribute_layer(case, backend, policy, deadline: float) -> Optional[dict]:
     core = getattr(backend, "gdn_core", None)
     if core is not None:
         return _attribute_core(case, backend, ops, policy, core)
-    checked = _Checked(ops, policy, case.dtype, case.state_dtype)
+    unspecified = getattr(backend, "pad_row_outputs", "zeros") == "unspecified"
+    checked = _Checked(ops, policy, case.dtype, case.state_dtype, pad_unspecified=unspecified)
     _run(case, backend, checked)
     first = checked.first
     implemented = [op for op in OPS if backend.implements(op)]
     if first is not None:
         if time.perf_counter() < deadline:
             left = _failing_outputs(_run(case, backend, _Checked(ops, policy, case.dtype, case.state_dtype,
-                                                                     swap=[first["op"]], check=False)), policy, case)
+                                                                     swap=[first["op"]], check=False)), policy, case,
+                                    unspecified)
             first["confirmed"] = left == 0
             first["left_failing"] = left
         return dict(first, how="isolation")
@@ -205,7 +219,7 @@ def attribute_layer(case, backend, policy, deadline: float) -> Optional[dict]:
         if time.perf_counter() > deadline:
             break
         left = _failing_outputs(_run(case, backend, _Checked(ops, policy, case.dtype, case.state_dtype,
-                                                                 swap=[op], check=False)), policy, case)
+                                                                 swap=[op], check=False)), policy, case, unspecified)
         if left == 0:
             return dict(op=op, step=None, rank=None, outputs=[], entry=None, signatures=[], confirmed=True,
                         left_failing=0, how="swap")

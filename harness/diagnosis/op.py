@@ -9,7 +9,7 @@ import torch
 
 from .. import reference as ref
 from harness.cases.inputs import dtype_of
-from harness.cases.opcheck import OP_INFOS, as_tuple, upcast, state_output
+from harness.cases.opcheck import OP_INFOS, as_tuple, upcast, state_output, without_skipped
 from harness.reference.ops import has_role
 from . import variants as V
 from .core import Hypothesis as H
@@ -214,6 +214,11 @@ HYPOTHESES = [
     H("chunk_tail_next", "chunk_boundary",
       "matches when the last partial 64-token chunk is filled with the tokens that follow in the packed batch "
       "(an unmasked tail load)", lambda c: V.chunk_variant("tail_next"), _role("chunk", but="checkpoints")),
+    H("chunk_tail_next_times_zero", "varlen_isolation",
+      "matches when a sequence's last partial 64-token chunk loads the rows that follow it in the packed batch "
+      "and masks them by multiplying by 0 (not a select): exact on finite inputs, but NaN / Inf in a later "
+      "sequence reach this sequence's tail rows and final state", lambda c: V.chunk_variant("tail_next_times_zero"),
+      _role("chunk", but="checkpoints")),
     H("batch_axis_squeezed", "batch_shape",
       "matches when the results' size-1 leading axis is squeezed away: a one-sequence batch loses its sequence "
       "axis (final state [HV, ...] instead of [1, HV, ...])",
@@ -338,7 +343,7 @@ def expected_of(h: H, c: OpContext) -> Optional[Dict[str, torch.Tensor]]:
         kw = {n: t.to(torch.float32) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
               for n, t in kw.items()}
     outs = as_tuple(call_op(c.op, kw, ops))
-    exp = {name: t.detach().cpu() for name, t in zip(s.outputs, outs) if name is not None}
+    exp = {name: without_skipped(s, name, t.detach().cpu()) for name, t in zip(s.outputs, outs) if name is not None}
     for arg in s.states:
         name = state_output(arg)        # the name opcheck reports it under
         exp[name] = kw[arg].detach().cpu()

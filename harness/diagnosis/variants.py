@@ -215,7 +215,9 @@ def chunk_variant(kind: str, chunk: int = 64) -> Ops:
     """The chunked prefill of a varlen batch gone wrong per sequence: ``leak`` (sequence n > 0
     starts from sequence n-1's final state), ``tail_repeat`` (the last partial chunk padded
     with its last token instead of zeros), ``tail_next`` (padded with the tokens that follow
-    in the packed batch), ``squeeze`` (the size-1 axes of the results dropped)."""
+    in the packed batch), ``tail_next_times_zero`` (those tokens loaded and multiplied by 0 -
+    a mask by product: NaN / Inf there reach the chunk's own rows through its matrix
+    products), ``squeeze`` (the size-1 axes of the results dropped)."""
     def fn(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=True, cu_seqlens=None, **kw):
         kw.pop("chunk_size", None)
         T = q.shape[1]
@@ -234,11 +236,12 @@ def chunk_variant(kind: str, chunk: int = 64) -> Ops:
                 if kind == "tail_repeat":
                     seg = [torch.cat([s, s[:, -1:].expand(-1, pad, *s.shape[2:])], 1) for s in seg]
                 else:
-                    nxt = [x[:, eos:eos + pad] for x in xs]
+                    nxt = [x[:, eos:eos + pad] * (0 if kind == "tail_next_times_zero" else 1) for x in xs]
                     seg = [torch.cat([s, t, s.new_zeros(s.shape[0], pad - t.shape[1], *s.shape[2:])], 1)
                            for s, t in zip(seg, nxt)]
-            o, final = ref.recurrent_gated_delta_rule(*seg, scale=scale, initial_state=h0, output_final_state=True,
-                                                      **kw)
+            # the chunked form where products inside a chunk matter (a 0 * NaN row), else token by token
+            run = ref.chunk_gated_delta_rule if kind == "tail_next_times_zero" else ref.recurrent_gated_delta_rule
+            o, final = run(*seg, scale=scale, initial_state=h0, output_final_state=True, **kw)
             outs.append(o[:, :L])
             finals.append(final)
             prev = final

@@ -485,6 +485,22 @@ class VarlenStateLeak(_ReferenceChunkMutant):
     ),)
 
 
+class ChunkTailReadsPastEnd(_ReferenceChunkMutant):
+    """A sequence's last chunk loads a whole 64-row tile of the packed stream, past the
+    sequence's end, and masks the extra rows by multiplying them by 0 (not by a select):
+    exact on finite inputs, NaN in the tail and the state when a later sequence's rows hold
+    NaN / Inf (seen in FlashInfer 0.7.2's SM90 prefill, 2026-12-06). Lives in the torch
+    chunked delta rule's source."""
+    name = "chunk_tail_reads_past_end"
+    mutations = (
+        ("qc, kc, vc = chunks(qf[lo:hi]), chunks(kf[lo:hi]), chunks(vf[lo:hi])",
+         "qc, kc, vc = chunks(qf[lo:hi + pad]), chunks(kf[lo:hi + pad]), chunks(vf[lo:hi + pad])"),
+        ("                x = torch.nn.functional.pad(x, (0, 0) * (x.dim() - 1) + (0, pad)) if pad else x\n",
+         "                x = torch.nn.functional.pad(x, (0, 0) * (x.dim() - 1) + (0, L + pad - x.shape[0]))\n"
+         "                x = x * (torch.arange(L + pad, device=x.device) < L).to(x.dtype).reshape(-1, *[1] * (x.dim() - 1))\n"),
+    )
+
+
 class QkHeadsTiledChunk(_ReferenceChunkMutant):
     """q / k heads expanded with the wrong grouping in the chunked prefill: ``repeat``
     (tiles: head hv gets key head hv % H) instead of ``repeat_interleave`` (groups:
@@ -796,6 +812,9 @@ _INCIDENTS: List[Tuple[type, str, str, str, str]] = [
     (ChunkTailEdgePadded, "reference", "reference-source", "chunk-boundary error for T not a multiple of 64",
      "chunk boundary"),
     (VarlenStateLeak, "reference", "reference-source", "state leaking between sequences of a varlen batch",
+     "varlen isolation"),
+    (ChunkTailReadsPastEnd, "reference", "reference-source",
+     "a sequence's last chunk reads a 64-row tile past its end, masked by multiplying (FlashInfer SM90 prefill)",
      "varlen isolation"),
     (CheckpointAtBlockStart, "reference", "reference-source",
      "prefix-cache checkpoint taken at its block's start instead of its end", "prefix-cache checkpoints"),

@@ -44,6 +44,48 @@ DECODE_PATHS = {
 GATE_DOMAINS = ("log", "linear", "log2", "in_kernel")
 
 
+def checkpoints_by_blocks(chunk: Callable) -> Callable:
+    """`chunk_gated_delta_rule_checkpoints` from a chunk kernel that cannot write checkpoints
+    (fla's): the prefill runs block by block - round r is every sequence's r-th block of
+    `checkpoint_every` tokens (or its tail) in one varlen call - the state handed on in fp32,
+    and a whole block's final state is its checkpoint, stored in the checkpoints' dtype."""
+    def chunk_gated_delta_rule_checkpoints(q, k, v, g, beta, state_checkpoints, checkpoint_every: int, scale=None,
+                                           initial_state=None, cu_seqlens=None, use_qk_l2norm_in_kernel=False,
+                                           state_layout="vk"):
+        B, T = q.shape[:2]
+        if cu_seqlens is None:
+            q, k, v, g, beta = (t.reshape(1, B * T, *t.shape[2:]) for t in (q, k, v, g, beta))
+            cu_seqlens = torch.arange(0, B * T + 1, T, dtype=torch.int32, device=q.device)
+        cu = [int(c) for c in cu_seqlens.tolist()]
+        N, E = len(cu) - 1, checkpoint_every
+        HV, K, V = v.shape[2], q.shape[-1], v.shape[-1]
+        state_shape = (HV, V, K) if state_layout == "vk" else (HV, K, V)
+        state = (initial_state.float().clone() if initial_state is not None
+                 else torch.zeros(N, *state_shape, dtype=torch.float32, device=q.device))
+        pieces = [[(a, min(a + E, eos)) for a in range(bos, eos, E)] for bos, eos in zip(cu, cu[1:])]
+        first_ck = [0]
+        for bos, eos in zip(cu, cu[1:]):
+            first_ck.append(first_ck[-1] + (eos - bos) // E)
+        o = torch.zeros_like(v)
+        for r in range(max((len(p) for p in pieces), default=0)):
+            seqs = [n for n in range(N) if r < len(pieces[n])]
+            rows = torch.tensor([t for n in seqs for t in range(*pieces[n][r])], dtype=torch.long, device=q.device)
+            lens = [0] + [pieces[n][r][1] - pieces[n][r][0] for n in seqs]
+            cu_r = torch.tensor(lens, device=q.device).cumsum(0).to(torch.int32)
+            sel = torch.tensor(seqs, dtype=torch.long, device=q.device)
+            o_r, fin = chunk(*(t[:, rows] for t in (q, k, v, g, beta)), scale=scale, initial_state=state[sel],
+                             output_final_state=True, cu_seqlens=cu_r, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+                             state_layout=state_layout)
+            o[:, rows] = o_r.to(o.dtype)
+            state[sel] = fin.float()
+            for i, n in enumerate(seqs):
+                if lens[i + 1] == E:
+                    state_checkpoints[first_ck[n] + r] = fin[i].to(state_checkpoints.dtype)
+        final = state.to(initial_state.dtype if initial_state is not None else torch.float32)
+        return o.reshape(B, T, *v.shape[2:]), final
+    return chunk_gated_delta_rule_checkpoints
+
+
 def rows_after_end_zeroed(o: torch.Tensor, shape) -> torch.Tensor:
     """A kernel's packed output `o` (the rows up to the last sequence's end) as `shape`
     (``[B, T, ...]``), the rows after that end (PAD, never passed to the kernel) zero."""

@@ -55,7 +55,7 @@ from ..layouts.state import check_ssm_layout
 from ..reference.conv import check_conv_args, check_conv_fn_args
 from ..reference.delta_rule import check_pool_args
 from ..reference.norm import check_norm_args
-from .api import Backend, import_once
+from .api import Backend, checkpoints_by_blocks, import_once
 from .interpret import fast_interpreter, gpu_kernels, interpret_triton
 
 interpret_triton()      # before triton.jit wraps fla's kernels (i.e. before fla is imported)
@@ -222,6 +222,8 @@ class FlaBackend(Backend):
         # fla's chunked kernels cannot run under the Triton interpreter (module docstring).
         if not gpu_kernels():
             self.chunk_gated_delta_rule = None
+        else:                   # fla writes no checkpoints: block by block over its chunk kernel
+            self.chunk_gated_delta_rule_checkpoints = checkpoints_by_blocks(self.chunk_gated_delta_rule)
 
     def unavailable(self, device: str) -> Optional[str]:
         why = super().unavailable(device)

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from .api import Backend
+from .api import Backend, checkpoints_by_blocks
 from .interpret import fast_interpreter, gpu_kernels, interpret_triton
 
 interpret_triton()      # before triton.jit wraps the kernels below
@@ -96,6 +96,8 @@ class TritonBackend(Backend):
 
     def __init__(self):
         self.chunk_gated_delta_rule = _fla_chunk()
+        if self.chunk_gated_delta_rule is not None:      # fla writes no checkpoints: block by block
+            self.chunk_gated_delta_rule_checkpoints = checkpoints_by_blocks(self.chunk_gated_delta_rule)
 
     def unavailable(self, device: str) -> Optional[str]:
         why = super().unavailable(device)
