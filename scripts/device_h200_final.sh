@@ -15,13 +15,17 @@
 #   call 5  carry .whl/test: nightly's drift_10000 lane on $DRIFT_K alone + its plot -> $OUT/drift/
 #   call 6  carry .whl/test (+ part PUT=N): nightly's full-dims serving group (padding, zero-draft) on
 #           triton -> $OUT/serving/
+#   call 7  carry .whl/test (+ part PUT=N): ci's cases changed on 2026-12-06 on triton - the checkpoint
+#           op (now block by block over fla's chunk), the nan_neighbour variant, drift_256 -> $OUT/ci-new/
+#   call 8  carry .whl/fastpath.sha256 .whl/test (parts in place): scripts/fi_prefill_tail_repro.py and the
+#           nan_neighbour chunk cases on flashinfer, vllm, vllm@triton, sglang -> $OUT/nan-neighbour/
 # Knobs: TEST_LIMIT (call 1's pytest), PROFILE=1 (call 1: cProfile a drift_256 and a full-dims mixed
 # case beside the tests), DRIFT=1 (call 1: call 5's drift run after the tests), NO_GRAPH=1 (call 1:
 # skip the CUDA-graph check), QUICK_CI=1 (call 2: one cold ci run at --jobs $JOBS instead of bench),
 # NO_FP_CI=1 / FP_LAYER_JOBS / FP_LIMIT / NO_EXTRA (call 3's vllm ci run, layer run, extra phase), NO_PUT=1
 # (calls 1 / 2 without their part, when calls 3 / 4 will not follow), PUT=N (put part N, any call).
 set -o pipefail
-CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | 3 | 4 | 5 | 6}
+CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8}
 PUT=${PUT:-$([ "$CALL" -le 3 ] && [ -z "$NO_PUT" ] && echo "$CALL")}
 if [ -n "$PUT" ]; then
   bash scripts/device_fastpaths.sh put "$PUT" > "$OUT/put.log" 2>&1 || { cat "$OUT/put.log"; exit 3; }
@@ -92,6 +96,20 @@ print(json.dumps(l('vllm').describe(), default=str, indent=1))" > "$OUT/vllm-des
         --jobs ${JOBS:-4} --mix pad_slot0_live --mix pad_null_block --mix spec_zero_draft \
         --mix spec_zero_draft_migrate --report-dir "$OUT/serving" -q > "$OUT/serving.log" 2>&1
     echo "serving rc $?" >> "$OUT/serving.log"; tail -n 12 "$OUT/serving.log" ;;
+  7)
+    timeout -s INT ${SUITE_LIMIT:-300} python3 -m harness.cli run --suite ci --backend triton --device cuda \
+        --jobs ${JOBS:-4} -k checkpoints -k nan_neighbour -k drift_256 --report-dir "$OUT/ci-new" -q \
+        > "$OUT/ci-new.log" 2>&1; echo "ci-new rc $?" >> "$OUT/ci-new.log"; tail -n 12 "$OUT/ci-new.log" ;;
+  8)
+    [ -f /tmp/fastpath/.done ] || { echo "the fast-path packages are not in place (PUT every part first)"; exit 3; }
+    export PYTHONPATH=/tmp/fastpath/vsrc:/tmp/fastpath/site/nvidia_cutlass_dsl/dsl_packages:/tmp/fastpath/site:$PYTHONPATH
+    timeout -s INT 200 python3 scripts/fi_prefill_tail_repro.py > "$OUT/fi-repro.log" 2>&1; echo "rc $?" >> "$OUT/fi-repro.log"
+    for b in flashinfer vllm vllm@triton sglang; do
+      timeout -s INT ${FP_LIMIT:-120} python3 -m harness.cli run --suite fastpath --backend $b --device cuda \
+          -k nan_neighbour --report-dir "$OUT/nan-neighbour/$b" -q > "$OUT/nan-neighbour-$b.log" 2>&1
+      echo "$b rc $?" >> "$OUT/nan-neighbour-$b.log"
+    done
+    cat "$OUT/fi-repro.log"; tail -n 4 "$OUT"/nan-neighbour-*.log ;;
   4)
     mkdir -p "$OUT/extra"
     OUT=$OUT/extra LIMIT_S=${EXTRA_LIMIT:-240} bash scripts/device_fastpaths.sh extra > "$OUT/extra.log" 2>&1

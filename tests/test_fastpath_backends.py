@@ -322,3 +322,26 @@ def test_flashinfer_in_kernel_gating_gets_an_fp32_A_log(backend, state_dtype, ba
                 dtype="bfloat16", state_dtype=state_dtype, variant="sigmoid_gating.token_first.sharded", device="cpu")
     rec = run_case(case, POLICY, "test", backends, diagnose=False)
     assert rec["status"] == "pass", (rec.get("error"), _failed(rec))
+
+
+def test_fi_prefill_tail_repro_script_sees_the_rows():
+    """scripts/fi_prefill_tail_repro.py (run on a GPU with FlashInfer) against the CPU fake of
+    FlashInfer's prefill: nothing off; against a prefill whose tail chunk reads past the
+    sequence's end (masked by multiplying): rows 64-70 and the first two states, as on the H100."""
+    import importlib.util
+    from pathlib import Path
+    from harness.faults.catalogue import FAULTS
+    path = Path(__file__).resolve().parent.parent / "scripts" / "fi_prefill_tail_repro.py"
+    spec = importlib.util.spec_from_file_location("fi_prefill_tail_repro", path)
+    repro = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(repro)
+    assert repro.contaminated_rows(ff.fi_chunk_gated_delta_rule, "cpu", "nan") == ([], [])
+    past_end = FAULTS["chunk_tail_reads_past_end"].make()
+
+    def fi_past_end(q, k, v, g=None, beta=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+                    use_qk_l2norm_in_kernel=False, **kw):
+        o, final = past_end.chunk_gated_delta_rule(q[None], k[None], v[None], torch.log(g)[None], beta[None],
+                                                   initial_state=initial_state, cu_seqlens=cu_seqlens,
+                                                   use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel)
+        return o[0], final
+    assert repro.contaminated_rows(fi_past_end, "cpu", "nan") == (list(range(64, 71)), [0, 1])
