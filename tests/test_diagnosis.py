@@ -270,3 +270,36 @@ def test_rank_takes_non_finite_errors():
     recs = [dict(matched=False, fixed=1, rel_rms="inf"), dict(matched=False, fixed=1, rel_rms=0.5),
             dict(matched=True, fixed=2, rel_rms="nan")]
     assert [r["rel_rms"] for r in rank(recs)] == ["nan", 0.5, "inf"]
+
+
+def _gate_fault_drift_case():
+    return Case(level="layer", check="drift_48", dims=parse_dims("qwen3.5-27b:shrunk:H=2,K=12,V=20"),
+                backend=FAULTS["gate_log_as_linear"].target, dtype="float32", state_dtype="float32", layout="flat",
+                device="cpu", variant="recurrent.token_first.sharded")
+
+
+def test_attribution_stops_its_run_at_the_first_divergent_call(monkeypatch):
+    """The per-call comparison stops the layer run once a call differs (the rest of that run is
+    not needed); only the confirming swap runs every step."""
+    import time
+    from harness.diagnosis import attribution
+    from harness.cases.scenario import case_scenario
+    case = _gate_fault_drift_case()
+    steps, calls = len(case_scenario(case).plan()), []
+    real = attribution.backend_step
+    monkeypatch.setattr(attribution, "backend_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    att = attribution.attribute_layer(case, BackendCache().get(case.backend), POLICY, time.perf_counter() + 600)
+    assert att["op"] == "chunk_gated_delta_rule" and att["step"] == 0 and att["confirmed"]
+    assert len(calls) == 1 + steps          # step 0 checked, then one swap run
+
+
+def test_attribution_keeps_to_its_budget_and_says_so():
+    """Past its deadline the attribution stops between steps and says what it did not try;
+    it never lists untried ops as ruled out."""
+    import time
+    from harness.diagnosis import attribution
+    from harness.diagnosis.analysis import attribution_words
+    case = _gate_fault_drift_case()
+    att = attribution.attribute_layer(case, BackendCache().get(case.backend), POLICY, time.perf_counter() - 1)
+    assert att["op"] is None and att["ruled_out"] == [] and "budget ran out at step 0" in att["cut_short"]
+    assert "incomplete" in attribution_words(att) and "raise --diagnose-budget" in attribution_words(att)

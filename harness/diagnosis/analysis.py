@@ -198,6 +198,9 @@ def attribution_words(att: Optional[dict]) -> Optional[str]:
                 f"caches at {where} ({', '.join(att.get('outputs', []))}, rel_rms {att.get('rel_rms', 0):.3g})")
     if op is None:
         ruled = att.get("ruled_out") or []
+        if att.get("cut_short"):
+            return (f"op attribution incomplete: {att['cut_short']} (ruled out so far: {', '.join(ruled) or 'none'}; "
+                    "raise --diagnose-budget)")
         return (f"no op differs from the reference on its own inputs and no single swap makes the layer pass "
                 f"(ruled out: {', '.join(ruled) or 'none implemented'})")
     if att.get("how") == "swap":
@@ -209,6 +212,8 @@ def attribution_words(att: Optional[dict]) -> Optional[str]:
         s += "; swapping it for the reference makes the layer pass (established)"
     elif "left_failing" in att:
         s += f"; with it swapped {att['left_failing']} outputs still fail (another fault too)"
+    elif att.get("cut_short"):
+        s += f"; not confirmed: {att['cut_short']}"
     return s
 
 

@@ -160,8 +160,14 @@ def _describe_slot(slot: int, entries, what: str) -> str:
     return f"{what} {slot} (PAD / no entry owns it)" if slot < 0 or entries else f"{what} {slot}"
 
 
-def _run(case, backend, checked: _Checked, core=None):
-    """The layer check's run (run_layer_case) through `checked`; returns the pairs."""
+class _OutOfTime(Exception):
+    """The attribution's share of the diagnosis budget ran out in the middle of a run."""
+
+
+def _run(case, backend, checked: _Checked, core=None, deadline: Optional[float] = None):
+    """The layer check's run (run_layer_case) through `checked`; returns the pairs, or None when
+    `checked` found the first divergent call (the rest of the run is not needed). Past
+    `deadline` it raises `_OutOfTime` between steps."""
     sc = case_scenario(case)
     path, conv_layout, ba = case.decode_path, case.conv_layout, case.ba
     inp = make_inputs(sc)
@@ -169,7 +175,12 @@ def _run(case, backend, checked: _Checked, core=None):
     pools = [rank_pools(sc, inp.conv_pool, inp.ssm_pool, p, conv_layout, backend.ssm_state_layout, case.device)
              for p in ranks]
     steps_out, unpacked = [], []
-    for s, entries in enumerate(sc.plan()):
+    plan = sc.plan()
+    for s, entries in enumerate(plan):
+        if checked.check and checked.first is not None and core is None:
+            return None
+        if deadline is not None and time.perf_counter() > deadline:
+            raise _OutOfTime(f"step {s} of {len(plan)}")
         h = inp.hidden[s].to(case.device)
         ref_in, per_rank = [], []
         for r, (p, (conv, ssm)) in enumerate(zip(ranks, pools)):
@@ -204,26 +215,37 @@ def attribute_layer(case, backend, policy, deadline: float) -> Optional[dict]:
         return _attribute_core(case, backend, ops, policy, core)
     unspecified = getattr(backend, "pad_row_outputs", "zeros") == "unspecified"
     checked = _Checked(ops, policy, case.dtype, case.state_dtype, pad_unspecified=unspecified)
-    _run(case, backend, checked)
-    first = checked.first
     implemented = [op for op in OPS if backend.implements(op)]
+    try:
+        _run(case, backend, checked, deadline=deadline)
+    except _OutOfTime as e:
+        if checked.first is None:
+            return dict(op=None, how="isolation", implemented=implemented, ruled_out=[],
+                        cut_short=f"the budget ran out at {e} of the per-call comparison")
+    first = checked.first
+
+    def swapped_failing(op):
+        return _failing_outputs(_run(case, backend, _Checked(ops, policy, case.dtype, case.state_dtype, swap=[op],
+                                                             check=False), deadline=deadline), policy, case, unspecified)
     if first is not None:
-        if time.perf_counter() < deadline:
-            left = _failing_outputs(_run(case, backend, _Checked(ops, policy, case.dtype, case.state_dtype,
-                                                                     swap=[first["op"]], check=False)), policy, case,
-                                    unspecified)
-            first["confirmed"] = left == 0
-            first["left_failing"] = left
+        try:
+            left = swapped_failing(first["op"])
+            first.update(confirmed=left == 0, left_failing=left)
+        except _OutOfTime as e:     # found, not confirmed
+            first["cut_short"] = f"the budget ran out at {e} of the confirming swap"
         return dict(first, how="isolation")
+    tried = []
     for op in implemented:         # no op differs on its own inputs: swap each in turn
-        if time.perf_counter() > deadline:
-            break
-        left = _failing_outputs(_run(case, backend, _Checked(ops, policy, case.dtype, case.state_dtype,
-                                                                 swap=[op], check=False)), policy, case, unspecified)
+        try:
+            left = swapped_failing(op)
+        except _OutOfTime as e:
+            return dict(op=None, how="isolation", implemented=implemented, ruled_out=tried,
+                        cut_short=f"the budget ran out at {e} of swapping {op}")
+        tried.append(op)
         if left == 0:
             return dict(op=op, step=None, rank=None, outputs=[], entry=None, signatures=[], confirmed=True,
                         left_failing=0, how="swap")
-    return dict(op=None, how="isolation", implemented=implemented, ruled_out=implemented)
+    return dict(op=None, how="isolation", implemented=implemented, ruled_out=tried)
 
 
 # ------------------------------------------------------------------ fused gdn_core: stages vs the oracle's step
