@@ -96,3 +96,10 @@ def test_a_backend_has_one_name_in_the_report(tmp_path):
     assert rc == 0 and {c["backend"] for c in cases} == {PLUGIN}
     for f in ("summary.md", "report.html", "junit.xml"):
         assert "example-port" not in (tmp_path / f).read_text(), f        # never its declared name too
+
+
+def test_colon_after_a_registered_name_points_to_the_variant():
+    """`--backend vllm:triton` (as issue texts write it) says the variant is `vllm@triton`."""
+    from harness.optimized.registry import load_backend
+    with pytest.raises(HarnessError, match="variant follows .@.: .vllm@triton."):
+        load_backend("vllm:triton")

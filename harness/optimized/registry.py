@@ -88,7 +88,14 @@ def load_backend(name: str) -> Backend:
     if ":" not in target:
         raise HarnessError(f"unknown backend {name!r}; known: {sorted(names)} "
                            f"(or give package.module:attr)")
-    obj = _resolve(target)
+    try:
+        obj = _resolve(target)
+    except BackendLoadError as e:
+        head, _, tail = name.partition(":")
+        if head in names:       # `vllm:triton` as issue texts write it: the variant is `vllm@triton`
+            raise BackendLoadError(f"{e} (a registered backend's variant follows '{VARIANT_SEP}': "
+                                   f"'{head}{VARIANT_SEP}{tail}')") from e.__cause__
+        raise
     if sep:
         known = getattr(obj, "variants", {}) if isinstance(obj, type) else {}
         if variant not in known:
