@@ -22,6 +22,8 @@ import pytest
 from harness.config import GDNDims
 from harness.judge.compare import compare
 from harness.cases.opcheck import OP_INFOS, run_op_case
+from harness.optimized.api import checkpoints_by_blocks
+from harness.optimized.reference_backend import ReferenceBackend
 from harness.optimized.registry import load_backend
 from harness.judge.policy import Policy
 from harness.reference import conv as ref_conv
@@ -285,17 +287,11 @@ def test_fla_chunk_final_state_dtype(dtype):
     _close(final, f_ref, rtol=3e-2, atol=3e-2)
 
 
-class BlockwiseCheckpoints:
+class BlockwiseCheckpoints(ReferenceBackend):
     """The reference's chunk kernel with checkpoints composed block by block (as triton / fla
     get them over fla's chunk on a GPU)."""
-    def __new__(cls):
-        from harness.optimized.api import checkpoints_by_blocks
-        from harness.optimized.reference_backend import ReferenceBackend
-        from harness.reference import delta_rule
-        be = ReferenceBackend()
-        be.name = "blockwise_checkpoints"
-        be.chunk_gated_delta_rule_checkpoints = checkpoints_by_blocks(delta_rule.chunk_gated_delta_rule)
-        return be
+    name = "blockwise_checkpoints"
+    chunk_gated_delta_rule_checkpoints = staticmethod(checkpoints_by_blocks(ref_dr.chunk_gated_delta_rule))
 
 
 @pytest.mark.parametrize("variant", ["block128", "block800", "block1088"])

@@ -227,27 +227,6 @@ def test_vllm_flashinfer_prefill_takes_strided_splits(fake_flashinfer_package):
     assert o.shape == v.shape and torch.isfinite(o.float()).all()
 
 
-@pytest.mark.parametrize("backend", ["fake_vllm_flashinfer", "fake_flashinfer"])
-def test_prefill_rows_after_the_last_sequence_stay_out(backend, fake_flashinfer_package):
-    """Rows after cu_seqlens[-1] never reach FlashInfer's prefill: vLLM's layer cuts the batch
-    at num_actual_tokens, and FlashInfer's contract wants cu_seqlens to span every row (its SM90
-    kernel reads up to 63 rows past a sequence's end, docs/findings.md)."""
-    be = getattr(ff, backend)()
-    T, real = 78, 71
-    q, k, v = (torch.randn(1, T, 2, 128, dtype=torch.bfloat16) for _ in range(3))
-    g, beta = -torch.rand(1, T, 2), torch.rand(1, T, 2)
-    for t in (q, k, v, g, beta):
-        t[:, real:] = float("nan")                  # what poisoned PAD rows hold
-    cu = torch.tensor([0, 64, real], dtype=torch.int32)
-    o, final = be.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu, use_qk_l2norm_in_kernel=True,
-                                         initial_state=torch.zeros(2, 2, 128, 128))
-    want, _ = ff.fake_flashinfer().chunk_gated_delta_rule(q[:, :real], k[:, :real], v[:, :real], g[:, :real],
-                                                          beta[:, :real], cu_seqlens=cu, use_qk_l2norm_in_kernel=True,
-                                                          initial_state=torch.zeros(2, 2, 128, 128))
-    assert o.shape == v.shape and torch.isfinite(final).all()
-    assert torch.equal(o[:, :real], want) and not o[:, real:].any()
-
-
 def test_vllm_forced_flashinfer_skips_where_vllm_falls_back(fake_flashinfer_package):
     be = ff.fake_vllm_flashinfer(cc=80)
     with pytest.raises(NotImplementedError, match="would run its 'triton'"):

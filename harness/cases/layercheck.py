@@ -105,12 +105,17 @@ def spec_invariance_pairs(backend, ops, sc: Scenario, inp, steps_out, ranks, con
     pairs = []
     for d, (s, rows) in enumerate(sources):
         # PAD rows are no one's tokens: what they hold is judged by the oracle pairs (or unspecified)
-        pad = {t for e in plans[s] if e.kind == "pad" for t in range(e.bos, e.eos)}
+        pad = set(pad_rows(plans[s]))
         keep = [i for i, r in enumerate(rows) if r not in pad]
         pairs.append(Comparison(f"spec_invariance.step{s}[decode step {d}].core",
                                 steps_out[s]["core"][[rows[i] for i in keep]], dec_out[d]["core"][keep], 0,
                                 "layer.spec_invariance", quantity="spec_invariance.core"))
     return pairs
+
+
+def pad_rows(plan) -> List[int]:
+    """The token rows of a step's PAD entries."""
+    return [t for e in plan if e.kind == "pad" for t in range(e.bos, e.eos)]
 
 
 def rank_step(backend, ops, p, h, entries, conv, ssm, sc: Scenario, conv_layout: str, decode_path: str, rows=None):
@@ -158,7 +163,7 @@ def _pairs(sc, inp, steps_out, oracle, pools, conv_layout, ssm_layout) -> List[C
     plans = sc.plan()
     null_block = sc.pad_slot == "null_block"
     for s, (got, ref) in enumerate(zip(steps_out, oracle.steps)):
-        pad = [t for e in plans[s] if e.kind == "pad" for t in range(e.bos, e.eos)]
+        pad = pad_rows(plans[s])
         out, core = got["out"], got["core"]
         if pad and null_block:
             # PAD rows ran against the null block: their outputs are the engine's to drop

@@ -380,7 +380,8 @@ def without_skipped(sample: Sample, name: str, t: torch.Tensor) -> torch.Tensor:
     if not sample.skip or name not in sample.skip:
         return t
     dim, drop = sample.skip[name]
-    keep = [i for i in range(t.shape[dim]) if i not in set(drop)]
+    drop = set(drop)
+    keep = [i for i in range(t.shape[dim]) if i not in drop]
     return t.index_select(dim, torch.tensor(keep, device=t.device))
 
 

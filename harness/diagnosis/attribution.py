@@ -94,20 +94,19 @@ class _Checked:
                 key = state_policy_key(op, OP_INFOS[op].caches.get(n))    # no cache: an output buffer (out=)
                 pairs.append((n, named[n], rkw[n], key))
         loc = self.p.local
-        hints = structure.hints_for_call(op, named, loc.H, loc.HV, loc.K, loc.V)
+        hints = structure.hints_for_call(op, named, loc.H, loc.HV, loc.K, loc.V) if self.pad_unspecified else None
         bad = []
         for n, a, b, key in pairs:
             tol = self.policy.lookup(key, self.dtype, self.state_dtype)
             a, b = a.detach().cpu(), b.detach().cpu().to(F64)
-            pad, td = hints.get(n, {}).get("pad_rows"), hints.get(n, {}).get("token_dim")
-            if self.pad_unspecified and pad and td is not None and a.shape == b.shape:
-                a = a.clone()
-                a.index_copy_(td % a.dim(), torch.tensor(pad), b.index_select(td % b.dim(), torch.tensor(pad)).to(a.dtype))
+            if hints is not None:
+                a = _pad_rows_as_expected(a, b, hints.get(n, {}))
             m = compare(n, a, b, tol, None)
             if not m.passed:
                 bad.append((n, a, b, tol, m))
         if not bad:
             return
+        hints = hints or structure.hints_for_call(op, named, loc.H, loc.HV, loc.K, loc.V)
         sigs = []
         for n, a, b, tol, m in bad:
             sigs += [dict(s.to_dict(), op=op, step=self.step) for s in structure.scan(
@@ -124,6 +123,15 @@ class _Checked:
                           rel_rms=max(float(b[4].rel_rms) for b in bad),
                           entry=_entry_of(bad, named, self.entries, hints),
                           signatures=sigs)
+
+
+def _pad_rows_as_expected(a: torch.Tensor, b: torch.Tensor, hint: dict) -> torch.Tensor:
+    """`a` with the call's PAD rows (`hint`'s pad_rows along its token_dim) set to `b`'s."""
+    pad, td = hint.get("pad_rows"), hint.get("token_dim")
+    if not pad or td is None or a.shape != b.shape:
+        return a
+    idx = torch.tensor(pad)
+    return a.index_copy(td % a.dim(), idx, b.index_select(td % b.dim(), idx).to(a.dtype))
 
 
 def _entry_of(bad, named, entries, hints) -> Optional[str]:

@@ -86,14 +86,6 @@ def checkpoints_by_blocks(chunk: Callable) -> Callable:
     return chunk_gated_delta_rule_checkpoints
 
 
-def rows_after_end_zeroed(o: torch.Tensor, shape) -> torch.Tensor:
-    """A kernel's packed output `o` (the rows up to the last sequence's end) as `shape`
-    (``[B, T, ...]``), the rows after that end (PAD, never passed to the kernel) zero."""
-    full = o.new_zeros(shape)
-    full.view(-1, *shape[2:])[:o.reshape(-1, *shape[2:]).shape[0]] = o.reshape(-1, *shape[2:])
-    return full
-
-
 def gate_to(domain: str, g: torch.Tensor) -> torch.Tensor:
     """The harness's log-space gate `g` in a kernel's `domain` (fp32, as kernels take it)."""
     g = g.float()

@@ -58,7 +58,7 @@ import torch
 
 from harness.batch import PAD_SLOT_ID
 from ..errors import InputError
-from .api import Backend, gate_to, import_once, package_modules, rows_after_end_zeroed
+from .api import Backend, gate_to, import_once, package_modules
 from .vllm_backend import _with_null_block
 
 MODULES = dict(prefill="flashinfer.gdn_prefill", decode="flashinfer.gdn_decode")
@@ -160,10 +160,6 @@ class FlashinferBackend(Backend):
         if chunk_size != 64:
             raise NotImplementedError(f"FlashInfer's chunk size is 64, not {chunk_size}")
         flat, cu, spans = flat_tokens(q, cu_seqlens)
-        # FlashInfer's contract wants cu_seqlens to span every row: rows after the last
-        # sequence stay out, as vLLM's layer cuts them (mixed_qkv[:num_actual_tokens])
-        end = spans[-1][1] if spans else 0
-        flat = (lambda t, f=flat: f(t)[:end])
         N, HV = len(spans), v.shape[2]
         h0 = initial_state
         if h0 is not None and state_layout == "kv":            # the prefill kernel is V-major
@@ -187,7 +183,7 @@ class FlashinferBackend(Backend):
             o, final = fn(**kw, initial_state=h0, output_state=final)
         if state_layout == "kv":
             final = final.transpose(-1, -2).contiguous()
-        return rows_after_end_zeroed(o, v.shape), (final if output_final_state else None)
+        return o.reshape(v.shape), (final if output_final_state else None)
 
     def chunk_gated_delta_rule_checkpoints(self, q, k, v, g, beta, state_checkpoints, checkpoint_every: int,
                                            scale=None, initial_state=None, cu_seqlens=None,

@@ -61,7 +61,7 @@ import torch
 
 from harness.batch import NULL_BLOCK_ID, PAD_SLOT_ID
 from ..errors import InputError
-from .api import DECODE_PATHS, Backend, import_once, package_modules, rows_after_end_zeroed, source_functions
+from .api import DECODE_PATHS, Backend, import_once, package_modules, source_functions
 
 
 MODULES = dict(
@@ -416,19 +416,15 @@ class VllmBackend(Backend):
         N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
         h0 = initial_state if initial_state is not None else torch.zeros(
             N, v.shape[2], v.shape[3], K, dtype=torch.float32, device=q.device)
-        # vLLM's layer cuts the batch at num_actual_tokens before its kernels
-        # (qwen_gdn_linear_attn.py: mixed_qkv[:num_actual_tokens]): rows after the last sequence
-        # never reach the wrapper; FlashInfer's contract wants cu_seqlens to span every row.
-        n = q.shape[1] if cu_seqlens is None else int(cu_seqlens[-1])
         # vLLM's layer hands the wrapper contiguous q / k / v (rearrange_mixed_qkv); the
         # wrapper's l2norm_fwd .view()s them, so a strided split would fail there, not in vLLM.
-        q, k, v = q[:, :n].contiguous(), k[:, :n].contiguous(), v[:, :n].contiguous()
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         o, final = self._glue_fns()["fi_chunk_gated_delta_rule"](
-            q=q, k=k, v=v, g=g[:, :n], beta=beta[:, :n], initial_state=h0, output_final_state=output_final_state,
+            q=q, k=k, v=v, g=g, beta=beta, initial_state=h0, output_final_state=output_final_state,
             cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=use_qk_l2norm)
         if final is not None and initial_state is not None:
             final = final.to(initial_state.dtype)
-        return rows_after_end_zeroed(o, shape), final
+        return o.reshape(shape), final
 
     def _pool_call(self, call, initial_state, inplace_final_state, ssm_state_indices, pad_slot_id):
         """Run `call(pool, indices)` (vLLM's in-place update) on the pool with a null block in
