@@ -287,6 +287,37 @@ class ChunkIntraDiagonalDropped(_ReferenceChunkMutant):
                   "QK = ((qc @ kc.transpose(-1, -2)) * gamma).masked_fill(~strict, 0)"),)
 
 
+class ChunkValuesOneRowLate(_ReferenceChunkMutant):
+    """The chunked prefill reads v one row late: token t of a sequence gets token t+1's
+    value, the last one the next sequence's first (a packed-stream offset off by one; past
+    the batch's end it reads zeros, as a kernel reading padding would)."""
+    name = "chunk_values_one_row_late"
+    mutations = (("qc, kc, vc = chunks(qf[lo:hi]), chunks(kf[lo:hi]), chunks(vf[lo:hi])",
+                  "qc, kc, vc = chunks(qf[lo:hi]), chunks(kf[lo:hi]), "
+                  "chunks(torch.nn.functional.pad(vf, (0, 0, 0, 0, 0, 1))[lo + 1:hi + 1])"),)
+
+
+class ChunkDecayMaskMultiplied(_ReferenceChunkMutant):
+    """The within-chunk decay matrix masked by multiplying exp(G_i - G_j) by the causal mask
+    instead of masking the exponent to -inf: above the diagonal exp(.) overflows to Inf where
+    the chunk decays fast, and Inf * 0 is NaN."""
+    name = "chunk_decay_mask_multiplied"
+    mutations = (("gamma = torch.exp((G[..., :, None] - G[..., None, :]).masked_fill(~incl, float(\"-inf\")))",
+                  "gamma = torch.exp(G[..., :, None] - G[..., None, :]) * incl"),)
+
+
+class ChunkFinalStateOfNextStart(_ReferenceChunkMutant):
+    """Sequence n's final state is taken with its last partial chunk padded by the next rows of
+    the packed batch, the outputs masked right: only the states carry the neighbour's tokens."""
+    name = "chunk_final_state_of_next_start"
+    mutations = (("qc, kc, vc = chunks(qf[lo:hi]), chunks(kf[lo:hi]), chunks(vf[lo:hi])",
+                  "qc, kc, vc = chunks(qf[lo:hi]), chunks(kf[lo:hi + pad]), chunks(vf[lo:hi + pad])"),
+                 ("                x = torch.nn.functional.pad(x, (0, 0) * (x.dim() - 1) + (0, pad)) if pad else x\n",
+                  "                x = torch.nn.functional.pad(x, (0, 0) * (x.dim() - 1) + (0, L + pad - x.shape[0]))\n"),
+                 ("gc = chunks(gf[lo:hi, :, None])[..., 0]", "gc = chunks(gf[lo:hi + pad, :, None])[..., 0]"),
+                 ("bc = chunks(bf[lo:hi, :, None])[..., 0]", "bc = chunks(bf[lo:hi + pad, :, None])[..., 0]"))
+
+
 # ------------------------------------------------------------------ the held-out set
 # class, base, where, incident, expect_ops, expect
 _HELD_OUT: List[tuple] = [
@@ -335,6 +366,16 @@ _HELD_OUT: List[tuple] = [
     (H0ReadAtBatchRow, "triton", "triton-source", "initial state read at the batch row, not the pool slot",
      RECURRENT, ("misrouting",)),
     (ConvSiluBeforeBias, "triton", "triton-source", "conv SiLU applied before the bias", CONV, ("none",)),
+    # written 2026-12-06, after the chunk_tail_next_times_zero hypothesis and the attribution's
+    # PAD masking; expectations fixed before any diagnosis of them ran
+    (ChunkValuesOneRowLate, "reference", "reference-source", "chunked prefill reads v one row late",
+     ("chunk_gated_delta_rule",), ("time_shift", "boundary", "varlen_isolation")),
+    (ChunkDecayMaskMultiplied, "reference", "reference-source",
+     "within-chunk decay masked by multiplying (Inf * 0 above the diagonal)", ("chunk_gated_delta_rule",),
+     ("nonfinite",)),
+    (ChunkFinalStateOfNextStart, "reference", "reference-source",
+     "last partial chunk's state padded with the next sequence's rows (outputs masked right)",
+     ("chunk_gated_delta_rule",), ("chunk_boundary", "varlen_isolation", "boundary:sequence", "boundary")),
 ]
 
 
