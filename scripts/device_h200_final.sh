@@ -18,7 +18,7 @@
 #   call 7  carry .whl/test (+ part PUT=N): ci's cases changed on 2026-12-06 on triton - the checkpoint
 #           op (now block by block over fla's chunk), the nan_neighbour variant, drift_256 -> $OUT/ci-new/
 #   call 8  carry .whl/fastpath.sha256 .whl/test (parts in place): scripts/fi_prefill_tail_repro.py and the
-#           nan_neighbour chunk cases on flashinfer, vllm, vllm@triton, sglang -> $OUT/nan-neighbour/
+#           nan_neighbour chunk cases on flashinfer, vllm, vllm@triton, sglang, side by side -> $OUT/nan-neighbour/
 # Knobs: TEST_LIMIT (call 1's pytest), PROFILE=1 (call 1: cProfile a drift_256 and a full-dims mixed
 # case beside the tests), DRIFT=1 (call 1: call 5's drift run after the tests), NO_GRAPH=1 (call 1:
 # skip the CUDA-graph check), QUICK_CI=1 (call 2: one cold ci run at --jobs $JOBS instead of bench),
@@ -103,12 +103,15 @@ print(json.dumps(l('vllm').describe(), default=str, indent=1))" > "$OUT/vllm-des
   8)
     [ -f /tmp/fastpath/.done ] || { echo "the fast-path packages are not in place (PUT every part first)"; exit 3; }
     export PYTHONPATH=/tmp/fastpath/vsrc:/tmp/fastpath/site/nvidia_cutlass_dsl/dsl_packages:/tmp/fastpath/site:$PYTHONPATH
-    timeout -s INT 200 python3 scripts/fi_prefill_tail_repro.py > "$OUT/fi-repro.log" 2>&1; echo "rc $?" >> "$OUT/fi-repro.log"
+    # the repro and the four backends side by side: FlashInfer's CuTe DSL compiles are host-bound
+    (timeout -s INT ${FP_LIMIT:-240} python3 scripts/fi_prefill_tail_repro.py > "$OUT/fi-repro.log" 2>&1
+     echo "rc $?" >> "$OUT/fi-repro.log") &
     for b in flashinfer vllm vllm@triton sglang; do
-      timeout -s INT ${FP_LIMIT:-120} python3 -m harness.cli run --suite fastpath --backend $b --device cuda \
+      (timeout -s INT ${FP_LIMIT:-240} python3 -m harness.cli run --suite fastpath --backend $b --device cuda \
           -k nan_neighbour --report-dir "$OUT/nan-neighbour/$b" -q > "$OUT/nan-neighbour-$b.log" 2>&1
-      echo "$b rc $?" >> "$OUT/nan-neighbour-$b.log"
+       echo "$b rc $?" >> "$OUT/nan-neighbour-$b.log") &
     done
+    wait
     cat "$OUT/fi-repro.log"; tail -n 4 "$OUT"/nan-neighbour-*.log ;;
   4)
     mkdir -p "$OUT/extra"

@@ -5,6 +5,7 @@
 #   MODE=bench (default): ci with --autotune pinned, cold (each run its own empty
 #                TRITON_CACHE_DIR) and warm, --jobs 1 and --jobs $JOBS; rows + per-phase
 #                breakdown in $OUT/bench.{json,md}, each run's results.json in $OUT/bench.tgz.
+#                SUITE_JOBS="8 4" times other worker counts (cold each, then warm each).
 # Carry: .whl (the fla-core wheel). Each mode fits one device call (<= 9 min): a suite run past
 # SUITE_LIMIT gets SIGINT and still writes the cases it finished (record: pins of those).
 set -o pipefail
@@ -17,7 +18,7 @@ if [ "${MODE:-bench}" = record ]; then
         --record-autotune $OUT/autotune_pins.json --report-dir /tmp/bench 2>&1 | tee -a $OUT/log
 else
     timeout -s INT ${BENCH_LIMIT:-520} python3 -m harness.cli bench --device cuda --no-ops --repeat 1 \
-        --suite-cost ci --suite-backend triton --suite-jobs 1 --suite-jobs $JOBS --suite-cold-each \
+        --suite-cost ci --suite-backend triton $(for j in ${SUITE_JOBS:-1 $JOBS}; do echo --suite-jobs $j; done) --suite-cold-each \
         --autotune pinned --suite-limit ${SUITE_LIMIT:-115} --suite-cache /tmp/tcache --report-dir /tmp/bench \
         2>&1 | tee -a $OUT/log
 fi
