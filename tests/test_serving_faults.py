@@ -100,14 +100,14 @@ def test_spec_invariance_bf16_state_passes_the_reference_and_kills_the_stale_rea
     """With a bf16 state even the reference's spec step (fp32 between its tokens) differs from
     plain decodes by the state's rounding (4.6e-3 here): the bf16 entry admits that, and the
     zero-draft stale read (vllm #39273) stays O(1) outside it."""
-    def run(backend):
+    def run(backend, device):   # the fault's Triton backend runs on the CPU only under the interpreter
         return run_case(Case(level="layer", check="spec_zero_draft", dims=parse_dims("qwen3.5-27b:shrunk"),
-                             backend=backend, dtype="bfloat16", state_dtype="bfloat16", layout="flat", device="cpu",
+                             backend=backend, dtype="bfloat16", state_dtype="bfloat16", layout="flat", device=device,
                              variant="recurrent.token_first.sharded"), POLICY, "test", backends, diagnose=False)
 
     def worst(rec):
         return max(m["rel_rms"] for m in rec["metrics"] if m["quantity"] == "spec_invariance.core")
-    ok, bad = run("reference"), run(FAULTS["zero_draft_reads_column_zero"].target)
+    ok, bad = run("reference", "cpu"), run(FAULTS["zero_draft_reads_column_zero"].target, DEVICE)
     assert ok["status"] == "pass" and 1e-3 < worst(ok) < ok["tolerance"]["layer.spec_invariance"]["value"]
     assert bad["status"] == "fail" and worst(bad) > 0.5
 
