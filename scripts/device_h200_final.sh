@@ -19,13 +19,17 @@
 #           op (now block by block over fla's chunk), the nan_neighbour variant, drift_256 -> $OUT/ci-new/
 #   call 8  carry .whl/fastpath.sha256 .whl/test (parts in place): scripts/fi_prefill_tail_repro.py and the
 #           nan_neighbour chunk cases on flashinfer, vllm, vllm@triton, sglang, side by side -> $OUT/nan-neighbour/
+#   call 9  carry .whl/fastpath.sha256 .whl/test (+ PUT=4: the last part): one CuTe-DSL compile at a time
+#           (side by side, call 8's four runs finished 0 of 8): nan_neighbour on sglang and vllm@triton
+#           (Triton compiles) beside the fast-path mutant kill run on narrow slices, the FlashInfer ones
+#           one after another on one JIT cache -> $OUT/nn9/, $OUT/mut/
 # Knobs: TEST_LIMIT (call 1's pytest), PROFILE=1 (call 1: cProfile a drift_256 and a full-dims mixed
 # case beside the tests), DRIFT=1 (call 1: call 5's drift run after the tests), NO_GRAPH=1 (call 1:
 # skip the CUDA-graph check), QUICK_CI=1 (call 2: one cold ci run at --jobs $JOBS instead of bench),
 # NO_FP_CI=1 / FP_LAYER_JOBS / FP_LIMIT / NO_EXTRA (call 3's vllm ci run, layer run, extra phase), NO_PUT=1
 # (calls 1 / 2 without their part, when calls 3 / 4 will not follow), PUT=N (put part N, any call).
 set -o pipefail
-CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8}
+CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9}
 PUT=${PUT:-$([ "$CALL" -le 3 ] && [ -z "$NO_PUT" ] && echo "$CALL")}
 if [ -n "$PUT" ]; then
   bash scripts/device_fastpaths.sh put "$PUT" > "$OUT/put.log" 2>&1 || { cat "$OUT/put.log"; exit 3; }
@@ -113,6 +117,28 @@ print(json.dumps(l('vllm').describe(), default=str, indent=1))" > "$OUT/vllm-des
     done
     wait
     cat "$OUT/fi-repro.log"; tail -n 4 "$OUT"/nan-neighbour-*.log ;;
+  9)
+    [ -f /tmp/fastpath/.done ] || { echo "the fast-path packages are not in place (PUT every part first)"; exit 3; }
+    export PYTHONPATH=/tmp/fastpath/vsrc:/tmp/fastpath/site/nvidia_cutlass_dsl/dsl_packages:/tmp/fastpath/site:$PYTHONPATH
+    export GDN_DIAGNOSE_BUDGET_S=${MUT_DIAG_S:-30}
+    one() {  # dir name limit args...: one fastpath run, report under $OUT/dir/name
+      local dir=$1 name=$2 lim=$3; shift 3; mkdir -p "$OUT/$dir"
+      timeout -s INT "$lim" python3 -m harness.cli run --suite fastpath --device cuda -q \
+          --report-dir "$OUT/$dir/$name" "$@" > "$OUT/$dir/$name.log" 2>&1; echo "$name rc $?" >> "$OUT/$dir/$name.log"
+    }
+    M=harness.faults.fastpath_mutants
+    CHUNK="op.chunk_gated_delta_rule[ and varlen and qwen3-next"
+    (one nn9 sglang ${NN_LIMIT:-170} --backend sglang -k nan_neighbour
+     one mut SglangVerifyReadsColumn0 60 --backend $M:SglangVerifyReadsColumn0 --dtype bfloat16 \
+         -k "fused_sigmoid_gating_delta_rule_update[ and spec and qwen3-next") &
+    one nn9 vllm@triton ${NN_LIMIT:-170} --backend vllm@triton -k nan_neighbour &
+    (one mut FiGateLogAsLinear 120 --backend $M:FiGateLogAsLinear --dtype bfloat16 -k "$CHUNK"
+     one mut FiChunkZeroInitialState 60 --backend $M:FiChunkZeroInitialState --dtype bfloat16 -k "$CHUNK"
+     one mut VllmFiWrapperGateNotExp 70 --backend $M:VllmFiWrapperGateNotExp --dtype bfloat16 -k "$CHUNK"
+     one mut FiNullRowUnshifted 70 --backend $M:FiNullRowUnshifted --dtype bfloat16 --isolate --timeout 60 \
+         -k "fused_sigmoid_gating_delta_rule_update[ and decode and qwen3-next") &
+    wait
+    tail -n 3 "$OUT"/nn9/*.log "$OUT"/mut/*.log ;;
   4)
     mkdir -p "$OUT/extra"
     OUT=$OUT/extra LIMIT_S=${EXTRA_LIMIT:-240} bash scripts/device_fastpaths.sh extra > "$OUT/extra.log" 2>&1

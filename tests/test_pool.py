@@ -154,3 +154,18 @@ def test_compile_affinity_of_cases():
     assert compile_affinity(Case(**op, variant="contiguous")) == compile_affinity(Case(**op, variant="strided"))
     assert compile_affinity(Case(**op, variant="contiguous")) != compile_affinity(Case(**{**op, "dtype": "float32"}))
     assert compile_affinity(Case(level="self", check="tp_reduce", dims=d)) is None
+
+
+def test_longest_first_starts_the_drift_lane_and_keeps_suite_order_otherwise():
+    from harness.cases.suite import parse_dims
+    from harness.run.isolate import Job, expected_cost, longest_first
+    d, full = parse_dims("qwen3.5-27b:shrunk:H=2,K=12,V=20"), parse_dims("qwen3-next-80b-a3b")
+    op = Case(level="op", check="fused_gdn_gating", dims=d, backend="triton", dtype="float16", state_dtype="float32")
+    lay = dict(level="layer", backend="triton", dtype="bfloat16", state_dtype="float32",
+               variant="recurrent.token_first.sharded")
+    mixed, drift = Case(check="mixed", dims=full, **lay), Case(check="drift_256", dims=full, **lay)
+    small, self_ = Case(check="mixed", dims=d, **lay), Case(level="self", check="tp_reduce", dims=d)
+    assert expected_cost(drift) > expected_cost(mixed) > expected_cost(small) > expected_cost(op) == 0
+    assert expected_cost(self_) == 0
+    jobs = [Job({}, c) for c in (op, self_, small, mixed, drift)]
+    assert [j.tag for j in longest_first(jobs)] == [drift, mixed, small, op, self_]

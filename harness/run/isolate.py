@@ -34,6 +34,8 @@ from typing import Any, Callable, Dict, Hashable, List, Optional, Set
 
 from harness.run.autotune import worker_env
 from harness.cases.case import Case
+from harness.cases.scenario import mix_scenario
+from harness.errors import ConfigError
 from harness.optimized.interpret import interpret_triton
 from harness.run.runner import case_record
 from harness.run.worker import EXIT_RESTART
@@ -106,6 +108,26 @@ def compile_affinity(case: Case) -> Optional[Hashable]:
         return None
     what = case.check if case.level == "op" else case.decode_path
     return (case.backend, case.level, what, dataclasses.astuple(case.dims), case.dtype, case.state_dtype)
+
+
+def expected_cost(case: Case) -> int:
+    """A layer case's rough cost, for the order jobs start in: its batch entries times a value
+    head's state size (the oracle and the backend step entry by entry, so a drift lane's 514
+    entries at full dims outlast hundreds of op cases). Op, self and pseudo-mix cases: 0."""
+    if case.level != "layer":
+        return 0
+    try:
+        sc = mix_scenario(case.check, case.dims, case.scenario)
+    except ConfigError:
+        return 0
+    return sum(len(step) for step in sc.steps) * case.dims.HV * case.dims.K * case.dims.V
+
+
+def longest_first(jobs: List[Job]) -> List[Job]:
+    """Jobs of cases by `expected_cost`, largest first, else in suite order: the long layer lanes
+    start beside the short cases instead of last (in suite order the drift lane, six cases at once
+    on one GPU, was the warm --jobs 8 run's tail)."""
+    return sorted(jobs, key=lambda job: -expected_cost(job.tag))
 
 
 def _take(todo: "collections.deque[Job]", mine: Set[Hashable], claimed: Set[Hashable]) -> Job:
@@ -412,6 +434,8 @@ def run_isolated(cases: List[Case], suite: str, policy: Optional[str], oracle_de
     nslots = max(1, min(jobs, len(cases)))
     work = [Job(dict(case=c.to_dict(), suite=suite, policy=policy, oracle_device=oracle_device), c,
                 compile_affinity(c)) for c in cases]
+    if nslots > 1:
+        work = longest_first(work)
 
     def done(job: Job, got: Outcome):
         if got.kind == "result":
