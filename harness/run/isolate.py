@@ -434,7 +434,7 @@ def run_isolated(cases: List[Case], suite: str, policy: Optional[str], oracle_de
     nslots = max(1, min(jobs, len(cases)))
     work = [Job(dict(case=c.to_dict(), suite=suite, policy=policy, oracle_device=oracle_device), c,
                 compile_affinity(c)) for c in cases]
-    if nslots > 1:
+    if nslots > 1 and os.environ.get("GDN_JOB_ORDER", "longest") != "suite":   # "suite": the A/B baseline
         work = longest_first(work)
 
     def done(job: Job, got: Outcome):
