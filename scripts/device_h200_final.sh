@@ -23,6 +23,9 @@
 #           (side by side, call 8's four runs finished 0 of 8): nan_neighbour on sglang and vllm@triton
 #           (Triton compiles) beside the fast-path mutant kill run on narrow slices, the FlashInfer ones
 #           one after another on one JIT cache -> $OUT/nn9/, $OUT/mut/
+#   call 10 carry .whl/test: a short session's call - the GPU tests of the files changed last (TESTS), then
+#           ci at --jobs $JOBS (8) cold, longest first, and warm on its cache in suite order then longest
+#           first (GDN_JOB_ORDER) -> $OUT/pytest.log, $OUT/ci-{cold,warm-suite,warm-longest}/
 # (call 2, AB=1: then warm ci runs in suite order and longest first, GDN_JOB_ORDER, on the bench's cache)
 # Knobs: TEST_LIMIT (call 1's pytest), PROFILE=1 (call 1: cProfile a drift_256 and a full-dims mixed
 # case beside the tests), DRIFT=1 (call 1: call 5's drift run after the tests), NO_GRAPH=1 (call 1:
@@ -30,7 +33,7 @@
 # NO_FP_CI=1 / FP_LAYER_JOBS / FP_LIMIT / NO_EXTRA (call 3's vllm ci run, layer run, extra phase), NO_PUT=1
 # (calls 1 / 2 without their part, when calls 3 / 4 will not follow), PUT=N (put part N, any call).
 set -o pipefail
-CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9}
+CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | 10}
 PUT=${PUT:-$([ "$CALL" -le 3 ] && [ -z "$NO_PUT" ] && echo "$CALL")}
 if [ -n "$PUT" ]; then
   bash scripts/device_fastpaths.sh put "$PUT" > "$OUT/put.log" 2>&1 || { cat "$OUT/put.log"; exit 3; }
@@ -148,6 +151,16 @@ print(json.dumps(l('vllm').describe(), default=str, indent=1))" > "$OUT/vllm-des
          -k "fused_sigmoid_gating_delta_rule_update[ and decode and qwen3-next") &
     wait
     tail -n 3 "$OUT"/nn9/*.log "$OUT"/mut/*.log ;;
+  10)
+    timeout -s INT ${TEST_LIMIT:-150} python3 -m pytest ${TESTS:-tests} -n 8 -q -rs --junitxml "$OUT/junit.xml" \
+        > "$OUT/pytest.log" 2>&1; echo "pytest rc $?" >> "$OUT/pytest.log"; tail -n 4 "$OUT/pytest.log"
+    rm -rf /tmp/tcache10
+    for run in cold:longest warm:suite warm:longest; do
+      GDN_JOB_ORDER=${run#*:} TRITON_CACHE_DIR=/tmp/tcache10 TRITON_CACHE_AUTOTUNING=1 timeout -s INT ${SUITE_LIMIT:-130} \
+          python3 -m harness.cli run --suite ci --backend triton --device cuda --jobs ${JOBS:-8} --autotune pinned -q \
+          --report-dir "$OUT/ci-${run/:/-}" > "$OUT/ci-${run/:/-}.log" 2>&1; echo "$run rc $?" >> "$OUT/ci-${run/:/-}.log"
+      tail -n 2 "$OUT/ci-${run/:/-}.log"
+    done ;;
   4)
     mkdir -p "$OUT/extra"
     OUT=$OUT/extra LIMIT_S=${EXTRA_LIMIT:-240} bash scripts/device_fastpaths.sh extra > "$OUT/extra.log" 2>&1
