@@ -78,3 +78,18 @@ def test_an_interpreter_too_old_for_the_varlen_kernels_is_a_named_skip(monkeypat
     assert "triton 3.6.0's interpreter" in interpreter_too_old() and ">= 3.7" in interpreter_too_old()
     monkeypatch.setattr(triton, "__version__", "3.7.0+git1234")
     assert interpreter_too_old() is None
+
+
+@pytest.mark.parametrize("debug, sanitized", [(None, False), ("1", True)])
+def test_fast_interpreter_sanitizes_int_overflow_only_under_triton_debug(debug, sanitized):
+    """Triton's interpreter checks every integer add / sub / mul for overflow; compiled kernels
+    only under TRITON_DEBUG=1. The harness's interpreter follows the compiled rule (a fresh
+    process: the patch is applied once per process)."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_DEBUG"}
+    if debug:
+        env["TRITON_DEBUG"] = debug
+    code = ("from harness.optimized.interpret import fast_interpreter; from triton.runtime import interpreter as i; "
+            "assert fast_interpreter(); print(i.interpreter_builder.options.sanitize_overflow)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(sanitized)
