@@ -26,7 +26,6 @@
 #   call 10 carry .whl/test: a short session's call - the GPU tests of the files changed last (TESTS), then
 #           ci at --jobs $JOBS (8) cold, longest first, and warm on its cache in suite order then longest
 #           first (GDN_JOB_ORDER) -> $OUT/pytest.log, $OUT/ci-{cold,warm-suite,warm-longest}/
-# (call 2, AB=1: then warm ci runs in suite order and longest first, GDN_JOB_ORDER, on the bench's cache)
 # Knobs: TEST_LIMIT (call 1's pytest), PROFILE=1 (call 1: cProfile a drift_256 and a full-dims mixed
 # case beside the tests), DRIFT=1 (call 1: call 5's drift run after the tests), NO_GRAPH=1 (call 1:
 # skip the CUDA-graph check), QUICK_CI=1 (call 2: one cold ci run at --jobs $JOBS instead of bench),
@@ -80,15 +79,7 @@ p.sort_stats('cumulative').print_stats(45)" "$OUT/prof-$name.pstats" >> "$OUT/pr
     mkdir -p "$OUT/bench"
     OUT=$OUT/bench JOBS=${JOBS:-4} BENCH_LIMIT=${BENCH_LIMIT:-400} SUITE_LIMIT=${SUITE_LIMIT:-80} \
         bash scripts/device_suite_cost.sh > "$OUT/bench.log" 2>&1
-    tail -n 30 "$OUT/bench.log"
-    # AB=1: on the bench's warm cache, ci at --jobs $JOBS in suite order (GDN_JOB_ORDER=suite), then
-    # longest first again: the job order's effect, same machine, same cache
-    [ -n "$AB" ] && for order in suite longest; do
-      GDN_JOB_ORDER=$order TRITON_CACHE_DIR=/tmp/tcache TRITON_CACHE_AUTOTUNING=1 timeout -s INT ${SUITE_LIMIT:-80} \
-          python3 -m harness.cli run --suite ci --backend triton --device cuda --jobs ${JOBS:-4} --autotune pinned -q \
-          --report-dir "$OUT/ab-warm-$order" > "$OUT/ab-warm-$order.log" 2>&1; echo "$order rc $?" >> "$OUT/ab-warm-$order.log"
-      tail -n 2 "$OUT/ab-warm-$order.log"
-    done ;;
+    tail -n 30 "$OUT/bench.log" ;;
   3)
     mkdir -p "$OUT/fp"
     [ -z "$NO_FP_CI" ] && (OUT=$OUT/fp SUITES=ci BACKENDS=vllm JOBS=4 LIMIT_S=${FP_LIMIT:-120} \

@@ -111,15 +111,23 @@ def test_comparison_fields():
 
 def test_tf32_layer_entries_only_for_a_declared_backend_in_fp32_on_cuda():
     """fla's chunked prefill runs TF32 dots on CUDA (8 u_tf32 at the op); an fp32 layer case
-    there is judged under the ".tf32" entries, on the CPU (IEEE fp32) under the 5e-5 ones."""
+    there is judged under the ".tf32" entries, on the CPU (IEEE fp32) or without a prefill step under
+    the 5e-5 ones."""
     from harness.cases.layercheck import TF32_KEYS, tf32_dots
     from harness.judge.policy import Policy
     from harness.optimized.reference_backend import ReferenceBackend
     from harness.optimized.triton_backend import TritonBackend
+    from harness.cases.scenario import mix_scenario
+    from harness.cases.suite import parse_dims
     assert TritonBackend.fp32_dots_cuda == "tf32" and ReferenceBackend.fp32_dots_cuda == "ieee"
-    assert tf32_dots(TritonBackend, "float32", "cuda") and tf32_dots(TritonBackend, "float32", "cuda:1")
-    assert not tf32_dots(TritonBackend, "float32", "cpu") and not tf32_dots(TritonBackend, "bfloat16", "cuda")
-    assert not tf32_dots(ReferenceBackend, "float32", "cuda")
+    d = parse_dims("qwen3.5-27b:shrunk")
+
+    def sc(dtype="float32", mix="mixed"):
+        return mix_scenario(mix, d, dtype=dtype)
+    assert tf32_dots(TritonBackend, sc(), "cuda") and tf32_dots(TritonBackend, sc(), "cuda:1")
+    assert not tf32_dots(TritonBackend, sc(), "cpu") and not tf32_dots(TritonBackend, sc("bfloat16"), "cuda")
+    assert not tf32_dots(ReferenceBackend, sc(), "cuda")
+    assert not tf32_dots(TritonBackend, sc(mix="decode_only"), "cuda")     # no chunked prefill: IEEE bounds
     policy = Policy()
     for key in TF32_KEYS:
         assert policy.lookup(key + ".tf32", "float32", "float32").value == 0.004       # 8 u_tf32, as the op

@@ -47,7 +47,7 @@ def run_layer_case(backend, ops, dims: GDNDims, mix: str, layout: str, tp: int, 
                                     else all_ranks(inp.weights, dims, layout, tp, ba))]
     steps_out, unpacked, pools = _backend_run(backend, ops, sc, inp, ranks, conv_layout, decode_path, device)
     pairs = oracle_pairs(sc, inp, steps_out, unpacked, pools, conv_layout, backend.ssm_state_layout,
-                         oracle_device or device, tf32_dots(backend, dtype, device) and runs_prefill(sc))
+                         oracle_device or device, tf32_dots(backend, sc, device))
     if sharder is not None or tp > 1:
         # the oracle starts from the ranks' own projections: a rank on a wrong shard shows only here
         pairs += full_weight_projection_pairs(sc, inp, unpacked, device)
@@ -133,17 +133,14 @@ def rank_step(backend, ops, p, h, entries, conv, ssm, sc: Scenario, conv_layout:
     return ref_in, out
 
 
-def tf32_dots(backend, dtype: str, device) -> bool:
+def tf32_dots(backend, sc: Scenario, device) -> bool:
     """Whether an fp32 layer case's chunked prefill ran TF32 tensor-core dots: the backend
-    declares it for CUDA (`fp32_dots_cuda`); the CPU interpreter computes IEEE fp32."""
-    return (dtype == "float32" and torch.device(device).type == "cuda"
-            and getattr(backend, "fp32_dots_cuda", "ieee") == "tf32")
-
-
-def runs_prefill(sc: Scenario) -> bool:
-    """Whether a step runs the chunked prefill (the only TF32 op): a decode / spec-only case
-    keeps the IEEE fp32 bounds, where an fp16 read-out on the decode path still fails."""
-    return any(e.kind == "prefill" for plan in sc.plan() for e in plan)
+    declares it for CUDA (`fp32_dots_cuda`; the CPU interpreter computes IEEE fp32) and a step
+    of `sc` runs the prefill (the only TF32 op: a decode / spec-only case keeps the IEEE bounds,
+    where an fp16 read-out on the decode path still fails)."""
+    return (sc.dtype == "float32" and torch.device(device).type == "cuda"
+            and getattr(backend, "fp32_dots_cuda", "ieee") == "tf32"
+            and any(e.kind == "prefill" for plan in sc.plan() for e in plan))
 
 
 # The layer outputs whose bound composes the chunked delta rule's (".tf32" entries: 8 u_tf32)

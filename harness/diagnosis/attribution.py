@@ -201,7 +201,7 @@ def _run(case, backend, checked: _Checked, core=None, deadline: Optional[float] 
         steps_out.append(dict(core=gather_heads([r["core"].cpu() for r in per_rank], dim=1),
                               out=sum(r["out"].float().cpu() for r in per_rank)))
     return oracle_pairs(sc, inp, steps_out, unpacked, pools, conv_layout, backend.ssm_state_layout, case.device,
-                        tf32_dots(backend, case.dtype, case.device))
+                        tf32_dots(backend, sc, case.device))
 
 
 def _failing_outputs(pairs, policy, case, pad_unspecified: bool = False) -> int:

@@ -292,7 +292,7 @@ def distributed_pairs(case: Case, backend, ops, device: str, oracle_device: Opti
     if rank != 0:
         return None
     pairs = oracle_pairs(sc, inp, steps_out, unpacked, list(zip(conv_parts, ssm_parts)), conv_layout, ssm_layout,
-                         oracle_device or device, tf32_dots(backend, sc.dtype, device))
+                         oracle_device or device, tf32_dots(backend, sc, device))
     # The TP=1 layer's projections from the full weights: a rank on the wrong shard shows here.
     return pairs + full_weight_projection_pairs(sc, inp, unpacked, device)
 
