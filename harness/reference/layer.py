@@ -22,6 +22,7 @@ from .conv import causal_conv1d_fn, causal_conv1d_update
 from .delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
 from .gating import fused_gdn_gating
 from .norm import rms_norm_gated
+from .replay import StepReplay
 
 F64 = torch.float64
 # Per-step outputs the oracle records (TP: gathered over ranks; "out" reduced).
@@ -190,12 +191,17 @@ def run_oracle(sc, weights, hidden: List[torch.Tensor], conv_pool: torch.Tensor,
     ranks = all_ranks(weights.to(device=device, dtype=F64), sc.dims, sc.layout, tp, sc.ba)
     pools = [_local_pools(sc, conv_pool.to(device, F64), ssm_pool.to(device, F64), p) for p in ranks]
     steps = []
+    # repeated steps replay as CUDA graphs (bit-identical); not under the diagnosis's hypotheses
+    replay = StepReplay(device, enabled=None if ops is None and projections is None else False)
     for s, entries in enumerate(plans if plans is not None else sc.plan()):
         per_rank = []
+        # on the device before the step: a step's graph takes device tensors
+        given = () if unpacked is None else tuple(t.to(device=device, dtype=F64).contiguous() for t in unpacked[s])
         for ri, p in enumerate(ranks):
             mq = projections[ri](hidden[s].to(F64)) if projections else None
-            per_rank.append(oracle_step(p, hidden[s], entries, *pools[ri], sc.norm, chunked, mq,
-                                        unpacked[s] if unpacked is not None else None, ops))
+            step = lambda h, *u, p=p, ri=ri, mq=mq: oracle_step(p, h, entries, *pools[ri], sc.norm, chunked, mq,
+                                                                u if unpacked is not None else None, ops)
+            per_rank.append(replay((ri, repr(entries)), step, (hidden[s], *given)))
         steps.append(_gather_step(sc, per_rank))
     conv = gather_conv_channels([c for c, _ in pools], sc.dims, dim=1)
     ssm = gather_heads([m for _, m in pools], dim=1)
