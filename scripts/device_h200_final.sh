@@ -26,13 +26,15 @@
 #   call 10 carry .whl/test: a short session's call - the GPU tests of the files changed last (TESTS), then
 #           ci at --jobs $JOBS (8) cold, longest first, and warm on its cache in suite order then longest
 #           first (GDN_JOB_ORDER) -> $OUT/pytest.log, $OUT/ci-{cold,warm-suite,warm-longest}/
+#   call 11 carry .whl/test: the oracle's drift step eager vs CUDA-graph replay, 1 and 8 processes
+#           (scripts/profile_oracle.py) -> $OUT/oracle-prof.log
 # Knobs: TEST_LIMIT (call 1's pytest), PROFILE=1 (call 1: cProfile a drift_256 and a full-dims mixed
 # case beside the tests), DRIFT=1 (call 1: call 5's drift run after the tests), NO_GRAPH=1 (call 1:
 # skip the CUDA-graph check), QUICK_CI=1 (call 2: one cold ci run at --jobs $JOBS instead of bench),
 # NO_FP_CI=1 / FP_LAYER_JOBS / FP_LIMIT / NO_EXTRA (call 3's vllm ci run, layer run, extra phase), NO_PUT=1
 # (calls 1 / 2 without their part, when calls 3 / 4 will not follow), PUT=N (put part N, any call).
 set -o pipefail
-CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | 10}
+CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | ... | 11}
 PUT=${PUT:-$([ "$CALL" -le 3 ] && [ -z "$NO_PUT" ] && echo "$CALL")}
 if [ -n "$PUT" ]; then
   bash scripts/device_fastpaths.sh put "$PUT" > "$OUT/put.log" 2>&1 || { cat "$OUT/put.log"; exit 3; }
@@ -152,6 +154,16 @@ print(json.dumps(l('vllm').describe(), default=str, indent=1))" > "$OUT/vllm-des
           --report-dir "$OUT/ci-${run/:/-}" > "$OUT/ci-${run/:/-}.log" 2>&1; echo "$run rc $?" >> "$OUT/ci-${run/:/-}.log"
       tail -n 2 "$OUT/ci-${run/:/-}.log"
     done ;;
+  11)
+    # the fp64 oracle's drift step eager vs replayed as CUDA graphs, alone and 8 side by side
+    for G in 0 1; do
+      for procs in 1 8; do
+        echo "== GDN_ORACLE_GRAPHS=$G procs=$procs" >> "$OUT/oracle-prof.log"
+        GDN_ORACLE_GRAPHS=$G timeout 90 python3 scripts/profile_oracle.py --device cuda --steps 128 --procs $procs \
+            $([ "$procs" = 1 ] && echo --profile) >> "$OUT/oracle-prof.log" 2>&1
+      done
+    done
+    grep -v "^ " "$OUT/oracle-prof.log" | grep -v "^--" | tail -n 40 ;;
   4)
     mkdir -p "$OUT/extra"
     OUT=$OUT/extra LIMIT_S=${EXTRA_LIMIT:-240} bash scripts/device_fastpaths.sh extra > "$OUT/extra.log" 2>&1
