@@ -27,7 +27,8 @@
 #           ci at --jobs $JOBS (8) cold, longest first, and warm on its cache in suite order then longest
 #           first (GDN_JOB_ORDER) -> $OUT/pytest.log, $OUT/ci-{cold,warm-suite,warm-longest}/
 #   call 11 carry .whl/test: the oracle's drift step eager vs CUDA-graph replay, 1 and 8 processes
-#           (scripts/profile_oracle.py) -> $OUT/oracle-prof.log
+#           (scripts/profile_oracle.py) -> $OUT/oracle-prof.log; a worker's imports, 1 and 8 at once
+#           -> $OUT/worker-start.log
 # Knobs: TEST_LIMIT (call 1's pytest), PROFILE=1 (call 1: cProfile a drift_256 and a full-dims mixed
 # case beside the tests), DRIFT=1 (call 1: call 5's drift run after the tests), NO_GRAPH=1 (call 1:
 # skip the CUDA-graph check), QUICK_CI=1 (call 2: one cold ci run at --jobs $JOBS instead of bench),
@@ -163,7 +164,15 @@ print(json.dumps(l('vllm').describe(), default=str, indent=1))" > "$OUT/vllm-des
             $([ "$procs" = 1 ] && echo --profile) >> "$OUT/oracle-prof.log" 2>&1
       done
     done
-    grep -v "^ " "$OUT/oracle-prof.log" | grep -v "^--" | tail -n 40 ;;
+    # a worker's start (issue 20: ~9 s a worker of a --jobs 8 run): its imports alone, then 8 at once
+    imp='import time; t = time.perf_counter(); import harness.run.worker; print(f"import {time.perf_counter() - t:.2f} s")'
+    for n in 1 1 8; do
+      echo "== $n worker import(s) at once" >> "$OUT/worker-start.log"
+      for i in $(seq $n); do python3 -c "$imp" >> "$OUT/worker-start.log" 2>&1 & done; wait
+    done
+    python3 -X importtime -c "import harness.run.worker" 2> "$OUT/importtime.txt"
+    sort -t'|' -k2 -n -r "$OUT/importtime.txt" | head -n 25 >> "$OUT/worker-start.log"
+    grep -v "^ " "$OUT/oracle-prof.log" | grep -v "^--" | tail -n 40; cat "$OUT/worker-start.log" ;;
   4)
     mkdir -p "$OUT/extra"
     OUT=$OUT/extra LIMIT_S=${EXTRA_LIMIT:-240} bash scripts/device_fastpaths.sh extra > "$OUT/extra.log" 2>&1
