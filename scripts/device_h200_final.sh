@@ -165,12 +165,16 @@ print(json.dumps(l('vllm').describe(), default=str, indent=1))" > "$OUT/vllm-des
       done
     done
     # a worker's start (issue 20: ~9 s a worker of a --jobs 8 run): its imports alone, then 8 at once
-    imp='import time; t = time.perf_counter(); import harness.run.worker; print(f"import {time.perf_counter() - t:.2f} s")'
+    imp='import time; t = time.perf_counter(); import harness.run.worker; t1 = time.perf_counter()
+from harness.optimized.registry import load_backend; load_backend("triton"); t2 = time.perf_counter()
+import torch; torch.zeros(1, device="cuda"); torch.cuda.synchronize()
+print(f"worker import {t1 - t:.2f} s, triton backend {t2 - t1:.2f} s, CUDA context {time.perf_counter() - t2:.2f} s")'
     for n in 1 1 8; do
       echo "== $n worker import(s) at once" >> "$OUT/worker-start.log"
       for i in $(seq $n); do python3 -c "$imp" >> "$OUT/worker-start.log" 2>&1 & done; wait
     done
-    python3 -X importtime -c "import harness.run.worker" 2> "$OUT/importtime.txt"
+    python3 -X importtime -c "import harness.run.worker; from harness.optimized.registry import load_backend as l; l('triton')" \
+        2> "$OUT/importtime.txt"
     sort -t'|' -k2 -n -r "$OUT/importtime.txt" | head -n 25 >> "$OUT/worker-start.log"
     grep -v "^ " "$OUT/oracle-prof.log" | grep -v "^--" | tail -n 40; cat "$OUT/worker-start.log" ;;
   4)
