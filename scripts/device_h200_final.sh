@@ -33,7 +33,8 @@
 # case beside the tests), DRIFT=1 (call 1: call 5's drift run after the tests), NO_GRAPH=1 (call 1:
 # skip the CUDA-graph check), QUICK_CI=1 (call 2: one cold ci run at --jobs $JOBS instead of bench),
 # NO_FP_CI=1 / FP_LAYER_JOBS / FP_LIMIT / NO_EXTRA (call 3's vllm ci run, layer run, extra phase), NO_PUT=1
-# (calls 1 / 2 without their part, when calls 3 / 4 will not follow), PUT=N (put part N, any call).
+# (calls 1 / 2 without their part, when calls 3 / 4 will not follow), PUT=N (put part N, any call), NO_CI=1
+# (call 10: the tests alone).
 set -o pipefail
 CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | ... | 11}
 PUT=${PUT:-$([ "$CALL" -le 3 ] && [ -z "$NO_PUT" ] && echo "$CALL")}
@@ -148,6 +149,7 @@ print(json.dumps(l('vllm').describe(), default=str, indent=1))" > "$OUT/vllm-des
   10)
     timeout -s INT ${TEST_LIMIT:-150} python3 -m pytest ${TESTS:-tests} -n 8 -q -rs --junitxml "$OUT/junit.xml" \
         > "$OUT/pytest.log" 2>&1; echo "pytest rc $?" >> "$OUT/pytest.log"; tail -n 4 "$OUT/pytest.log"
+    [ -n "$NO_CI" ] && exit 0
     rm -rf /tmp/tcache10
     for run in cold:longest warm:suite warm:longest; do
       GDN_JOB_ORDER=${run#*:} TRITON_CACHE_DIR=/tmp/tcache10 TRITON_CACHE_AUTOTUNING=1 timeout -s INT ${SUITE_LIMIT:-130} \
