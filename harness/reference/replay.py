@@ -6,7 +6,8 @@ worker processes share the GPU). A step whose plan repeats (same entries, slots 
 ranges, same input shapes) is captured once and replayed: the same kernels on the same
 arguments, so the result is bit-identical to the eager step; only the inputs are copied into
 the captured buffers. On the CPU, for a plan seen once, and after any failed capture (a host
-read of a GPU value, say), steps run eagerly. GDN_ORACLE_GRAPHS=0 turns it off.
+read of a GPU value, say), steps run eagerly. GDN_ORACLE_GRAPHS=1 turns it on (`DEFAULT`: off
+until its GPU tests, tests/test_oracle_replay.py, have passed on a GPU).
 """
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from typing import Callable, Dict, Hashable, Optional, Tuple
 import torch
 
 
+DEFAULT = "0"
+
+
 def graphs_enabled(device) -> bool:
-    return torch.device(device).type == "cuda" and os.environ.get("GDN_ORACLE_GRAPHS", "1") != "0"
+    return torch.device(device).type == "cuda" and os.environ.get("GDN_ORACLE_GRAPHS", DEFAULT) != "0"
 
 
 class StepReplay:
