@@ -63,7 +63,7 @@ def test_a_step_that_cannot_be_captured_runs_eagerly():
         state.add_(inp * float(inp.sum()))
         return dict(out=state.clone())
 
-    replay = StepReplay("cuda")
+    replay = StepReplay("cuda", enabled=True)
     outs = [replay("k", step, (x,))["out"] for _ in range(4)]
     torch.cuda.synchronize()
     assert not replay.on and replay.replays == 0
@@ -78,7 +78,7 @@ def test_replayed_steps_see_fresh_inputs_and_carry_state():
         state.mul_(0.5).add_(inp)
         return dict(out=state * 2)
 
-    replay = StepReplay("cuda")
+    replay = StepReplay("cuda", enabled=True)
     ins = [torch.full((3,), float(i), device="cuda", dtype=torch.float64) for i in range(6)]
     outs = [replay("k", step, (x,))["out"] for x in ins]
     want, ref = torch.zeros(3, dtype=torch.float64), []
