@@ -34,7 +34,8 @@ class StepReplay:
     """
 
     def __init__(self, device, enabled: Optional[bool] = None):
-        self.on = graphs_enabled(device) if enabled is None else enabled
+        cuda = torch.device(device).type == "cuda"
+        self.on = graphs_enabled(device) if enabled is None else (enabled and cuda)
         self.seen: set = set()
         self.graphs: Dict[Hashable, Tuple[torch.cuda.CUDAGraph, tuple, dict]] = {}
         self.replays = 0
