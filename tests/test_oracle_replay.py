@@ -1,6 +1,10 @@
 """The fp64 oracle's CUDA-graph replay of repeated steps (harness/reference/replay.py) gives
 bit-identical results to eager steps. GPU only: on a CPU machine each test is a named skip
-(the oracle runs eagerly there, exercised by every other test)."""
+(the oracle runs eagerly there, exercised by every other test); its control flow is checked on
+the CPU against stand-ins for the torch.cuda calls."""
+import contextlib
+import types
+
 import pytest
 import torch
 
@@ -10,7 +14,6 @@ from harness.cases.scenario import mix_scenario
 from harness.cases.suite import parse_dims
 from harness.reference.replay import StepReplay
 
-pytestmark = pytest.mark.gpu
 
 
 def _cuda():
@@ -38,6 +41,7 @@ def _oracle(sc, monkeypatch, graphs: bool, tp=None):
     return res, sum(r.replays for r in made)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("mix, tp", [("drift_12", 1), ("spec_zero_draft_migrate", 1), ("multi_step", 2),
                                      ("drift_6", 2)])
 def test_replayed_oracle_is_bit_identical_to_eager(mix, tp, monkeypatch):
@@ -54,6 +58,7 @@ def test_replayed_oracle_is_bit_identical_to_eager(mix, tp, monkeypatch):
     assert torch.equal(graphed.conv_pool, eager.conv_pool) and torch.equal(graphed.ssm_pool, eager.ssm_pool)
 
 
+@pytest.mark.gpu
 def test_a_step_that_cannot_be_captured_runs_eagerly():
     _cuda()
     x = torch.arange(4.0, device="cuda")
@@ -70,6 +75,7 @@ def test_a_step_that_cannot_be_captured_runs_eagerly():
     assert [o.tolist() for o in outs] == [[6.0 * i * (n + 1) for i in range(4)] for n in range(4)]
 
 
+@pytest.mark.gpu
 def test_replayed_steps_see_fresh_inputs_and_carry_state():
     _cuda()
     state = torch.zeros(3, device="cuda", dtype=torch.float64)
@@ -87,3 +93,79 @@ def test_replayed_steps_see_fresh_inputs_and_carry_state():
         ref.append(want * 2)
     assert replay.replays == 4
     assert all(torch.equal(o.cpu(), r) for o, r in zip(outs, ref))
+
+
+class _FakeCuda:
+    """Stand-ins for the torch.cuda calls StepReplay makes, so its control flow runs on a CPU:
+    a capture records the step's work (`record`) instead of running it, a replay runs it."""
+
+    def __init__(self):
+        self.capturing = []
+
+    def install(self, monkeypatch):
+        fake = self
+
+        class Graph:
+            work = None
+
+            def replay(self):
+                self.work()
+
+        @contextlib.contextmanager
+        def graph(g, stream=None):
+            fake.capturing.append(g)
+            try:
+                yield
+            finally:
+                fake.capturing.pop()
+
+        for name, value in dict(CUDAGraph=Graph, graph=graph, Stream=lambda device=None: None,
+                                stream=lambda s: contextlib.nullcontext(), synchronize=lambda: None,
+                                current_stream=lambda: types.SimpleNamespace(wait_stream=lambda s: None)).items():
+            monkeypatch.setattr(torch.cuda, name, value)
+        monkeypatch.setattr(StepReplay, "_on_side_stream", lambda self, fn, inputs: fn(*inputs))
+
+    def record(self, work):
+        if self.capturing:
+            self.capturing[-1].work = work
+        else:
+            work()
+
+
+def test_replay_control_flow_on_a_cpu(monkeypatch):
+    """First step of a key eager, the second captured then replayed, later ones replayed; a new
+    input shape is a new key; a capture that raises turns replay off and the step runs eagerly."""
+    fake = _FakeCuda()
+    fake.install(monkeypatch)
+    state = torch.zeros(3, dtype=torch.float64)
+    calls = []
+
+    def step(x):
+        out = torch.empty_like(state)
+
+        def work():
+            state.mul_(0.5).add_(x)
+            out.copy_(state * 2)
+        calls.append("capture" if fake.capturing else "eager")
+        fake.record(work)
+        return dict(out=out)
+
+    replay = StepReplay("cuda", enabled=True)
+    want, outs, ref = torch.zeros(3, dtype=torch.float64), [], []
+    for i in range(5):
+        outs.append(replay("k", step, (torch.full((3,), float(i), dtype=torch.float64),))["out"])
+        want = want * 0.5 + i
+        ref.append(want * 2)
+    assert calls == ["eager", "capture"] and replay.replays == 4
+    assert all(torch.equal(o, r) for o, r in zip(outs, ref)), "a replay returned another step's buffer"
+    replay("k", step, (torch.zeros(4, dtype=torch.float64)[:3],))       # same shape and strides: replayed
+    replay("k", step, (torch.zeros(6, dtype=torch.float64)[::2],))      # other strides: a new key, eager
+    assert calls[2:] == ["eager"] and replay.replays == 5
+
+    def unfit(x):
+        if fake.capturing:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return dict(out=x * 3)
+    assert torch.equal(replay("u", unfit, (torch.ones(2),))["out"], torch.full((2,), 3.0))
+    assert torch.equal(replay("u", unfit, (torch.ones(2),))["out"], torch.full((2,), 3.0))
+    assert not replay.on
