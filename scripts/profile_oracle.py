@@ -26,18 +26,18 @@ def one(args) -> None:
     plans = sc.plan()
     run = lambda: run_oracle(sc, inp.weights, inp.hidden, inp.conv_pool, inp.ssm_pool, device=args.device,
                              plans=plans)
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     run()                                   # warm: allocator, cuBLAS handles, first launches
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     run()
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
+    sync()
     wall = time.perf_counter() - t
     print(f"oracle {len(plans)} steps {wall:.3f} s, {1e3 * wall / len(plans):.2f} ms a step", flush=True)
     if args.profile:
         acts = [torch.profiler.ProfilerActivity.CPU] + (
-            [torch.profiler.ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+            [torch.profiler.ProfilerActivity.CUDA] if cuda else [])
         with torch.profiler.profile(activities=acts) as prof:
             run()
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)

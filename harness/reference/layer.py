@@ -197,11 +197,12 @@ def run_oracle(sc, weights, hidden: List[torch.Tensor], conv_pool: torch.Tensor,
         per_rank = []
         # on the device before the step: a step's graph takes device tensors
         given = () if unpacked is None else tuple(t.to(device=device, dtype=F64).contiguous() for t in unpacked[s])
+        plan_key = repr(entries)
         for ri, p in enumerate(ranks):
             mq = projections[ri](hidden[s].to(F64)) if projections else None
             step = lambda h, *u, p=p, ri=ri, mq=mq: oracle_step(p, h, entries, *pools[ri], sc.norm, chunked, mq,
-                                                                u if unpacked is not None else None, ops)
-            per_rank.append(replay((ri, repr(entries)), step, (hidden[s], *given)))
+                                                                u or None, ops)
+            per_rank.append(replay((ri, plan_key), step, (hidden[s], *given)))
         steps.append(_gather_step(sc, per_rank))
     conv = gather_conv_channels([c for c, _ in pools], sc.dims, dim=1)
     ssm = gather_heads([m for _, m in pools], dim=1)

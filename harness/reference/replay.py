@@ -20,10 +20,6 @@ import torch
 DEFAULT = "0"
 
 
-def graphs_enabled(device) -> bool:
-    return torch.device(device).type == "cuda" and os.environ.get("GDN_ORACLE_GRAPHS", DEFAULT) != "0"
-
-
 class StepReplay:
     """Runs ``fn(*inputs) -> {name: tensor}`` per step; steps under one key share a graph.
 
@@ -34,8 +30,8 @@ class StepReplay:
     """
 
     def __init__(self, device, enabled: Optional[bool] = None):
-        cuda = torch.device(device).type == "cuda"
-        self.on = graphs_enabled(device) if enabled is None else (enabled and cuda)
+        wanted = os.environ.get("GDN_ORACLE_GRAPHS", DEFAULT) != "0" if enabled is None else enabled
+        self.on = wanted and torch.device(device).type == "cuda"
         self.seen: set = set()
         self.graphs: Dict[Hashable, Tuple[torch.cuda.CUDAGraph, tuple, dict]] = {}
         self.replays = 0
