@@ -6,8 +6,9 @@ rounded to the scenario's dtypes, so the oracle sees exactly what a backend gets
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import List
+from typing import Callable, List
 
 import torch
 
@@ -32,6 +33,37 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
+# fp64 draws kept per process: cases that differ only in dtype, layout, TP or backend draw the very
+# same values, and at full dims the draws (one generator, single-threaded) cost a case more than its
+# oracle. A few entries: one full-dims weight set is 256 MiB.
+DRAWS_KEPT = 3
+_draws: "OrderedDict[tuple, object]" = OrderedDict()
+
+
+def _clone(x):
+    if isinstance(x, torch.Tensor):
+        return x.clone()
+    if isinstance(x, GDNWeights):
+        return x.map(torch.clone)
+    if isinstance(x, dict):
+        return {k: _clone(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_clone(v) for v in x)
+    return x
+
+
+def drawn(key: tuple, draw: Callable[[], object]):
+    """`draw()`, remembered under `key` (everything the draw depends on); callers get clones, so an
+    in-place write by a backend or a fault never reaches the next case."""
+    if key in _draws:
+        _draws.move_to_end(key)
+    else:
+        _draws[key] = draw()
+        while len(_draws) > DRAWS_KEPT:
+            _draws.popitem(last=False)
+    return _clone(_draws[key])
+
+
 def make_small_params(dims: GDNDims, seed: int = 0, conv_bias: bool = False) -> dict:
     """The layer's small parameters (no projection matrices), cheap at preset dims:
     A = exp(A_log) ~ U(1, 16) and dt ~ logU(1e-3, 0.1) as in Qwen / Mamba init, so
@@ -50,6 +82,10 @@ def make_small_params(dims: GDNDims, seed: int = 0, conv_bias: bool = False) -> 
 
 def make_weights(dims: GDNDims, seed: int = 0, conv_bias: bool = False) -> GDNWeights:
     """fp64 weights: projections ~ N(0, 1/fan_in), the rest from `make_small_params`."""
+    return drawn(("weights", dims, int(seed), conv_bias), lambda: _draw_weights(dims, seed, conv_bias))
+
+
+def _draw_weights(dims: GDNDims, seed: int, conv_bias: bool) -> GDNWeights:
     gen = _gen(seed)
     s = 1.0 / math.sqrt(dims.hidden)
 
@@ -76,21 +112,35 @@ def make_inputs(sc: Scenario) -> ScenarioInputs:
     sc.validate()
     dims, dt, st = sc.dims, dtype_of(sc.dtype), dtype_of(sc.state_dtype)
     w = make_weights(dims, sc.seed, sc.conv_bias)
-    gen = _gen(sc.seed + 1)
-    hidden = [torch.randn(entries[-1].eos, dims.hidden, dtype=torch.float64, generator=gen).to(dt)
-              for entries in sc.plan()]
-    # Stale pool contents: conv-input-like values and states of a plausible size.
-    conv_pool = torch.randn(sc.num_slots, dims.conv_dim, sc.conv_state_len, dtype=torch.float64,
-                            generator=gen).to(dt)          # vLLM keeps conv state in the model dtype
-    ssm_pool = (0.3 * torch.randn(sc.num_slots, dims.HV, dims.V, dims.K, dtype=torch.float64,
-                                  generator=gen)).to(st)
-    return ScenarioInputs(weights=w.to(dt), hidden=hidden, conv_pool=conv_pool, ssm_pool=ssm_pool)
+    tokens = tuple(entries[-1].eos for entries in sc.plan())
+    hidden, conv_pool, ssm_pool = drawn(("scenario", dims, int(sc.seed), tokens, sc.num_slots, sc.conv_state_len),
+                                        lambda: _draw_scenario(dims, sc.seed, tokens, sc.num_slots, sc.conv_state_len))
+    return ScenarioInputs(weights=w.to(dt), hidden=[h.to(dt) for h in hidden],
+                          conv_pool=conv_pool.to(dt),       # vLLM keeps conv state in the model dtype
+                          ssm_pool=ssm_pool.to(st))
+
+
+def _draw_scenario(dims: GDNDims, seed: int, tokens: tuple, num_slots: int, conv_state_len: int) -> tuple:
+    """fp64 hidden states per step, then stale pool contents: conv-input-like values and states of a
+    plausible size."""
+    gen = _gen(seed + 1)
+    hidden = [torch.randn(t, dims.hidden, dtype=torch.float64, generator=gen) for t in tokens]
+    conv_pool = torch.randn(num_slots, dims.conv_dim, conv_state_len, dtype=torch.float64, generator=gen)
+    ssm_pool = 0.3 * torch.randn(num_slots, dims.HV, dims.V, dims.K, dtype=torch.float64, generator=gen)
+    return hidden, conv_pool, ssm_pool
 
 
 def make_delta_inputs(dims: GDNDims, lengths: List[int], seed: int = 0, initial_state: bool = True,
                       dtype: torch.dtype = torch.float64) -> dict:
     """Physical varlen delta-rule inputs for `dims` (q / k raw, normalised in-kernel; g from
     real gating of random a with model-like A_log / dt_bias), sequences back to back."""
+    out = drawn(("delta", dims, tuple(int(n) for n in lengths), int(seed), initial_state),
+                lambda: _draw_delta(dims, lengths, seed, initial_state))
+    return {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+            for k, v in out.items()}
+
+
+def _draw_delta(dims: GDNDims, lengths: List[int], seed: int, initial_state: bool) -> dict:
     gen = _gen(seed)
     w = make_small_params(dims, seed)
     T = sum(lengths)
@@ -99,5 +149,4 @@ def make_delta_inputs(dims: GDNDims, lengths: List[int], seed: int = 0, initial_
     out = dict(q=rnd(1, T, dims.H, dims.K), k=rnd(1, T, dims.H, dims.K), v=rnd(1, T, dims.HV, dims.V),
                g=g, beta=beta, cu_seqlens=torch.tensor([0] + list(torch.tensor(lengths).cumsum(0).tolist())),
                initial_state=(0.3 * rnd(len(lengths), dims.HV, dims.V, dims.K)) if initial_state else None)
-    return {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-            for k, v in out.items()}
+    return out

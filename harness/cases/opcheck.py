@@ -1,9 +1,9 @@
 """Op-level cases, declared once per op (in the spirit of PyTorch's OpInfo).
 
 Each `OpInfo` names the op, its sample variants and which arguments it updates in
-place. A sample builder is deterministic in its seed: it is called once for the backend
-(tensors in the case dtypes, non-contiguous where the variant says so) and once for the
-oracle (the same tensors upcast to fp64), so both see the very same values. Every
+place. A sample builder is deterministic in its seed: it builds the backend's arguments
+(tensors in the case dtypes, non-contiguous where the variant says so); the oracle gets
+fp64 copies of those very tensors, taken before the backend runs. Every
 return value and every in-place state is compared; slots no index touches are
 compared exactly against their stale contents.
 
@@ -15,6 +15,7 @@ replaces the state slots of a decode / prefill variant, the pool grown to hold t
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -391,6 +392,13 @@ def upcast(v):
     return v
 
 
+def oracle_copy(v, device):
+    """A backend argument as the fp64 oracle takes it: a new tensor on `device`, floats in fp64."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().to(device=device, dtype=F64 if v.is_floating_point() else v.dtype, copy=True)
+    return copy.deepcopy(v)
+
+
 def as_tuple(r):
     return r if isinstance(r, tuple) else (r,)
 
@@ -404,9 +412,10 @@ def run_op_case(backend, op: str, variant: str, dims: GDNDims, dtype: str, state
     dt, st = dtype_of(dtype), dtype_of(state_dtype)
     layout = backend.ssm_state_layout
     got = info.build(variant, dims, dt, st, layout, seed, device, sample)
-    want = info.build(variant, dims, dt, st, layout, seed, oracle_device or device, sample)
-    stale = {name: want.kwargs[name].detach().to(F64).cpu().clone() for name in got.states}
-    want_kw = {k: upcast(v) for k, v in want.kwargs.items()}
+    # the oracle's inputs: fp64 copies of exactly what the backend gets, taken before its in-place writes
+    # (one build, not two: the fp64 draws on the host were half of an op case's oracle time)
+    want_kw = {k: oracle_copy(v, oracle_device or device) for k, v in got.kwargs.items()}
+    stale = {name: want_kw[name].cpu().clone() for name in got.states}
     with uninitialized_memory_poisoned():
         out_b = as_tuple(getattr(backend, op)(**got.kwargs))
     out_r = as_tuple(info.reference(**want_kw))
