@@ -38,7 +38,19 @@ def test_kept_draws_are_shared_across_dtypes_only():
     assert not torch.equal(make_delta_inputs(DIMS, [3, 5], seed=2)["q"], d64["q"])
     assert make_delta_inputs(DIMS, [3, 6], seed=1)["q"].shape[1] == 9
     assert not torch.equal(make_weights(DIMS, 1).wq, make_weights(DIMS, 2).wq)
-    assert len(inputs._draws) <= inputs.DRAWS_KEPT
+    assert sum(n for _, n in inputs._draws.values()) <= inputs.DRAWS_KEPT_BYTES
+
+
+def test_kept_draws_stay_inside_their_byte_budget(monkeypatch):
+    inputs._draws.clear()
+    one = sum(t.numel() * t.element_size() for t in inputs._tensors(make_weights(DIMS, 0)))
+    monkeypatch.setattr(inputs, "DRAWS_KEPT_BYTES", 2 * one)
+    for seed in range(1, 4):
+        make_weights(DIMS, seed)
+    assert [k[2] for k in inputs._draws] == [2, 3]          # the oldest went first
+    monkeypatch.setattr(inputs, "DRAWS_KEPT_BYTES", one - 1)
+    inputs._draws.clear()
+    assert torch.equal(make_weights(DIMS, 5).wq, make_weights(DIMS, 5).wq) and not inputs._draws
 
 
 class _WritesItsInputs:

@@ -6,9 +6,10 @@ rounded to the scenario's dtypes, so the oracle sees exactly what a backend gets
 from __future__ import annotations
 
 import math
+import os
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Callable, List
+from dataclasses import dataclass, fields
+from typing import Callable, Iterator, List
 
 import torch
 
@@ -35,9 +36,22 @@ def _gen(seed: int) -> torch.Generator:
 
 # fp64 draws kept per process: cases that differ only in dtype, layout, TP or backend draw the very
 # same values, and at full dims the draws (one generator, single-threaded) cost a case more than its
-# oracle. A few entries: one full-dims weight set is 256 MiB.
-DRAWS_KEPT = 3
-_draws: "OrderedDict[tuple, object]" = OrderedDict()
+# oracle. Bounded in bytes (one full-dims Qwen3-Next weight set is 256 MiB, Qwen3.5-397B's 0.9 GiB).
+DRAWS_KEPT_BYTES = int(float(os.environ.get("GDN_DRAWS_KEPT_MB", "1024")) * 2**20)
+_draws: "OrderedDict[tuple, tuple]" = OrderedDict()      # key -> (draw, bytes)
+
+
+def _tensors(x) -> Iterator[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, GDNWeights):
+        yield from (t for t in (getattr(x, f.name) for f in fields(x)) if t is not None)
+    elif isinstance(x, dict):
+        for v in x.values():
+            yield from _tensors(v)
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            yield from _tensors(v)
 
 
 def _clone(x):
@@ -53,15 +67,19 @@ def _clone(x):
 
 
 def drawn(key: tuple, draw: Callable[[], object]):
-    """`draw()`, remembered under `key` (everything the draw depends on); callers get clones, so an
-    in-place write by a backend or a fault never reaches the next case."""
+    """`draw()`, remembered under `key` (everything the draw depends on) while the kept draws fit
+    `DRAWS_KEPT_BYTES` (the oldest go first); callers get clones, so an in-place write by a backend
+    or a fault never reaches the next case."""
     if key in _draws:
         _draws.move_to_end(key)
-    else:
-        _draws[key] = draw()
-        while len(_draws) > DRAWS_KEPT:
+        return _clone(_draws[key][0])
+    value = draw()
+    size = sum(t.numel() * t.element_size() for t in _tensors(value))
+    if size <= DRAWS_KEPT_BYTES:
+        _draws[key] = (value, size)
+        while sum(n for _, n in _draws.values()) > DRAWS_KEPT_BYTES:
             _draws.popitem(last=False)
-    return _clone(_draws[key])
+    return _clone(value)
 
 
 def make_small_params(dims: GDNDims, seed: int = 0, conv_bias: bool = False) -> dict:
