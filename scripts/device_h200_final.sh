@@ -29,6 +29,9 @@
 #   call 11 carry .whl/test: the oracle's drift step eager vs CUDA-graph replay, 1 and 8 processes
 #           (scripts/profile_oracle.py) -> $OUT/oracle-prof.log; a worker's imports, 1 and 8 at once
 #           -> $OUT/worker-start.log
+#   call 12 carry .whl/test: the first call once a machine starts again - call 10's tests (NO_CI), call 11,
+#           then call 5 (the H200 drift plot of issue 19) -> $OUT/{pytest.log,junit.xml,oracle-prof.log,
+#           worker-start.log,drift.log,drift.tgz}
 # Knobs: TEST_LIMIT (call 1's pytest), PROFILE=1 (call 1: cProfile a drift_256 and a full-dims mixed
 # case beside the tests), DRIFT=1 (call 1: call 5's drift run after the tests), NO_GRAPH=1 (call 1:
 # skip the CUDA-graph check), QUICK_CI=1 (call 2: one cold ci run at --jobs $JOBS instead of bench),
@@ -36,7 +39,7 @@
 # (calls 1 / 2 without their part, when calls 3 / 4 will not follow), PUT=N (put part N, any call), NO_CI=1
 # (call 10: the tests alone).
 set -o pipefail
-CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | ... | 11}
+CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | ... | 12}
 PUT=${PUT:-$([ "$CALL" -le 3 ] && [ -z "$NO_PUT" ] && echo "$CALL")}
 if [ -n "$PUT" ]; then
   bash scripts/device_fastpaths.sh put "$PUT" > "$OUT/put.log" 2>&1 || { cat "$OUT/put.log"; exit 3; }
@@ -179,6 +182,12 @@ print(f"worker import {t1 - t:.2f} s, triton backend {t2 - t1:.2f} s, CUDA conte
         2> "$OUT/importtime.txt"
     sort -t'|' -k2 -n -r "$OUT/importtime.txt" | head -n 25 >> "$OUT/worker-start.log"
     grep -v "^ " "$OUT/oracle-prof.log" | grep -v "^--" | tail -n 40; cat "$OUT/worker-start.log" ;;
+  12)
+    TESTS=${TESTS:-tests/test_oracle_replay.py tests/test_inputs.py tests/test_comparison.py tests/test_serving_faults.py \
+tests/test_drift.py} NO_CI=1 TEST_LIMIT=${TEST_LIMIT:-140} bash "$0" 10
+    bash "$0" 11; rm -f "$OUT/importtime.txt"
+    DRIFT_LIMIT=${DRIFT_LIMIT:-150} bash "$0" 5
+    (cd "$OUT" && tar czf drift.tgz drift && rm -rf drift) ;;
   4)
     mkdir -p "$OUT/extra"
     OUT=$OUT/extra LIMIT_S=${EXTRA_LIMIT:-240} bash scripts/device_fastpaths.sh extra > "$OUT/extra.log" 2>&1
