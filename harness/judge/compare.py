@@ -74,7 +74,7 @@ def compare(name: str, out: torch.Tensor, ref: torch.Tensor, tol: Tolerance,
     else:
         max_abs, index = 0.0, []
     ref_rms = float(r.pow(2).mean().sqrt()) if r.numel() else 0.0
-    err_rms = float(torch.nan_to_num(diff, nan=math.inf).pow(2).mean().sqrt()) if r.numel() else 0.0
+    err_rms = float(finite.pow(2).mean().sqrt()) if r.numel() else 0.0
     rel = err_rms / ref_rms if ref_rms > 0 else (0.0 if err_rms == 0 else math.inf)
     if tol.kind == "exact":
         bad = ~(o == r) & ~(torch.isnan(o) & torch.isnan(r))
