@@ -46,40 +46,26 @@ def _tensors(x) -> Iterator[torch.Tensor]:
         yield x
     elif isinstance(x, GDNWeights):
         yield from (t for t in (getattr(x, f.name) for f in fields(x)) if t is not None)
-    elif isinstance(x, dict):
-        for v in x.values():
-            yield from _tensors(v)
-    elif isinstance(x, (list, tuple)):
-        for v in x:
+    elif isinstance(x, (dict, list, tuple)):
+        for v in (x.values() if isinstance(x, dict) else x):
             yield from _tensors(v)
 
 
-def _clone(x):
-    if isinstance(x, torch.Tensor):
-        return x.clone()
-    if isinstance(x, GDNWeights):
-        return x.map(torch.clone)
-    if isinstance(x, dict):
-        return {k: _clone(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_clone(v) for v in x)
-    return x
-
-
-def drawn(key: tuple, draw: Callable[[], object]):
-    """`draw()`, remembered under `key` (everything the draw depends on) while the kept draws fit
-    `DRAWS_KEPT_BYTES` (the oldest go first); callers get clones, so an in-place write by a backend
-    or a fault never reaches the next case."""
+def drawn(key: tuple, draw: Callable[[], object], copy_out: Callable[[object], object]):
+    """`copy_out(draw())`, the draw remembered under `key` (everything it depends on) while the kept
+    draws fit `DRAWS_KEPT_BYTES` (the oldest go first). `copy_out` makes the caller's own tensors
+    (a cast with ``copy=True``), so an in-place write by a backend or a fault never reaches the next
+    case, and a cast costs one copy, not a clone and a cast."""
     if key in _draws:
         _draws.move_to_end(key)
-        return _clone(_draws[key][0])
+        return copy_out(_draws[key][0])
     value = draw()
     size = sum(t.numel() * t.element_size() for t in _tensors(value))
     if size <= DRAWS_KEPT_BYTES:
         _draws[key] = (value, size)
         while sum(n for _, n in _draws.values()) > DRAWS_KEPT_BYTES:
             _draws.popitem(last=False)
-    return _clone(value)
+    return copy_out(value)
 
 
 def make_small_params(dims: GDNDims, seed: int = 0, conv_bias: bool = False) -> dict:
@@ -98,9 +84,12 @@ def make_small_params(dims: GDNDims, seed: int = 0, conv_bias: bool = False) -> 
         norm_weight=1.0 + 0.1 * torch.randn(dims.V, generator=gen, **f64))
 
 
-def make_weights(dims: GDNDims, seed: int = 0, conv_bias: bool = False) -> GDNWeights:
-    """fp64 weights: projections ~ N(0, 1/fan_in), the rest from `make_small_params`."""
-    return drawn(("weights", dims, int(seed), conv_bias), lambda: _draw_weights(dims, seed, conv_bias))
+def make_weights(dims: GDNDims, seed: int = 0, conv_bias: bool = False,
+                 dtype: torch.dtype = torch.float64) -> GDNWeights:
+    """Weights drawn in fp64 (projections ~ N(0, 1/fan_in), the rest from `make_small_params`),
+    rounded to `dtype`."""
+    return drawn(("weights", dims, int(seed), conv_bias), lambda: _draw_weights(dims, seed, conv_bias),
+                 lambda w: w.to(dtype, copy=True))
 
 
 def _draw_weights(dims: GDNDims, seed: int, conv_bias: bool) -> GDNWeights:
@@ -129,13 +118,15 @@ class ScenarioInputs:
 def make_inputs(sc: Scenario) -> ScenarioInputs:
     sc.validate()
     dims, dt, st = sc.dims, dtype_of(sc.dtype), dtype_of(sc.state_dtype)
-    w = make_weights(dims, sc.seed, sc.conv_bias)
     tokens = tuple(entries[-1].eos for entries in sc.plan())
-    hidden, conv_pool, ssm_pool = drawn(("scenario", dims, int(sc.seed), tokens, sc.num_slots, sc.conv_state_len),
-                                        lambda: _draw_scenario(dims, sc.seed, tokens, sc.num_slots, sc.conv_state_len))
-    return ScenarioInputs(weights=w.to(dt), hidden=[h.to(dt) for h in hidden],
-                          conv_pool=conv_pool.to(dt),       # vLLM keeps conv state in the model dtype
-                          ssm_pool=ssm_pool.to(st))
+    hidden, conv_pool, ssm_pool = drawn(
+        ("scenario", dims, int(sc.seed), tokens, sc.num_slots, sc.conv_state_len),
+        lambda: _draw_scenario(dims, sc.seed, tokens, sc.num_slots, sc.conv_state_len),
+        lambda d: ([h.to(dt, copy=True) for h in d[0]],
+                   d[1].to(dt, copy=True),          # vLLM keeps conv state in the model dtype
+                   d[2].to(st, copy=True)))
+    return ScenarioInputs(weights=make_weights(dims, sc.seed, sc.conv_bias, dt), hidden=hidden,
+                          conv_pool=conv_pool, ssm_pool=ssm_pool)
 
 
 def _draw_scenario(dims: GDNDims, seed: int, tokens: tuple, num_slots: int, conv_state_len: int) -> tuple:
@@ -152,10 +143,10 @@ def make_delta_inputs(dims: GDNDims, lengths: List[int], seed: int = 0, initial_
                       dtype: torch.dtype = torch.float64) -> dict:
     """Physical varlen delta-rule inputs for `dims` (q / k raw, normalised in-kernel; g from
     real gating of random a with model-like A_log / dt_bias), sequences back to back."""
-    out = drawn(("delta", dims, tuple(int(n) for n in lengths), int(seed), initial_state),
-                lambda: _draw_delta(dims, lengths, seed, initial_state))
-    return {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-            for k, v in out.items()}
+    return drawn(("delta", dims, tuple(int(n) for n in lengths), int(seed), initial_state),
+                 lambda: _draw_delta(dims, lengths, seed, initial_state),
+                 lambda d: {k: v if v is None else v.to(dtype if v.is_floating_point() else v.dtype, copy=True)
+                            for k, v in d.items()})
 
 
 def _draw_delta(dims: GDNDims, lengths: List[int], seed: int, initial_state: bool) -> dict:

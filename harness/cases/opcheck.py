@@ -415,7 +415,7 @@ def run_op_case(backend, op: str, variant: str, dims: GDNDims, dtype: str, state
     # the oracle's inputs: fp64 copies of exactly what the backend gets, taken before its in-place writes
     # (one build, not two: the fp64 draws on the host were half of an op case's oracle time)
     want_kw = {k: oracle_copy(v, oracle_device or device) for k, v in got.kwargs.items()}
-    stale = {name: want_kw[name].cpu().clone() for name in got.states}
+    stale = {name: want_kw[name].to('cpu', copy=True) for name in got.states}
     with uninitialized_memory_poisoned():
         out_b = as_tuple(getattr(backend, op)(**got.kwargs))
     out_r = as_tuple(info.reference(**want_kw))

@@ -106,7 +106,7 @@ def graph_replay_pairs(backend, ops, dims: GDNDims, dtype: str = "bfloat16", sta
     if step not in STEPS:
         raise ValueError(f"step {step!r}: one of {STEPS}")
     dt, st = dtype_of(dtype), dtype_of(state_dtype)
-    p = shard_params(make_weights(dims, seed).to(dt), dims, "flat").to(device)
+    p = shard_params(make_weights(dims, seed, dtype=dt), dims, "flat").to(device)
     gen = torch.Generator().manual_seed(seed + 7)
     B = pad_batch
     w = 1 if step == "decode" else 1 + num_spec                     # tokens a row
