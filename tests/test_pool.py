@@ -169,3 +169,36 @@ def test_longest_first_starts_the_drift_lane_and_keeps_suite_order_otherwise():
     assert expected_cost(self_) == 0
     jobs = [Job({}, c) for c in (op, self_, small, mixed, drift)]
     assert [j.tag for j in longest_first(jobs)] == [drift, mixed, small, op, self_]
+
+
+def test_prestarted_workers_are_the_ones_a_run_takes():
+    """`gdn-harness run` starts its workers before it loads the backends itself (their imports
+    overlap): the run's slots take exactly those workers, no fresh ones."""
+    pool, env = WorkerPool(), dict(os.environ)
+    try:
+        pool.prestart([env, env])
+        pool.prestart([env, env])        # two idle already: none more
+        started = {w.proc.pid for ws in pool._idle.values() for w in ws}
+        got = []
+        run_jobs([Job(dict(call=CALL, args=dict(do="ok")), i) for i in range(6)], lambda job, i: env,
+                 lambda job, outcome: got.append(outcome), 2, 30.0, pool=pool)
+        assert [o.kind for o in got] == ["result"] * 6
+        assert {o.value["pid"] for o in got} <= started and len(started) == 2
+        starts = [o.worker_start_s for o in got if o.worker_start_s is not None]
+        assert len(starts) == len({o.value["pid"] for o in got}) and all(s > 0 for s in starts)
+    finally:
+        pool.close()
+
+
+def test_close_ends_idle_workers_and_kills_those_still_starting():
+    pool, env = WorkerPool(), dict(os.environ)
+    pool.prestart([env, env])
+    ready = [w for ws in pool._idle.values() for w in ws]
+    deadline = time.monotonic() + 120
+    while any(w.ready_at is None for w in ready) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pool.prestart([dict(env, GDN_TEST_OTHER="1")])     # another environment, still at its imports at close
+    starting = [w for ws in pool._idle.values() for w in ws if w not in ready]
+    pool.close()
+    assert [w.proc.returncode for w in ready] == [0, 0]               # end of input: a clean exit
+    assert [w.proc.returncode for w in starting] == [-signal.SIGKILL]  # it had run nothing

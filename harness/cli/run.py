@@ -76,15 +76,19 @@ def cmd_run(args) -> int:
     if args.device != "cpu" and args.device.startswith("cuda") and not torch.cuda.is_available():
         raise HarnessError(f"--device {args.device}: no CUDA device is available")
     backends = [b for arg in (args.backend or ["reference"]) for b in arg.split(",") if b]
-    from harness.optimized.registry import load_backend
-    for name in backends:        # an unknown or unimportable backend is a usage error (exit 2)
-        load_backend(name)
+    mode = _isolation(args, backends)
     cases = filter_cases(expand(suite, backends, device=args.device,
                                 seeds=[args.seed] if args.seed is not None else None), args, suite["name"])
     if args.distributed:   # layer cases at TP N on N ranks of torch.distributed (harness/run/distributed.py)
         from harness.run.distributed import select_cases
         cases, world = select_cases(cases, args.tp, args.device)
-    mode = _isolation(args, backends)
+    gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
+    if mode == "workers":        # their imports overlap the backends' loading here
+        from harness.run.isolate import prestart_isolated
+        prestart_isolated(cases, args.jobs, gpus)
+    from harness.optimized.registry import load_backend
+    for name in backends:        # an unknown or unimportable backend is a usage error (exit 2)
+        load_backend(name)
     timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
     report_dir = new_report_dir(args.report_dir)
     meta = dict(suite=suite["name"], backends=backends, suite_file=suite["path"], policy_version=policy.version,
@@ -124,7 +128,6 @@ def cmd_run(args) -> int:
             elif mode == "workers":
                 from harness.run.isolate import run_isolated, shared_pool
                 pool.append(shared_pool())
-                gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
                 run_isolated(cases, suite["name"], args.policy, args.oracle_device, done, jobs=args.jobs,
                              timeout=timeout, gpus=gpus, on_start=start)
             else:

@@ -12,9 +12,11 @@ out after N s"), carrying the worker's stderr tail; the next job gets a fresh wo
 the run goes on. A CUDA error raised inside a job (it poisons the context) ends its worker
 after the job's result; the next job runs on a fresh one. Workers are reused across jobs
 (and across runs of one process, per environment), because a worker's start - imports,
-CUDA context, kernel loads from the Triton cache - costs seconds (10-25 s on an H200), more
-than most cases. Each worker runs in its own session: a terminal's Ctrl-C or ``timeout -s
-INT`` reaches only the parent, which stops the busy workers and keeps the finished outcomes.
+CUDA context, kernel loads from the Triton cache - costs seconds (~8 s on an H200, mostly
+imports), more than most cases; `gdn-harness run` starts its workers before it loads the
+backends itself (`prestart_isolated`), and idle workers are ended all at once. Each worker runs
+in its own session: a terminal's Ctrl-C or ``timeout -s INT`` reaches only the parent, which
+stops the busy workers and keeps the finished outcomes.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ from harness.run.worker import EXIT_RESTART
 
 STDERR_TAIL = 4000
 STARTUP_S = 300.0          # a worker's imports (and CUDA context) before its first case
+CLOSE_S = 5.0              # idle workers' exit at the end of input, all at once, before they are killed
 
 
 def share_cpus(env: Dict[str, str], procs: int) -> Dict[str, str]:
@@ -160,6 +163,7 @@ class Worker:
         self.ready = False
         self.served = 0                     # records handed back
         self.spawned = time.monotonic()
+        self.ready_at: Optional[float] = None   # its first line: a worker started ahead idles after it
         self.start_s: Optional[float] = None    # spawn to ready: imports, CUDA context
         self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self._err: collections.deque = collections.deque(maxlen=200)
@@ -169,6 +173,8 @@ class Worker:
 
     def _read_out(self):
         for line in self.proc.stdout:
+            if self.ready_at is None:
+                self.ready_at = time.monotonic()
             self._lines.put(line)
         self._lines.put(None)
 
@@ -211,7 +217,7 @@ class Worker:
             if not isinstance(got, dict):
                 return self._outcome(got, max(timeout, STARTUP_S), timeout, [])
             self.ready = True
-            self.start_s = time.monotonic() - self.spawned
+            self.start_s = (self.ready_at or time.monotonic()) - self.spawned
         self._err.clear()                    # the tail of a crash is this job's
         events: List[Any] = []
         try:
@@ -252,11 +258,20 @@ class Worker:
                 self.proc.kill()
         self.proc.wait()
 
-    def close(self) -> None:
+    def end_input(self) -> None:
+        """End of input: the worker exits. One still at its imports has run nothing: it is killed."""
+        if self.ready_at is None:
+            self.kill()
+            return
         try:
-            self.proc.stdin.close()          # end of input: the worker exits
-            self.proc.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
+            self.proc.stdin.close()
+        except OSError:
+            self.kill()
+
+    def wait_exit(self, deadline: float) -> None:
+        try:
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
             self.kill()
 
 
@@ -285,6 +300,18 @@ class WorkerPool:
             self._busy.add(w)
         return w
 
+    def prestart(self, envs: List[Dict[str, str]]) -> None:
+        """A worker per environment, started now and idle until taken (its imports overlap
+        whatever the caller does before the run), less the idle ones there already are."""
+        want = collections.Counter(_env_key(env) for env in envs)
+        with self._lock:
+            have = {key: sum(w.alive() for w in self._idle.get(key, [])) for key in want}
+        for env in envs:
+            key = _env_key(env)
+            if have[key] < want[key]:
+                have[key] += 1
+                self.give(Worker(env))
+
     def give(self, w: Worker) -> None:
         with self._lock:
             self._busy.discard(w)
@@ -302,8 +329,11 @@ class WorkerPool:
         self.kill_busy()
         with self._lock:
             idle, self._idle = [w for ws in self._idle.values() for w in ws], {}
+        for w in idle:                       # all at once: a GPU worker's exit takes seconds
+            w.end_input()
+        deadline = time.monotonic() + CLOSE_S
         for w in idle:
-            w.close()
+            w.wait_exit(deadline)
 
 
 _SHARED: Optional[WorkerPool] = None
@@ -446,5 +476,21 @@ def run_isolated(cases: List[Case], suite: str, policy: Optional[str], oracle_de
             rec = _error_record(job.tag, suite, got.error, got.stderr_tail, got.seconds, got.kind)
         on_done(rec)
 
-    run_jobs(work, lambda job, i: case_env(job.tag.device, nslots, i % gpus if gpus > 1 else None), done, nslots,
+    run_jobs(work, lambda job, i: slot_env(job.tag, nslots, i, gpus), done, nslots,
              timeout, (lambda job: on_start(job.tag)) if on_start else None, pool)
+
+
+def slot_env(case: Case, nslots: int, slot: int, gpus: int) -> Dict[str, str]:
+    """The environment of job slot `slot`'s worker for `case` (a GPU of its own on a multi-GPU host)."""
+    return case_env(case.device, nslots, slot % gpus if gpus > 1 else None)
+
+
+def prestart_isolated(cases: List[Case], jobs: int = 1, gpus: int = 0, pool: Optional[WorkerPool] = None) -> None:
+    """Start now, in `pool` (the shared one by default), the workers `run_isolated` with the same
+    `cases`, `jobs` and `gpus` will take: ``gdn-harness run`` does before it loads the backends
+    itself, so the workers' imports (3 s of torch and 4 s of fla on an H200, 2026-12-07) overlap
+    the parent's own."""
+    if not cases:
+        return
+    nslots = max(1, min(jobs, len(cases)))
+    (pool or shared_pool()).prestart([slot_env(cases[0], nslots, i, gpus) for i in range(nslots)])

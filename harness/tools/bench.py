@@ -382,12 +382,14 @@ def suite_breakdown_markdown(suites: List[Dict]) -> List[str]:
     if not rows:
         return []
     lines = ["", "### Where the seconds go (case-seconds summed over workers)", "",
-             "| run | wall | case-s | " + " | ".join(PHASES) + " | compiles | autotuned |",
-             "|---" * (5 + len(PHASES)) + "|"]
+             "| run | wall | outside the run | case-s | " + " | ".join(PHASES) + " | compiles | autotuned |",
+             "|---" * (6 + len(PHASES)) + "|"]
     for r in rows:
         b = r["breakdown"]
+        # the process's wall less the run's own (results.json): start, backend loading, workers' exit
+        outside = f"{r['wall_s'] - r['run_wall_s']:.1f}" if r.get("run_wall_s") is not None else "-"
         lines.append(f"| {r['cache']} --jobs {r['jobs']} ({r.get('autotune', 'pinned')}) | {r['wall_s']:.1f} | "
-                     f"{b['case_seconds']:.1f} | " + " | ".join(f"{b['phases_s'][p]:.1f}" for p in PHASES)
+                     f"{outside} | {b['case_seconds']:.1f} | " + " | ".join(f"{b['phases_s'][p]:.1f}" for p in PHASES)
                      + f" | {b['compiles']} | {b['autotuned']} |")
     for r in rows:
         b = r["breakdown"]
