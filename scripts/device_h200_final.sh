@@ -32,6 +32,8 @@
 #   call 12 carry .whl/test: the first call once a machine starts again - call 10's tests (NO_CI), call 11,
 #           then call 5 (the H200 drift plot of issue 19) -> $OUT/{pytest.log,junit.xml,oracle-prof.log,
 #           worker-start.log,drift.log,drift.tgz}
+#   call 13 carry .whl/test: ci at --jobs $JOBS (8) cold, then warm with the oracle replay off / on, twice each
+#           interleaved, the process's wall beside the run's -> $OUT/ci13.log, $OUT/ci13.tgz (report folders)
 # Knobs: TEST_LIMIT (call 1's pytest), PROFILE=1 (call 1: cProfile a drift_256 and a full-dims mixed
 # case beside the tests), DRIFT=1 (call 1: call 5's drift run after the tests), NO_GRAPH=1 (call 1:
 # skip the CUDA-graph check), QUICK_CI=1 (call 2: one cold ci run at --jobs $JOBS instead of bench),
@@ -39,7 +41,7 @@
 # (calls 1 / 2 without their part, when calls 3 / 4 will not follow), PUT=N (put part N, any call), NO_CI=1
 # (call 10: the tests alone).
 set -o pipefail
-CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | ... | 12}
+CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | ... | 13}
 PUT=${PUT:-$([ "$CALL" -le 3 ] && [ -z "$NO_PUT" ] && echo "$CALL")}
 if [ -n "$PUT" ]; then
   bash scripts/device_fastpaths.sh put "$PUT" > "$OUT/put.log" 2>&1 || { cat "$OUT/put.log"; exit 3; }
@@ -188,6 +190,20 @@ tests/test_drift.py} NO_CI=1 TEST_LIMIT=${TEST_LIMIT:-140} bash "$0" 10
     bash "$0" 11; rm -f "$OUT/importtime.txt"
     DRIFT_LIMIT=${DRIFT_LIMIT:-150} bash "$0" 5
     (cd "$OUT" && tar czf drift.tgz drift && rm -rf drift) ;;
+  13)
+    # ci --jobs $JOBS: cold once, then warm with the oracle replay off / on, twice each, interleaved; each
+    # run's process wall (time) beside its own (results.json) -> $OUT/ci13.log, $OUT/ci13.tgz
+    rm -rf /tmp/tcache13; mkdir -p "$OUT/ci13"
+    n=0
+    for run in cold:1 warm:0 warm:1 warm:0 warm:1; do
+      n=$((n + 1)); t=$(date +%s.%N)
+      GDN_ORACLE_GRAPHS=${run#*:} TRITON_CACHE_DIR=/tmp/tcache13 TRITON_CACHE_AUTOTUNING=1 timeout -s INT \
+          ${SUITE_LIMIT:-110} python3 -m harness.cli run --suite ci --backend triton --device cuda --jobs ${JOBS:-8} \
+          -q --report-dir "$OUT/ci13/$n-${run%:*}-graphs${run#*:}" > "$OUT/ci13-run.log" 2>&1; rc=$?
+      echo "$run graphs rc $rc process $(python3 -c "import time; print(round(time.time() - $t, 1))") s; $(tail -n 1 \
+          "$OUT/ci13-run.log")" >> "$OUT/ci13.log"
+    done
+    (cd "$OUT" && tar czf ci13.tgz ci13 && rm -rf ci13 ci13-run.log); cat "$OUT/ci13.log" ;;
   4)
     mkdir -p "$OUT/extra"
     OUT=$OUT/extra LIMIT_S=${EXTRA_LIMIT:-240} bash scripts/device_fastpaths.sh extra > "$OUT/extra.log" 2>&1
