@@ -45,6 +45,16 @@ def test_usage_errors_exit_2(tmp_path, args, capsys):
     assert main(args + ["--report-dir", str(tmp_path / "x")] if args[0] == "run" else args) == 2
 
 
+def test_unknown_backend_exits_2_and_ends_the_workers_started_ahead(tmp_path, capsys):
+    """`run` starts its workers before it loads the backends; a backend that fails to load ends them."""
+    from harness.run import isolate
+    assert main(["run", "--suite", "smoke", "--backend", "no-such-backend", "-k", "tp_reduce", "--jobs", "2",
+                 "--report-dir", str(tmp_path / "x")]) == 2
+    assert "unknown backend 'no-such-backend'" in capsys.readouterr().err
+    pool = isolate.shared_pool()
+    assert not pool._idle and not pool._busy
+
+
 def test_malformed_policy_names_file_and_key(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text('version = 1\n[[entry]]\nop = "self.tp_reduce"\nkind = "fuzzy"\nreason = "x"\n')

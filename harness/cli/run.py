@@ -87,8 +87,14 @@ def cmd_run(args) -> int:
         from harness.run.isolate import prestart_isolated
         prestart_isolated(cases, args.jobs, gpus)
     from harness.optimized.registry import load_backend
-    for name in backends:        # an unknown or unimportable backend is a usage error (exit 2)
-        load_backend(name)
+    try:
+        for name in backends:    # an unknown or unimportable backend is a usage error (exit 2)
+            load_backend(name)
+    except BaseException:
+        if mode == "workers":    # the workers started for nothing
+            from harness.run.isolate import shared_pool
+            shared_pool().close()
+        raise
     timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
     report_dir = new_report_dir(args.report_dir)
     meta = dict(suite=suite["name"], backends=backends, suite_file=suite["path"], policy_version=policy.version,
