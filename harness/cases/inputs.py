@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable, Iterator, List
 
 import torch
@@ -45,7 +45,7 @@ def _tensors(x) -> Iterator[torch.Tensor]:
     if isinstance(x, torch.Tensor):
         yield x
     elif isinstance(x, GDNWeights):
-        yield from (t for t in (getattr(x, f.name) for f in fields(x)) if t is not None)
+        yield from x.tensors()
     elif isinstance(x, (dict, list, tuple)):
         for v in (x.values() if isinstance(x, dict) else x):
             yield from _tensors(v)

@@ -52,6 +52,10 @@ class GDNWeights:
             check_tensor(f"weights.{name}", t, shape=shape)
         return self
 
+    def tensors(self):
+        """Every tensor it holds (an absent conv_bias left out)."""
+        return [t for t in (getattr(self, f.name) for f in fields(self)) if t is not None]
+
     def map(self, fn) -> "GDNWeights":
         """Apply `fn` to every tensor (e.g. a dtype or device move)."""
         return replace(self, **{f.name: (None if getattr(self, f.name) is None

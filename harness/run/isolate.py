@@ -164,7 +164,6 @@ class Worker:
         self.served = 0                     # records handed back
         self.spawned = time.monotonic()
         self.ready_at: Optional[float] = None   # its first line: a worker started ahead idles after it
-        self.start_s: Optional[float] = None    # spawn to ready: imports, CUDA context
         self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self._err: collections.deque = collections.deque(maxlen=200)
         threading.Thread(target=self._read_out, daemon=True).start()
@@ -181,6 +180,11 @@ class Worker:
     def _read_err(self):
         for line in self.proc.stderr:
             self._err.append(line)
+
+    @property
+    def start_s(self) -> Optional[float]:
+        """Spawn to ready: imports, CUDA context."""
+        return None if self.ready_at is None else self.ready_at - self.spawned
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -217,7 +221,6 @@ class Worker:
             if not isinstance(got, dict):
                 return self._outcome(got, max(timeout, STARTUP_S), timeout, [])
             self.ready = True
-            self.start_s = (self.ready_at or time.monotonic()) - self.spawned
         self._err.clear()                    # the tail of a crash is this job's
         events: List[Any] = []
         try:
@@ -461,7 +464,7 @@ def run_isolated(cases: List[Case], suite: str, policy: Optional[str], oracle_de
     case gets a record (through `on_done`, in the calling thread) unless the run is
     interrupted (KeyboardInterrupt in the calling thread: the busy workers are killed and it
     propagates). With `gpus` > 1 each job slot is pinned to one GPU (CUDA_VISIBLE_DEVICES)."""
-    nslots = max(1, min(jobs, len(cases)))
+    nslots = slot_count(jobs, cases)
     work = [Job(dict(case=c.to_dict(), suite=suite, policy=policy, oracle_device=oracle_device), c,
                 compile_affinity(c)) for c in cases]
     if nslots > 1 and os.environ.get("GDN_JOB_ORDER", "longest") != "suite":   # "suite": the A/B baseline
@@ -480,6 +483,11 @@ def run_isolated(cases: List[Case], suite: str, policy: Optional[str], oracle_de
              timeout, (lambda job: on_start(job.tag)) if on_start else None, pool)
 
 
+def slot_count(jobs: int, cases: List[Case]) -> int:
+    """Job slots of a run: `jobs`, at most one a case."""
+    return max(1, min(jobs, len(cases)))
+
+
 def slot_env(case: Case, nslots: int, slot: int, gpus: int) -> Dict[str, str]:
     """The environment of job slot `slot`'s worker for `case` (a GPU of its own on a multi-GPU host)."""
     return case_env(case.device, nslots, slot % gpus if gpus > 1 else None)
@@ -492,5 +500,5 @@ def prestart_isolated(cases: List[Case], jobs: int = 1, gpus: int = 0, pool: Opt
     the parent's own."""
     if not cases:
         return
-    nslots = max(1, min(jobs, len(cases)))
+    nslots = slot_count(jobs, cases)
     (pool or shared_pool()).prestart([slot_env(cases[0], nslots, i, gpus) for i in range(nslots)])
