@@ -34,6 +34,9 @@
 #           worker-start.log,drift.log,drift.tgz}
 #   call 13 carry .whl/test: ci at --jobs $JOBS (8) cold, then warm with the oracle replay off / on, twice each
 #           interleaved, the process's wall beside the run's -> $OUT/ci13.log, $OUT/ci13.tgz (report folders)
+#           (RUNS: the runs, default "cold:1 warm:0 warm:1 warm:0 warm:1", run:replay)
+#   call 14 carry .whl/fastpath.sha256 .whl/test (+ PUT=4): call 9 and, beside it, ci on sglang, vllm and
+#           flashinfer (CI_BACKENDS) at --jobs $FP_JOBS (4), cut at $CI_LIMIT (480 s) -> $OUT/ci14/
 # Knobs: TEST_LIMIT (call 1's pytest), PROFILE=1 (call 1: cProfile a drift_256 and a full-dims mixed
 # case beside the tests), DRIFT=1 (call 1: call 5's drift run after the tests), NO_GRAPH=1 (call 1:
 # skip the CUDA-graph check), QUICK_CI=1 (call 2: one cold ci run at --jobs $JOBS instead of bench),
@@ -41,7 +44,7 @@
 # (calls 1 / 2 without their part, when calls 3 / 4 will not follow), PUT=N (put part N, any call), NO_CI=1
 # (call 10: the tests alone).
 set -o pipefail
-CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | ... | 13}
+CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | ... | 14}
 PUT=${PUT:-$([ "$CALL" -le 3 ] && [ -z "$NO_PUT" ] && echo "$CALL")}
 if [ -n "$PUT" ]; then
   bash scripts/device_fastpaths.sh put "$PUT" > "$OUT/put.log" 2>&1 || { cat "$OUT/put.log"; exit 3; }
@@ -195,7 +198,7 @@ tests/test_drift.py} NO_CI=1 TEST_LIMIT=${TEST_LIMIT:-140} bash "$0" 10
     # run's process wall (time) beside its own (results.json) -> $OUT/ci13.log, $OUT/ci13.tgz
     rm -rf /tmp/tcache13; mkdir -p "$OUT/ci13"
     n=0
-    for run in cold:1 warm:0 warm:1 warm:0 warm:1; do
+    for run in ${RUNS:-cold:1 warm:0 warm:1 warm:0 warm:1}; do
       n=$((n + 1)); t=$(date +%s.%N)
       GDN_ORACLE_GRAPHS=${run#*:} TRITON_CACHE_DIR=/tmp/tcache13 TRITON_CACHE_AUTOTUNING=1 timeout -s INT \
           ${SUITE_LIMIT:-110} python3 -m harness.cli run --suite ci --backend triton --device cuda --jobs ${JOBS:-8} \
@@ -204,6 +207,19 @@ tests/test_drift.py} NO_CI=1 TEST_LIMIT=${TEST_LIMIT:-140} bash "$0" 10
           "$OUT/ci13-run.log")" >> "$OUT/ci13.log"
     done
     (cd "$OUT" && tar czf ci13.tgz ci13 && rm -rf ci13 ci13-run.log); cat "$OUT/ci13.log" ;;
+  14)
+    # call 9 (nan_neighbour on sglang / vllm@triton, the fast-path mutant kill run) with, beside it, ci on
+    # each fast path at --jobs $FP_JOBS (4), longest first, cut at $CI_LIMIT -> $OUT/nn9, $OUT/mut, $OUT/ci14
+    [ -f /tmp/fastpath/.done ] || { echo "the fast-path packages are not in place (PUT every part first)"; exit 3; }
+    mkdir -p "$OUT/ci14"
+    for b in ${CI_BACKENDS:-sglang vllm flashinfer}; do
+      (export PYTHONPATH=/tmp/fastpath/vsrc:/tmp/fastpath/site/nvidia_cutlass_dsl/dsl_packages:/tmp/fastpath/site:$PYTHONPATH
+       timeout -s INT ${CI_LIMIT:-480} python3 -m harness.cli run --suite ci --backend $b --device cuda \
+           --jobs ${FP_JOBS:-4} -q --report-dir "$OUT/ci14/ci-$b" > "$OUT/ci14/ci-$b.log" 2>&1
+       echo "ci-$b rc $?" >> "$OUT/ci14/ci-$b.log") &
+    done
+    PUT= bash "$0" 9; wait
+    tail -n 4 "$OUT"/ci14/*.log ;;
   4)
     mkdir -p "$OUT/extra"
     OUT=$OUT/extra LIMIT_S=${EXTRA_LIMIT:-240} bash scripts/device_fastpaths.sh extra > "$OUT/extra.log" 2>&1
