@@ -60,6 +60,7 @@ def test_suite_time_to_verdict_rows(tmp_path):
         b = r["breakdown"]
         assert b["case_seconds"] > 0 and b["slowest"][0]["phases"]["compare_s"] > 0
     assert "Where the seconds go" in md and "| warm --jobs 2 (pinned) |" in md
+    assert "| oracle steps replayed |" in md and all(r["breakdown"]["oracle_replays"] == 0 for r in rows)  # CPU: eager
     for r in rows:    # the process's wall holds the run's own (results.json); the rest is its own column
         assert 0 < r["run_wall_s"] <= r["wall_s"]
         assert f"| {r['wall_s']:.1f} | {r['wall_s'] - r['run_wall_s']:.1f} |" in md

@@ -13,6 +13,7 @@ from harness.cases.inputs import make_inputs
 from harness.cases.scenario import mix_scenario
 from harness.cases.suite import parse_dims
 from harness.reference.replay import StepReplay
+from harness.run.phases import Phases
 
 
 
@@ -151,12 +152,14 @@ def test_replay_control_flow_on_a_cpu(monkeypatch):
         return dict(out=out)
 
     replay = StepReplay("cuda", enabled=True)
+    phases = Phases()        # a case's record counts the steps replayed while it ran
     want, outs, ref = torch.zeros(3, dtype=torch.float64), [], []
     for i in range(5):
         outs.append(replay("k", step, (torch.full((3,), float(i), dtype=torch.float64),))["out"])
         want = want * 0.5 + i
         ref.append(want * 2)
     assert calls == ["eager", "capture"] and replay.replays == 4
+    assert phases.to_dict()["oracle_replays"] == 4 and Phases().to_dict()["oracle_replays"] == 0
     assert all(torch.equal(o, r) for o, r in zip(outs, ref)), "a replay returned another step's buffer"
     replay("k", step, (torch.zeros(4, dtype=torch.float64)[:3],))       # same shape and strides: replayed
     replay("k", step, (torch.zeros(6, dtype=torch.float64)[::2],))      # other strides: a new key, eager

@@ -17,6 +17,9 @@
   that uses it pays it, plus the CUDA context if that comes first).
 * ``worker_start``: (isolated runs, a worker's first case) the worker's start: Python,
   torch and the harness imported, before its first case.
+
+Counts beside them: ``compiles``, ``autotuned`` and ``oracle_replays`` (the oracle's steps
+replayed as CUDA graphs, harness/reference/replay.py: 0 where it ran eagerly).
 """
 from __future__ import annotations
 
@@ -32,6 +35,12 @@ INNER = ("import", "compile", "autotune", "backend")     # timed inside the orac
 _compiles = 0          # Triton compiles seen in this process (jit_cache_hook)
 _autotunes = 0         # autotuner benchmarks of a new key (harness.run.autotune counts them)
 _hooked = False
+
+
+def _oracle_replays() -> int:
+    """Oracle steps replayed as CUDA graphs so far in this process (harness.reference.replay)."""
+    replay = sys.modules.get("harness.reference.replay")
+    return replay.replayed if replay is not None else 0
 
 
 def sync(device: Optional[str]) -> None:
@@ -106,6 +115,7 @@ class Phases:
         self.seconds: Dict[str, float] = {}
         self.compiles = 0
         self.autotuned = 0
+        self._replayed0 = _oracle_replays()
         hook_compiles()
 
     def add(self, phase: str, seconds: float) -> None:
@@ -140,7 +150,8 @@ class Phases:
 
     def to_dict(self) -> dict:
         out = {f"{p}_s": round(self.seconds[p], 4) for p in PHASES if p in self.seconds}
-        return dict(out, compiles=self.compiles, autotuned=self.autotuned)
+        return dict(out, compiles=self.compiles, autotuned=self.autotuned,
+                    oracle_replays=_oracle_replays() - self._replayed0)
 
 
 class TimedBackend:

@@ -255,6 +255,7 @@ def suite_breakdown(records: List[dict], top: int = 5) -> Dict:
                 case_seconds=round(sum(r.get("duration_s") or 0.0 for r in records), 2),
                 compiles=sum((r.get("phases") or {}).get("compiles", 0) for r in records),
                 autotuned=sum((r.get("phases") or {}).get("autotuned", 0) for r in records),
+                oracle_replays=sum((r.get("phases") or {}).get("oracle_replays", 0) for r in records),
                 by_group_s=dict(sorted(((k, round(v, 2)) for k, v in by_group.items()), key=lambda kv: -kv[1])[:12]),
                 slowest=[dict(id=r["id"], duration_s=r.get("duration_s"), phases=r.get("phases")) for r in slow])
 
@@ -382,15 +383,16 @@ def suite_breakdown_markdown(suites: List[Dict]) -> List[str]:
     if not rows:
         return []
     lines = ["", "### Where the seconds go (case-seconds summed over workers)", "",
-             "| run | wall | outside the run | case-s | " + " | ".join(PHASES) + " | compiles | autotuned |",
-             "|---" * (6 + len(PHASES)) + "|"]
+             "| run | wall | outside the run | case-s | " + " | ".join(PHASES)
+             + " | compiles | autotuned | oracle steps replayed |",
+             "|---" * (7 + len(PHASES)) + "|"]
     for r in rows:
         b = r["breakdown"]
         # the process's wall less the run's own (results.json): start, backend loading, workers' exit
         outside = f"{r['wall_s'] - r['run_wall_s']:.1f}" if r.get("run_wall_s") is not None else "-"
         lines.append(f"| {r['cache']} --jobs {r['jobs']} ({r.get('autotune', 'pinned')}) | {r['wall_s']:.1f} | "
                      f"{outside} | {b['case_seconds']:.1f} | " + " | ".join(f"{b['phases_s'][p]:.1f}" for p in PHASES)
-                     + f" | {b['compiles']} | {b['autotuned']} |")
+                     + f" | {b['compiles']} | {b['autotuned']} | {b.get('oracle_replays', 0)} |")
     for r in rows:
         b = r["breakdown"]
         lines += ["", f"Slowest cases, {r['cache']} --jobs {r['jobs']}: " + "; ".join(
