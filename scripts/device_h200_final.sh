@@ -37,7 +37,8 @@
 #           (RUNS: the runs, default "cold:1 warm:0 warm:1 warm:0 warm:1", run:replay)
 #   call 14 carry .whl/fastpath.sha256 .whl/test (+ PUT=4): call 9 and, beside it, ci on sglang (CuTe-DSL
 #           compiles side by side starve each other: CI_BACKENDS adds vllm / flashinfer) at --jobs $FP_JOBS (4),
-#           cut at $CI_LIMIT (480 s) -> $OUT/ci14/
+#           cut at $CI_LIMIT (480 s) -> $OUT/ci14.tgz (ci14/, nn9/, mut/). On 2026-12-07 the two FlashInfer-chunk
+#           mutants starved beside it (0 of 2 each); one at a time they take < 50 s
 # Knobs: TEST_LIMIT (call 1's pytest), PROFILE=1 (call 1: cProfile a drift_256 and a full-dims mixed
 # case beside the tests), DRIFT=1 (call 1: call 5's drift run after the tests), NO_GRAPH=1 (call 1:
 # skip the CUDA-graph check), QUICK_CI=1 (call 2: one cold ci run at --jobs $JOBS instead of bench),
@@ -220,7 +221,9 @@ tests/test_drift.py} NO_CI=1 TEST_LIMIT=${TEST_LIMIT:-140} bash "$0" 10
        echo "ci-$b rc $?" >> "$OUT/ci14/ci-$b.log") &
     done
     PUT= bash "$0" 9; wait
-    tail -n 4 "$OUT"/ci14/*.log ;;
+    tail -n 4 "$OUT"/ci14/*.log
+    # one archive: the report folders as files exceed what one call brings back (2026-12-07)
+    (cd "$OUT" && tar czf ci14.tgz ci14 nn9 mut && rm -rf ci14 nn9 mut) ;;
   4)
     mkdir -p "$OUT/extra"
     OUT=$OUT/extra LIMIT_S=${EXTRA_LIMIT:-240} bash scripts/device_fastpaths.sh extra > "$OUT/extra.log" 2>&1
