@@ -58,6 +58,11 @@ drift_run() {  # nightly's drift_10000 lane on $DRIFT_K ("$@": how it runs), rep
       -q > "$OUT/drift.log" 2>&1; echo "drift rc $?" >> "$OUT/drift.log"
   python3 -m harness.report.drift "$OUT/drift" >> "$OUT/drift.log" 2>&1
 }
+fastpath_env() {  # the fast-path packages put together by `put` (all parts) on the path, or stop
+  [ -f /tmp/fastpath/.done ] || { echo "the fast-path packages are not in place (PUT every part first)"; exit 3; }
+  # nvidia_cutlass_dsl's .pth (not read from PYTHONPATH) puts its dsl_packages first on sys.path
+  export PYTHONPATH=/tmp/fastpath/vsrc:/tmp/fastpath/site/nvidia_cutlass_dsl/dsl_packages:/tmp/fastpath/site:$PYTHONPATH
+}
 case $CALL in
   1)
     # the tests (in the background: PROFILE runs go beside them), then DRIFT, then the graph check
@@ -98,7 +103,7 @@ p.sort_stats('cumulative').print_stats(45)" "$OUT/prof-$name.pstats" >> "$OUT/pr
     mkdir -p "$OUT/fp"
     [ -z "$NO_FP_CI" ] && (OUT=$OUT/fp SUITES=ci BACKENDS=vllm JOBS=4 LIMIT_S=${FP_LIMIT:-120} \
         bash scripts/device_fastpaths.sh suite final > "$OUT/fp-ci.log" 2>&1) &
-    (export PYTHONPATH=/tmp/fastpath/vsrc:/tmp/fastpath/site/nvidia_cutlass_dsl/dsl_packages:/tmp/fastpath/site:$PYTHONPATH
+    (fastpath_env
      python3 -c "import json; from harness.optimized.registry import load_backend as l; \
 print(json.dumps(l('vllm').describe(), default=str, indent=1))" > "$OUT/vllm-describe.json" 2>&1
      # the report is written under $OUT: a call cut by its own limit still brings it back
@@ -122,8 +127,7 @@ print(json.dumps(l('vllm').describe(), default=str, indent=1))" > "$OUT/vllm-des
         --jobs ${JOBS:-4} -k checkpoints -k nan_neighbour -k drift_256 --report-dir "$OUT/ci-new" -q \
         > "$OUT/ci-new.log" 2>&1; echo "ci-new rc $?" >> "$OUT/ci-new.log"; tail -n 12 "$OUT/ci-new.log" ;;
   8)
-    [ -f /tmp/fastpath/.done ] || { echo "the fast-path packages are not in place (PUT every part first)"; exit 3; }
-    export PYTHONPATH=/tmp/fastpath/vsrc:/tmp/fastpath/site/nvidia_cutlass_dsl/dsl_packages:/tmp/fastpath/site:$PYTHONPATH
+    fastpath_env
     # the repro and the four backends side by side: FlashInfer's CuTe DSL compiles are host-bound
     (timeout -s INT ${FP_LIMIT:-240} python3 scripts/fi_prefill_tail_repro.py > "$OUT/fi-repro.log" 2>&1
      echo "rc $?" >> "$OUT/fi-repro.log") &
@@ -135,8 +139,7 @@ print(json.dumps(l('vllm').describe(), default=str, indent=1))" > "$OUT/vllm-des
     wait
     cat "$OUT/fi-repro.log"; tail -n 4 "$OUT"/nan-neighbour-*.log ;;
   9)
-    [ -f /tmp/fastpath/.done ] || { echo "the fast-path packages are not in place (PUT every part first)"; exit 3; }
-    export PYTHONPATH=/tmp/fastpath/vsrc:/tmp/fastpath/site/nvidia_cutlass_dsl/dsl_packages:/tmp/fastpath/site:$PYTHONPATH
+    fastpath_env
     export GDN_DIAGNOSE_BUDGET_S=${MUT_DIAG_S:-30}
     one() {  # dir name limit args...: one fastpath run, report under $OUT/dir/name
       local dir=$1 name=$2 lim=$3; shift 3; mkdir -p "$OUT/$dir"
@@ -212,11 +215,9 @@ tests/test_drift.py} NO_CI=1 TEST_LIMIT=${TEST_LIMIT:-140} bash "$0" 10
   14)
     # call 9 (nan_neighbour on sglang / vllm@triton, the fast-path mutant kill run) with, beside it, ci on
     # each fast path at --jobs $FP_JOBS (4), longest first, cut at $CI_LIMIT -> $OUT/nn9, $OUT/mut, $OUT/ci14
-    [ -f /tmp/fastpath/.done ] || { echo "the fast-path packages are not in place (PUT every part first)"; exit 3; }
-    mkdir -p "$OUT/ci14"
+    fastpath_env; mkdir -p "$OUT/ci14"
     for b in ${CI_BACKENDS:-sglang}; do
-      (export PYTHONPATH=/tmp/fastpath/vsrc:/tmp/fastpath/site/nvidia_cutlass_dsl/dsl_packages:/tmp/fastpath/site:$PYTHONPATH
-       timeout -s INT ${CI_LIMIT:-480} python3 -m harness.cli run --suite ci --backend $b --device cuda \
+      (timeout -s INT ${CI_LIMIT:-480} python3 -m harness.cli run --suite ci --backend $b --device cuda \
            --jobs ${FP_JOBS:-4} -q --report-dir "$OUT/ci14/ci-$b" > "$OUT/ci14/ci-$b.log" 2>&1
        echo "ci-$b rc $?" >> "$OUT/ci14/ci-$b.log") &
     done
