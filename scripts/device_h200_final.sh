@@ -35,6 +35,8 @@
 #   call 13 carry .whl/test: ci at --jobs $JOBS (8) cold, then warm with the oracle replay off / on, twice each
 #           interleaved, the process's wall beside the run's -> $OUT/ci13.log, $OUT/ci13.tgz (report folders)
 #           (RUNS: the runs, default "cold:1 warm:0 warm:1 warm:0 warm:1", run:replay)
+#   call 15 carry .whl/test: call 13 (RUNS: cold then warm), then one drift_256 case profiled alone and the
+#           six side by side as workers, replay on / off (scripts/profile_case.py) -> $OUT/prof15.log
 #   call 14 carry .whl/fastpath.sha256 .whl/test (+ PUT=4): call 9 and, beside it, ci on sglang (CuTe-DSL
 #           compiles side by side starve each other: CI_BACKENDS adds vllm / flashinfer) at --jobs $FP_JOBS (4),
 #           cut at $CI_LIMIT (480 s) -> $OUT/ci14.tgz (ci14/, nn9/, mut/). On 2026-12-07 the two FlashInfer-chunk
@@ -46,7 +48,7 @@
 # (calls 1 / 2 without their part, when calls 3 / 4 will not follow), PUT=N (put part N, any call), NO_CI=1
 # (call 10: the tests alone).
 set -o pipefail
-CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | ... | 14}
+CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | ... | 15}
 PUT=${PUT:-$([ "$CALL" -le 3 ] && [ -z "$NO_PUT" ] && echo "$CALL")}
 if [ -n "$PUT" ]; then
   bash scripts/device_fastpaths.sh put "$PUT" > "$OUT/put.log" 2>&1 || { cat "$OUT/put.log"; exit 3; }
@@ -212,6 +214,20 @@ tests/test_drift.py} NO_CI=1 TEST_LIMIT=${TEST_LIMIT:-140} bash "$0" 10
           "$OUT/ci13-run.log")" >> "$OUT/ci13.log"
     done
     (cd "$OUT" && tar czf ci13.tgz ci13 && rm -rf ci13 ci13-run.log); cat "$OUT/ci13.log" ;;
+  15)
+    # where a drift_256 case's seconds go: call 13 (RUNS, default cold then warm, replay on), then with the
+    # cache warm one drift case alone, twice in one process, profiled (runtime calls: launches, graph
+    # launches, syncs, copies), then the six drift cases side by side as six workers, replay on / off
+    RUNS=${RUNS:-cold:1 warm:1} bash "$0" 13 > /dev/null
+    export TRITON_CACHE_DIR=/tmp/tcache13 TRITON_CACHE_AUTOTUNING=1
+    timeout -s INT 120 python3 scripts/profile_case.py -k "drift_256 and bfloat16-float32" --profile \
+        > "$OUT/prof15.log" 2>&1
+    for g in 1 0; do
+      echo "== six side by side, GDN_ORACLE_GRAPHS=$g" >> "$OUT/prof15.log"
+      GDN_ORACLE_GRAPHS=$g timeout -s INT 120 python3 scripts/profile_case.py -k drift_256 --procs 6 \
+          >> "$OUT/prof15.log" 2>&1
+    done
+    grep -v "^ *aten::\|^---\|Name " "$OUT/prof15.log" | head -80; cat "$OUT/ci13.log" ;;
   14)
     # call 9 (nan_neighbour on sglang / vllm@triton, the fast-path mutant kill run) with, beside it, ci on
     # each fast path at --jobs $FP_JOBS (4), longest first, cut at $CI_LIMIT -> $OUT/nn9, $OUT/mut, $OUT/ci14

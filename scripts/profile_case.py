@@ -1,0 +1,84 @@
+"""Where one suite case's seconds go on a GPU, as a worker runs it: the case run twice in one
+process (the first pays imports and compiles), the second's phases and, with --profile, the CUDA
+runtime calls behind it (launches, graph launches, host syncs, copies). --procs N runs N
+processes side by side, process i on the i-th matching case (cycling), as N workers sharing a GPU.
+
+  python scripts/profile_case.py --suite ci -k "drift_256 and bfloat16-float32" [--profile] [--procs 6]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+RUNTIME_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch",
+                 "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync", "cudaEventSynchronize",
+                 "aten::_local_scalar_dense", "aten::copy_", "aten::to")
+
+
+def one(args) -> None:
+    import torch
+
+    from harness.cases.filters import parse_k
+    from harness.cases.suite import expand, load_suite
+    from harness.judge.policy import Policy
+    from harness.run.runner import BackendCache, run_case
+
+    suite = load_suite(args.suite)
+    match = parse_k(args.k)
+    cases = [c for c in expand(suite, [args.backend], device=args.device) if match(c.id)]
+    if not cases:
+        raise SystemExit(f"no {args.suite} case on {args.backend} matches -k {args.k!r}")
+    case = cases[args.index % len(cases)]
+    backends, policy = BackendCache(), Policy()
+    t = time.perf_counter()
+    first = run_case(case, policy, args.suite, backends, diagnose=False)
+    print(json.dumps(dict(run="first", id=case.id, wall=round(time.perf_counter() - t, 3), status=first["status"],
+                          phases=first["phases"])), flush=True)
+    prof = None
+    if args.profile:
+        acts = [torch.profiler.ProfilerActivity.CPU] + (
+            [torch.profiler.ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+        prof = torch.profiler.profile(activities=acts)
+        prof.__enter__()
+    t = time.perf_counter()
+    second = run_case(case, policy, args.suite, backends, diagnose=False)
+    wall = time.perf_counter() - t
+    if prof is not None:
+        prof.__exit__(None, None, None)
+    print(json.dumps(dict(run="second", id=case.id, wall=round(wall, 3), status=second["status"],
+                          phases=second["phases"])), flush=True)
+    if prof is not None:
+        for e in prof.key_averages():
+            if e.key in RUNTIME_CALLS:
+                print(f"  {e.key}: {e.count} calls, self CPU {e.self_cpu_time_total / 1e3:.1f} ms, "
+                      f"total CPU {e.cpu_time_total / 1e3:.1f} ms", flush=True)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20), flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--suite", default="ci")
+    ap.add_argument("--backend", default="triton")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("-k", required=True, help="pick the case(s) by words of their ids (the run's -k grammar)")
+    ap.add_argument("--index", type=int, default=0, help="which of the matching cases (cycling)")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--procs", type=int, default=1, help="run this many side by side, each on its own case")
+    args = ap.parse_args()
+    if args.procs == 1:
+        one(args)
+        return 0
+    base = [sys.executable, __file__, "--suite", args.suite, "--backend", args.backend, "--device", args.device,
+            "-k", args.k] + (["--profile"] if args.profile else [])
+    t = time.perf_counter()
+    procs = [subprocess.Popen(base + ["--index", str(i)]) for i in range(args.procs)]
+    rc = max(p.wait() for p in procs)
+    print(f"{args.procs} side by side: {time.perf_counter() - t:.1f} s wall (imports included)")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
