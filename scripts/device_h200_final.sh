@@ -35,8 +35,9 @@
 #   call 13 carry .whl/test: ci at --jobs $JOBS (8) cold, then warm with the oracle replay off / on, twice each
 #           interleaved, the process's wall beside the run's -> $OUT/ci13.log, $OUT/ci13.tgz (report folders)
 #           (RUNS: the runs, default "cold:1 warm:0 warm:1 warm:0 warm:1", run:replay)
-#   call 15 carry .whl/test: call 13 (RUNS: cold then warm), then one drift_256 case profiled alone and the
-#           six side by side as workers, replay on / off (scripts/profile_case.py) -> $OUT/prof15.log
+#   call 15 carry .whl/test (+ .whl/old.tgz, `git archive <commit> harness suites`): ci cold, then warm this
+#           checkout / the old one / this, one drift_256 case profiled alone and the six side by side as
+#           workers, this / old (scripts/profile_case.py) -> $OUT/ci13.log, $OUT/ci13.tgz, $OUT/prof15.log
 #   call 14 carry .whl/fastpath.sha256 .whl/test (+ PUT=4): call 9 and, beside it, ci on sglang (CuTe-DSL
 #           compiles side by side starve each other: CI_BACKENDS adds vllm / flashinfer) at --jobs $FP_JOBS (4),
 #           cut at $CI_LIMIT (480 s) -> $OUT/ci14.tgz (ci14/, nn9/, mut/). On 2026-12-07 the two FlashInfer-chunk
@@ -215,17 +216,32 @@ tests/test_drift.py} NO_CI=1 TEST_LIMIT=${TEST_LIMIT:-140} bash "$0" 10
     done
     (cd "$OUT" && tar czf ci13.tgz ci13 && rm -rf ci13 ci13-run.log); cat "$OUT/ci13.log" ;;
   15)
-    # where a drift_256 case's seconds go: call 13 (RUNS, default cold then warm, replay on), then with the
-    # cache warm one drift case alone, twice in one process, profiled (runtime calls: launches, graph
-    # launches, syncs, copies), then the six drift cases side by side as six workers, replay on / off
-    RUNS=${RUNS:-cold:1 warm:1} bash "$0" 13 > /dev/null
+    # where a drift_256 case's seconds go, and (carry .whl/old.tgz: `git archive <commit> harness suites`)
+    # this checkout against that one on one lease: ci cold (this), then warm on its cache this / old /
+    # this; one drift case alone, twice in one process, profiled (runtime calls: launches, graph launches,
+    # syncs, copies); the six drift cases side by side as six workers, this / old
+    # -> $OUT/ci13.log, $OUT/ci13.tgz, $OUT/prof15.log
     export TRITON_CACHE_DIR=/tmp/tcache13 TRITON_CACHE_AUTOTUNING=1
+    rm -rf /tmp/tcache13 /tmp/old; mkdir -p "$OUT/ci13" /tmp/old
+    [ -f .whl/old.tgz ] && tar xzf .whl/old.tgz -C /tmp/old && cp scripts/profile_case.py /tmp/old/
+    n=0
+    for run in ${RUNS:-cold:new warm:new warm:old warm:new}; do
+      n=$((n + 1)); t=$(date +%s.%N); code=${run#*:}
+      [ "$code" = old ] && { [ -d /tmp/old/harness ] || continue; }
+      (if [ "$code" = old ]; then cd /tmp/old; export PYTHONPATH=/tmp/site:/tmp/old; fi
+       timeout -s INT ${SUITE_LIMIT:-110} python3 -m harness.cli run --suite ci --backend triton --device cuda \
+           --jobs ${JOBS:-8} -q --report-dir "$OUT/ci13/$n-${run%:*}-$code") > "$OUT/ci13-run.log" 2>&1; rc=$?
+      echo "$run rc $rc process $(python3 -c "import time; print(round(time.time() - $t, 1))") s; $(tail -n 1 \
+          "$OUT/ci13-run.log")" >> "$OUT/ci13.log"
+    done
+    (cd "$OUT" && tar czf ci13.tgz ci13 && rm -rf ci13 ci13-run.log)
     timeout -s INT 120 python3 scripts/profile_case.py -k "drift_256 and bfloat16-float32" --profile \
         > "$OUT/prof15.log" 2>&1
-    for g in 1 0; do
-      echo "== six side by side, GDN_ORACLE_GRAPHS=$g" >> "$OUT/prof15.log"
-      GDN_ORACLE_GRAPHS=$g timeout -s INT 120 python3 scripts/profile_case.py -k drift_256 --procs 6 \
-          >> "$OUT/prof15.log" 2>&1
+    for code in new old; do
+      [ "$code" = old ] && { [ -d /tmp/old/harness ] || continue; }
+      echo "== six drift_256 side by side, $code" >> "$OUT/prof15.log"
+      (if [ "$code" = old ]; then cd /tmp/old; export PYTHONPATH=/tmp/site:/tmp/old; fi
+       timeout -s INT 120 python3 scripts/profile_case.py -k drift_256 --procs 6) >> "$OUT/prof15.log" 2>&1
     done
     grep -v "^ *aten::\|^---\|Name " "$OUT/prof15.log" | head -80; cat "$OUT/ci13.log" ;;
   14)

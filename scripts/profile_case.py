@@ -49,7 +49,7 @@ def one(args) -> None:
     if prof is not None:
         prof.__exit__(None, None, None)
     print(json.dumps(dict(run="second", id=case.id, wall=round(wall, 3), status=second["status"],
-                          phases=second["phases"])), flush=True)
+                          phases=second["phases"], dynamo_imported="torch._dynamo" in sys.modules)), flush=True)
     if prof is not None:
         for e in prof.key_averages():
             if e.key in RUNTIME_CALLS:

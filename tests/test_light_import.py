@@ -1,6 +1,9 @@
 """import_skipping_inits: a kernel module imported without its heavy parent package's __init__,
 and the parent importable in full afterwards (the triton backend's fla import on the GPU)."""
+import subprocess
 import sys
+
+import pytest
 
 from harness.optimized.triton_backend import import_skipping_inits
 
@@ -23,3 +26,22 @@ def test_submodule_without_parent_init_then_parent_in_full(tmp_path, monkeypatch
     finally:
         for name in [n for n in sys.modules if n.startswith("heavypkg")]:
             del sys.modules[name]
+
+
+def test_fla_chunk_imports_without_dynamo_and_compile_disable_comes_back():
+    """fla's dispatch wraps ops in torch.compiler.disable at import (which imports torch._dynamo,
+    seconds per worker); under compile_disable_as_identity the chunk module imports without it."""
+    code = """
+import sys, torch
+from harness.optimized.triton_backend import compile_disable_as_identity, import_skipping_inits
+real = torch.compiler.disable
+with compile_disable_as_identity():
+    mod = import_skipping_inits("fla.ops.gated_delta_rule.chunk", ("fla.ops", "fla.modules"))
+assert callable(mod.chunk_gated_delta_rule)
+assert "torch._dynamo" not in sys.modules, "torch._dynamo imported"
+assert torch.compiler.disable is real
+print("ok")
+"""
+    pytest.importorskip("fla")
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0 and got.stdout.strip() == "ok", got.stderr[-2000:]

@@ -25,6 +25,30 @@ from harness.cases.scenario import Scenario, accepted_as_decodes, mix_scenario
 
 
 
+def to_host(tree):
+    """Host copies of the tensors in `tree` (nested dicts / lists / tuples), with one wait for the GPU
+    instead of one per tensor: each GPU tensor is queued into pinned memory, then the device is
+    synchronised once. The same bits as ``.cpu()``; beside other workers on one GPU each wait costs
+    a turn on it, and a drift case made ~5 000 of them."""
+    cuda = []
+
+    def queue(x):
+        if isinstance(x, torch.Tensor):
+            if x.is_cuda:
+                cuda.append(x.device)
+                return x.to("cpu", non_blocking=True)
+            return x
+        if isinstance(x, dict):
+            return {k: queue(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return type(x)(queue(v) for v in x)
+        return x
+    out = queue(tree)
+    for dev in set(cuda):
+        torch.cuda.synchronize(dev)
+    return out
+
+
 def rank_pools(sc: Scenario, conv_pool, ssm_pool, p, conv_layout: str, ssm_layout: str, device):
     loc, tp, r = p.local, p.tp, p.rank
     kd, vd = sc.dims.key_dim, sc.dims.value_dim
@@ -62,9 +86,12 @@ def full_weight_projection_pairs(sc: Scenario, inp, unpacked, device) -> List[Co
     every check that starts from the ranks' own projections)."""
     pairs: List[Comparison] = []
     w_qkvz, w_ba = (w.to(device) for w in inp.weights.packed_in_proj(sc.dims, sc.layout))
-    for s, got in enumerate(unpacked):
+
+    def full(s):
         h = inp.hidden[s].to(device)
-        full = [t.cpu() for t in unpack_qkvz_ba(h @ w_qkvz.T, h @ w_ba.T, sc.dims, sc.layout)]
+        return unpack_qkvz_ba(h @ w_qkvz.T, h @ w_ba.T, sc.dims, sc.layout)
+    fulls = to_host([full(s) for s in range(len(unpacked))])
+    for s, (got, full) in enumerate(zip(to_host(unpacked), fulls)):
         for name, idx in (("qkvz", (0, 1, 2, 3)), ("ba", (4, 5))):
             flat = lambda ts: torch.cat([ts[i].reshape(ts[i].shape[0], -1) for i in idx], dim=1)
             pairs.append(Comparison(f"step{s}.proj_{name}", flat(got), flat(full), 0, "tp.projections", step=s,
@@ -79,7 +106,8 @@ SPEC_INVARIANCE_MIXES = ("spec_zero_draft", "spec_zero_draft_migrate")
 def _backend_run(backend, ops, sc: Scenario, inp, ranks, conv_layout: str, decode_path: str, device, sources=None):
     """The backend's layer over every step of `sc`, on every rank from the stale pools and
     hidden states of `inp` (`sources`: per step, the step of `inp` and the rows its tokens
-    are): (per-step core / out, per-step gathered projections, final pools)."""
+    are): (per-step core / out on the host, per-step gathered projections on `device` - the
+    oracle starts from them there -, final pools). Nothing waits for the GPU between steps."""
     pools = [rank_pools(sc, inp.conv_pool, inp.ssm_pool, p, conv_layout, backend.ssm_state_layout, device)
              for p in ranks]
     steps_out, unpacked = [], []
@@ -88,10 +116,10 @@ def _backend_run(backend, ops, sc: Scenario, inp, ranks, conv_layout: str, decod
         h = inp.hidden[src].to(device)
         ref_in, per_rank = zip(*(rank_step(backend, ops, p, h, entries, conv, ssm, sc, conv_layout, decode_path, rows)
                                  for p, (conv, ssm) in zip(ranks, pools)))
-        unpacked.append(tuple(gather_heads([r[i].cpu() for r in ref_in], dim=1) for i in range(6)))
-        steps_out.append(dict(core=gather_heads([r["core"].cpu() for r in per_rank], dim=1),
-                              out=sum(r["out"].float().cpu() for r in per_rank)))
-    return steps_out, unpacked, pools
+        unpacked.append(tuple(gather_heads([r[i] for r in ref_in], dim=1) for i in range(6)))
+        steps_out.append(dict(core=gather_heads([r["core"] for r in per_rank], dim=1),
+                              out=sum(r["out"].float() for r in per_rank)))
+    return to_host(steps_out), unpacked, pools
 
 
 def spec_invariance_pairs(backend, ops, sc: Scenario, inp, steps_out, ranks, conv_layout: str, decode_path: str,
@@ -154,8 +182,7 @@ def oracle_pairs(sc: Scenario, inp, steps_out, unpacked, pools, conv_layout: str
     under the ".tf32" entries, see `tf32_dots`)."""
     oracle = run_oracle(replace(sc, tp=1), inp.weights, inp.hidden, inp.conv_pool, inp.ssm_pool, tp=1,
                         unpacked=unpacked, device=device)
-    oracle.steps = [{k: v.cpu() for k, v in st.items()} for st in oracle.steps]
-    oracle.conv_pool, oracle.ssm_pool = oracle.conv_pool.cpu(), oracle.ssm_pool.cpu()
+    oracle.steps, oracle.conv_pool, oracle.ssm_pool = to_host((oracle.steps, oracle.conv_pool, oracle.ssm_pool))
     pairs = _pairs(sc, inp, steps_out, oracle, pools, conv_layout, ssm_layout)
     return [replace(c, policy_key=c.policy_key + ".tf32") if tf32 and c.policy_key in TF32_KEYS else c
             for c in pairs]

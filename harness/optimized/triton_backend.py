@@ -10,6 +10,7 @@ On a machine without a GPU the kernels run under TRITON_INTERPRET=1 (fp32 / fp16
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -54,13 +55,27 @@ def import_skipping_inits(module: str, packages):
                 delattr(sys.modules[parent], child)
 
 
+@contextmanager
+def compile_disable_as_identity():
+    """fla wraps each dispatched op in ``torch.compiler.disable`` at import, which imports
+    torch._dynamo (~2 s per worker process); the harness never compiles fla's ops, so the
+    wrapping is a no-op here and the ops are taken unwrapped while this is in force."""
+    real = torch.compiler.disable
+    torch.compiler.disable = lambda fn=None, recursive=True, **kw: fn if fn is not None else (lambda f: f)
+    try:
+        yield
+    finally:
+        torch.compiler.disable = real
+
+
 def _fla_chunk():
     """fla's chunk kernel as a function of the reference's signature, or None."""
     if not gpu_kernels():
         return None     # fla's chunk kernel is for the GPU; on the CPU the layer fills it from the reference
     try:
-        fla_chunk = import_skipping_inits("fla.ops.gated_delta_rule.chunk",
-                                          ("fla.ops", "fla.modules")).chunk_gated_delta_rule
+        with compile_disable_as_identity():
+            fla_chunk = import_skipping_inits("fla.ops.gated_delta_rule.chunk",
+                                              ("fla.ops", "fla.modules")).chunk_gated_delta_rule
     except Exception:  # noqa: BLE001 - fla absent or its import fails on this device: the layer fills chunk from the reference
         return None
 
