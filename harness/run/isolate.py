@@ -13,7 +13,8 @@ the run goes on. A CUDA error raised inside a job (it poisons the context) ends 
 after the job's result; the next job runs on a fresh one. Workers are reused across jobs
 (and across runs of one process, per environment), because a worker's start - imports,
 CUDA context, kernel loads from the Triton cache - costs seconds (~8 s on an H200, mostly
-imports), more than most cases; `gdn-harness run` starts its workers before it loads the
+imports), more than most cases; they are forked from a server that did the common imports once
+(`harness.run.forkstart`); `gdn-harness run` starts its workers before it loads the
 backends itself (`prestart_isolated`), and idle workers are ended all at once. Each worker runs
 in its own session: a terminal's Ctrl-C or ``timeout -s INT`` reaches only the parent, which
 stops the busy workers and keeps the finished outcomes.
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Hashable, List, Optional, Set
 
 from harness.run.autotune import worker_env
+from harness.run.forkstart import ForkedProcess, forked_start
 from harness.cases.case import Case
 from harness.cases.scenario import mix_scenario
 from harness.errors import ConfigError
@@ -153,13 +155,14 @@ EnvFor = Callable[[Job, int], Dict[str, str]]
 
 
 class Worker:
-    """One ``python -m harness.run.worker`` process and the threads draining its pipes."""
+    """One worker process (forked from the preloaded server, or ``python -m harness.run.worker``) and
+    the threads draining its pipes."""
 
     def __init__(self, env: Dict[str, str]):
         self.key = _env_key(env)
-        self.proc = subprocess.Popen([sys.executable, "-m", "harness.run.worker"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                     start_new_session=True, bufsize=1)
+        self.proc = ForkedProcess(env) if forked_start(env) else subprocess.Popen(
+            [sys.executable, "-m", "harness.run.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True, bufsize=1)
         self.ready = False
         self.served = 0                     # records handed back
         self.spawned = time.monotonic()
@@ -254,7 +257,9 @@ class Worker:
 
     def kill(self) -> None:
         """Kill the worker and anything it started (its own session)."""
-        if self.proc.poll() is None:
+        if isinstance(self.proc, ForkedProcess):
+            self.proc.kill()        # its whole session, as below
+        elif self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):

@@ -1,0 +1,165 @@
+"""Workers forked from a server that has imported torch and the harness once.
+
+A worker started as ``python -m harness.run.worker`` spends seconds importing torch and the
+harness before its first case (4-6 s each on an H200 with eight starting at once, 2026-12-07).
+multiprocessing's forkserver imports them once (`PRELOAD`) and forks each worker from there in
+milliseconds. The server never touches CUDA (a CUDA context does not survive a fork;
+tests/test_forkstart.py checks that the preloaded imports make no CUDA call), so each worker
+makes its own, as before. A forked worker is the same protocol on the same three pipes, in
+its own session, with the environment it was asked for: what differs from the server's
+(`FORK_SAFE_ENV`, read after the imports) is set before the worker's first line; any other
+difference starts the worker the old way (`forked_start`).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+import threading
+from typing import Dict, Optional
+
+# imported once by the server: the worker's own imports (torch and the harness, no CUDA call)
+PRELOAD = ["harness.run.worker"]
+# variables nothing in PRELOAD reads at import: a worker may differ from the server in these
+FORK_SAFE_ENV = {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "TRITON_INTERPRET",
+                 "TRITON_CACHE_AUTOTUNING"}
+
+_lock = threading.Lock()
+_server_lock = threading.Lock()
+_server_env: Optional[Dict[str, str]] = None
+
+
+def _context():
+    """The forkserver context, its server started (once per process) with this environment."""
+    global _server_env
+    ctx = multiprocessing.get_context("forkserver")
+    with _server_lock:
+        if _server_env is None:
+            ctx.set_forkserver_preload(PRELOAD)
+            _server_env = dict(os.environ)
+            from multiprocessing import forkserver
+            forkserver.ensure_running()
+    return ctx
+
+
+def forked_start(env: Dict[str, str]) -> bool:
+    """Whether a worker for `env` is forked from the server: on by default where fork exists,
+    unless GDN_WORKER_START=spawn, and only when `env` differs from the server's in
+    `FORK_SAFE_ENV` alone (the server starts with this process's environment)."""
+    if os.environ.get("GDN_WORKER_START", "fork") == "spawn" or "forkserver" not in \
+            multiprocessing.get_all_start_methods():
+        return False
+    base = _server_env if _server_env is not None else os.environ
+    return all(env.get(k) == base.get(k) for k in set(env) | set(base) if k not in FORK_SAFE_ENV)
+
+
+def _child(env: Dict[str, str], fds) -> None:
+    """In the forked worker: its own session, the pipes as fds 0-2, its environment, then the worker."""
+    os.setsid()
+    for fd, target in zip(fds, (0, 1, 2)):
+        if fd.fileno() != target:
+            os.dup2(fd.fileno(), target)
+            fd.close()
+    sys.stdin = open(0, "r", closefd=False)
+    sys.stdout = open(1, "w", closefd=False)
+    sys.stderr = open(2, "w", closefd=False)
+    os.environ.clear()
+    os.environ.update(env)
+    threads = env.get("OMP_NUM_THREADS")
+    if threads and threads.isdigit():
+        import torch
+        torch.set_num_threads(int(threads))     # read by torch at its import, in the server
+    from harness.run import worker
+    code = worker.main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+
+
+class ForkedProcess:
+    """The part of `subprocess.Popen` the pool uses (text pipes, pid, poll / wait / kill,
+    returncode: negative for a signal), for a worker forked from the server. The fork is
+    asked for on a thread: the first one waits for the server's imports, which overlap the
+    caller's work as a spawned worker's would."""
+
+    def __init__(self, env: Dict[str, str]):
+        ctx = _context()
+        r_in, w_in = os.pipe()
+        r_out, w_out = os.pipe()
+        r_err, w_err = os.pipe()
+        self.stdin = os.fdopen(w_in, "w", buffering=1)
+        self.stdout = os.fdopen(r_out, "r")
+        self.stderr = os.fdopen(r_err, "r")
+        self._ends = [r_in, w_out, w_err]
+        self._proc = ctx.Process(target=_child, args=(env, [_Fd(f) for f in self._ends]), daemon=False)
+        self._started = threading.Event()
+        self._error: Optional[BaseException] = None
+        self.pid: Optional[int] = None
+        threading.Thread(target=self._start, daemon=True).start()
+
+    def _start(self) -> None:
+        try:
+            with _lock:                 # multiprocessing's table of children is not thread-safe
+                self._proc.start()
+            self.pid = self._proc.pid
+        except BaseException as e:  # noqa: BLE001 - told as a worker that died at once
+            self._error = e
+        finally:
+            for fd in self._ends:       # the child has its copies (or never will)
+                os.close(fd)
+            self._started.set()
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self.poll()
+
+    def poll(self) -> Optional[int]:
+        if not self._started.is_set():
+            return None
+        if self._error is not None:
+            return 1
+        with _lock:
+            return self._proc.exitcode
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._started.wait(timeout):
+            raise subprocess.TimeoutExpired("forked worker", timeout)
+        if self._error is None:
+            self._proc.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        code = self.poll()
+        if code is None:
+            raise subprocess.TimeoutExpired("forked worker", timeout)
+        return code
+
+    def kill(self) -> None:
+        self._started.wait()
+        if self._error is None and self.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self._proc.kill()
+
+
+class _Fd:
+    """A file descriptor handed to the forked child (multiprocessing duplicates it across)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __reduce__(self):
+        from multiprocessing.reduction import DupFd
+        return _rebuild_fd, (DupFd(self.fd),)
+
+
+def _rebuild_fd(dup) -> "_Fd":
+    return _Fd(dup.detach())

@@ -1,0 +1,59 @@
+"""Workers forked from the preloaded server (harness/run/forkstart.py): the server's imports make
+no CUDA call (a context does not survive a fork), a forked worker runs with the environment it
+was asked for in a session of its own, and a worker whose environment differs elsewhere is
+started the old way."""
+import os
+import subprocess
+import sys
+
+from harness.run import forkstart
+from harness.run.isolate import Job, WorkerPool, run_jobs
+
+CALL = "tests.test_forkstart:report"
+
+
+def report(args, emit):
+    """A pool job (runs in a worker): what the worker sees."""
+    import torch
+    return dict(pid=os.getpid(), sid=os.getsid(0), threads=torch.get_num_threads(),
+                env={k: os.environ.get(k) for k in args["keys"]}, parent=os.getppid())
+
+
+def test_preloaded_imports_make_no_cuda_call():
+    code = ("import torch\n"
+            "def boom(*a, **k):\n    raise RuntimeError('a CUDA call at import')\n"
+            "torch.cuda.is_available = torch.cuda.device_count = torch.cuda.init = torch.cuda._lazy_init = boom\n"
+            "torch._C._cuda_getDeviceCount = boom\n"
+            f"for m in {forkstart.PRELOAD!r}:\n    __import__(m)\n"
+            "print('ok')\n")
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0 and got.stdout.strip() == "ok", got.stderr[-2000:]
+
+
+def test_forked_worker_has_its_environment_and_session(monkeypatch):
+    monkeypatch.delenv("GDN_WORKER_START", raising=False)
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    assert forkstart.forked_start(env)
+    got, pool = [], WorkerPool()
+    try:
+        run_jobs([Job(dict(call=CALL, args=dict(keys=["OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES"])))],
+                 lambda job, i: env, lambda job, outcome: got.append(outcome), 1, 60.0, pool=pool)
+    finally:
+        pool.close()
+    (o,) = got
+    assert o.kind == "result", o.error
+    v = o.value
+    assert v["env"] == {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    assert v["threads"] == 1
+    assert v["sid"] == v["pid"]                  # its own session: a terminal's Ctrl-C reaches the parent only
+    assert v["parent"] != os.getpid()            # forked by the server, not this process
+
+
+def test_other_differences_start_the_worker_the_old_way(monkeypatch):
+    monkeypatch.delenv("GDN_WORKER_START", raising=False)
+    base = dict(forkstart._server_env or os.environ)
+    assert forkstart.forked_start(dict(base, MKL_NUM_THREADS="3"))
+    assert not forkstart.forked_start(dict(base, GDN_DRAWS_KEPT_MB="1"))      # read at import, in the server
+    assert not forkstart.forked_start({k: v for k, v in base.items() if k != "PATH"})
+    monkeypatch.setenv("GDN_WORKER_START", "spawn")
+    assert not forkstart.forked_start(dict(base))
