@@ -1,9 +1,9 @@
-"""layercheck.to_host: host copies of a nested result with one wait for the GPU, bit for bit
-what ``.cpu()`` gives, the structure kept."""
+"""harness.layouts.transfer: host copies of a nested result with one wait for the GPU (to_host), copies to
+the GPU without one (to_device, as_device_tensor), bit for bit what .cpu() / .to() give."""
 import pytest
 import torch
 
-from harness.cases.layercheck import to_host
+from harness.layouts.transfer import as_device_tensor, to_device, to_host
 
 
 def _tree(device):
@@ -42,3 +42,22 @@ def test_gpu_tree_equals_cpu_copies():
     tree[0]["out"].add_(1)
     torch.cuda.synchronize()
     assert torch.equal(got[0]["out"], before)
+
+
+def test_to_device_and_device_tensors_on_the_cpu():
+    x = torch.arange(6.0).reshape(2, 3)
+    assert to_device(x, "cpu") is x
+    t = as_device_tensor([[0, 2], [1, 3]], torch.int32, "cpu")
+    assert t.dtype == torch.int32 and t.tolist() == [[0, 2], [1, 3]]
+
+
+@pytest.mark.gpu
+def test_to_device_without_waiting_gives_the_same_values():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (this machine has none)")
+    xs = [torch.randn(64, 33, dtype=torch.float64) for _ in range(50)]
+    ys = [to_device(x, "cuda") for x in xs]
+    ids = as_device_tensor(list(range(1000)), torch.long, "cuda")
+    torch.cuda.synchronize()
+    assert all(y.is_cuda and torch.equal(y.cpu(), x) for x, y in zip(xs, ys))
+    assert ids.tolist() == list(range(1000))

@@ -17,36 +17,13 @@ from harness.cases.inputs import make_inputs
 from harness.layouts.projection import unpack_qkvz_ba
 from harness.optimized.poison import uninitialized_memory_poisoned
 from harness.layouts.state import conv_dim_first_view, ssm_convert
+from harness.layouts.transfer import to_device, to_host
 from harness.layouts.tp import all_ranks, gather_conv_channels, gather_heads, local_mixed_ba
 from harness.reference.layer import run_oracle
 from harness.batch import NULL_BLOCK_ID
 from harness.cases.comparison import Comparison
 from harness.cases.scenario import Scenario, accepted_as_decodes, mix_scenario
 
-
-
-def to_host(tree):
-    """Host copies of the tensors in `tree` (nested dicts / lists / tuples), with one wait for the GPU
-    instead of one per tensor: each GPU tensor is queued into pinned memory, then the device is
-    synchronised once. The same bits as ``.cpu()``; beside other workers on one GPU each wait costs
-    a turn on it, and a drift case made ~5 000 of them."""
-    cuda = []
-
-    def queue(x):
-        if isinstance(x, torch.Tensor):
-            if x.is_cuda:
-                cuda.append(x.device)
-                return x.to("cpu", non_blocking=True)
-            return x
-        if isinstance(x, dict):
-            return {k: queue(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return type(x)(queue(v) for v in x)
-        return x
-    out = queue(tree)
-    for dev in set(cuda):
-        torch.cuda.synchronize(dev)
-    return out
 
 
 def rank_pools(sc: Scenario, conv_pool, ssm_pool, p, conv_layout: str, ssm_layout: str, device):
@@ -87,10 +64,10 @@ def full_weight_projection_pairs(sc: Scenario, inp, unpacked, device) -> List[Co
     pairs: List[Comparison] = []
     w_qkvz, w_ba = (w.to(device) for w in inp.weights.packed_in_proj(sc.dims, sc.layout))
 
-    def full(s):
-        h = inp.hidden[s].to(device)
+    def full_proj(s):
+        h = to_device(inp.hidden[s], device)
         return unpack_qkvz_ba(h @ w_qkvz.T, h @ w_ba.T, sc.dims, sc.layout)
-    fulls = to_host([full(s) for s in range(len(unpacked))])
+    fulls = to_host([full_proj(s) for s in range(len(unpacked))])
     for s, (got, full) in enumerate(zip(to_host(unpacked), fulls)):
         for name, idx in (("qkvz", (0, 1, 2, 3)), ("ba", (4, 5))):
             flat = lambda ts: torch.cat([ts[i].reshape(ts[i].shape[0], -1) for i in idx], dim=1)
@@ -111,9 +88,10 @@ def _backend_run(backend, ops, sc: Scenario, inp, ranks, conv_layout: str, decod
     pools = [rank_pools(sc, inp.conv_pool, inp.ssm_pool, p, conv_layout, backend.ssm_state_layout, device)
              for p in ranks]
     steps_out, unpacked = [], []
+    hidden = [to_device(h, device) for h in inp.hidden]
     for s, entries in enumerate(sc.plan()):
         src, rows = sources[s] if sources is not None else (s, None)
-        h = inp.hidden[src].to(device)
+        h = hidden[src]
         ref_in, per_rank = zip(*(rank_step(backend, ops, p, h, entries, conv, ssm, sc, conv_layout, decode_path, rows)
                                  for p, (conv, ssm) in zip(ranks, pools)))
         unpacked.append(tuple(gather_heads([r[i] for r in ref_in], dim=1) for i in range(6)))

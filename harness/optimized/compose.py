@@ -10,29 +10,30 @@ any object with the op methods (a backend with the reference filling its gaps).
 """
 from __future__ import annotations
 
+import itertools
 from typing import Dict, List
 
 import torch
 
 from harness.layouts.projection import qkv_to_mixed, split_mixed_qkv
 from harness.layouts.tp import RankParams, local_mixed_ba
+from harness.layouts.transfer import as_device_tensor
 from harness.reference.layer import migrate_spec_state
 from harness.batch import PAD_SLOT_ID, CoreBatch, EntryPlan
 from harness.config import NormConfig
 
 
+# Batch metadata is built on the host and copied without waiting for the GPU, as an engine does.
 def _tokens(entries: List[EntryPlan], device) -> torch.Tensor:
-    idx = [t for e in entries for t in range(e.bos, e.eos)]
-    return torch.tensor(idx, dtype=torch.long, device=device)
+    return as_device_tensor([t for e in entries for t in range(e.bos, e.eos)], torch.long, device)
 
 
 def _qsl(entries: List[EntryPlan], device) -> torch.Tensor:
-    lens = [0] + [e.tokens for e in entries]
-    return torch.tensor(lens, device=device).cumsum(0).to(torch.int32)
+    return as_device_tensor(list(itertools.accumulate([e.tokens for e in entries], initial=0)), torch.int32, device)
 
 
 def _ids(values, device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.int32, device=device)
+    return as_device_tensor(values, torch.int32, device)
 
 
 def backend_step(ops, p: RankParams, mixed_qkvz: torch.Tensor, mixed_ba: torch.Tensor,
@@ -97,7 +98,7 @@ def _non_spec(ops, p, mixed_qkv, a, b, rest, conv_state, ssm_state, dl, decode_p
     prefill = any(e.kind == "prefill" for e in rest)
     if prefill:
         # Decodes ride along as 1-token sequences with history (vLLM's mixed batches).
-        has_init = torch.tensor([e.has_initial_state for e in rest], device=dev)
+        has_init = as_device_tensor([e.has_initial_state for e in rest], torch.bool, dev)
         x = ops.causal_conv1d_fn(x.T, p.conv_weight, p.conv_bias, conv_state, qsl,
                                  cache_indices=_ids(slots, dev), has_initial_state=has_init, activation="silu").T
     else:

@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from ..layouts.transfer import to_device
 from ..layouts.projection import qkv_to_mixed, split_mixed_qkv, unpack_qkvz_ba
 from ..layouts.tp import (RankParams, all_ranks, gather_conv_channels, gather_heads, local_mixed_ba,
                           reduce_partials)
@@ -186,7 +187,7 @@ def run_oracle(sc, weights, hidden: List[torch.Tensor], conv_pool: torch.Tensor,
     ``sc.plan()``) run the oracle under a hypothesis; the diagnosis uses them.
     """
     device = torch.device(device) if device is not None else conv_pool.device
-    hidden = [h.to(device) for h in hidden]
+    hidden = [to_device(h, device) for h in hidden]
     tp = sc.tp if tp is None else tp
     ranks = all_ranks(weights.to(device=device, dtype=F64), sc.dims, sc.layout, tp, sc.ba)
     pools = [_local_pools(sc, conv_pool.to(device, F64), ssm_pool.to(device, F64), p) for p in ranks]
