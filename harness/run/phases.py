@@ -1,7 +1,8 @@
 """Where a case's seconds go: a per-phase breakdown in each record (``phases``).
 
-* ``backend``: inside the backend's op calls (synchronised on a GPU), minus the calls
-  below.
+* ``backend``: inside the backend's op calls, minus the calls below; on a GPU the span
+  between CUDA events recorded around each call (no wait for the GPU per call: beside other
+  workers each wait costs a turn on it), read when the case's timer next synchronises.
 * ``compile``: backend calls during which Triton compiled (or loaded from its cache) a
   kernel: the whole call - compile plus that first run - since the two are not
   separable from outside Triton. Counted by Triton's ``jit_cache_hook``, which fires
@@ -116,6 +117,7 @@ class Phases:
         self.compiles = 0
         self.autotuned = 0
         self._replayed0 = _oracle_replays()
+        self._spans: list = []          # (start, end) CUDA events of backend calls not read yet
         hook_compiles()
 
     def add(self, phase: str, seconds: float) -> None:
@@ -124,31 +126,59 @@ class Phases:
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
         sync(self.device)
+        self._read_spans()
         t0 = time.perf_counter()
         try:
             yield
         finally:
             sync(self.device)
+            self._read_spans()
             self.add(phase, time.perf_counter() - t0)
 
+    def _events(self):
+        if not (self.device and self.device.startswith("cuda")):
+            return None
+        import torch
+        return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def _read_spans(self, wait: bool = False) -> None:
+        """The backend calls' GPU spans, once their events completed (after a synchronise;
+        `wait`: synchronise first if any is unread)."""
+        if wait and self._spans:
+            sync(self.device)
+        for start, end in self._spans:
+            self.add("backend", start.elapsed_time(end) / 1e3)
+        self._spans = []
+
     def call(self, fn, *args, **kwargs):
-        """`fn(...)` timed as backend, compile or autotune (what happened during the call)."""
-        sync(self.device)
+        """`fn(...)` timed as backend, compile or autotune (what happened during the call). A call
+        that compiled or autotuned is synchronised and timed whole; a plain one on a GPU by events."""
+        events = self._events()
+        if events is None:
+            sync(self.device)
+        else:
+            events[0].record()
         c0, a0, t0 = _compiles, _autotunes, time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            sync(self.device)
             release_compile_lock()
-            dt = time.perf_counter() - t0
             self.compiles += _compiles - c0
             self.autotuned += _autotunes - a0
-            self.add("autotune" if _autotunes > a0 else "compile" if _compiles > c0 else "backend", dt)
+            kind = "autotune" if _autotunes > a0 else "compile" if _compiles > c0 else "backend"
+            if kind == "backend" and events is not None:
+                events[1].record()
+                self._spans.append(events)
+            else:
+                sync(self.device)
+                self.add(kind, time.perf_counter() - t0)
 
     def inner_seconds(self) -> float:
+        self._read_spans(wait=True)
         return sum(self.seconds.get(p, 0.0) for p in INNER)
 
     def to_dict(self) -> dict:
+        self._read_spans(wait=True)
         out = {f"{p}_s": round(self.seconds[p], 4) for p in PHASES if p in self.seconds}
         return dict(out, compiles=self.compiles, autotuned=self.autotuned,
                     oracle_replays=_oracle_replays() - self._replayed0)
