@@ -49,11 +49,50 @@ def test_forked_worker_has_its_environment_and_session(monkeypatch):
     assert v["parent"] != os.getpid()            # forked by the server, not this process
 
 
+def test_no_harness_module_reads_its_variables_at_import():
+    """A GDN_* variable may differ between the server and a worker: none is read at module level."""
+    import ast
+    import pathlib
+    root = pathlib.Path(forkstart.__file__).parents[1]
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:                 # module-level statements only
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            src = ast.get_source_segment(path.read_text(), node) or ""
+            if "environ" in src or "getenv" in src:
+                assert "GDN_" not in src, f"{path}: a GDN_ variable read at import: {src[:120]}"
+
+
 def test_other_differences_start_the_worker_the_old_way(monkeypatch):
     monkeypatch.delenv("GDN_WORKER_START", raising=False)
     base = dict(forkstart._server_env or os.environ)
     assert forkstart.forked_start(dict(base, MKL_NUM_THREADS="3"))
-    assert not forkstart.forked_start(dict(base, GDN_DRAWS_KEPT_MB="1"))      # read at import, in the server
+    assert forkstart.forked_start(dict(base, GDN_AUTOTUNE="pinned"))
+    assert not forkstart.forked_start(dict(base, PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True"))
     assert not forkstart.forked_start({k: v for k, v in base.items() if k != "PATH"})
     monkeypatch.setenv("GDN_WORKER_START", "spawn")
     assert not forkstart.forked_start(dict(base))
+
+
+def test_early_start_only_for_runs_that_use_workers(monkeypatch):
+    started = []
+    monkeypatch.delenv("GDN_WORKER_START", raising=False)
+    monkeypatch.setattr(forkstart, "_context", lambda: started.append(1))
+    yes = [["run", "--suite", "smoke", "--backend", "reference", "--backend", "triton"],
+           ["run", "--backend=triton,reference"], ["run", "--jobs", "4"], ["run", "--timeout", "30"],
+           ["run", "--isolate"]]
+    no = [["run", "--suite", "self"], ["run", "--backend", "reference"], ["run", "--backend", "triton", "--no-isolate"],
+          ["run", "--backend", "triton", "--distributed"], ["list", "backends"], [], ["run", "-h", "--backend", "x"]]
+    assert [forkstart.start_early(a) for a in yes] == [True] * len(yes)
+    assert [forkstart.start_early(a) for a in no] == [False] * len(no)
+    monkeypatch.setenv("GDN_WORKER_START", "spawn")
+    assert not forkstart.start_early(yes[0])
+    assert len(started) == len(yes)
+
+
+def test_forkstart_imports_no_torch():
+    """The CLI starts the server before its own imports load torch."""
+    got = subprocess.run([sys.executable, "-c", "import sys, harness.run.forkstart; print('torch' in sys.modules)"],
+                         capture_output=True, text=True, timeout=60)
+    assert got.stdout.strip() == "False", got.stderr[-2000:]

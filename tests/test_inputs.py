@@ -38,7 +38,7 @@ def test_kept_draws_are_shared_across_dtypes_only():
     assert not torch.equal(make_delta_inputs(DIMS, [3, 5], seed=2)["q"], d64["q"])
     assert make_delta_inputs(DIMS, [3, 6], seed=1)["q"].shape[1] == 9
     assert not torch.equal(make_weights(DIMS, 1).wq, make_weights(DIMS, 2).wq)
-    assert sum(n for _, n in inputs._draws.values()) <= inputs.DRAWS_KEPT_BYTES
+    assert sum(n for _, n in inputs._draws.values()) <= inputs.kept_bytes()
 
 
 def test_kept_draws_stay_inside_their_byte_budget(monkeypatch):

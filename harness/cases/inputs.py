@@ -9,7 +9,7 @@ import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Iterator, List
+from typing import Callable, Iterator, List, Optional
 
 import torch
 
@@ -37,7 +37,14 @@ def _gen(seed: int) -> torch.Generator:
 # fp64 draws kept per process: cases that differ only in dtype, layout, TP or backend draw the very
 # same values, and at full dims the draws (one generator, single-threaded) cost a case more than its
 # oracle. Bounded in bytes (one full-dims Qwen3-Next weight set is 256 MiB, Qwen3.5-397B's 0.9 GiB).
-DRAWS_KEPT_BYTES = int(float(os.environ.get("GDN_DRAWS_KEPT_MB", "1024")) * 2**20)
+# GDN_DRAWS_KEPT_MB is read when drawing (a forked worker's environment is set after its imports).
+DRAWS_KEPT_BYTES: Optional[int] = None
+
+
+def kept_bytes() -> int:
+    if DRAWS_KEPT_BYTES is not None:
+        return DRAWS_KEPT_BYTES
+    return int(float(os.environ.get("GDN_DRAWS_KEPT_MB", "1024")) * 2**20)
 _draws: "OrderedDict[tuple, tuple]" = OrderedDict()      # key -> (draw, bytes)
 
 
@@ -53,7 +60,7 @@ def _tensors(x) -> Iterator[torch.Tensor]:
 
 def drawn(key: tuple, draw: Callable[[], object], copy_out: Callable[[object], object]):
     """`copy_out(draw())`, the draw remembered under `key` (everything it depends on) while the kept
-    draws fit `DRAWS_KEPT_BYTES` (the oldest go first). `copy_out` makes the caller's own tensors
+    draws fit `kept_bytes()` (the oldest go first). `copy_out` makes the caller's own tensors
     (a cast with ``copy=True``), so an in-place write by a backend or a fault never reaches the next
     case, and a cast costs one copy, not a clone and a cast."""
     if key in _draws:
@@ -61,9 +68,10 @@ def drawn(key: tuple, draw: Callable[[], object], copy_out: Callable[[object], o
         return copy_out(_draws[key][0])
     value = draw()
     size = sum(t.numel() * t.element_size() for t in _tensors(value))
-    if size <= DRAWS_KEPT_BYTES:
+    limit = kept_bytes()
+    if size <= limit:
         _draws[key] = (value, size)
-        while sum(n for _, n in _draws.values()) > DRAWS_KEPT_BYTES:
+        while sum(n for _, n in _draws.values()) > limit:
             _draws.popitem(last=False)
     return copy_out(value)
 

@@ -7,9 +7,17 @@ and marked interrupted; 125 (bisect-check only) could not test.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import List, Optional
+
+from harness.run.forkstart import start_early
+
+# Run as the CLI (the console script, or -m while harness.cli is imported): the workers' server
+# starts before the imports below load torch, so the two imports overlap.
+if os.path.basename(sys.argv[0]) in ("gdn-harness", "-m"):
+    start_early(sys.argv[1:])
 
 from harness.cli import diff, listing, repro, run
 from harness.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE  # noqa: F401 - the exit codes, for callers

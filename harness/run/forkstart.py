@@ -7,7 +7,7 @@ milliseconds. The server never touches CUDA (a CUDA context does not survive a f
 tests/test_forkstart.py checks that the preloaded imports make no CUDA call), so each worker
 makes its own, as before. A forked worker is the same protocol on the same three pipes, in
 its own session, with the environment it was asked for: what differs from the server's
-(`FORK_SAFE_ENV`, read after the imports) is set before the worker's first line; any other
+(`fork_safe`: nothing imported reads them at import) is set before the worker's first line; any other
 difference starts the worker the old way (`forked_start`).
 """
 from __future__ import annotations
@@ -24,8 +24,13 @@ from typing import Dict, Optional
 # imported once by the server: the worker's own imports (torch and the harness, no CUDA call)
 PRELOAD = ["harness.run.worker"]
 # variables nothing in PRELOAD reads at import: a worker may differ from the server in these
+# (and in the harness's own GDN_*, each read when used: tests/test_forkstart.py checks)
 FORK_SAFE_ENV = {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "TRITON_INTERPRET",
                  "TRITON_CACHE_AUTOTUNING"}
+
+
+def fork_safe(name: str) -> bool:
+    return name in FORK_SAFE_ENV or name.startswith("GDN_")
 
 _lock = threading.Lock()
 _server_lock = threading.Lock()
@@ -49,11 +54,10 @@ def forked_start(env: Dict[str, str]) -> bool:
     """Whether a worker for `env` is forked from the server: on by default where fork exists,
     unless GDN_WORKER_START=spawn, and only when `env` differs from the server's in
     `FORK_SAFE_ENV` alone (the server starts with this process's environment)."""
-    if os.environ.get("GDN_WORKER_START", "fork") == "spawn" or "forkserver" not in \
-            multiprocessing.get_all_start_methods():
+    if forked_start_off():
         return False
     base = _server_env if _server_env is not None else os.environ
-    return all(env.get(k) == base.get(k) for k in set(env) | set(base) if k not in FORK_SAFE_ENV)
+    return all(env.get(k) == base.get(k) for k in set(env) | set(base) if not fork_safe(k))
 
 
 def _child(env: Dict[str, str], fds) -> None:
@@ -163,3 +167,34 @@ class _Fd:
 
 def _rebuild_fd(dup) -> "_Fd":
     return _Fd(dup.detach())
+
+
+def start_early(argv) -> bool:
+    """Start the server now when `argv` (a ``gdn-harness`` command line) is a run that will use
+    workers (`harness.cli.run._isolation`'s rule: a backend besides the reference, --isolate,
+    --jobs > 1 or --timeout; not --no-isolate / --distributed), before the CLI imports torch:
+    the server's imports then overlap the parent's. True when started."""
+    argv = list(argv)
+    if not argv or argv[0] != "run" or forked_start_off() or {"--no-isolate", "--distributed", "-h", "--help"} & \
+            set(argv):
+        return False
+    backends, jobs, workers = [], 1, False
+    for i, a in enumerate(argv):
+        name, _, value = a.partition("=")
+        if not value and i + 1 < len(argv):
+            value = argv[i + 1]
+        if name == "--backend":
+            backends += [b for b in value.split(",") if b]
+        elif name == "--jobs":
+            jobs = int(value) if value.isdigit() else jobs
+        elif name in ("--isolate", "--timeout"):
+            workers = True
+    if not (workers or jobs > 1 or set(backends) - {"reference"}):
+        return False
+    _context()
+    return True
+
+
+def forked_start_off() -> bool:
+    return os.environ.get("GDN_WORKER_START", "fork") == "spawn" or "forkserver" not in \
+        multiprocessing.get_all_start_methods()
