@@ -75,6 +75,15 @@ def test_other_differences_start_the_worker_the_old_way(monkeypatch):
     assert not forkstart.forked_start(dict(base))
 
 
+def test_a_cli_worker_is_forked():
+    """What the CLI adds to its environment before its workers start keeps them forked."""
+    from harness.evals import OFFLINE_ENV
+    from harness.run.isolate import case_env
+    env = dict(case_env("cpu", 2), **OFFLINE_ENV)
+    added = {k for k in set(env) | set(os.environ) if env.get(k) != os.environ.get(k)}
+    assert added and all(forkstart.fork_safe(k) for k in added), sorted(added)
+
+
 def test_early_start_only_for_runs_that_use_workers(monkeypatch):
     started = []
     monkeypatch.delenv("GDN_WORKER_START", raising=False)
@@ -96,3 +105,20 @@ def test_forkstart_imports_no_torch():
     got = subprocess.run([sys.executable, "-c", "import sys, harness.run.forkstart; print('torch' in sys.modules)"],
                          capture_output=True, text=True, timeout=60)
     assert got.stdout.strip() == "False", got.stderr[-2000:]
+
+
+def test_the_console_script_forks_working_workers(tmp_path):
+    """Through a script named like the console script (multiprocessing would re-run a script
+    __main__ in each child, and the CLI's import in there started a server of its own): a run
+    on workers passes, every case on a forked worker."""
+    import json
+    script = tmp_path / "gdn-harness"
+    script.write_text("import sys\nfrom harness.cli import main\nsys.exit(main())\n")
+    env = {k: v for k, v in os.environ.items() if k != "GDN_WORKER_START"}
+    got = subprocess.run([sys.executable, str(script), "run", "--suite", "smoke", "--backend", "triton", "-k",
+                          "layer.mixed and tp1", "--jobs", "2", "-q", "--report-dir", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert got.returncode == 0, (got.stdout + got.stderr)[-3000:]
+    cases = json.loads((tmp_path / "r" / "results.json").read_text())["cases"]
+    assert cases and all(c["status"] == "pass" for c in cases)
+    assert "Traceback" not in got.stderr, got.stderr[-3000:]

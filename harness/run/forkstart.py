@@ -26,7 +26,10 @@ PRELOAD = ["harness.run.worker"]
 # variables nothing in PRELOAD reads at import: a worker may differ from the server in these
 # (and in the harness's own GDN_*, each read when used: tests/test_forkstart.py checks)
 FORK_SAFE_ENV = {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "TRITON_INTERPRET",
-                 "TRITON_CACHE_AUTOTUNING"}
+                 "TRITON_CACHE_AUTOTUNING",
+                 # harness.evals' offline switches (set as the CLI imports it; read by the HF libraries)
+                 "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_EVALUATE_OFFLINE",
+                 "HF_HUB_DISABLE_TELEMETRY", "DO_NOT_TRACK", "HF_UPDATE_DOWNLOAD_COUNTS"}
 
 
 def fork_safe(name: str) -> bool:
@@ -105,9 +108,18 @@ class ForkedProcess:
         threading.Thread(target=self._start, daemon=True).start()
 
     def _start(self) -> None:
+        from multiprocessing import spawn
         try:
             with _lock:                 # multiprocessing's table of children is not thread-safe
-                self._proc.start()
+                real = spawn.get_preparation_data
+                # the child must not re-run this process's __main__ (the CLI script) as multiprocessing
+                # does by default: _child needs nothing from it
+                spawn.get_preparation_data = lambda name: {k: v for k, v in real(name).items()
+                                                           if not k.startswith("init_main_from")}
+                try:
+                    self._proc.start()
+                finally:
+                    spawn.get_preparation_data = real
             self.pid = self._proc.pid
         except BaseException as e:  # noqa: BLE001 - told as a worker that died at once
             self._error = e
