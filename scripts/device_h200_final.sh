@@ -216,34 +216,31 @@ tests/test_drift.py} NO_CI=1 TEST_LIMIT=${TEST_LIMIT:-140} bash "$0" 10
     done
     (cd "$OUT" && tar czf ci13.tgz ci13 && rm -rf ci13 ci13-run.log); cat "$OUT/ci13.log" ;;
   15)
-    # where a drift_256 case's seconds go, and (carry .whl/old.tgz: `git archive <commit> harness suites`)
-    # this checkout against that one on one lease: ci cold (this), then warm on its cache this / old /
-    # this; one drift case alone, twice in one process, profiled (runtime calls: launches, graph launches,
-    # syncs, copies); the six drift cases side by side as six workers, this / old
+    # this checkout against an older one on one lease (carry .whl/old.tgz: `git archive <commit> harness
+    # suites`): ci cold (this), then warm on its cache - RUNS, run:code, code new / old / spawn (this with
+    # GDN_WORKER_START=spawn) -; then one drift case alone, twice in one process, profiled (runtime calls:
+    # launches, graph launches, syncs, copies), and the six drift cases side by side (this checkout)
     # -> $OUT/ci13.log, $OUT/ci13.tgz, $OUT/prof15.log
     export TRITON_CACHE_DIR=/tmp/tcache13 TRITON_CACHE_AUTOTUNING=1
     rm -rf /tmp/tcache13 /tmp/old; mkdir -p "$OUT/ci13" /tmp/old
-    [ -f .whl/old.tgz ] && tar xzf .whl/old.tgz -C /tmp/old && cp scripts/profile_case.py /tmp/old/
+    [ -f .whl/old.tgz ] && tar xzf .whl/old.tgz -C /tmp/old
     n=0
-    for run in ${RUNS:-cold:new warm:new warm:old warm:new}; do
+    for run in ${RUNS:-cold:new warm:new warm:old warm:spawn warm:new warm:old}; do
       n=$((n + 1)); t=$(date +%s.%N); code=${run#*:}
       [ "$code" = old ] && { [ -d /tmp/old/harness ] || continue; }
       (if [ "$code" = old ]; then cd /tmp/old; export PYTHONPATH=/tmp/site:/tmp/old; fi
+       [ "$code" = spawn ] && export GDN_WORKER_START=spawn
        timeout -s INT ${SUITE_LIMIT:-110} python3 -m harness.cli run --suite ci --backend triton --device cuda \
            --jobs ${JOBS:-8} -q --report-dir "$OUT/ci13/$n-${run%:*}-$code") > "$OUT/ci13-run.log" 2>&1; rc=$?
       echo "$run rc $rc process $(python3 -c "import time; print(round(time.time() - $t, 1))") s; $(tail -n 1 \
           "$OUT/ci13-run.log")" >> "$OUT/ci13.log"
     done
     (cd "$OUT" && tar czf ci13.tgz ci13 && rm -rf ci13 ci13-run.log)
-    timeout -s INT 120 python3 scripts/profile_case.py -k "drift_256 and bfloat16-float32" --profile \
+    timeout -s INT 60 python3 scripts/profile_case.py -k "drift_256 and bfloat16-float32" --profile \
         > "$OUT/prof15.log" 2>&1
-    for code in new old; do
-      [ "$code" = old ] && { [ -d /tmp/old/harness ] || continue; }
-      echo "== six drift_256 side by side, $code" >> "$OUT/prof15.log"
-      (if [ "$code" = old ]; then cd /tmp/old; export PYTHONPATH=/tmp/site:/tmp/old; fi
-       timeout -s INT 120 python3 scripts/profile_case.py -k drift_256 --procs 6) >> "$OUT/prof15.log" 2>&1
-    done
-    grep -v "^ *aten::\|^---\|Name " "$OUT/prof15.log" | head -80; cat "$OUT/ci13.log" ;;
+    echo "== six drift_256 side by side" >> "$OUT/prof15.log"
+    OMP_NUM_THREADS=2 timeout -s INT 90 python3 scripts/profile_case.py -k drift_256 --procs 6 >> "$OUT/prof15.log" 2>&1
+    grep -v "^ *aten::\|^---\|Name " "$OUT/prof15.log" | grep -v '"first"' | head -40; cat "$OUT/ci13.log" ;;
   14)
     # call 9 (nan_neighbour on sglang / vllm@triton, the fast-path mutant kill run) with, beside it, ci on
     # each fast path at --jobs $FP_JOBS (4), longest first, cut at $CI_LIMIT -> $OUT/nn9, $OUT/mut, $OUT/ci14
