@@ -38,6 +38,8 @@
 #   call 15 carry .whl/test (+ .whl/old.tgz, `git archive <commit> harness suites`): ci cold, then warm this
 #           checkout / the old one / this, one drift_256 case profiled alone and the six side by side as
 #           workers, this / old (scripts/profile_case.py) -> $OUT/ci13.log, $OUT/ci13.tgz, $OUT/prof15.log
+#   call 16 carry .whl/test .whl/old.tgz: call 15 (cold, warm this / old / this, the profile alone), then
+#           `pytest tests -n 8` in what is left of $BUDGET (540 s)
 #   call 14 carry .whl/fastpath.sha256 .whl/test (+ PUT=4): call 9 and, beside it, ci on sglang (CuTe-DSL
 #           compiles side by side starve each other: CI_BACKENDS adds vllm / flashinfer) at --jobs $FP_JOBS (4),
 #           cut at $CI_LIMIT (480 s) -> $OUT/ci14.tgz (ci14/, nn9/, mut/). On 2026-12-07 the two FlashInfer-chunk
@@ -49,7 +51,7 @@
 # (calls 1 / 2 without their part, when calls 3 / 4 will not follow), PUT=N (put part N, any call), NO_CI=1
 # (call 10: the tests alone).
 set -o pipefail
-CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | ... | 15}
+CALL=${1:?usage: scripts/device_h200_final.sh 1 | 2 | ... | 16}
 PUT=${PUT:-$([ "$CALL" -le 3 ] && [ -z "$NO_PUT" ] && echo "$CALL")}
 if [ -n "$PUT" ]; then
   bash scripts/device_fastpaths.sh put "$PUT" > "$OUT/put.log" 2>&1 || { cat "$OUT/put.log"; exit 3; }
@@ -238,9 +240,18 @@ tests/test_drift.py} NO_CI=1 TEST_LIMIT=${TEST_LIMIT:-140} bash "$0" 10
     (cd "$OUT" && tar czf ci13.tgz ci13 && rm -rf ci13 ci13-run.log)
     timeout -s INT 60 python3 scripts/profile_case.py -k "drift_256 and bfloat16-float32" --profile \
         > "$OUT/prof15.log" 2>&1
-    echo "== six drift_256 side by side" >> "$OUT/prof15.log"
-    OMP_NUM_THREADS=2 timeout -s INT 90 python3 scripts/profile_case.py -k drift_256 --procs 6 >> "$OUT/prof15.log" 2>&1
+    [ -z "$NO_SIDE" ] && echo "== six drift_256 side by side" >> "$OUT/prof15.log" && OMP_NUM_THREADS=2 timeout -s INT 90 python3 scripts/profile_case.py -k drift_256 --procs 6 >> "$OUT/prof15.log" 2>&1
     grep -v "^ *aten::\|^---\|Name " "$OUT/prof15.log" | grep -v '"first"' | head -40; cat "$OUT/ci13.log" ;;
+  16)
+    # the one call of a short budget: call 15's runs (RUNS, default cold, warm this / old / this) and its
+    # profile, then the harness's tests (`pytest tests -n 8`, GPU tests included) in what is left of
+    # $BUDGET (540 s) -> $OUT/ci13.log, $OUT/ci13.tgz, $OUT/prof15.log, $OUT/pytest.log, $OUT/junit.xml
+    t16=$(date +%s)
+    RUNS=${RUNS:-cold:new warm:new warm:old warm:new} NO_SIDE=1 bash "$0" 15
+    left=$(( ${BUDGET:-540} - ($(date +%s) - t16) ))
+    echo "tests: ${left} s left"
+    [ "$left" -gt 60 ] && { timeout -s INT $left python3 -m pytest tests -n 8 -q -rs --junitxml "$OUT/junit.xml" \
+        > "$OUT/pytest.log" 2>&1; echo "pytest rc $?" >> "$OUT/pytest.log"; tail -n 6 "$OUT/pytest.log"; } ;;
   14)
     # call 9 (nan_neighbour on sglang / vllm@triton, the fast-path mutant kill run) with, beside it, ci on
     # each fast path at --jobs $FP_JOBS (4), longest first, cut at $CI_LIMIT -> $OUT/nn9, $OUT/mut, $OUT/ci14
