@@ -39,7 +39,7 @@
 #           checkout / the old one / this, one drift_256 case profiled alone and the six side by side as
 #           workers, this / old (scripts/profile_case.py) -> $OUT/ci13.log, $OUT/ci13.tgz, $OUT/prof15.log
 #   call 16 carry .whl/test .whl/old.tgz: call 15 (cold, warm this / old / this, the profile alone), then
-#           `pytest tests -n 8` in what is left of $BUDGET (540 s)
+#           `pytest ${TESTS:-tests} -n 8` in what is left of $BUDGET (540 s)
 #   call 14 carry .whl/fastpath.sha256 .whl/test (+ PUT=4): call 9 and, beside it, ci on sglang (CuTe-DSL
 #           compiles side by side starve each other: CI_BACKENDS adds vllm / flashinfer) at --jobs $FP_JOBS (4),
 #           cut at $CI_LIMIT (480 s) -> $OUT/ci14.tgz (ci14/, nn9/, mut/). On 2026-12-07 the two FlashInfer-chunk
@@ -250,7 +250,7 @@ tests/test_drift.py} NO_CI=1 TEST_LIMIT=${TEST_LIMIT:-140} bash "$0" 10
     RUNS=${RUNS:-cold:new warm:new warm:old warm:new} NO_SIDE=1 bash "$0" 15
     left=$(( ${BUDGET:-540} - ($(date +%s) - t16) ))
     echo "tests: ${left} s left"
-    [ "$left" -gt 60 ] && { timeout -s INT $left python3 -m pytest tests -n 8 -q -rs --junitxml "$OUT/junit.xml" \
+    [ "$left" -gt 60 ] && { timeout -s INT $left python3 -m pytest ${TESTS:-tests} -n 8 -q -rs --junitxml "$OUT/junit.xml" \
         > "$OUT/pytest.log" 2>&1; echo "pytest rc $?" >> "$OUT/pytest.log"; tail -n 6 "$OUT/pytest.log"; } ;;
   14)
     # call 9 (nan_neighbour on sglang / vllm@triton, the fast-path mutant kill run) with, beside it, ci on
