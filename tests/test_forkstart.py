@@ -32,7 +32,9 @@ def test_preloaded_imports_make_no_cuda_call():
 
 def test_forked_worker_has_its_environment_and_session(monkeypatch):
     monkeypatch.delenv("GDN_WORKER_START", raising=False)
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    # the server may have started in an earlier test, in its environment (pytest's per-test variables)
+    base = {k: v for k, v in (forkstart._server_env or os.environ).items() if k != "GDN_WORKER_START"}
+    env = dict(base, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     assert forkstart.forked_start(env)
     got, pool = [], WorkerPool()
     try:
