@@ -73,10 +73,15 @@ def main() -> int:
         return 0
     base = [sys.executable, __file__, "--suite", args.suite, "--backend", args.backend, "--device", args.device,
             "-k", args.k] + (["--profile"] if args.profile else [])
+    return side_by_side([base + ["--index", str(i)] for i in range(args.procs)])
+
+
+def side_by_side(cmds) -> int:
+    """Run the commands at once; the worst exit code (scripts/profile_oracle.py uses it too)."""
     t = time.perf_counter()
-    procs = [subprocess.Popen(base + ["--index", str(i)]) for i in range(args.procs)]
+    procs = [subprocess.Popen(c) for c in cmds]
     rc = max(p.wait() for p in procs)
-    print(f"{args.procs} side by side: {time.perf_counter() - t:.1f} s wall (imports included)")
+    print(f"{len(cmds)} side by side: {time.perf_counter() - t:.1f} s wall (imports included)")
     return rc
 
 

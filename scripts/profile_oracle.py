@@ -7,7 +7,6 @@ CUDA runtime calls behind it (launches, host syncs, copies). Run N of these side
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 
@@ -61,12 +60,9 @@ def main() -> int:
     if args.procs == 1:
         one(args)
         return 0
+    from profile_case import side_by_side      # beside this script
     cmd = [sys.executable, __file__, "--device", args.device, "--dims", args.dims, "--steps", str(args.steps)]
-    t = time.perf_counter()
-    procs = [subprocess.Popen(cmd) for _ in range(args.procs)]
-    rc = max(p.wait() for p in procs)
-    print(f"{args.procs} side by side: {time.perf_counter() - t:.1f} s wall (imports and inputs included)")
-    return rc
+    return side_by_side([cmd] * args.procs)
 
 
 if __name__ == "__main__":
