@@ -17,8 +17,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import threading
+import time
 from typing import Dict, Optional
 
 # imported once by the server: the worker's own imports (torch and the harness, no CUDA call)
@@ -34,6 +34,7 @@ FORK_SAFE_ENV = {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "
 
 def fork_safe(name: str) -> bool:
     return name in FORK_SAFE_ENV or name.startswith("GDN_")
+
 
 _lock = threading.Lock()
 _server_lock = threading.Lock()
@@ -56,7 +57,7 @@ def _context():
 def forked_start(env: Dict[str, str]) -> bool:
     """Whether a worker for `env` is forked from the server: on by default where fork exists,
     unless GDN_WORKER_START=spawn, and only when `env` differs from the server's in
-    `FORK_SAFE_ENV` alone (the server starts with this process's environment)."""
+    `fork_safe` variables alone (the server starts with this process's environment)."""
     if forked_start_off():
         return False
     base = _server_env if _server_env is not None else os.environ
