@@ -14,6 +14,7 @@ from harness.cli.common import EXIT_FAIL, EXIT_OK
 from harness.diagnosis.cli import add_diagnosis_arguments, apply_diagnosis_arguments
 from harness.errors import HarnessError
 from harness.report.paths import point_latest, report_dir as new_report_dir
+from harness.run.forkstart import uses_workers
 
 DEFAULT_TIMEOUT = 600.0
 
@@ -41,9 +42,7 @@ def _isolation(args, backends: List[str]) -> str:
             raise HarnessError("--timeout needs worker processes (a case stuck in native code cannot be "
                                "stopped in process); drop --no-isolate")
         return "in process"
-    if args.isolate or args.jobs > 1 or args.timeout is not None or set(backends) != {"reference"}:
-        return "workers"
-    return "in process"
+    return "workers" if uses_workers(backends, args.isolate, args.jobs, args.timeout) else "in process"
 
 
 def _interrupted_line(live, signum: int, stuck: bool = False) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -157,12 +156,10 @@ class ForkedProcess:
         return code
 
     def kill(self) -> None:
+        """The worker alone (as Popen.kill); the pool kills its session by `pid`."""
         self._started.wait()
-        if self._error is None and self.poll() is None:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                self._proc.kill()
+        if self._error is None:
+            self._proc.kill()
 
 
 class _Fd:
@@ -186,16 +183,21 @@ def _rebuild_fd(dup) -> "_Fd":
     return _Fd(dup.detach())
 
 
+def uses_workers(backends, isolate: bool = False, jobs: int = 1, timeout=None) -> bool:
+    """Whether ``gdn-harness run`` (neither --no-isolate nor --distributed) runs its cases on
+    workers: a backend besides the reference, --isolate, --jobs > 1 or --timeout."""
+    return isolate or jobs > 1 or timeout is not None or set(backends or ["reference"]) != {"reference"}
+
+
 def start_early(argv) -> bool:
     """Start the server now when `argv` (a ``gdn-harness`` command line) is a run that will use
-    workers (`harness.cli.run._isolation`'s rule: a backend besides the reference, --isolate,
-    --jobs > 1 or --timeout; not --no-isolate / --distributed), before the CLI imports torch:
-    the server's imports then overlap the parent's. True when started."""
+    workers (`uses_workers`), before the CLI imports torch: the server's imports then overlap the
+    parent's. True when started."""
     argv = list(argv)
     if not argv or argv[0] != "run" or forked_start_off() or {"--no-isolate", "--distributed", "-h", "--help"} & \
             set(argv):
         return False
-    backends, jobs, workers = [], 1, False
+    backends, jobs, timeout = [], 1, None
     for i, a in enumerate(argv):
         name, _, value = a.partition("=")
         if not value and i + 1 < len(argv):
@@ -204,9 +206,9 @@ def start_early(argv) -> bool:
             backends += [b for b in value.split(",") if b]
         elif name == "--jobs":
             jobs = int(value) if value.isdigit() else jobs
-        elif name in ("--isolate", "--timeout"):
-            workers = True
-    if not (workers or jobs > 1 or set(backends) - {"reference"}):
+        elif name == "--timeout":
+            timeout = value
+    if not uses_workers(backends, "--isolate" in argv, jobs, timeout):
         return False
     _context()
     return True

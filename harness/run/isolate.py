@@ -257,12 +257,10 @@ class Worker:
 
     def kill(self) -> None:
         """Kill the worker and anything it started (its own session)."""
-        if isinstance(self.proc, ForkedProcess):
-            self.proc.kill()        # its whole session, as below
-        elif self.proc.poll() is None:
+        if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+            except (ProcessLookupError, PermissionError, TypeError):     # TypeError: a fork that failed has no pid
                 self.proc.kill()
         self.proc.wait()
 
