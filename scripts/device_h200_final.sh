@@ -40,6 +40,9 @@
 #           workers, this / old (scripts/profile_case.py) -> $OUT/ci13.log, $OUT/ci13.tgz, $OUT/prof15.log
 #   call 16 carry .whl/test .whl/old.tgz: call 15 (cold, warm this / old / this, the profile alone), then
 #           `pytest ${TESTS:-tests} -n 8` in what is left of $BUDGET (540 s)
+#   call 17 carry .whl/test (+ .whl/old.tgz for RUNS with old): a worker's first seconds step by step and
+#           its imports after the preload (scripts/profile_import.py) -> $OUT/import.log; then call 15's ci
+#           runs (RUNS, default cold, warm, warm) without the profile -> $OUT/ci13.log, $OUT/ci13.tgz
 #   call 14 carry .whl/fastpath.sha256 .whl/test (+ PUT=4): call 9 and, beside it, ci on sglang (CuTe-DSL
 #           compiles side by side starve each other: CI_BACKENDS adds vllm / flashinfer) at --jobs $FP_JOBS (4),
 #           cut at $CI_LIMIT (480 s) -> $OUT/ci14.tgz (ci14/, nn9/, mut/). On 2026-12-07 the two FlashInfer-chunk
@@ -238,6 +241,7 @@ tests/test_drift.py} NO_CI=1 TEST_LIMIT=${TEST_LIMIT:-140} bash "$0" 10
           "$OUT/ci13-run.log")" >> "$OUT/ci13.log"
     done
     (cd "$OUT" && tar czf ci13.tgz ci13 && rm -rf ci13 ci13-run.log)
+    [ -n "$NO_PROF" ] && { cat "$OUT/ci13.log"; exit 0; }
     timeout -s INT 60 python3 scripts/profile_case.py -k "drift_256 and bfloat16-float32" --profile \
         > "$OUT/prof15.log" 2>&1
     [ -z "$NO_SIDE" ] && echo "== six drift_256 side by side" >> "$OUT/prof15.log" && OMP_NUM_THREADS=2 timeout -s INT 90 python3 scripts/profile_case.py -k drift_256 --procs 6 >> "$OUT/prof15.log" 2>&1
@@ -252,6 +256,14 @@ tests/test_drift.py} NO_CI=1 TEST_LIMIT=${TEST_LIMIT:-140} bash "$0" 10
     echo "tests: ${left} s left"
     [ "$left" -gt 60 ] && { timeout -s INT $left python3 -m pytest ${TESTS:-tests} -n 8 -q -rs --junitxml "$OUT/junit.xml" \
         > "$OUT/pytest.log" 2>&1; echo "pytest rc $?" >> "$OUT/pytest.log"; tail -n 6 "$OUT/pytest.log"; } ;;
+  17)
+    # a worker's seconds before and in its first cases, step by step, and the modules it imports after the
+    # server's preload (scripts/profile_import.py: two drift_256 cases, two small op cases), then call 15's
+    # ci runs (RUNS, default cold, warm this twice) without its profile -> $OUT/import.log, $OUT/ci13.*
+    { timeout -s INT 120 python3 scripts/profile_import.py -k "drift_256 and bfloat16" --modules 30
+      timeout -s INT 60 python3 scripts/profile_import.py -k "op.rms_norm_gated"; } > "$OUT/import.log" 2>&1
+    cat "$OUT/import.log"
+    RUNS=${RUNS:-cold:new warm:new warm:new} NO_PROF=1 bash "$0" 15 ;;
   14)
     # call 9 (nan_neighbour on sglang / vllm@triton, the fast-path mutant kill run) with, beside it, ci on
     # each fast path at --jobs $FP_JOBS (4), longest first, cut at $CI_LIMIT -> $OUT/nn9, $OUT/mut, $OUT/ci14

@@ -61,9 +61,10 @@ def test_suite_time_to_verdict_rows(tmp_path):
         assert b["case_seconds"] > 0 and b["slowest"][0]["phases"]["compare_s"] > 0
     assert "Where the seconds go" in md and "| warm --jobs 2 (pinned) |" in md
     assert "| oracle steps replayed |" in md and all(r["breakdown"]["oracle_replays"] == 0 for r in rows)  # CPU: eager
-    for r in rows:    # the process's wall holds the run's own (results.json); the rest is its own column
-        assert 0 < r["run_wall_s"] <= r["wall_s"]
-        assert f"| {r['wall_s']:.1f} | {r['wall_s'] - r['run_wall_s']:.1f} |" in md
+    for r in rows:    # the process's wall holds the run's own and its startup (results.json); the rest is after
+        assert 0 < r["run_wall_s"] and 0 < r["startup_s"] and r["run_wall_s"] + r["startup_s"] <= r["wall_s"]
+        after = r["wall_s"] - r["run_wall_s"] - r["startup_s"]
+        assert f"| {r['wall_s']:.1f} | {r['run_wall_s']:.1f} | {r['startup_s']:.1f} | {after:.1f} |" in md
     assert rows[-1]["breakdown"]["phases_s"]["worker_start"] > 0      # --jobs 2: a worker's start is its own phase
 
 

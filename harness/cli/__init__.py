@@ -10,7 +10,10 @@ import argparse
 import os
 import signal
 import sys
+import time
 from typing import List, Optional
+
+STARTED = time.perf_counter()     # a run's startup_s (results.json) counts from this line
 
 from harness.run.forkstart import start_early
 

@@ -96,9 +96,11 @@ def cmd_run(args) -> int:
         raise
     timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
     report_dir = new_report_dir(args.report_dir)
+    from harness import cli
     meta = dict(suite=suite["name"], backends=backends, suite_file=suite["path"], policy_version=policy.version,
                 policy_file=str(policy.path), command="gdn-harness " + " ".join(map(shlex.quote, args.argv)),
-                device=args.device, isolation=mode, timeout_s=timeout if mode != "in process" else None)
+                device=args.device, isolation=mode, timeout_s=timeout if mode != "in process" else None,
+                startup_s=round(time.perf_counter() - cli.STARTED, 3))     # imports, planning, workers' start
     live = LiveReport(report_dir, meta, [dict(id=c.id, backend=c.backend, level=c.level) for c in cases],
                       Path(args.buildkite_annotate) if args.buildkite_annotate else None)
     live.write("running")            # the folder exists from the start, whatever ends the run

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from harness.report.results import write_results, write_summary
+from harness.report.results import encode_record, write_results, write_summary
 
 PARTIAL_EVERY_S = 2.0            # at least this long between two partial writes
 PARTIAL_COST = 10                # ... and at least this many times what the last one took
@@ -27,6 +27,7 @@ class LiveReport:
         """`planned`: one dict (id, backend, level) per case the run will try, in order."""
         self.dir, self.meta, self.planned, self.buildkite = Path(report_dir), meta, planned, buildkite
         self.records: List[dict] = []
+        self._encoded: List[str] = []                # records[:n] as results.json lines, for partial writes
         self.running: Dict[str, float] = {}          # case id -> time.monotonic() at its start
         self.t0 = time.perf_counter()
         self.finished = False
@@ -80,7 +81,11 @@ class LiveReport:
         from harness.report.junit import write_buildkite, write_junit
         with self._lock:
             records, meta = list(self.records), self.run_meta(state, signum)
-        write_results(self.dir, records, meta)
+        encoded = None
+        if state == "running":   # a partial write encodes only the records new since the last one
+            self._encoded.extend(encode_record(r) for r in records[len(self._encoded):])
+            encoded = self._encoded[:len(records)]
+        write_results(self.dir, records, meta, encoded)
         summary = write_summary(self.dir, records, meta, step_summary=state != "running")
         write_junit(self.dir, records, meta)
         write_html(self.dir, records, meta)

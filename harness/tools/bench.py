@@ -292,6 +292,7 @@ def bench_suite(suite: str, backend: str, device: str, jobs: Sequence[int], limi
         if res.exists():
             doc = json.loads(res.read_text())
             row.update(counts=doc["counts"], planned_cases=doc.get("planned_cases"), run_wall_s=doc.get("wall_s"),
+                       startup_s=doc.get("startup_s"),
                        breakdown=suite_breakdown(doc.get("cases", [])))
         rows.append(row)
         log(f"suite {suite} {backend} jobs={n} {label}: {wall:.1f} s, "
@@ -383,15 +384,18 @@ def suite_breakdown_markdown(suites: List[Dict]) -> List[str]:
     if not rows:
         return []
     lines = ["", "### Where the seconds go (case-seconds summed over workers)", "",
-             "| run | wall | outside the run | case-s | " + " | ".join(PHASES)
+             "| run | wall | run's wall | before the run | after the run | case-s | " + " | ".join(PHASES)
              + " | compiles | autotuned | oracle steps replayed |",
-             "|---" * (7 + len(PHASES)) + "|"]
+             "|---" * (10 + len(PHASES)) + "|"]
     for r in rows:
         b = r["breakdown"]
-        # the process's wall less the run's own (results.json): start, backend loading, workers' exit
-        outside = f"{r['wall_s'] - r['run_wall_s']:.1f}" if r.get("run_wall_s") is not None else "-"
-        lines.append(f"| {r['cache']} --jobs {r['jobs']} ({r.get('autotune', 'pinned')}) | {r['wall_s']:.1f} | "
-                     f"{outside} | {b['case_seconds']:.1f} | " + " | ".join(f"{b['phases_s'][p]:.1f}" for p in PHASES)
+        # before: results.json's startup_s (imports, planning, workers' start); after: the process's
+        # wall less the rest (the final report write, the workers' and the process's exit)
+        run_wall, before = r.get("run_wall_s"), r.get("startup_s")
+        after = r["wall_s"] - run_wall - before if run_wall is not None and before is not None else None
+        cells = [f"{v:.1f}" if v is not None else "-" for v in (r["wall_s"], run_wall, before, after)]
+        lines.append(f"| {r['cache']} --jobs {r['jobs']} ({r.get('autotune', 'pinned')}) | " + " | ".join(cells) + " | "
+                     f"{b['case_seconds']:.1f} | " + " | ".join(f"{b['phases_s'][p]:.1f}" for p in PHASES)
                      + f" | {b['compiles']} | {b['autotuned']} | {b.get('oracle_replays', 0)} |")
     for r in rows:
         b = r["breakdown"]
