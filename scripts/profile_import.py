@@ -33,7 +33,7 @@ def steps(args) -> None:
     lap("preload")
     print(MARK, file=sys.stderr, flush=True)
     import torch
-    import triton  # noqa: F401
+    import triton
     lap("import triton")
     if args.device.startswith("cuda"):
         torch.zeros(1, device=args.device)

@@ -10,11 +10,9 @@ import argparse
 import os
 import signal
 import sys
-import time
 from typing import List, Optional
 
-STARTED = time.perf_counter()     # a run's startup_s (results.json) counts from this line
-
+from harness.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE  # noqa: F401 - the exit codes, for callers
 from harness.run.forkstart import start_early
 
 # Run as the CLI (the console script, or -m while harness.cli is imported): the workers' server
@@ -23,7 +21,6 @@ if os.path.basename(sys.argv[0]) in ("gdn-harness", "-m"):
     start_early(sys.argv[1:])
 
 from harness.cli import diff, listing, repro, run
-from harness.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE  # noqa: F401 - the exit codes, for callers
 from harness.errors import HarnessError
 from harness.evals.gsm8k import add_parser as add_gsm8k_parser
 from harness.faults.zoo import add_parser as add_zoo_parser

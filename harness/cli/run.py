@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import List
 
-from harness.cli.common import EXIT_FAIL, EXIT_OK
+from harness.cli.common import EXIT_FAIL, EXIT_OK, STARTED
 from harness.diagnosis.cli import add_diagnosis_arguments, apply_diagnosis_arguments
 from harness.errors import HarnessError
 from harness.report.paths import point_latest, report_dir as new_report_dir
@@ -96,11 +96,10 @@ def cmd_run(args) -> int:
         raise
     timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
     report_dir = new_report_dir(args.report_dir)
-    from harness import cli
     meta = dict(suite=suite["name"], backends=backends, suite_file=suite["path"], policy_version=policy.version,
                 policy_file=str(policy.path), command="gdn-harness " + " ".join(map(shlex.quote, args.argv)),
                 device=args.device, isolation=mode, timeout_s=timeout if mode != "in process" else None,
-                startup_s=round(time.perf_counter() - cli.STARTED, 3))     # imports, planning, workers' start
+                startup_s=round(time.perf_counter() - STARTED, 3))     # imports, planning, workers' start
     live = LiveReport(report_dir, meta, [dict(id=c.id, backend=c.backend, level=c.level) for c in cases],
                       Path(args.buildkite_annotate) if args.buildkite_annotate else None)
     live.write("running")            # the folder exists from the start, whatever ends the run
