@@ -20,6 +20,7 @@ def report(args, emit):
 
 
 def test_preloaded_imports_make_no_cuda_call():
+    """Also Triton's driver stays unloaded: choosing one asks torch.cuda.is_available()."""
     code = ("import torch\n"
             "def boom(*a, **k):\n    raise RuntimeError('a CUDA call at import')\n"
             "torch.cuda.is_available = torch.cuda.device_count = torch.cuda.init = torch.cuda._lazy_init = boom\n"
@@ -78,12 +79,34 @@ def test_other_differences_start_the_worker_the_old_way(monkeypatch):
 
 
 def test_a_cli_worker_is_forked():
-    """What the CLI adds to its environment before its workers start keeps them forked."""
+    """What the CLI adds to its environment before its workers start keeps them forked: against
+    the server's environment, which start_early gave the run's interpreter mode."""
     from harness.evals import OFFLINE_ENV
+    from harness.optimized.interpret import interpret_triton
     from harness.run.isolate import case_env
+    server = interpret_triton("cpu", dict(os.environ))
     env = dict(case_env("cpu", 2), **OFFLINE_ENV)
-    added = {k for k in set(env) | set(os.environ) if env.get(k) != os.environ.get(k)}
+    added = {k for k in set(env) | set(server) if env.get(k) != server.get(k)}
     assert added and all(forkstart.fork_safe(k) for k in added), sorted(added)
+    assert env["TRITON_INTERPRET"] == server["TRITON_INTERPRET"] == "1"
+
+
+def test_the_server_gets_the_workers_interpreter_mode(monkeypatch):
+    """triton.language's @jit helpers are wrapped in the mode of their import (the server's
+    preload): the server starts in the run's mode, and a worker in another mode is spawned."""
+    seen = []
+    monkeypatch.delenv("GDN_WORKER_START", raising=False)
+    monkeypatch.setattr(forkstart, "_context", lambda: seen.append(os.environ.get("TRITON_INTERPRET")))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert forkstart.start_early(["run", "--backend", "triton", "--device", "cpu"])
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert forkstart.start_early(["run", "--backend", "triton"])                  # --device's default: cpu
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if not __import__("torch").cuda.is_available():
+        assert forkstart.start_early(["run", "--backend", "triton", "--device=cuda"])
+        assert seen == ["1", "1", None]
+    base = dict(forkstart._server_env or os.environ)
+    assert not forkstart.forked_start(dict(base, TRITON_INTERPRET="0" if base.get("TRITON_INTERPRET") == "1" else "1"))
 
 
 def test_early_start_only_for_runs_that_use_workers(monkeypatch):

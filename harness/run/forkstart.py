@@ -21,11 +21,13 @@ import time
 from typing import Dict, Optional
 
 # imported once by the server: the worker's own imports (torch and the harness, no CUDA call)
-PRELOAD = ["harness.run.worker"]
+# and Triton's (~0.3 s a worker; its driver stays unloaded). A missing one is skipped.
+PRELOAD = ["harness.run.worker", "triton"]
 # variables nothing in PRELOAD reads at import: a worker may differ from the server in these
-# (and in the harness's own GDN_*, each read when used: tests/test_forkstart.py checks)
-FORK_SAFE_ENV = {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "TRITON_INTERPRET",
-                 "TRITON_CACHE_AUTOTUNING",
+# (and in the harness's own GDN_*, each read when used: tests/test_forkstart.py checks).
+# Not TRITON_INTERPRET: triton.language's own @jit helpers are wrapped in the mode of their
+# import, so `start_early` gives the server the mode the run's workers will have.
+FORK_SAFE_ENV = {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "TRITON_CACHE_AUTOTUNING",
                  # harness.evals' offline switches (set as the CLI imports it; read by the HF libraries)
                  "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_EVALUATE_OFFLINE",
                  "HF_HUB_DISABLE_TELEMETRY", "DO_NOT_TRACK", "HF_UPDATE_DOWNLOAD_COUNTS"}
@@ -197,7 +199,7 @@ def start_early(argv) -> bool:
     if not argv or argv[0] != "run" or forked_start_off() or {"--no-isolate", "--distributed", "-h", "--help"} & \
             set(argv):
         return False
-    backends, jobs, timeout = [], 1, None
+    backends, jobs, timeout, device = [], 1, None, "cpu"
     for i, a in enumerate(argv):
         name, _, value = a.partition("=")
         if not value and i + 1 < len(argv):
@@ -208,8 +210,12 @@ def start_early(argv) -> bool:
             jobs = int(value) if value.isdigit() else jobs
         elif name == "--timeout":
             timeout = value
+        elif name == "--device":
+            device = value
     if not uses_workers(backends, "--isolate" in argv, jobs, timeout):
         return False
+    from harness.optimized.interpret import interpret_triton
+    interpret_triton(device)       # as the CLI sets it for the run (--device, default cpu): the workers' mode
     _context()
     return True
 
