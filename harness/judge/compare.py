@@ -63,9 +63,13 @@ def compare(name: str, out: torch.Tensor, ref: torch.Tensor, tol: Tolerance,
         raise InputError(name, "shape (same as the reference)", tuple(ref.shape), tuple(out.shape))
     exact_equal = bool(torch.equal(out, ref)) if out.dtype == ref.dtype else False
     o, r = out.detach().to(torch.float64).cpu(), ref.detach().to(torch.float64).cpu()
-    nan, inf = int(torch.isnan(o).sum()), int(torch.isinf(o).sum())
-    diff = (o - r).abs()
-    finite = torch.nan_to_num(diff, nan=math.inf)
+    diff = torch.sub(o, r).abs_()
+    if bool(torch.isfinite(diff).all()):    # then o (and r) hold no NaN / Inf: nothing to count or replace
+        nan = inf = 0
+        finite = diff
+    else:
+        nan, inf = int(torch.isnan(o).sum()), int(torch.isinf(o).sum())
+        finite = torch.nan_to_num(diff, nan=math.inf)
     if o.numel():
         flat = int(torch.argmax(finite).item())
         max_abs = float(finite.reshape(-1)[flat])
@@ -81,7 +85,7 @@ def compare(name: str, out: torch.Tensor, ref: torch.Tensor, tol: Tolerance,
         passed = exact_equal or (out.dtype != ref.dtype and not bool(bad.any()))
         margin = math.inf if passed else -math.inf
     else:
-        bad = ~(diff <= tol.atol + tol.value * r.abs())
+        bad = torch.le(diff, r.abs().mul_(tol.value).add_(tol.atol)).logical_not_()   # NaN is bad
         passed = nan == 0 and inf == 0 and rel <= tol.value
         margin = (math.inf if rel == 0 else math.log10(tol.value / rel)) if math.isfinite(rel) else -math.inf
     m = Metrics(output=name, shape=list(o.shape), max_abs=max_abs, max_abs_index=index, rel_rms=rel,
