@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import List, Optional
 
-from harness.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE  # noqa: F401 - the exit codes, for callers
+from harness.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, exit_now  # noqa: F401 - exit codes, for callers
 from harness.run.forkstart import start_early
 
 # Run as the CLI (the console script, or -m while harness.cli is imported): the workers' server
@@ -41,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The CLI on `argv`; without it, the program on sys.argv, which ends this process
+    without Python's teardown of torch (`exit_now`)."""
+    code = _main(argv)
+    if argv is None:
+        exit_now(code)
+    return code
+
+
+def _main(argv: Optional[List[str]]) -> int:
     program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()

@@ -12,8 +12,10 @@ difference starts the worker the old way (`forked_start`).
 """
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -52,7 +54,22 @@ def _context():
             _server_env = dict(os.environ)
             from multiprocessing import forkserver
             forkserver.ensure_running()
+            atexit.register(_stop_server)
     return ctx
+
+
+def _stop_server() -> None:
+    """At exit: the server would see this process gone and tear torch down (~1 s) while it
+    still holds this process's stdout and stderr (a reader of the run's output waits for it).
+    It holds nothing else: its workers are on their own."""
+    from multiprocessing import forkserver
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (OSError, ChildProcessError):
+            pass
 
 
 def forked_start(env: Dict[str, str]) -> bool:
