@@ -91,20 +91,23 @@ def test_a_cli_worker_is_forked():
     assert env["TRITON_INTERPRET"] == server["TRITON_INTERPRET"] == "1"
 
 
-def test_the_server_gets_the_workers_interpreter_mode(monkeypatch):
+def test_the_server_gets_the_workers_interpreter_mode():
     """triton.language's @jit helpers are wrapped in the mode of their import (the server's
-    preload): the server starts in the run's mode, and a worker in another mode is spawned."""
-    seen = []
-    monkeypatch.delenv("GDN_WORKER_START", raising=False)
-    monkeypatch.setattr(forkstart, "_context", lambda: seen.append(os.environ.get("TRITON_INTERPRET")))
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert forkstart.start_early(["run", "--backend", "triton", "--device", "cpu"])
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert forkstart.start_early(["run", "--backend", "triton"])                  # --device's default: cpu
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    if not __import__("torch").cuda.is_available():
-        assert forkstart.start_early(["run", "--backend", "triton", "--device=cuda"])
-        assert seen == ["1", "1", None]
+    preload): the server starts in the run's mode (a fresh CLI process: no kernel imported yet),
+    and a worker in another mode is spawned."""
+    code = ("import os, sys\n"
+            "from harness.run import forkstart\n"
+            "forkstart._context = lambda: print(os.environ.get('TRITON_INTERPRET'))\n"
+            "os.environ.pop('TRITON_INTERPRET', None)\n"
+            "forkstart.start_early(sys.argv[1:])\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "GDN_WORKER_START")}
+    runs = {"cpu": ["--device", "cpu"], "default": [], "cuda": ["--device=cuda"]}
+    got = {name: subprocess.run([sys.executable, "-c", code, "run", "--backend", "triton", *a], env=env,
+                                capture_output=True, text=True, timeout=120).stdout.strip()
+           for name, a in runs.items()}
+    assert got["cpu"] == got["default"] == "1"          # --device's default is cpu
+    assert got["cuda"] == "None"                         # the GPU's kernels, compiled
+    assert not forkstart.fork_safe("TRITON_INTERPRET")
     base = dict(forkstart._server_env or os.environ)
     assert not forkstart.forked_start(dict(base, TRITON_INTERPRET="0" if base.get("TRITON_INTERPRET") == "1" else "1"))
 
