@@ -231,12 +231,13 @@ tests/test_drift.py} NO_CI=1 TEST_LIMIT=${TEST_LIMIT:-140} bash "$0" 10
     [ -f .whl/old.tgz ] && tar xzf .whl/old.tgz -C /tmp/old
     n=0
     for run in ${RUNS:-cold:new warm:new warm:old warm:spawn warm:new warm:old}; do
-      n=$((n + 1)); t=$(date +%s.%N); code=${run#*:}
+      # a run: cache:code[:jobs] (jobs default $JOBS, 8)
+      n=$((n + 1)); t=$(date +%s.%N); IFS=: read -r cache code jobs <<< "$run"; jobs=${jobs:-${JOBS:-8}}
       [ "$code" = old ] && { [ -d /tmp/old/harness ] || continue; }
       (if [ "$code" = old ]; then cd /tmp/old; export PYTHONPATH=/tmp/site:/tmp/old; fi
        [ "$code" = spawn ] && export GDN_WORKER_START=spawn
        timeout -s INT ${SUITE_LIMIT:-110} python3 -m harness.cli run --suite ci --backend triton --device cuda \
-           --jobs ${JOBS:-8} -q --report-dir "$OUT/ci13/$n-${run%:*}-$code") > "$OUT/ci13-run.log" 2>&1; rc=$?
+           --jobs $jobs -q --report-dir "$OUT/ci13/$n-$cache-$code-jobs$jobs") > "$OUT/ci13-run.log" 2>&1; rc=$?
       echo "$run rc $rc process $(python3 -c "import time; print(round(time.time() - $t, 1))") s; $(tail -n 1 \
           "$OUT/ci13-run.log")" >> "$OUT/ci13.log"
     done
