@@ -47,8 +47,8 @@ def test_the_program_turns_it_on_for_a_cpu_run(tmp_path):
             "main(['run', '--suite', 'no-such-suite', '--device', 'cpu'])\n"   # in process: left alone
             "import os; print('before', os.environ.get('TRITON_INTERPRET'))\n"
             "sys.argv = ['gdn-harness', 'run', '--suite', 'no-such-suite', '--device', 'cpu']\n"
-            "main()\n"
-            "print('after', os.environ.get('TRITON_INTERPRET'))\n")
+            "import atexit; atexit.register(lambda: print('after', os.environ.get('TRITON_INTERPRET')))\n"
+            "main()\n")      # the program ends the process (its exit handlers run)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
