@@ -6,7 +6,7 @@ import pytest
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.optimized.registry import ENTRY_POINT_GROUP, load_backend
+from harness.optimized.registry import ENTRY_POINT_GROUP, check_backend, load_backend
 
 PLUGIN = "tests.plugin_example:ExamplePortBackend"
 
@@ -25,6 +25,29 @@ def test_bad_names_are_usage_errors():
         load_backend("no_such_pkg.mod:Thing")
     with pytest.raises(HarnessError, match="has no attribute 'Missing'"):
         load_backend("tests.plugin_example:Missing")
+
+
+def test_the_runs_check_builds_no_backend_class(tmp_path, monkeypatch):
+    """The CLI refuses what load_backend would, without constructing a Backend class (the workers
+    do: the triton backend's construction loads fla and makes a CUDA context)."""
+    (tmp_path / "counting_plugin.py").write_text(
+        "from tests.plugin_example import ExamplePortBackend\n"
+        "BUILT = []\n"
+        "class Counting(ExamplePortBackend):\n"
+        "    def __init__(self):\n        BUILT.append(1)\n"
+        "def not_a_backend():\n    return 42\n"
+        "JUNK = 'x'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    check_backend("counting_plugin:Counting")
+    check_backend("triton")
+    import counting_plugin
+    assert counting_plugin.BUILT == []
+    for bad, words in (("nope", "unknown backend 'nope'"), ("counting_plugin:Missing", "no attribute 'Missing'"),
+                       ("counting_plugin:JUNK", "is str, not a harness Backend"),
+                       ("counting_plugin:not_a_backend", "is int, not a harness Backend"),
+                       ("vllm@no-such-variant", "no variant 'no-such-variant'")):
+        with pytest.raises(HarnessError, match=words):
+            check_backend(bad)
 
 
 def test_entry_point_group(tmp_path, monkeypatch):

@@ -54,7 +54,20 @@ def _interrupted_line(live, signum: int, stuck: bool = False) -> str:
             + f"; {len(live.records)} of {len(live.planned)} cases finished; report in {live.dir}")
 
 
+def _laps(t0: float):
+    """`lap(into, name)`: the seconds since the previous lap (or `t0`) into `into[name]`."""
+    last = [t0]
+
+    def lap(into: dict, name: str) -> None:
+        now = time.perf_counter()
+        into[name] = round(now - last[0], 3)
+        last[0] = now
+    return lap
+
+
 def cmd_run(args) -> int:
+    startup, lap = {}, _laps(STARTED)
+    lap(startup, "cli_imports_s")
     import torch
 
     from harness.run import interrupt
@@ -76,30 +89,34 @@ def cmd_run(args) -> int:
         raise HarnessError(f"--device {args.device}: no CUDA device is available")
     backends = [b for arg in (args.backend or ["reference"]) for b in arg.split(",") if b]
     mode = _isolation(args, backends)
+    lap(startup, "run_imports_s")
     cases = filter_cases(expand(suite, backends, device=args.device,
                                 seeds=[args.seed] if args.seed is not None else None), args, suite["name"])
     if args.distributed:   # layer cases at TP N on N ranks of torch.distributed (harness/run/distributed.py)
         from harness.run.distributed import select_cases
         cases, world = select_cases(cases, args.tp, args.device)
     gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
-    if mode == "workers":        # their imports overlap the backends' loading here
+    lap(startup, "plan_s")
+    if mode == "workers":        # their first steps overlap the backends' check here
         from harness.run.isolate import prestart_isolated
         prestart_isolated(cases, args.jobs, gpus)
-    from harness.optimized.registry import load_backend
+    lap(startup, "workers_s")
+    from harness.optimized.registry import check_backend
     try:
         for name in backends:    # an unknown or unimportable backend is a usage error (exit 2)
-            load_backend(name)
+            check_backend(name)
     except BaseException:
         if mode == "workers":    # the workers started for nothing
             from harness.run.isolate import shared_pool
             shared_pool().close()
         raise
+    lap(startup, "backend_check_s")
     timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
     report_dir = new_report_dir(args.report_dir)
     meta = dict(suite=suite["name"], backends=backends, suite_file=suite["path"], policy_version=policy.version,
                 policy_file=str(policy.path), command="gdn-harness " + " ".join(map(shlex.quote, args.argv)),
                 device=args.device, isolation=mode, timeout_s=timeout if mode != "in process" else None,
-                startup_s=round(time.perf_counter() - STARTED, 3))     # imports, planning, workers' start
+                startup_s=round(time.perf_counter() - STARTED, 3), startup=startup)
     live = LiveReport(report_dir, meta, [dict(id=c.id, backend=c.backend, level=c.level) for c in cases],
                       Path(args.buildkite_annotate) if args.buildkite_annotate else None)
     live.write("running")            # the folder exists from the start, whatever ends the run

@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 from importlib.metadata import entry_points
-from typing import Dict
+from typing import Dict, Optional
 
 from ..errors import HarnessError
 from .api import Backend
@@ -79,6 +79,21 @@ def _resolve(target: str):
 def load_backend(name: str) -> Backend:
     """A Backend instance for a registered name, a plugin, or ``package.module:attr``
     (a Backend subclass, instance, or a factory returning one)."""
+    return _build(name, *_locate(name))
+
+
+def check_backend(name: str) -> None:
+    """What `load_backend` refuses, without building a Backend class (its construction may load
+    kernels and make a CUDA context: 3.4 s of a run's start on an H200, 2026-12-07; the workers
+    build it): an unknown name or variant, a module that does not import, a missing attribute,
+    an object that is no Backend (a factory is called: its product is what is checked)."""
+    obj, variant, target = _locate(name)
+    if not (isinstance(obj, Backend) or isinstance(obj, type) and issubclass(obj, Backend)):
+        _build(name, obj, variant, target)
+
+
+def _locate(name: str):
+    """(the object `name` resolves to, its variant or None, the ``module:attr`` it names)."""
     base, sep, variant = name.partition(VARIANT_SEP)
     names = backend_names()
     if sep and base not in names:
@@ -100,6 +115,12 @@ def load_backend(name: str) -> Backend:
         known = getattr(obj, "variants", {}) if isinstance(obj, type) else {}
         if variant not in known:
             raise HarnessError(f"backend {base!r} has no variant {variant!r}; it has {sorted(known) or 'none'}")
+        return obj, variant, target
+    return obj, None, target
+
+
+def _build(name: str, obj, variant: Optional[str], target: str) -> Backend:
+    if variant is not None:
         obj = obj(variant=variant)
     elif isinstance(obj, type) and issubclass(obj, Backend):
         obj = obj()
