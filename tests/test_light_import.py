@@ -30,15 +30,17 @@ def test_submodule_without_parent_init_then_parent_in_full(tmp_path, monkeypatch
 
 def test_fla_chunk_imports_without_dynamo_and_compile_disable_comes_back():
     """fla's dispatch wraps ops in torch.compiler.disable at import (which imports torch._dynamo,
-    seconds per worker); under compile_disable_as_identity the chunk module imports without it."""
+    seconds per worker); under compile_disable_as_identity the chunk module imports without it,
+    and without fla.modules.norm's layernorm (torch.distributed.tensor, sympy)."""
     code = """
 import sys, torch
-from harness.optimized.triton_backend import compile_disable_as_identity, import_skipping_inits
+from harness.optimized.triton_backend import FLA_CHUNK, FLA_SKIPPED_INITS, compile_disable_as_identity, import_skipping_inits
 real = torch.compiler.disable
 with compile_disable_as_identity():
-    mod = import_skipping_inits("fla.ops.gated_delta_rule.chunk", ("fla.ops", "fla.modules"))
+    mod = import_skipping_inits(FLA_CHUNK, FLA_SKIPPED_INITS)
 assert callable(mod.chunk_gated_delta_rule)
 assert "torch._dynamo" not in sys.modules, "torch._dynamo imported"
+assert "torch.distributed.tensor" not in sys.modules, "torch.distributed.tensor imported (fla.modules.norm's layernorm)"
 assert torch.compiler.disable is real
 print("ok")
 """

@@ -68,14 +68,20 @@ def compile_disable_as_identity():
         torch.compiler.disable = real
 
 
+# fla's chunk kernel, imported without the __init__ of: fla.ops (every fla op), fla.modules, and
+# fla.modules.norm (its layernorm imports torch.distributed.tensor and sympy: 1.1 s of the 1.2 s
+# import on a 2-core CPU, ~3 s of a GPU worker's first case; the chunk kernel needs l2norm alone)
+FLA_CHUNK = "fla.ops.gated_delta_rule.chunk"
+FLA_SKIPPED_INITS = ("fla.ops", "fla.modules", "fla.modules.norm")
+
+
 def _fla_chunk():
     """fla's chunk kernel as a function of the reference's signature, or None."""
     if not gpu_kernels():
         return None     # fla's chunk kernel is for the GPU; on the CPU the layer fills it from the reference
     try:
         with compile_disable_as_identity():
-            fla_chunk = import_skipping_inits("fla.ops.gated_delta_rule.chunk",
-                                              ("fla.ops", "fla.modules")).chunk_gated_delta_rule
+            fla_chunk = import_skipping_inits(FLA_CHUNK, FLA_SKIPPED_INITS).chunk_gated_delta_rule
     except Exception:  # noqa: BLE001 - fla absent or its import fails on this device: the layer fills chunk from the reference
         return None
 
