@@ -20,7 +20,6 @@ def report(args, emit):
 
 
 def test_preloaded_imports_make_no_cuda_call():
-    """Also Triton's driver stays unloaded: choosing one asks torch.cuda.is_available()."""
     code = ("import torch\n"
             "def boom(*a, **k):\n    raise RuntimeError('a CUDA call at import')\n"
             "torch.cuda.is_available = torch.cuda.device_count = torch.cuda.init = torch.cuda._lazy_init = boom\n"

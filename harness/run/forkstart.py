@@ -22,13 +22,14 @@ import threading
 import time
 from typing import Dict, Optional
 
-# imported once by the server: the worker's own imports (torch and the harness, no CUDA call)
-# and Triton's (~0.3 s a worker; its driver stays unloaded). A missing one is skipped.
-PRELOAD = ["harness.run.worker", "triton"]
+# imported once by the server: the worker's own imports (torch and the harness, no CUDA call).
+# Not triton: preloaded, it made the server ready ~1.2 s later on an H200 (2026-12-07: worker
+# start 0.03-0.1 -> 1.1-1.5 s) for what eight workers import side by side in about that time.
+PRELOAD = ["harness.run.worker"]
 # variables nothing in PRELOAD reads at import: a worker may differ from the server in these
 # (and in the harness's own GDN_*, each read when used: tests/test_forkstart.py checks).
-# Not TRITON_INTERPRET: triton.language's own @jit helpers are wrapped in the mode of their
-# import, so `start_early` gives the server the mode the run's workers will have.
+# Not TRITON_INTERPRET: triton.language's own @jit helpers are wrapped in the mode of triton's
+# import, wherever that happens, so `start_early` gives the server the mode the run's workers will have.
 FORK_SAFE_ENV = {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "TRITON_CACHE_AUTOTUNING",
                  # harness.evals' offline switches (set as the CLI imports it; read by the HF libraries)
                  "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_EVALUATE_OFFLINE",
