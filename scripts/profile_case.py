@@ -18,19 +18,37 @@ RUNTIME_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cuda
                  "aten::_local_scalar_dense", "aten::copy_", "aten::to")
 
 
+def add_case_args(ap: argparse.ArgumentParser, k_help: str) -> None:
+    """The cases a profiling script runs: --suite, --backend, --device, -k (scripts/profile_import.py too)."""
+    ap.add_argument("--suite", default="ci")
+    ap.add_argument("--backend", default="triton")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("-k", required=True, help=k_help)
+
+
+def case_argv(args) -> list:
+    """`add_case_args`' arguments as given, for a child process."""
+    return ["--suite", args.suite, "--backend", args.backend, "--device", args.device, "-k", args.k]
+
+
+def matching_cases(args) -> list:
+    """The suite's cases on the backend whose ids match -k (the run's grammar); none is an error."""
+    from harness.cases.filters import parse_k
+    from harness.cases.suite import expand, load_suite
+    match = parse_k(args.k)
+    cases = [c for c in expand(load_suite(args.suite), [args.backend], device=args.device) if match(c.id)]
+    if not cases:
+        raise SystemExit(f"no {args.suite} case on {args.backend} matches -k {args.k!r}")
+    return cases
+
+
 def one(args) -> None:
     import torch
 
-    from harness.cases.filters import parse_k
-    from harness.cases.suite import expand, load_suite
     from harness.judge.policy import Policy
     from harness.run.runner import BackendCache, run_case
 
-    suite = load_suite(args.suite)
-    match = parse_k(args.k)
-    cases = [c for c in expand(suite, [args.backend], device=args.device) if match(c.id)]
-    if not cases:
-        raise SystemExit(f"no {args.suite} case on {args.backend} matches -k {args.k!r}")
+    cases = matching_cases(args)
     case = cases[args.index % len(cases)]
     backends, policy = BackendCache(), Policy()
     t = time.perf_counter()
@@ -60,10 +78,7 @@ def one(args) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suite", default="ci")
-    ap.add_argument("--backend", default="triton")
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("-k", required=True, help="pick the case(s) by words of their ids (the run's -k grammar)")
+    add_case_args(ap, "pick the case(s) by words of their ids (the run's -k grammar)")
     ap.add_argument("--index", type=int, default=0, help="which of the matching cases (cycling)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--procs", type=int, default=1, help="run this many side by side, each on its own case")
@@ -71,8 +86,7 @@ def main() -> int:
     if args.procs == 1:
         one(args)
         return 0
-    base = [sys.executable, __file__, "--suite", args.suite, "--backend", args.backend, "--device", args.device,
-            "-k", args.k] + (["--profile"] if args.profile else [])
+    base = [sys.executable, __file__] + case_argv(args) + (["--profile"] if args.profile else [])
     return side_by_side([base + ["--index", str(i)] for i in range(args.procs)])
 
 

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from profile_case import add_case_args, case_argv, matching_cases      # beside this script
+
 MARK = "profile_import: preload done"
 
 
@@ -41,12 +43,9 @@ def steps(args) -> None:
         lap("cuda context")
         triton.runtime.driver.active.get_current_target()
         lap("triton driver")
-    from harness.cases.filters import parse_k
-    from harness.cases.suite import expand, load_suite
     from harness.judge.policy import Policy
     from harness.run.runner import BackendCache, run_case
-    match = parse_k(args.k)
-    cases = [c for c in expand(load_suite(args.suite), [args.backend], device=args.device) if match(c.id)]
+    cases = matching_cases(args)
     if len(cases) < 2:
         raise SystemExit(f"-k {args.k!r}: {len(cases)} {args.suite} case(s) on {args.backend}; two are needed")
     lap("plan")
@@ -65,7 +64,7 @@ def steps(args) -> None:
 
 def modules(args) -> None:
     """The modules imported after the preload, by cumulative import time (top `args.modules`)."""
-    cmd = [sys.executable, "-X", "importtime", __file__, "--steps"] + _passed(args)
+    cmd = [sys.executable, "-X", "importtime", __file__, "--steps"] + case_argv(args)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     print(proc.stdout, end="")
     lines = proc.stderr.splitlines()
@@ -86,16 +85,9 @@ def modules(args) -> None:
         raise SystemExit(proc.returncode)
 
 
-def _passed(args):
-    return ["--suite", args.suite, "--backend", args.backend, "--device", args.device, "-k", args.k]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suite", default="ci")
-    ap.add_argument("--backend", default="triton")
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("-k", required=True, help="the cases (the run's -k grammar); the first two are run")
+    add_case_args(ap, "the cases (the run's -k grammar); the first two are run")
     ap.add_argument("--modules", type=int, default=0, help="also list this many modules by import time")
     ap.add_argument("--steps", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

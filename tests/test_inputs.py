@@ -44,11 +44,11 @@ def test_kept_draws_are_shared_across_dtypes_only():
 def test_kept_draws_stay_inside_their_byte_budget(monkeypatch):
     inputs._draws.clear()
     one = sum(t.numel() * t.element_size() for t in inputs._tensors(make_weights(DIMS, 0)))
-    monkeypatch.setattr(inputs, "DRAWS_KEPT_BYTES", 2 * one)
+    monkeypatch.setenv("GDN_DRAWS_KEPT_MB", repr(2 * one / 2**20))
     for seed in range(1, 4):
         make_weights(DIMS, seed)
     assert [k[2] for k in inputs._draws] == [2, 3]          # the oldest went first
-    monkeypatch.setattr(inputs, "DRAWS_KEPT_BYTES", one - 1)
+    monkeypatch.setenv("GDN_DRAWS_KEPT_MB", repr((one - 1) / 2**20))
     inputs._draws.clear()
     assert torch.equal(make_weights(DIMS, 5).wq, make_weights(DIMS, 5).wq) and not inputs._draws
 

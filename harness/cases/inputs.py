@@ -9,7 +9,7 @@ import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List
 
 import torch
 
@@ -38,13 +38,10 @@ def _gen(seed: int) -> torch.Generator:
 # same values, and at full dims the draws (one generator, single-threaded) cost a case more than its
 # oracle. Bounded in bytes (one full-dims Qwen3-Next weight set is 256 MiB, Qwen3.5-397B's 0.9 GiB).
 # GDN_DRAWS_KEPT_MB is read when drawing (a forked worker's environment is set after its imports).
-DRAWS_KEPT_BYTES: Optional[int] = None
-
-
 def kept_bytes() -> int:
-    if DRAWS_KEPT_BYTES is not None:
-        return DRAWS_KEPT_BYTES
     return int(float(os.environ.get("GDN_DRAWS_KEPT_MB", "1024")) * 2**20)
+
+
 _draws: "OrderedDict[tuple, tuple]" = OrderedDict()      # key -> (draw, bytes)
 
 

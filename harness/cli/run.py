@@ -54,11 +54,11 @@ def _interrupted_line(live, signum: int, stuck: bool = False) -> str:
             + f"; {len(live.records)} of {len(live.planned)} cases finished; report in {live.dir}")
 
 
-def _laps(t0: float):
-    """`lap(into, name)`: the seconds since the previous lap (or `t0`) into `into[name]`."""
+def _laps(t0: float, into: dict):
+    """`lap(name)`: the seconds since the previous lap (or `t0`) into `into[name]`."""
     last = [t0]
 
-    def lap(into: dict, name: str) -> None:
+    def lap(name: str) -> None:
         now = time.perf_counter()
         into[name] = round(now - last[0], 3)
         last[0] = now
@@ -66,8 +66,9 @@ def _laps(t0: float):
 
 
 def cmd_run(args) -> int:
-    startup, lap = {}, _laps(STARTED)
-    lap(startup, "cli_imports_s")
+    startup: dict = {}
+    lap = _laps(STARTED, startup)
+    lap("cli_imports_s")
     import torch
 
     from harness.run import interrupt
@@ -89,18 +90,18 @@ def cmd_run(args) -> int:
         raise HarnessError(f"--device {args.device}: no CUDA device is available")
     backends = [b for arg in (args.backend or ["reference"]) for b in arg.split(",") if b]
     mode = _isolation(args, backends)
-    lap(startup, "run_imports_s")
+    lap("run_imports_s")
     cases = filter_cases(expand(suite, backends, device=args.device,
                                 seeds=[args.seed] if args.seed is not None else None), args, suite["name"])
     if args.distributed:   # layer cases at TP N on N ranks of torch.distributed (harness/run/distributed.py)
         from harness.run.distributed import select_cases
         cases, world = select_cases(cases, args.tp, args.device)
     gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
-    lap(startup, "plan_s")
+    lap("plan_s")
     if mode == "workers":        # their first steps overlap the backends' check here
         from harness.run.isolate import prestart_isolated
         prestart_isolated(cases, args.jobs, gpus)
-    lap(startup, "workers_s")
+    lap("workers_s")
     from harness.optimized.registry import check_backend
     try:
         for name in backends:    # an unknown or unimportable backend is a usage error (exit 2)
@@ -110,7 +111,7 @@ def cmd_run(args) -> int:
             from harness.run.isolate import shared_pool
             shared_pool().close()
         raise
-    lap(startup, "backend_check_s")
+    lap("backend_check_s")
     timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
     report_dir = new_report_dir(args.report_dir)
     meta = dict(suite=suite["name"], backends=backends, suite_file=suite["path"], policy_version=policy.version,
