@@ -43,6 +43,8 @@
 #   call 17 carry .whl/test (+ .whl/old.tgz for RUNS with old): a worker's first seconds step by step and
 #           its imports after the preload (scripts/profile_import.py) -> $OUT/import.log; then call 15's ci
 #           runs (RUNS, default cold, warm, warm) without the profile -> $OUT/ci13.log, $OUT/ci13.tgz
+#   call 18 carry .whl/test: call 17, then three warm cases' Python functions (profile_case.py --cprofile)
+#           -> $OUT/cprof.log
 #   call 14 carry .whl/fastpath.sha256 .whl/test (+ PUT=4): call 9 and, beside it, ci on sglang (CuTe-DSL
 #           compiles side by side starve each other: CI_BACKENDS adds vllm / flashinfer) at --jobs $FP_JOBS (4),
 #           cut at $CI_LIMIT (480 s) -> $OUT/ci14.tgz (ci14/, nn9/, mut/). On 2026-12-07 the two FlashInfer-chunk
@@ -265,6 +267,17 @@ tests/test_drift.py} NO_CI=1 TEST_LIMIT=${TEST_LIMIT:-140} bash "$0" 10
       timeout -s INT 60 python3 scripts/profile_import.py -k "op.rms_norm_gated"; } > "$OUT/import.log" 2>&1
     cat "$OUT/import.log"
     RUNS=${RUNS:-cold:new warm:new warm:new} NO_PROF=1 bash "$0" 15 ;;
+  18)
+    # call 17 (a worker's first seconds, ci cold then warm twice), then where a warm case's seconds go in
+    # Python (scripts/profile_case.py --cprofile: a full-dims mixed layer, the checkpoint op, a drift case)
+    # -> $OUT/import.log, $OUT/ci13.*, $OUT/cprof.log
+    bash "$0" 17
+    for k in "layer.mixed and interleaved-tp4 and qwen3-next" "chunk_gated_delta_rule_checkpoints and bfloat16-float32" \
+        "drift_256 and bfloat16-float32"; do
+      echo "== $k" >> "$OUT/cprof.log"
+      timeout -s INT 60 python3 scripts/profile_case.py -k "$k" --cprofile >> "$OUT/cprof.log" 2>&1
+    done
+    grep '"run"' "$OUT/cprof.log" ;;
   14)
     # call 9 (nan_neighbour on sglang / vllm@triton, the fast-path mutant kill run) with, beside it, ci on
     # each fast path at --jobs $FP_JOBS (4), longest first, cut at $CI_LIMIT -> $OUT/nn9, $OUT/mut, $OUT/ci14

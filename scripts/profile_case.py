@@ -1,6 +1,7 @@
 """Where one suite case's seconds go on a GPU, as a worker runs it: the case run twice in one
 process (the first pays imports and compiles), the second's phases and, with --profile, the CUDA
-runtime calls behind it (launches, graph launches, host syncs, copies). --procs N runs N
+runtime calls behind it (launches, graph launches, host syncs, copies), with --cprofile the Python
+functions. --procs N runs N
 processes side by side, process i on the i-th matching case (cycling), as N workers sharing a GPU.
 
   python scripts/profile_case.py --suite ci -k "drift_256 and bfloat16-float32" [--profile] [--procs 6]
@@ -55,7 +56,11 @@ def one(args) -> None:
     first = run_case(case, policy, args.suite, backends, diagnose=False)
     print(json.dumps(dict(run="first", id=case.id, wall=round(time.perf_counter() - t, 3), status=first["status"],
                           phases=first["phases"])), flush=True)
-    prof = None
+    prof = cprof = None
+    if args.cprofile:
+        import cProfile
+        cprof = cProfile.Profile()
+        cprof.enable()
     if args.profile:
         acts = [torch.profiler.ProfilerActivity.CPU] + (
             [torch.profiler.ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
@@ -66,6 +71,8 @@ def one(args) -> None:
     wall = time.perf_counter() - t
     if prof is not None:
         prof.__exit__(None, None, None)
+    if cprof is not None:
+        cprof.disable()
     print(json.dumps(dict(run="second", id=case.id, wall=round(wall, 3), status=second["status"],
                           phases=second["phases"], dynamo_imported="torch._dynamo" in sys.modules)), flush=True)
     if prof is not None:
@@ -74,13 +81,19 @@ def one(args) -> None:
                 print(f"  {e.key}: {e.count} calls, self CPU {e.self_cpu_time_total / 1e3:.1f} ms, "
                       f"total CPU {e.cpu_time_total / 1e3:.1f} ms", flush=True)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20), flush=True)
+    if cprof is not None:
+        import pstats
+        stats = pstats.Stats(cprof, stream=sys.stdout)
+        stats.sort_stats("cumulative").print_stats(r"harness|fla|torch/(nn|_tensor)", 40)
+        stats.sort_stats("tottime").print_stats(25)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_case_args(ap, "pick the case(s) by words of their ids (the run's -k grammar)")
     ap.add_argument("--index", type=int, default=0, help="which of the matching cases (cycling)")
-    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="the CUDA runtime calls of the second run")
+    ap.add_argument("--cprofile", action="store_true", help="the Python functions of the second run")
     ap.add_argument("--procs", type=int, default=1, help="run this many side by side, each on its own case")
     args = ap.parse_args()
     if args.procs == 1:

@@ -11,7 +11,7 @@ import time
 import traceback
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from harness.run import autotune
+from harness.run import autotune, triton_key
 from harness.cases.case import SPEC_EQUIVALENCE, Case
 from harness.errors import HarnessError
 from harness.run.phases import Phases, TimedBackend, hook_compiles
@@ -99,6 +99,7 @@ def _pairs(case: Case, backends: BackendCache, rec: dict, oracle_device=None, ph
         return None
     kernels = case.backend != "reference"     # pure torch: no Triton import to pay for it
     autotune.install(load=kernels)            # before the backend's first kernel, even one imported lazily
+    triton_key.install(load=kernels)
     if phases is not None:
         hook_compiles(load=kernels)
         backend = TimedBackend(backend, phases)
