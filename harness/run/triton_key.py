@@ -69,10 +69,10 @@ def memoised(compute: Callable[[], str], root: Path, version: str, cache_dir: Pa
 def _cache_dir() -> Optional[Path]:
     try:
         from triton import knobs
-        return Path(knobs.cache.dir)
-    except (ImportError, AttributeError):
+        d = knobs.cache.dir
+    except (ImportError, AttributeError):     # a triton without knobs (< 3.4)
         d = os.environ.get("TRITON_CACHE_DIR")
-        return Path(d) if d else None
+    return Path(d) if d else None             # never the working directory
 
 
 def install(load: bool = False) -> bool:
