@@ -5,6 +5,8 @@ fault that aborts, exits or hangs in one case costs only that case, which the ki
 names as the fault's detection."""
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -188,6 +190,31 @@ def test_prestarted_workers_are_the_ones_a_run_takes():
         assert len(starts) == len({o.value["pid"] for o in got}) and all(s > 0 for s in starts)
     finally:
         pool.close()
+
+
+def test_close_without_wait_returns_and_the_workers_end_on_their_own():
+    """The program's end (`exit_now` -> `release_shared_pool`): workers told to end, not waited for."""
+    pool, env = WorkerPool(), dict(os.environ)
+    pool.prestart([env])
+    (worker,) = [w for ws in pool._idle.values() for w in ws]
+    deadline = time.monotonic() + 120
+    while worker.ready_at is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pool.close(wait=False)
+    assert not pool._idle
+    deadline = time.monotonic() + 60
+    while worker.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert worker.proc.returncode == 0                  # its input ended: a clean exit, unaided
+
+
+def test_the_program_end_releases_the_shared_pool():
+    code = ("import harness.run.isolate as iso\n"
+            "iso.release_shared_pool = lambda: print('released', flush=True)\n"
+            "from harness.cli.common import exit_now\n"
+            "exit_now(3)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stdout.split()) == (3, ["released"]), out.stderr
 
 
 def test_close_ends_idle_workers_and_kills_those_still_starting():

@@ -331,18 +331,30 @@ class WorkerPool:
         for w in busy:
             w.kill()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """End every worker: busy ones are killed, idle ones reach the end of their input and
+        exit, waited for (`wait`) up to CLOSE_S before they are killed. Without `wait` they exit
+        on their own (or when they see this process gone): the program's end, whose workers
+        have handed over everything, need not wait for their CUDA teardown."""
         self.kill_busy()
         with self._lock:
             idle, self._idle = [w for ws in self._idle.values() for w in ws], {}
         for w in idle:                       # all at once: a GPU worker's exit takes seconds
             w.end_input()
+        if not wait:
+            return
         deadline = time.monotonic() + CLOSE_S
         for w in idle:
             w.wait_exit(deadline)
 
 
 _SHARED: Optional[WorkerPool] = None
+
+
+def release_shared_pool() -> None:
+    """At the program's end: the shared pool's workers told to end, not waited for."""
+    if _SHARED is not None:
+        _SHARED.close(wait=False)
 
 
 def shared_pool() -> WorkerPool:
