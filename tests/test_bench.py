@@ -65,6 +65,10 @@ def test_suite_time_to_verdict_rows(tmp_path):
         assert 0 < r["run_wall_s"] and 0 < r["startup_s"] and r["run_wall_s"] + r["startup_s"] <= r["wall_s"]
         after = r["wall_s"] - r["run_wall_s"] - r["startup_s"]
         assert f"| {r['wall_s']:.1f} | {r['run_wall_s']:.1f} | {r['startup_s']:.1f} | {after:.1f} |" in md
+        # the startup by step, as results.json has it
+        steps = ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f}" for k, v in r["startup"].items())
+        assert set(r["startup"]) >= {"cli_imports_s", "plan_s", "workers_s", "backend_check_s"}
+        assert f"Before the run, {r['cache']} --jobs {r['jobs']}: {steps}" in md
     assert rows[-1]["breakdown"]["phases_s"]["worker_start"] > 0      # --jobs 2: a worker's start is its own phase
 
 

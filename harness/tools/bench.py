@@ -292,7 +292,7 @@ def bench_suite(suite: str, backend: str, device: str, jobs: Sequence[int], limi
         if res.exists():
             doc = json.loads(res.read_text())
             row.update(counts=doc["counts"], planned_cases=doc.get("planned_cases"), run_wall_s=doc.get("wall_s"),
-                       startup_s=doc.get("startup_s"),
+                       startup_s=doc.get("startup_s"), startup=doc.get("startup"),
                        breakdown=suite_breakdown(doc.get("cases", [])))
         rows.append(row)
         log(f"suite {suite} {backend} jobs={n} {label}: {wall:.1f} s, "
@@ -397,6 +397,10 @@ def suite_breakdown_markdown(suites: List[Dict]) -> List[str]:
         lines.append(f"| {r['cache']} --jobs {r['jobs']} ({r.get('autotune', 'pinned')}) | " + " | ".join(cells) + " | "
                      f"{b['case_seconds']:.1f} | " + " | ".join(f"{b['phases_s'][p]:.1f}" for p in PHASES)
                      + f" | {b['compiles']} | {b['autotuned']} | {b.get('oracle_replays', 0)} |")
+    for r in rows:
+        if r.get("startup"):     # results.json's split of startup_s (the parent's steps before the first case)
+            lines += ["", f"Before the run, {r['cache']} --jobs {r['jobs']}: " + ", ".join(
+                f"{k[:-2].replace('_', ' ')} {v:.1f}" for k, v in r["startup"].items() if k.endswith("_s"))]
     for r in rows:
         b = r["breakdown"]
         lines += ["", f"Slowest cases, {r['cache']} --jobs {r['jobs']}: " + "; ".join(
