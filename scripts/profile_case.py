@@ -1,8 +1,8 @@
 """Where one suite case's seconds go on a GPU, as a worker runs it: the case run twice in one
 process (the first pays imports and compiles), the second's phases and, with --profile, the CUDA
-runtime calls behind it (launches, graph launches, host syncs, copies), with --cprofile the Python
-functions. --procs N runs N
-processes side by side, process i on the i-th matching case (cycling), as N workers sharing a GPU.
+runtime calls behind it (launches, graph launches, host syncs, copies), with --cprofile its Python
+functions. --procs N runs N processes side by side, process i on the i-th matching case (cycling),
+as N workers sharing a GPU.
 
   python scripts/profile_case.py --suite ci -k "drift_256 and bfloat16-float32" [--profile] [--procs 6]
 """
@@ -99,7 +99,8 @@ def main() -> int:
     if args.procs == 1:
         one(args)
         return 0
-    base = [sys.executable, __file__] + case_argv(args) + (["--profile"] if args.profile else [])
+    base = [sys.executable, __file__] + case_argv(args) + [f"--{flag}" for flag in ("profile", "cprofile")
+                                                           if getattr(args, flag)]
     return side_by_side([base + ["--index", str(i)] for i in range(args.procs)])
 
 

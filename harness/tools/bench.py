@@ -400,7 +400,7 @@ def suite_breakdown_markdown(suites: List[Dict]) -> List[str]:
     for r in rows:
         if r.get("startup"):     # results.json's split of startup_s (the parent's steps before the first case)
             lines += ["", f"Before the run, {r['cache']} --jobs {r['jobs']}: " + ", ".join(
-                f"{k[:-2].replace('_', ' ')} {v:.1f}" for k, v in r["startup"].items() if k.endswith("_s"))]
+                f"{k[:-2].replace('_', ' ')} {v:.1f}" for k, v in r["startup"].items())]
     for r in rows:
         b = r["breakdown"]
         lines += ["", f"Slowest cases, {r['cache']} --jobs {r['jobs']}: " + "; ".join(
