@@ -45,6 +45,8 @@
 #           runs (RUNS, default cold, warm, warm) without the profile -> $OUT/ci13.log, $OUT/ci13.tgz
 #   call 18 carry .whl/test: call 17, then three warm cases' Python functions (profile_case.py --cprofile)
 #           -> $OUT/cprof.log
+#   call 19 carry .whl/test: ci --jobs 8 warm with and without a private CUDA MPS daemon, and whether one
+#           process's illegal memory access reaches the others under it (scripts/mps_probe.py) -> $OUT/mps.log
 #   call 14 carry .whl/fastpath.sha256 .whl/test (+ PUT=4): call 9 and, beside it, ci on sglang (CuTe-DSL
 #           compiles side by side starve each other: CI_BACKENDS adds vllm / flashinfer) at --jobs $FP_JOBS (4),
 #           cut at $CI_LIMIT (480 s) -> $OUT/ci14.tgz (ci14/, nn9/, mut/). On 2026-12-07 the two FlashInfer-chunk
@@ -238,6 +240,7 @@ tests/test_drift.py} NO_CI=1 TEST_LIMIT=${TEST_LIMIT:-140} bash "$0" 10
       [ "$code" = old ] && { [ -d /tmp/old/harness ] || continue; }
       (if [ "$code" = old ]; then cd /tmp/old; export PYTHONPATH=/tmp/site:/tmp/old; fi
        [ "$code" = spawn ] && export GDN_WORKER_START=spawn
+       [ "$code" = mps ] && export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
        timeout -s INT ${SUITE_LIMIT:-110} python3 -m harness.cli run --suite ci --backend triton --device cuda \
            --jobs $jobs -q --report-dir "$OUT/ci13/$n-$cache-$code-jobs$jobs") > "$OUT/ci13-run.log" 2>&1; rc=$?
       echo "$run rc $rc process $(python3 -c "import time; print(round(time.time() - $t, 1))") s; $(tail -n 1 \
@@ -278,6 +281,21 @@ tests/test_drift.py} NO_CI=1 TEST_LIMIT=${TEST_LIMIT:-140} bash "$0" 10
       timeout -s INT 60 python3 scripts/profile_case.py -k "$k" --cprofile >> "$OUT/cprof.log" 2>&1
     done
     grep '"run"' "$OUT/cprof.log" ;;
+  19)
+    # CUDA MPS on one GPU: ci --jobs 8 warm time-sliced ("new") against the same with a private MPS
+    # daemon ("mps": call 15's runs), then whether one process's illegal memory access reaches three
+    # others, plainly and under MPS (scripts/mps_probe.py) -> $OUT/mps.log, $OUT/ci13.*
+    { command -v nvidia-cuda-mps-control; nvidia-smi --query-gpu=compute_mode --format=csv,noheader; } > "$OUT/mps.log" 2>&1
+    mkdir -p /tmp/mps-pipe /tmp/mps-log
+    CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log nvidia-cuda-mps-control -d >> "$OUT/mps.log" 2>&1
+    echo "mps daemon rc $?" >> "$OUT/mps.log"
+    RUNS=${RUNS:-cold:new warm:new warm:mps warm:new warm:mps} NO_PROF=1 bash "$0" 15
+    { echo "== probe, time-sliced"; timeout 150 python3 scripts/mps_probe.py
+      echo "== probe, MPS"; CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log timeout 150 \
+          python3 scripts/mps_probe.py
+      echo quit | CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe nvidia-cuda-mps-control; tail -n 15 /tmp/mps-log/*.log; } \
+        >> "$OUT/mps.log" 2>&1
+    cat "$OUT/mps.log" ;;
   14)
     # call 9 (nan_neighbour on sglang / vllm@triton, the fast-path mutant kill run) with, beside it, ci on
     # each fast path at --jobs $FP_JOBS (4), longest first, cut at $CI_LIMIT -> $OUT/nn9, $OUT/mut, $OUT/ci14
