@@ -71,15 +71,16 @@ class RankParams:
 
 
 def shard_params(w: GDNWeights, dims: GDNDims, layout: str, tp: int = 1, rank: int = 0,
-                 ba: str = "sharded") -> RankParams:
-    """The `rank`-th of `tp` shards of a layer, following the layout's vLLM rules."""
+                 ba: str = "sharded", packed: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> RankParams:
+    """The `rank`-th of `tp` shards of a layer, following the layout's vLLM rules (`packed`:
+    ``w.packed_in_proj(dims, layout)``, when the caller has it)."""
     check_layout(layout)
     if ba not in BA_MODES:
         raise ConfigError("ba", f"unknown ba sharding {ba!r}; known: {list(BA_MODES)}")
     local = dims.local(tp)
     if not 0 <= rank < tp:
         raise ConfigError("rank", f"must be in [0, {tp}), got {rank}")
-    w_qkvz, w_ba = w.packed_in_proj(dims, layout)
+    w_qkvz, w_ba = packed if packed is not None else w.packed_in_proj(dims, layout)
     kd, vd, HV = dims.key_dim, dims.value_dim, dims.HV
     if layout == "interleaved":
         w_qkvz = shard_rows(w_qkvz, tp, rank)
@@ -101,7 +102,8 @@ def shard_params(w: GDNWeights, dims: GDNDims, layout: str, tp: int = 1, rank: i
 
 
 def all_ranks(w: GDNWeights, dims: GDNDims, layout: str, tp: int, ba: str = "sharded") -> List[RankParams]:
-    return [shard_params(w, dims, layout, tp, r, ba) for r in range(tp)]
+    packed = w.packed_in_proj(dims, layout)     # once: at full dims packing is most of the sharding
+    return [shard_params(w, dims, layout, tp, r, ba, packed) for r in range(tp)]
 
 
 def reduce_partials(partials: Sequence[torch.Tensor]) -> torch.Tensor:
