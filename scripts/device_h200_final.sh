@@ -289,7 +289,7 @@ tests/test_drift.py} NO_CI=1 TEST_LIMIT=${TEST_LIMIT:-140} bash "$0" 10
     mkdir -p /tmp/mps-pipe /tmp/mps-log
     CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log nvidia-cuda-mps-control -d >> "$OUT/mps.log" 2>&1
     echo "mps daemon rc $?" >> "$OUT/mps.log"
-    RUNS=${RUNS:-cold:new warm:new warm:mps warm:old warm:new warm:mps warm:new:4 warm:mps:12} NO_PROF=1 bash "$0" 15
+    RUNS=${RUNS:-cold:new warm:new warm:mps warm:old warm:mps warm:new} NO_PROF=1 bash "$0" 15
     { echo "== probe, time-sliced"; timeout 150 python3 scripts/mps_probe.py
       echo "== probe, MPS"; CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log timeout 150 \
           python3 scripts/mps_probe.py
