@@ -2,6 +2,7 @@
 machine with a GPU: `--device cpu`, --jobs workers, distributed ranks), off for GPU cases,
 never over the user's own setting, and never switched in a process whose kernels are
 already wrapped."""
+import json
 import os
 import subprocess
 import sys
@@ -93,3 +94,67 @@ def test_fast_interpreter_sanitizes_int_overflow_only_under_triton_debug(debug, 
             "assert fast_interpreter(); print(i.interpreter_builder.options.sanitize_overflow)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(sanitized)
+
+
+_NESTED = r'''
+import json, os, sys
+os.environ["TRITON_INTERPRET"] = "1"
+import torch, triton, triton.language as tl
+from harness.optimized.interpret import fast_interpreter
+from harness.optimized.triton_kernels.common import _log1p
+assert fast_interpreter()
+from triton.runtime import interpreter as interp
+
+@triton.jit
+def helper(x):
+    return tl.sum(x * x, 0) + tl.max(x, 0)
+
+@triton.jit
+def kernel(x, o, B: tl.constexpr):
+    i = tl.program_id(0)
+    v = tl.load(x + i * B + tl.arange(0, B))
+    tl.store(o + i * B + tl.arange(0, B), _log1p(tl.exp(v)) + helper(v) + tl.sum(tl.where(v > 0, v, 0.0), 0))
+
+torch.manual_seed(0)
+x = torch.randn(3, 16)
+outs = []
+for _ in range(2):                  # a second launch after the first restored its patch
+    o = torch.zeros(3, 16)
+    kernel[(3,)](x, o, 16)
+    outs.append(o.tolist())
+print(json.dumps({"skip": interp._patch_lang.__module__ == "harness.optimized.interpret",
+                  "out": outs, "load_restored": tl.core.is_builtin(tl.load)}))
+'''
+
+
+@pytest.mark.parametrize("extra", [False, True])
+def test_helper_calls_skip_repatching_only_where_it_is_known_safe(extra):
+    """Each @triton.jit helper call (tl.sum, tl.max, our _log1p) re-patches triton.language in the
+    interpreter; the harness skips that while every group the patch sets is still patched. The
+    kernel's results are bit-identical with the skip off (GDN_NESTED_PATCH_SKIP=0), a launch still
+    restores triton.language after it, and a patch that sets an attribute this code does not know
+    (`extra`: a newer interpreter) leaves the skip out."""
+    triton = pytest.importorskip("triton")
+    code = _NESTED
+    if extra:       # the interpreter's own patch sets one attribute more
+        code = code.replace("from harness.optimized.interpret import fast_interpreter",
+                            "from triton.runtime import interpreter as _i\n"
+                            "_core = _i._patch_lang_core\n"
+                            "_i._patch_lang_core = lambda lang, scope: (_core(lang, scope),"
+                            " scope.set_attr(lang, 'device_assert', print))\n"
+                            "from harness.optimized.interpret import fast_interpreter")
+    runs = {}
+    for skip in ("0", "1"):
+        env = {k: v for k, v in os.environ.items() if k != "GDN_NESTED_PATCH_SKIP"}
+        env["GDN_NESTED_PATCH_SKIP"] = skip
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs[skip] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert runs["0"]["skip"] is False
+    if extra:
+        assert runs["1"]["skip"] is False
+    elif triton.__version__.startswith("3.9."):   # the interpreter it was written against
+        assert runs["1"]["skip"] is True
+    assert runs["1"]["out"] == runs["0"]["out"]         # bit for bit
+    assert runs["1"]["out"][0] == runs["1"]["out"][1]
+    assert runs["0"]["load_restored"] and runs["1"]["load_restored"]
