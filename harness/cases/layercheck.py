@@ -44,27 +44,30 @@ def run_layer_case(backend, ops, dims: GDNDims, mix: str, layout: str, tp: int, 
                       conv_state_layout=conv_layout, ba=ba)
     inp = make_inputs(sc)
     sharder = getattr(backend, "shard_params", None)
-    # the harness's own sharding runs where the case runs (packing full-dims weights on the host took
-    # 0.4 of a 1.2 s TP4 case on an H100); a backend's own loaders get the weights as they come
+    # packed once, where the case runs (on the host it took 0.4 of a 1.2 s full-dims TP4 case on an
+    # H100): the ranks and the full-weight check share it; a backend's own loaders get the weights as they come
+    weights = inp.weights.to(device)
+    packed = weights.packed_in_proj(dims, layout)
     ranks = ([p.to(device) for p in (sharder(inp.weights, dims, layout, tp, r, ba) for r in range(tp))] if sharder
-             else all_ranks(inp.weights.to(device), dims, layout, tp, ba))
+             else all_ranks(weights, dims, layout, tp, ba, packed))
     steps_out, unpacked, pools = _backend_run(backend, ops, sc, inp, ranks, conv_layout, decode_path, device)
     pairs = oracle_pairs(sc, inp, steps_out, unpacked, pools, conv_layout, backend.ssm_state_layout,
                          oracle_device or device, tf32_dots(backend, sc, device))
     if sharder is not None or tp > 1:
         # the oracle starts from the ranks' own projections: a rank on a wrong shard shows only here
-        pairs += full_weight_projection_pairs(sc, inp, unpacked, device)
+        pairs += full_weight_projection_pairs(sc, inp, unpacked, device, packed)
     if mix in SPEC_INVARIANCE_MIXES:
         pairs += spec_invariance_pairs(backend, ops, sc, inp, steps_out, ranks, conv_layout, decode_path, device)
     return pairs
 
 
-def full_weight_projection_pairs(sc: Scenario, inp, unpacked, device) -> List[Comparison]:
+def full_weight_projection_pairs(sc: Scenario, inp, unpacked, device, packed=None) -> List[Comparison]:
     """The ranks' projections (`unpacked`: per step, gathered over ranks) vs the TP=1 layer's,
     one GEMM over the full weights (vllm #35504: a loader sharding in_proj_ba wrongly passes
-    every check that starts from the ranks' own projections)."""
+    every check that starts from the ranks' own projections). `packed`: the full in_proj pair
+    on `device`, when the caller has it."""
     pairs: List[Comparison] = []
-    w_qkvz, w_ba = inp.weights.to(device).packed_in_proj(sc.dims, sc.layout)
+    w_qkvz, w_ba = packed if packed is not None else inp.weights.to(device).packed_in_proj(sc.dims, sc.layout)
 
     def full_proj(s):
         h = to_device(inp.hidden[s], device)
@@ -220,7 +223,7 @@ def run_spec_equivalence(backend, ops, dims: GDNDims, layout: str, dtype: str, s
     spec_steps = base.steps
     dec_steps = [spec_steps[0]] + [[{"seq": 0, "kind": "decode"}, {"seq": 1, "kind": "decode"}] for _ in range(3)]
     inp = make_inputs(base)
-    p = all_ranks(inp.weights, dims, layout, 1)[0].to(device)
+    p = all_ranks(inp.weights.to(device), dims, layout, 1)[0]
     outs = {}
     for name, steps in (("spec", spec_steps), ("decode", dec_steps)):
         sc = replace(base, steps=steps).validate()

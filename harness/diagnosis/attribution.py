@@ -179,7 +179,7 @@ def _run(case, backend, checked: _Checked, core=None, deadline: Optional[float] 
     sc = case_scenario(case)
     path, conv_layout, ba = case.decode_path, case.conv_layout, case.ba
     inp = make_inputs(sc)
-    ranks = [p.to(case.device) for p in all_ranks(inp.weights, case.dims, case.layout, case.tp, ba)]
+    ranks = all_ranks(inp.weights.to(case.device), case.dims, case.layout, case.tp, ba)
     pools = [rank_pools(sc, inp.conv_pool, inp.ssm_pool, p, conv_layout, backend.ssm_state_layout, case.device)
              for p in ranks]
     steps_out, unpacked = [], []

@@ -101,8 +101,10 @@ def shard_params(w: GDNWeights, dims: GDNDims, layout: str, tp: int = 1, rank: i
         out_proj=shard_rows(w.out_proj, tp, rank, dim=1))
 
 
-def all_ranks(w: GDNWeights, dims: GDNDims, layout: str, tp: int, ba: str = "sharded") -> List[RankParams]:
-    packed = w.packed_in_proj(dims, layout)     # once: at full dims packing is most of the sharding
+def all_ranks(w: GDNWeights, dims: GDNDims, layout: str, tp: int, ba: str = "sharded",
+              packed: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> List[RankParams]:
+    if packed is None:      # once for all ranks: at full dims packing is most of the sharding
+        packed = w.packed_in_proj(dims, layout)
     return [shard_params(w, dims, layout, tp, r, ba, packed) for r in range(tp)]
 
 

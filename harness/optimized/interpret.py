@@ -113,7 +113,7 @@ def _skip_repatching_in_device_calls(interp, tl) -> bool:
     the value a patch set last (one sentinel per group: a patch sets or restores a group whole).
     Any doubt - a sentinel replaced since, an attribute this code does not know - patches as
     before. Launches patch and restore as before. True when installed."""
-    names = ("_patch_lang", "_LangPatchScope", "InterpretedFunction", "GridExecutor")
+    names = ("_patch_lang", "_LangPatchScope", "InterpretedFunction")
     if not all(hasattr(interp, n) for n in names) or not hasattr(interp._LangPatchScope, "set_attr"):
         return False
     import inspect
@@ -163,9 +163,11 @@ def _skip_repatching_in_device_calls(interp, tl) -> bool:
     langs_of: dict = {}
     depth = [0]
 
+    watched = {id(lang): sentinels(lang) for lang in (tl, core)}
+
     def patched(lang) -> bool:
         return all(getattr(obj, name, None) is last_set.get((id(obj), name), _UNSET)
-                   for obj, name in sentinels(lang))
+                   for obj, name in watched[id(lang)])
 
     def _patch_lang(fn):
         if depth[0]:
