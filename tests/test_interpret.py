@@ -123,6 +123,7 @@ for _ in range(2):                  # a second launch after the first restored i
     kernel[(3,)](x, o, 16)
     outs.append(o.tolist())
 print(json.dumps({"skip": interp._patch_lang.__module__ == "harness.optimized.interpret",
+                  "shape_types": tl.core.block_type.__init__.__module__ == "harness.optimized.interpret",
                   "out": outs, "load_restored": tl.core.is_builtin(tl.load)}))
 '''
 
@@ -158,3 +159,31 @@ def test_helper_calls_skip_repatching_only_where_it_is_known_safe(extra):
     assert runs["1"]["out"] == runs["0"]["out"]         # bit for bit
     assert runs["1"]["out"][0] == runs["1"]["out"][1]
     assert runs["0"]["load_restored"] and runs["1"]["load_restored"]
+
+
+@pytest.mark.parametrize("extra", [False, True])
+def test_shape_types_built_once_per_shape_give_the_same_kernels(extra):
+    """The interpreter's block types and tensors reuse what depends on their shape alone
+    (GDN_FAST_SHAPE_TYPES): the kernel's results are bit-identical with it off, and a triton whose
+    block_type sets an attribute more (`extra`) fails the install's probe and keeps its own."""
+    triton = pytest.importorskip("triton")
+    code = _NESTED
+    if extra:
+        code = code.replace("from harness.optimized.interpret import fast_interpreter",
+                            "_init = tl.core.block_type.__init__\n"
+                            "def _more(self, *a): _init(self, *a); self.layout = None\n"
+                            "tl.core.block_type.__init__ = _more\n"
+                            "from harness.optimized.interpret import fast_interpreter")
+    runs = {}
+    for on in ("0", "1"):
+        env = {k: v for k, v in os.environ.items() if k != "GDN_FAST_SHAPE_TYPES"}
+        env["GDN_FAST_SHAPE_TYPES"] = on
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs[on] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert runs["0"]["shape_types"] is False
+    if extra:
+        assert runs["1"]["shape_types"] is False
+    elif triton.__version__.startswith("3.9."):   # the triton.language it was written against
+        assert runs["1"]["shape_types"] is True
+    assert runs["1"]["out"] == runs["0"]["out"]         # bit for bit

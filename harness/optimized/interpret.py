@@ -47,7 +47,8 @@ def fast_interpreter() -> bool:
     of triton.language found by inspect.getmembers, and the numpy dtype of a Triton dtype
     (a dict built per call). Same results, same patching; only the lookups are cached. A
     helper call skips re-patching what is still patched (`_skip_repatching_in_device_calls`,
-    off with GDN_NESTED_PATCH_SKIP=0). And integer-overflow sanitising off unless
+    off with GDN_NESTED_PATCH_SKIP=0). The shape types every op builds reuse what depends on
+    the shape alone (`_cheap_shape_types`, off with GDN_FAST_SHAPE_TYPES=0). And integer-overflow sanitising off unless
     TRITON_DEBUG=1, as for compiled kernels.
     A no-op without triton or once applied; True when the interpreter is patched."""
     global _FAST
@@ -95,6 +96,11 @@ def fast_interpreter() -> bool:
         try:
             _skip_repatching_in_device_calls(interp, tl)
         except Exception:   # noqa: BLE001 - an interpreter laid out otherwise: helper calls patch as before
+            pass
+    if os.environ.get("GDN_FAST_SHAPE_TYPES", "1") != "0":
+        try:
+            _cheap_shape_types(tl)
+        except Exception:   # noqa: BLE001 - a triton.language laid out otherwise: types built as before
             pass
     builder = getattr(interp, "interpreter_builder", None)
     if (os.environ.get("TRITON_DEBUG") != "1" and builder is not None
@@ -193,3 +199,107 @@ def _skip_repatching_in_device_calls(interp, tl) -> bool:
 
 
 _UNSET = object()
+
+
+def _cheap_shape_types(tl) -> bool:
+    """Every interpreted op builds a result `block_type` and `tensor`, each with a shape
+    `tl.tuple` whose type lists a `constexpr_type` per dimension and, for the block type, checks
+    the shape (powers of two, numel cap) and formats a name: ~30 % of a smoke layer case's CPU
+    time, the same work again for every op of every program. For shapes of plain ints, what
+    depends on the shape alone (the checked numel, the tuple's type, the name's shape part) is
+    computed once per shape; each object still gets a shape tuple of its own. Any other shape
+    goes the original way. Installed only when, on probe shapes, both ways build objects that
+    agree attribute by attribute and raise the same errors. True when installed."""
+    core = tl.core
+    from triton._utils import validate_block_shape
+
+    Tuple, tuple_type, constexpr_type, constexpr = core.tuple, core.tuple_type, core.constexpr_type, core.constexpr
+    real_block_init, real_tensor_init = core.block_type.__init__, core.tensor.__init__
+    # dims (ints) -> (numel, the shape tuple's type, the shape as str, the dims and numel as
+    # constexprs: nothing sets a constexpr's value after its __init__, so tensors may share them)
+    infos: dict = {(): (1, tuple_type([], None), "[]", (), constexpr(1))}
+
+    def info(dims):
+        hit = infos.get(dims)
+        if hit is None:
+            numel = validate_block_shape(dims)     # raises for a bad shape: nothing cached
+            tt = tuple_type([constexpr_type(d) for d in dims], None)
+            hit = infos[dims] = (numel, tt, str([str(d) for d in dims]), tuple(constexpr(d) for d in dims),
+                                 constexpr(numel))
+        return hit
+
+    def int_dims(shape):
+        vals = shape if type(shape) is list else shape.values if type(shape) is Tuple else None
+        if not vals:
+            return None
+        for d in vals:
+            if type(d) is not int:
+                return None
+        return tuple(vals)
+
+    def new_tuple(values, tt):
+        t = Tuple.__new__(Tuple)
+        t.values, t.type = values, tt
+        return t
+
+    def block_init(self, element_ty, shape):
+        dims = int_dims(shape)
+        if dims is None:
+            return real_block_init(self, element_ty, shape)
+        numel, tt, text = info(dims)[:3]
+        self.element_ty = element_ty
+        self.shape = new_tuple(list(dims), tt)
+        self.numel = numel
+        self.name = f"<{text}, {element_ty}>"
+
+    def tensor_init(self, handle, type):
+        shape = type.shape if type.is_block() else None
+        dims = () if shape is None else int_dims(shape)
+        if dims is None:
+            return real_tensor_init(self, handle, type)
+        _, tt, _, consts, numel = info(dims)
+        self.handle = handle
+        self.numel = numel
+        self.type = type
+        self.dtype = type.scalar
+        self.shape = new_tuple(list(consts), tt)
+
+    if not _same_objects(core, real_block_init, block_init, real_tensor_init, tensor_init):
+        return False
+    core.block_type.__init__, core.tensor.__init__ = block_init, tensor_init
+    return True
+
+
+def _same_objects(core, real_block_init, block_init, real_tensor_init, tensor_init) -> bool:
+    """Whether both ways build equal block types and tensors on probe shapes, and raise alike."""
+    def state(obj):
+        out = {}
+        for k, v in vars(obj).items():
+            if isinstance(v, core.tuple):
+                v = ("tuple", [state(x) if isinstance(x, core.base_value) else x for x in v.values], str(v.type),
+                     v.type == v.type.__class__(list(v.type.types), v.type.fields))
+            elif isinstance(v, core.constexpr):
+                v = ("constexpr", v.value, repr(v.type))
+            elif isinstance(v, core.base_type):
+                v = ("type", str(v), v.__class__)
+            out[k] = v
+        return out
+
+    def build(init, cls, *args):
+        obj = cls.__new__(cls)
+        try:
+            init(obj, *args)
+        except Exception as e:      # noqa: BLE001 - the error is part of what must agree
+            return ("raised", type(e), str(e))
+        return state(obj)
+
+    shapes = ([16], [1, 32], [4, 8, 2], core.tuple([2, 64]), [3], [0], [2 ** 21, 2 ** 20], [True, 2])
+    for elem in (core.float32, core.int64, core.pointer_type(core.float16)):
+        for shape in shapes:
+            if build(real_block_init, core.block_type, elem, shape) != build(block_init, core.block_type, elem, shape):
+                return False
+            ty = core.block_type(elem, [2, 4])
+            for t in (ty, elem):
+                if build(real_tensor_init, core.tensor, None, t) != build(tensor_init, core.tensor, None, t):
+                    return False
+    return True
