@@ -128,6 +128,31 @@ print(json.dumps({"skip": interp._patch_lang.__module__ == "harness.optimized.in
 '''
 
 
+def _off_and_on(code: str, switch: str, key: str, extra: bool) -> dict:
+    """`code` (prints a JSON line last) run in a fresh process with the speed-up `switch` off ("0")
+    and on ("1"): its JSON per setting, after the checks every speed-up shares: off means not
+    installed; on, installed on the triton it was written against (3.9) unless `extra` (a triton
+    laid out otherwise, which must keep its own way); the kernel's results bit for bit the same."""
+    triton = pytest.importorskip("triton")
+    runs = {}
+    for on in ("0", "1"):
+        env = {k: v for k, v in os.environ.items() if k != switch}
+        env[switch] = on
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs[on] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert runs["0"][key] is False
+    if extra:
+        assert runs["1"][key] is False
+    elif triton.__version__.startswith("3.9."):
+        assert runs["1"][key] is True
+    assert runs["1"]["out"] == runs["0"]["out"]
+    return runs
+
+
+_BEFORE_INSTALL = "from harness.optimized.interpret import fast_interpreter"
+
+
 @pytest.mark.parametrize("extra", [False, True])
 def test_helper_calls_skip_repatching_only_where_it_is_known_safe(extra):
     """Each @triton.jit helper call (tl.sum, tl.max, our _log1p) re-patches triton.language in the
@@ -135,28 +160,13 @@ def test_helper_calls_skip_repatching_only_where_it_is_known_safe(extra):
     kernel's results are bit-identical with the skip off (GDN_NESTED_PATCH_SKIP=0), a launch still
     restores triton.language after it, and a patch that sets an attribute this code does not know
     (`extra`: a newer interpreter) leaves the skip out."""
-    triton = pytest.importorskip("triton")
     code = _NESTED
     if extra:       # the interpreter's own patch sets one attribute more
-        code = code.replace("from harness.optimized.interpret import fast_interpreter",
-                            "from triton.runtime import interpreter as _i\n"
+        code = code.replace(_BEFORE_INSTALL, "from triton.runtime import interpreter as _i\n"
                             "_core = _i._patch_lang_core\n"
                             "_i._patch_lang_core = lambda lang, scope: (_core(lang, scope),"
-                            " scope.set_attr(lang, 'device_assert', print))\n"
-                            "from harness.optimized.interpret import fast_interpreter")
-    runs = {}
-    for skip in ("0", "1"):
-        env = {k: v for k, v in os.environ.items() if k != "GDN_NESTED_PATCH_SKIP"}
-        env["GDN_NESTED_PATCH_SKIP"] = skip
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr[-2000:]
-        runs[skip] = json.loads(out.stdout.strip().splitlines()[-1])
-    assert runs["0"]["skip"] is False
-    if extra:
-        assert runs["1"]["skip"] is False
-    elif triton.__version__.startswith("3.9."):   # the interpreter it was written against
-        assert runs["1"]["skip"] is True
-    assert runs["1"]["out"] == runs["0"]["out"]         # bit for bit
+                            " scope.set_attr(lang, 'device_assert', print))\n" + _BEFORE_INSTALL)
+    runs = _off_and_on(code, "GDN_NESTED_PATCH_SKIP", "skip", extra)
     assert runs["1"]["out"][0] == runs["1"]["out"][1]
     assert runs["0"]["load_restored"] and runs["1"]["load_restored"]
 
@@ -166,24 +176,9 @@ def test_shape_types_built_once_per_shape_give_the_same_kernels(extra):
     """The interpreter's block types and tensors reuse what depends on their shape alone
     (GDN_FAST_SHAPE_TYPES): the kernel's results are bit-identical with it off, and a triton whose
     block_type sets an attribute more (`extra`) fails the install's probe and keeps its own."""
-    triton = pytest.importorskip("triton")
     code = _NESTED
     if extra:
-        code = code.replace("from harness.optimized.interpret import fast_interpreter",
-                            "_init = tl.core.block_type.__init__\n"
+        code = code.replace(_BEFORE_INSTALL, "_init = tl.core.block_type.__init__\n"
                             "def _more(self, *a): _init(self, *a); self.layout = None\n"
-                            "tl.core.block_type.__init__ = _more\n"
-                            "from harness.optimized.interpret import fast_interpreter")
-    runs = {}
-    for on in ("0", "1"):
-        env = {k: v for k, v in os.environ.items() if k != "GDN_FAST_SHAPE_TYPES"}
-        env["GDN_FAST_SHAPE_TYPES"] = on
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr[-2000:]
-        runs[on] = json.loads(out.stdout.strip().splitlines()[-1])
-    assert runs["0"]["shape_types"] is False
-    if extra:
-        assert runs["1"]["shape_types"] is False
-    elif triton.__version__.startswith("3.9."):   # the triton.language it was written against
-        assert runs["1"]["shape_types"] is True
-    assert runs["1"]["out"] == runs["0"]["out"]         # bit for bit
+                            "tl.core.block_type.__init__ = _more\n" + _BEFORE_INSTALL)
+    _off_and_on(code, "GDN_FAST_SHAPE_TYPES", "shape_types", extra)
