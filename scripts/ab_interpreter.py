@@ -36,7 +36,7 @@ def main() -> None:
         owners = [(interp, "_patch_lang"), (interp.InterpretedFunction, "__call__")]
         install = lambda: interpret._skip_repatching_in_device_calls(interp, tl)
     else:
-        owners = [(tl.core.block_type, "__init__"), (tl.core.tensor, "__init__")]
+        owners = [(tl.core.block_type, "__init__"), (tl.core.tensor, "__init__"), (tl.core.tuple, "__eq__")]
         install = lambda: interpret._cheap_shape_types(tl)
     modes = {"off": [getattr(o, n) for o, n in owners]}
     assert install(), f"{args.switch} does not install on this triton"

@@ -207,7 +207,8 @@ def _cheap_shape_types(tl) -> bool:
     the shape (powers of two, numel cap) and formats a name: ~30 % of a smoke layer case's CPU
     time, the same work again for every op of every program. For shapes of plain ints, what
     depends on the shape alone (the checked numel, the tuple's type, the name's shape part) is
-    computed once per shape; each object still gets a shape tuple of its own. Any other shape
+    computed once per shape; each object still gets a shape tuple of its own. A shape compared
+    with a list of ints (every broadcast) compares the lists. Any other shape
     goes the original way. Installed only when, on probe shapes, both ways build objects that
     agree attribute by attribute and raise the same errors. True when installed."""
     core = tl.core
@@ -264,9 +265,23 @@ def _cheap_shape_types(tl) -> bool:
         self.dtype = type.scalar
         self.shape = new_tuple(list(consts), tt)
 
+    real_eq = Tuple.__eq__
+
+    def tuple_eq(self, other):
+        # a shape against a list of ints (the broadcast's `lhs_shape != ret_shape`): the original
+        # builds a tl.tuple of `other` first
+        if type(other) is list and int_dims(self) is not None and int_dims(other) is not None:
+            return constexpr(self.values == other)
+        return real_eq(self, other)
+
     if not _same_objects(core, real_block_init, block_init, real_tensor_init, tensor_init):
         return False
-    core.block_type.__init__, core.tensor.__init__ = block_init, tensor_init
+    for a, b in (([16, 8], [16, 8]), ([16, 8], [16, 1]), ([4], [4, 1]), ([2], [])):
+        for other in (b, core.tuple(b), tuple(b)):
+            want, got = real_eq(core.tuple(a), other), tuple_eq(core.tuple(a), other)
+            if type(want) is not type(got) or want.value is not got.value:
+                return False
+    core.block_type.__init__, core.tensor.__init__, Tuple.__eq__ = block_init, tensor_init, tuple_eq
     return True
 
 
