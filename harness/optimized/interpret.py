@@ -48,8 +48,8 @@ def fast_interpreter() -> bool:
     (a dict built per call). Same results, same patching; only the lookups are cached. A
     helper call skips re-patching what is still patched (`_skip_repatching_in_device_calls`,
     off with GDN_NESTED_PATCH_SKIP=0). The shape types every op builds reuse what depends on
-    the shape alone (`_cheap_shape_types`, off with GDN_FAST_SHAPE_TYPES=0). And integer-overflow sanitising off unless
-    TRITON_DEBUG=1, as for compiled kernels.
+    the shape alone (`_cheap_shape_types`, off with GDN_FAST_SHAPE_TYPES=0). And
+    integer-overflow sanitising off unless TRITON_DEBUG=1, as for compiled kernels.
     A no-op without triton or once applied; True when the interpreter is patched."""
     global _FAST
     if _FAST:
