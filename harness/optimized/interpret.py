@@ -229,14 +229,15 @@ def _cheap_shape_types(tl) -> bool:
                                  constexpr(numel))
         return hit
 
-    def int_dims(shape):
-        vals = shape if type(shape) is list else shape.values if type(shape) is Tuple else None
-        if not vals:
-            return None
+    def ints(vals) -> bool:
         for d in vals:
             if type(d) is not int:
-                return None
-        return tuple(vals)
+                return False
+        return True
+
+    def int_dims(shape):
+        vals = shape if type(shape) is list else shape.values if type(shape) is Tuple else None
+        return tuple(vals) if vals and ints(vals) else None
 
     def new_tuple(values, tt):
         t = Tuple.__new__(Tuple)
@@ -270,7 +271,7 @@ def _cheap_shape_types(tl) -> bool:
     def tuple_eq(self, other):
         # a shape against a list of ints (the broadcast's `lhs_shape != ret_shape`): the original
         # builds a tl.tuple of `other` first
-        if type(other) is list and int_dims(self) is not None and int_dims(other) is not None:
+        if type(other) is list and other and self.values and ints(other) and ints(self.values):
             return constexpr(self.values == other)
         return real_eq(self, other)
 
@@ -291,8 +292,8 @@ def _same_objects(core, real_block_init, block_init, real_tensor_init, tensor_in
         out = {}
         for k, v in vars(obj).items():
             if isinstance(v, core.tuple):
-                v = ("tuple", [state(x) if isinstance(x, core.base_value) else x for x in v.values], str(v.type),
-                     v.type == v.type.__class__(list(v.type.types), v.type.fields))
+                v = ("tuple", [state(x) if isinstance(x, core.base_value) else x for x in v.values],
+                     [repr(t) for t in v.type.types], v.type.fields)
             elif isinstance(v, core.constexpr):
                 v = ("constexpr", v.value, repr(v.type))
             elif isinstance(v, core.base_type):
@@ -310,11 +311,16 @@ def _same_objects(core, real_block_init, block_init, real_tensor_init, tensor_in
 
     shapes = ([16], [1, 32], [4, 8, 2], core.tuple([2, 64]), [3], [0], [2 ** 21, 2 ** 20], [True, 2])
     for elem in (core.float32, core.int64, core.pointer_type(core.float16)):
+        types = [elem]                          # a tensor of each type the real init builds
         for shape in shapes:
-            if build(real_block_init, core.block_type, elem, shape) != build(block_init, core.block_type, elem, shape):
+            real = build(real_block_init, core.block_type, elem, shape)
+            if real != build(block_init, core.block_type, elem, shape):
                 return False
-            ty = core.block_type(elem, [2, 4])
-            for t in (ty, elem):
-                if build(real_tensor_init, core.tensor, None, t) != build(tensor_init, core.tensor, None, t):
-                    return False
+            if isinstance(real, dict):      # built, not raised
+                ty = core.block_type.__new__(core.block_type)
+                real_block_init(ty, elem, shape)
+                types.append(ty)
+        for t in types:
+            if build(real_tensor_init, core.tensor, None, t) != build(tensor_init, core.tensor, None, t):
+                return False
     return True
