@@ -3,6 +3,7 @@
 # re-split into 3 parts of 48 MiB): the first three each put one part and do one piece of the GPU
 # verification; 4 and 5 need all parts in place (a warm machine keeps /tmp ~30 s after a call).
 # Reports are written under $OUT, so a call cut by its limit still brings back what finished.
+# .whl/test, carried by every call: scripts/fetch_device_wheels.sh builds it (15 MB).
 #   call 1  carry .whl/fastpath.part1 .whl/fastpath.sha256 .whl/test: the harness's own tests alone,
 #           `pytest tests -n 8` (GPU tests included) -> $OUT/pytest.log, junit; then the CUDA-graph
 #           check and its fault zoo at Qwen3-Next dims
