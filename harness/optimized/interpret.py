@@ -302,25 +302,24 @@ def _same_objects(core, real_block_init, block_init, real_tensor_init, tensor_in
         return out
 
     def build(init, cls, *args):
+        """(the object, its state), or (None, the error) where `init` raised."""
         obj = cls.__new__(cls)
         try:
             init(obj, *args)
         except Exception as e:      # noqa: BLE001 - the error is part of what must agree
-            return ("raised", type(e), str(e))
-        return state(obj)
+            return None, ("raised", type(e), str(e))
+        return obj, state(obj)
 
     shapes = ([16], [1, 32], [4, 8, 2], core.tuple([2, 64]), [3], [0], [2 ** 21, 2 ** 20], [True, 2])
     for elem in (core.float32, core.int64, core.pointer_type(core.float16)):
         types = [elem]                          # a tensor of each type the real init builds
         for shape in shapes:
-            real = build(real_block_init, core.block_type, elem, shape)
-            if real != build(block_init, core.block_type, elem, shape):
+            ty, real = build(real_block_init, core.block_type, elem, shape)
+            if real != build(block_init, core.block_type, elem, shape)[1]:
                 return False
-            if isinstance(real, dict):      # built, not raised
-                ty = core.block_type.__new__(core.block_type)
-                real_block_init(ty, elem, shape)
+            if ty is not None:
                 types.append(ty)
         for t in types:
-            if build(real_tensor_init, core.tensor, None, t) != build(tensor_init, core.tensor, None, t):
+            if build(real_tensor_init, core.tensor, None, t)[1] != build(tensor_init, core.tensor, None, t)[1]:
                 return False
     return True
